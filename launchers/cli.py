@@ -1,0 +1,113 @@
+"""Command line: `python -m launch [+experiment=NAME] [key=value ...]`, `status RUN`, `-m` sweeps."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from launchers.status import print_status, stage_status
+
+USAGE = """\
+usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and submit
+       python -m launch -m [+experiment=NAME] KEY=A,B ...       one launch per sweep point
+       python -m launch --cfg [overrides ...]                  print the composed config
+       python -m launch status RUN_FOLDER                      stage and shard state
+
+Operational keys: cluster=local|debug|slurm, resources/<stage>=..., resources.<stage>.KEY=...,
+tracking=offline|wandb|disabled, wait=true, dry_run=true. See README.md and conf/.
+"""
+
+
+def wait_for(result, console: Console, poll_s: float = 2.0) -> bool:  # noqa: ANN001
+    """Block until every stage is done or one has failed; show one progress bar per stage."""
+    from launchers.folders import StageFolder
+
+    stages = [(a.stage, StageFolder(a.folder), a.n_units) for a in result.actions]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+        bars = {name: progress.add_task(name, total=n) for name, _, n in stages}
+        while True:
+            all_done = True
+            for name, folder, _ in stages:
+                st = stage_status(folder)
+                progress.update(bars[name], completed=len(st.complete))
+                if st.state == "failed":
+                    progress.stop()
+                    console.print(f"[red]stage {name} failed[/]")
+                    print_status(result.run_dir, console)
+                    return False
+                all_done &= st.state == "done"
+            if all_done:
+                return True
+            if not _anything_live(result):
+                # nothing queued or running and not done: a job died without a word
+                time.sleep(poll_s)
+                if not _anything_live(result) and not all(stage_status(f).state == "done" for _, f, _ in stages):
+                    progress.stop()
+                    console.print("[red]no job is queued or running but stages are not done[/]")
+                    print_status(result.run_dir, console)
+                    return False
+            time.sleep(poll_s)
+
+
+def _anything_live(result) -> bool:  # noqa: ANN001
+    from launchers import slurm_state
+
+    ids = {i for a in result.actions for i in a.job_ids}
+    if not ids:
+        return False
+    live = slurm_state.live_slurm_tasks()
+    return any(i in live or any(k.split("_")[0] == i for k in live) for i in ids)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    console = Console(stderr=True)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if args and args[0] == "status":
+        if len(args) != 2:
+            console.print(USAGE)
+            return 2
+        statuses = print_status(Path(args[1]), Console())
+        return 0 if all(s.state == "done" for s in statuses) else 1
+    if args and args[0] == "--cfg":
+        from omegaconf import OmegaConf
+
+        from launchers.config import compose_config, redact, to_plain
+
+        print(OmegaConf.to_yaml(OmegaConf.create(redact(to_plain(compose_config(args[1:]))))))
+        return 0
+    multirun = bool(args) and args[0] in ("-m", "--multirun")
+    if multirun:
+        args = args[1:]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from launchers.plan import PlanError
+    from launchers.submit import LaunchError, launch
+
+    if multirun:
+        parsed = OverridesParser.create().parse_overrides(args)
+        points = [list(p) for batch in BasicSweeper.split_arguments(parsed, None) for p in batch]
+    else:
+        points = [args]
+    ok = True
+    for point in points:
+        if multirun:
+            console.rule(" ".join(point))
+        try:
+            result = launch(point, console=console)
+        except (PlanError, LaunchError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 1
+        plain = result.plan.plain
+        if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
+            ok &= wait_for(result, console)
+    return 0 if ok else 1

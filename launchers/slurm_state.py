@@ -1,0 +1,41 @@
+"""What Slurm says about jobs a stage folder lists (only the launcher asks; status does not)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import subprocess
+
+LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+def live_slurm_tasks() -> dict[str, tuple[str, str]]:
+    """job id (`123` or `123_4`) -> (state, reason) for the user's live jobs, arrays expanded."""
+    if shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"squeue failed ({out.returncode}): {out.stderr.strip()}")
+    live = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[1] in LIVE_STATES:
+            live[parts[0]] = (parts[1], parts[2])
+    return live
+
+
+def scancel(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60, check=False)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
