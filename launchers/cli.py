@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from launchers.status import print_status, stage_status
+from launchers.status import print_status
 
 USAGE = """\
 usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and submit
@@ -21,48 +19,6 @@ usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and s
 Operational keys: cluster=local|debug|slurm, resources/<stage>=..., resources.<stage>.KEY=...,
 tracking=offline|wandb|disabled, wait=true, dry_run=true. See README.md and conf/.
 """
-
-
-def wait_for(result, console: Console, poll_s: float = 2.0) -> bool:  # noqa: ANN001
-    """Block until every stage is done or one has failed; show one progress bar per stage."""
-    from launchers.folders import StageFolder
-
-    stages = [(a.stage, StageFolder(a.folder), a.n_units) for a in result.actions]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
-        bars = {name: progress.add_task(name, total=n) for name, _, n in stages}
-        while True:
-            all_done = True
-            for name, folder, _ in stages:
-                st = stage_status(folder)
-                progress.update(bars[name], completed=len(st.complete))
-                if st.state == "failed":
-                    progress.stop()
-                    console.print(f"[red]stage {name} failed[/]")
-                    print_status(result.run_dir, console)
-                    return False
-                all_done &= st.state == "done"
-            if all_done:
-                return True
-            if not _anything_live(result):
-                # nothing queued or running and not done: a job died without a word
-                time.sleep(poll_s)
-                if not _anything_live(result) and not all(stage_status(f).state == "done" for _, f, _ in stages):
-                    progress.stop()
-                    console.print("[red]no job is queued or running but stages are not done[/]")
-                    print_status(result.run_dir, console)
-                    return False
-            time.sleep(poll_s)
-
-
-def _anything_live(result) -> bool:  # noqa: ANN001
-    from launchers import slurm_state
-
-    ids = {i for a in result.actions for i in a.job_ids}
-    if not ids:
-        return False
-    live = slurm_state.live_slurm_tasks()
-    return any(i in live or any(k.split("_")[0] == i for k in live) for i in ids)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from launchers.plan import PlanError
     from launchers.submit import LaunchError, launch
+    from launchers.waiting import wait_for
 
     if multirun:
         parsed = OverridesParser.create().parse_overrides(args)

@@ -36,7 +36,7 @@ def slurm_parameters(
     r = stage.resources
     params: dict[str, Any] = {
         "job_name": f"cs-{stage.name}",
-        "comment": f"clinsynth run {run_id} stage {stage.name}/{stage.stage_id}",
+        "comment": f"clinsynth:{run_id}:{stage.name}/{stage.stage_id}",  # no spaces: shows in squeue -o %k
         "time": int(r.get("time_min", 60)),
         "nodes": int(r.get("nodes", 1)),
         "ntasks_per_node": int(r.get("tasks_per_node", 1)),

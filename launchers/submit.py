@@ -290,7 +290,7 @@ def _run_here(
             for unit, job in running:
                 if kind == "debug" or job.done():
                     try:
-                        job.result()
+                        job.results()
                     except Exception as exc:  # noqa: BLE001 - reported with the unit and its log
                         failures.append(f"unit {unit}: {str(exc).strip()[-2000:]}")
                 else:

@@ -56,7 +56,7 @@ if command -v squeue >/dev/null && is_running /run/slurmctld.pid slurmctld; then
     done
     left=$(squeue -h -o %A 2>/dev/null | wc -l)
     [ "$left" -gt 0 ] && say "$left job(s) still listed after scancel (going on)" >&2
-    say "cancelled jobs of: $(echo $users)"
+    say "cancelled jobs of: $(echo "$users" | paste -sd" " -)"
   fi
 fi
 

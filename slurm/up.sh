@@ -55,14 +55,22 @@ is_running() { # pidfile comm
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
   [ -z "${2:-}" ] || [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$2" ]
 }
-stop_pidfile() { # pidfile comm
-  local pid
-  if is_running "$1" "$2"; then
-    pid=$(cat "$1"); kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$1"
+# stop daemons given as "pidfile:comm" together (TERM all, wait up to 15 s, then KILL)
+stop_pidfiles() {
+  local spec pid pids=()
+  for spec in "$@"; do
+    if is_running "${spec%%:*}" "${spec#*:}"; then
+      pid=$(cat "${spec%%:*}"); pids+=("$pid"); kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  for _ in $(seq 150); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for spec in "$@"; do rm -f "${spec%%:*}"; done
 }
 log_tails() {
   local f
@@ -77,16 +85,21 @@ PKGS="slurmctld slurmd slurm-client munge"
 [ "$ACCT" = 1 ] && PKGS="$PKGS slurmdbd mariadb-server"
 MISSING=""
 for p in $PKGS; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || MISSING="$MISSING $p"
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || MISSING="$MISSING $p"
 done
 if [ -n "$MISSING" ]; then
   say "installing$MISSING"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # policy-rc.d: do not let the maintainer scripts try to start services (no systemd here)
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
-  rc=0; apt-get install -y -qq --no-install-recommends $MISSING >/dev/null || rc=$?
-  rm -f /usr/sbin/policy-rc.d
+  OWN_POLICY=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; OWN_POLICY=1
+  fi
+  rc=0
+  # shellcheck disable=SC2086  # word splitting wanted: a package list
+  apt-get install -y -qq --no-install-recommends $MISSING >/dev/null || rc=$?
+  [ "$OWN_POLICY" = 1 ] && rm -f /usr/sbin/policy-rc.d
   [ "$rc" = 0 ] || die "apt-get install failed ($rc)"
 fi
 
@@ -103,7 +116,7 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   install -d -o munge -g munge -m 0711 /var/lib/munge
   [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key --force
   chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key
-  stop_pidfile /run/munge/munged.pid munged
+  stop_pidfiles /run/munge/munged.pid:munged
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1 || die "munged failed to start"
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
@@ -216,7 +229,7 @@ rm -f "$NEWCONF"
 # ---------------------------------------------------------------- 6. slurmdbd + cluster registration
 RESTART_CTLD=$CONF_CHANGED
 if [ "$ACCT" = 1 ]; then
-  [ "$DBD_CHANGED" = 1 ] && stop_pidfile /run/slurmdbd.pid slurmdbd
+  [ "$DBD_CHANGED" = 1 ] && stop_pidfiles /run/slurmdbd.pid:slurmdbd
   if ! is_running /run/slurmdbd.pid slurmdbd; then
     rm -f /run/slurmdbd.pid
     /usr/sbin/slurmdbd </dev/null >/dev/null 2>&1 || { log_tails; die "slurmdbd failed to start"; }
@@ -234,8 +247,9 @@ fi
 CLEAR=""
 if [ "$RESTART_CTLD" = 1 ] && { is_running /run/slurmctld.pid slurmctld || ls /run/slurmd-*.pid >/dev/null 2>&1; }; then
   say "configuration changed: restarting slurmctld and slurmd"
-  for pf in /run/slurmd-*.pid; do [ -e "$pf" ] && stop_pidfile "$pf" slurmd; done
-  stop_pidfile /run/slurmctld.pid slurmctld
+  specs=(/run/slurmctld.pid:slurmctld)
+  for pf in /run/slurmd-*.pid; do [ -e "$pf" ] && specs+=("$pf:slurmd"); done
+  stop_pidfiles "${specs[@]}"
 fi
 # the node set may have changed: drop saved state then (else keep it, so job ids keep
 # counting up and do not collide with old records in the accounting database)

@@ -1,0 +1,51 @@
+"""Test environment: no network, W&B confined to a temp folder, a real Slurm cluster on demand."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb_dir = tmp_path_factory.getbasetemp() / "wandb-home"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(wandb_dir / var.lower()))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("CLINSYNTH_RUNS", raising=False)
+    monkeypatch.chdir(REPO)  # jobs import tests.toy_stages from the checkout
+
+
+def _slurm_ready() -> tuple[bool, str]:
+    if shutil.which("sinfo") is None:
+        return False, "sinfo not found"
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return False, out.stderr.strip() or "sinfo failed"
+    states = [line.split()[1] for line in out.stdout.splitlines() if line.strip()]
+    up = [s for s in states if s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
+    if len(up) < 2:
+        return False, f"need 2 usable nodes, sinfo says {out.stdout.strip()!r}"
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The real test cluster from slurm/up.sh; started here when we are root and it is down."""
+    ok, why = _slurm_ready()
+    if not ok and os.geteuid() == 0 and os.environ.get("CLINSYNTH_NO_SLURM_UP") != "1":
+        up = subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], capture_output=True, text=True)
+        ok, why2 = _slurm_ready()
+        why = f"{why}; slurm/up.sh exited {up.returncode}: {up.stderr.strip()[-500:]} {why2}"
+    if not ok:
+        if os.environ.get("CLINSYNTH_REQUIRE_SLURM") == "1":
+            pytest.fail(f"the test Slurm cluster is required but not usable: {why}")
+        pytest.skip(f"no usable Slurm cluster and none could be started here: {why}")

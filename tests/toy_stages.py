@@ -1,0 +1,60 @@
+"""Test-only stages that exercise the launcher: an array stage and a multi-rank reducer.
+
+Registered through `stage_modules=[tests.toy_stages]`; nothing in the product uses them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from clinsynth.core.atomic import read_jsonl, write_json, write_jsonl
+from clinsynth.core.context import StageContext
+from clinsynth.core.registry import stage
+
+
+@stage("toy_rows", reads=("toy",), array=True)
+def toy_rows(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Rows i::N of range(n_items), one shard file per task, written atomically."""
+    opts = cfg["toy"]
+    # a transient failure: planted while the flag file exists
+    flag = opts.get("fail_while_exists")
+    if ctx.shard in (opts.get("fail_shards") or []) and flag and Path(flag).exists():
+        raise ValueError(f"planted failure in shard {ctx.shard}")
+    rows = []
+    for item in ctx.items(range(int(opts["n_items"]))):
+        time.sleep(float(opts.get("sleep_s", 0)))
+        rows.append({"item": item, "value": item * item})
+    n = write_jsonl(ctx.shard_path("rows", ".jsonl"), rows)
+    return {"rows": n}
+
+
+@stage("toy_sum", needs=("toy_rows",), reads=("toy_sum",))
+def toy_sum(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Every rank reduces its share of all shard rows; rank 0 writes the merged result."""
+    rows = sorted(
+        (r for p in sorted((ctx.input_dir("toy_rows") / "rows").glob("shard-*.jsonl")) for r in read_jsonl(p)),
+        key=lambda r: r["item"],
+    )
+    mine = rows[ctx.rank :: ctx.world_size]
+    local = [float(sum(r["value"] for r in mine)), float(len(mine))]
+    if ctx.world_size > 1:
+        import torch
+        import torch.distributed as dist
+
+        ctx.init_distributed("gloo")
+        t = torch.tensor(local, dtype=torch.float64)
+        dist.all_reduce(t)
+        total = t.tolist()
+        dist.barrier()
+        dist.destroy_process_group()
+    else:
+        total = local
+    if ctx.is_main:
+        scale = float((cfg.get("toy_sum") or {}).get("scale", 1.0))
+        write_jsonl(ctx.stage_dir / "merged.jsonl", rows)
+        write_json(ctx.stage_dir / "summary.json", {
+            "sum": total[0] * scale, "count": int(total[1]), "unique_items": len({r["item"] for r in rows}),
+        })  # fmt: skip
+    return {"rank": ctx.rank, "world_size": ctx.world_size}

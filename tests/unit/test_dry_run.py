@@ -1,0 +1,64 @@
+"""dry_run=true prints the exact sbatch parameters and touches nothing."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from rich.console import Console
+
+from launchers.submit import launch
+from tests.helpers import toy_overrides
+
+
+def _dry(overrides):
+    buf = io.StringIO()
+    result = launch(overrides, console=Console(file=buf, width=200))
+    return result, buf.getvalue()
+
+
+def sbatch_flags(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(3) or "" for m in re.finditer(r"^#SBATCH --([\w-]+)(=(\S+))?$", text, re.M)}
+
+
+def test_multinode_gpu_stage_sbatch_parameters(tmp_path):
+    result, out = _dry([
+        "+experiment=smoke", "cluster=slurm", "cluster.account=proj42", "resources/doctor=gpu_2x8",
+        "doctor.backend=nccl", "dry_run=true", f"paths.runs={tmp_path / 'runs'}",
+    ])  # fmt: skip
+    flags = sbatch_flags(out)
+    logs = result.plan.stage("doctor").folder.logs
+    assert flags == {
+        "account": "proj42",
+        "comment": f"clinsynth:{result.plan.run_id}:doctor/{result.plan.stage('doctor').stage_id}",
+        "cpus-per-task": "8",
+        "error": f"{logs}/%j_0_log.err",
+        "exclusive": "",
+        "gpus-per-node": "8",
+        "job-name": "cs-doctor",
+        "kill-on-invalid-dep": "yes",
+        "mem": "400GB",
+        "nodes": "2",
+        "ntasks-per-node": "8",
+        "open-mode": "append",
+        "output": f"{logs}/%j_0_log.out",
+        "partition": "gpu",
+        "signal": "USR2@120",
+        "time": "15",
+        "wckey": "submitit",
+    }
+    assert "srun --unbuffered --output" in out
+    assert "slurm/env.sh" in out  # every job sources the site environment
+    assert result.actions[0].status == "planned" and result.actions[0].n_units == 16
+    assert not (tmp_path / "runs").exists(), "a dry run must not create folders"
+
+
+def test_array_and_dependency_in_dry_run(tmp_path):
+    result, out = _dry(toy_overrides(tmp_path / "runs", "slurm", shards=4, nodes=2) + ["dry_run=true"])
+    scripts = out.split("sbatch for ")[1:]
+    assert len(scripts) == 2
+    rows, red = sbatch_flags(scripts[0]), sbatch_flags(scripts[1])
+    assert rows["array"] == "0-3%4" and "dependency" not in rows
+    assert red["nodes"] == "2" and red["dependency"] == "'afterok:<toy_rows>'" and "array" not in red
+    assert result.submitted == {}
+    assert not (tmp_path / "runs").exists()
