@@ -78,7 +78,9 @@ def redact(data: Any) -> Any:
     """Replace values of secret-looking keys, so saved configs never hold credentials."""
     if isinstance(data, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_RE.search(k) and v not in (None, "") else redact(v))
+            k: (
+                REDACTED if isinstance(k, str) and _SECRET_RE.search(k) and v not in (None, "") else redact(v)
+            )
             for k, v in data.items()
         }
     if isinstance(data, list):

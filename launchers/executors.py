@@ -9,7 +9,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
-from launchers.plan import PlannedStage, PlanError
+from launchers.plan import PlanError, PlannedStage
 from launchers.provenance import REPO_ROOT
 
 EXECUTORS = ("local", "debug", "slurm")

@@ -35,9 +35,7 @@ def stage_inputs(plain: dict[str, Any], reads: tuple[str, ...]) -> dict[str, Any
     return {key: pick(plain, key) for key in reads}
 
 
-def stage_id(
-    name: str, version: int, reads: dict[str, Any], shards: int, needs: dict[str, str]
-) -> str:
+def stage_id(name: str, version: int, reads: dict[str, Any], shards: int, needs: dict[str, str]) -> str:
     return digest({"stage": name, "version": version, "reads": reads, "shards": shards, "needs": needs})
 
 

@@ -147,8 +147,12 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     try:
         result = stage_spec.fn(spec.config, ctx)
     except BaseException as exc:
-        attempt.update(status="failed", end=time.time(), error=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc(limit=20))
+        attempt.update(
+            status="failed",
+            end=time.time(),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=20),
+        )
         write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
         tracker.finish(exit_code=1)
         raise
@@ -160,8 +164,12 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     if folder.try_mark_done(spec.n_units):
         finalize_meta(folder)
     logger.info("unit %d done in %.1fs", unit, attempt["seconds"])
-    return {"unit": unit, "skipped": False, "seconds": attempt["seconds"],
-            "result": result if isinstance(result, (dict, list, str, int, float, type(None))) else repr(result)}
+    return {
+        "unit": unit,
+        "skipped": False,
+        "seconds": attempt["seconds"],
+        "result": result if isinstance(result, (dict, list, str, int, float, type(None))) else repr(result),
+    }
 
 
 def finalize_meta(folder: StageFolder) -> None:

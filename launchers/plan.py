@@ -110,9 +110,7 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
         if shards < 1:
             raise PlanError(f"resources.{spec.name}.shards must be >= 1, got {shards}")
         if shards > 1 and not spec.array:
-            raise PlanError(
-                f"stage {spec.name!r} is not an array stage; set resources.{spec.name}.shards=1"
-            )
+            raise PlanError(f"stage {spec.name!r} is not an array stage; set resources.{spec.name}.shards=1")
         if shards > 1 and ranks > 1:
             raise PlanError(
                 f"stage {spec.name!r}: an array stage runs one task per shard; "

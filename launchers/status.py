@@ -103,7 +103,9 @@ def print_status(run_dir: Path, console: Console | None = None, log_lines: int =
         for unit, rec in s.failed.items():
             console.rule(f"{s.stage} unit {unit} failed on {rec.get('host')} (job {rec.get('job_id')})")
             console.print(rec.get("error", ""), markup=False)
-            console.print(tail(rec.get("log_err"), log_lines) or tail(rec.get("log_out"), log_lines), markup=False)
+            console.print(
+                tail(rec.get("log_err"), log_lines) or tail(rec.get("log_out"), log_lines), markup=False
+            )
     return statuses
 
 

@@ -80,7 +80,7 @@ def _live(stage: PlannedStage, executor: str) -> tuple[set[int], list[str]]:
         for r in records:
             if r.get("executor") != "slurm":
                 continue
-            for unit, tid in zip(r["units"], r["task_ids"]):
+            for unit, tid in zip(r["units"], r["task_ids"], strict=True):
                 if tid in live:
                     live_units.add(unit)
                     if tid not in live_ids:
@@ -89,7 +89,7 @@ def _live(stage: PlannedStage, executor: str) -> tuple[set[int], list[str]]:
         here = socket.gethostname()
         for r in records:
             if r.get("executor") == "local" and r.get("host") == here:
-                for unit, tid in zip(r["units"], r["task_ids"]):
+                for unit, tid in zip(r["units"], r["task_ids"], strict=True):
                     if slurm_state.pid_alive(int(tid)):
                         live_units.add(unit)
                         live_ids.append(tid)
@@ -115,15 +115,24 @@ def _task_spec(plan: Plan, st: PlannedStage, n_units: int, shard: int | None) ->
 
 def _write_stage_files(plan: Plan, st: PlannedStage, n_units: int, kind: str) -> None:
     folder = st.folder.create()
-    folder.write_config({"stage": st.name, "stage_id": st.stage_id, "needs": {
-        d: plan.stage(d).stage_id for d in st.needs}, "shards": st.shards, "config": redact(st.config)})
+    folder.write_config(
+        {
+            "stage": st.name,
+            "stage_id": st.stage_id,
+            "needs": {d: plan.stage(d).stage_id for d in st.needs},
+            "shards": st.shards,
+            "config": redact(st.config),
+        }
+    )
     meta = folder.read_meta()
     if not meta:
         meta = {"stage": st.name, "stage_id": st.stage_id, "created": time.time(), **environment()}
     meta.setdefault("runs", [])
     if plan.run_id not in meta["runs"]:
         meta["runs"].append(plan.run_id)
-    meta.update(n_units=n_units, num_shards=st.shards, executor=kind, world_size=n_units if st.shards == 1 else 1)
+    meta.update(
+        n_units=n_units, num_shards=st.shards, executor=kind, world_size=n_units if st.shards == 1 else 1
+    )
     folder.write_meta(meta)
     link_stage(plan.run_dir, st.name, folder)
 
@@ -136,7 +145,9 @@ def _write_run_files(plan: Plan, overrides: Sequence[str]) -> None:
     write_bytes(plan.run_dir / "delta.yaml", yaml.safe_dump(redact(plan.delta)).encode())
 
 
-def launch(overrides: Sequence[str] = (), console: Console | None = None, cwd: Path | None = None) -> LaunchResult:
+def launch(
+    overrides: Sequence[str] = (), console: Console | None = None, cwd: Path | None = None
+) -> LaunchResult:
     console = console or Console(stderr=True)
     cfg = compose_config(overrides)
     plain = to_plain(cfg)
@@ -177,7 +188,9 @@ def launch(overrides: Sequence[str] = (), console: Console | None = None, cwd: P
         if dry:
             act.status = "planned" if to_run else "running"
             if kind == "slurm" and to_run:
-                act.sbatch = sbatch_script(st, cluster, _dry_dependency(st, deps, plan), plan.run_id, len(to_run))
+                act.sbatch = sbatch_script(
+                    st, cluster, _dry_dependency(st, deps, plan), plan.run_id, len(to_run)
+                )
             deps[st.name] = live_ids + ([f"<{st.name}>"] if to_run else [])
             continue
         _write_stage_files(plan, st, n_units, kind)
@@ -245,8 +258,15 @@ def _submit(
     return _run_here(plan, st, cluster, kind, ex, specs, units, n_units, console)
 
 
-def _record(st: PlannedStage, kind: str, job_id: str, units: list[int], task_ids: list[str],
-            dependency: str | None, run_id: str) -> None:
+def _record(
+    st: PlannedStage,
+    kind: str,
+    job_id: str,
+    units: list[int],
+    task_ids: list[str],
+    dependency: str | None,
+    run_id: str,
+) -> None:
     st.folder.append_job({
         "time": time.time(), "executor": kind, "job_id": job_id, "units": units, "task_ids": task_ids,
         "dependency": dependency, "run_id": run_id, "host": socket.gethostname(), "user": getpass.getuser(),
@@ -268,14 +288,12 @@ def _run_here(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     limit = 1 if kind == "debug" else max(1, int(cluster.get("max_parallel_tasks", 4)))
-    pending = list(zip(units if st.shards > 1 else [0], specs))
+    pending = list(zip(units if st.shards > 1 else [0], specs, strict=False))
     running: list[tuple[int, Any]] = []
     ids: list[str] = []
     failures: list[str] = []
-    with Progress(
-        TextColumn(f"[bold]{st.name}[/] {st.stage_id}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False, disable=kind == "debug",
-    ) as progress:  # fmt: skip
+    columns = (TextColumn(f"[bold]{st.name}[/] {st.stage_id}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, disable=kind == "debug") as progress:
         bar = progress.add_task(st.name, total=n_units, completed=n_units - len(units))
         while pending or running:
             while pending and len(running) < limit:
@@ -283,15 +301,22 @@ def _run_here(
                 job = ex.submit(run_task, spec)
                 ids.append(str(job.job_id))
                 task_units = [unit] if st.shards > 1 else list(range(n_units))
-                _record(st, kind, str(job.job_id), task_units, [str(job.job_id)] * len(task_units), None,
-                        plan.run_id)
+                _record(
+                    st,
+                    kind,
+                    str(job.job_id),
+                    task_units,
+                    [str(job.job_id)] * len(task_units),
+                    None,
+                    plan.run_id,
+                )
                 running.append((unit, job))
             still = []
             for unit, job in running:
                 if kind == "debug" or job.done():
                     try:
                         job.results()
-                    except Exception as exc:  # noqa: BLE001 - reported with the unit and its log
+                    except Exception as exc:
                         failures.append(f"unit {unit}: {str(exc).strip()[-2000:]}")
                 else:
                     still.append((unit, job))
@@ -301,7 +326,8 @@ def _run_here(
                 time.sleep(0.2)
     if failures:
         raise LaunchError(
-            f"stage {st.name} ({st.folder.path}) failed:\n" + "\n".join(failures)
+            f"stage {st.name} ({st.folder.path}) failed:\n"
+            + "\n".join(failures)
             + f"\nlogs: {st.folder.logs}; status: python -m launch status {plan.run_dir}"
         )
     return ids
@@ -332,5 +358,7 @@ def _compact_ids(ids: list[str]) -> list[str]:
     out = []
     for base, idxs in groups.items():
         idxs = [x for x in idxs if x]
-        out.append(f"{base}_[{idxs[0]}-{idxs[-1]}]" if len(idxs) > 1 else (f"{base}_{idxs[0]}" if idxs else base))
+        out.append(
+            f"{base}_[{idxs[0]}-{idxs[-1]}]" if len(idxs) > 1 else (f"{base}_{idxs[0]}" if idxs else base)
+        )
     return out

@@ -36,8 +36,11 @@ def wait_for(result: LaunchResult, console: Console | None = None, poll_s: float
             # a failed unit may be requeued by Slurm; give up when nothing of the run is live
             if (failed and not live) or idle_polls >= 2:
                 progress.stop()
-                what = f"stage(s) {', '.join(failed)} failed" if failed else (
-                    "no job of this run is queued or running, but not every stage is done")
+                what = (
+                    f"stage(s) {', '.join(failed)} failed"
+                    if failed
+                    else ("no job of this run is queued or running, but not every stage is done")
+                )
                 console.print(f"[red]{what}[/]")
                 print_status(result.run_dir, console)
                 return False

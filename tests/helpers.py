@@ -35,6 +35,6 @@ def toy_overrides(
     ]
 
 
-def toy_outputs(result) -> tuple[list[dict], dict]:  # noqa: ANN001
+def toy_outputs(result) -> tuple[list[dict], dict]:
     folder = result.plan.stage("toy_sum").folder.path
     return list(read_jsonl(folder / "merged.jsonl")), read_json(folder / "summary.json")

@@ -34,7 +34,11 @@ def toy_rows(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
 def toy_sum(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Every rank reduces its share of all shard rows; rank 0 writes the merged result."""
     rows = sorted(
-        (r for p in sorted((ctx.input_dir("toy_rows") / "rows").glob("shard-*.jsonl")) for r in read_jsonl(p)),
+        (
+            r
+            for p in sorted((ctx.input_dir("toy_rows") / "rows").glob("shard-*.jsonl"))
+            for r in read_jsonl(p)
+        ),
         key=lambda r: r["item"],
     )
     mine = rows[ctx.rank :: ctx.world_size]

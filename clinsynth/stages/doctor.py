@@ -62,7 +62,12 @@ def _all_reduce(ctx: StageContext, backend: str) -> dict[str, Any]:
     expected = ctx.world_size * (ctx.world_size + 1) / 2
     dist.barrier()
     dist.destroy_process_group()
-    return {"checked": True, "backend": backend, "sum": float(value.item()), "ok": float(value.item()) == expected}
+    return {
+        "checked": True,
+        "backend": backend,
+        "sum": float(value.item()),
+        "ok": float(value.item()) == expected,
+    }
 
 
 @stage("doctor", reads=("doctor",), version=1)
@@ -79,7 +84,9 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         "cpus_visible": len(os.sched_getaffinity(0)),
         "gpus": _gpus(),
         "packages": {p: _version(p) for p in PACKAGES},
-        "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "OMP_NUM_THREADS", "SLURM_JOB_ID")},
+        "env": {
+            k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "OMP_NUM_THREADS", "SLURM_JOB_ID")
+        },
         "free_disk_gb": round(shutil.disk_usage(ctx.stage_dir).free / 2**30, 1),
     }
     problems = []

@@ -18,7 +18,11 @@ def test_local_and_debug_give_the_same_outputs(tmp_path):
     rows_l, summary_l = toy_outputs(local)
     rows_d, summary_d = toy_outputs(debug)
     assert rows_l == rows_d
-    assert summary_l == summary_d == {"sum": float(sum(i * i for i in range(40))), "count": 40, "unique_items": 40}
+    assert (
+        summary_l
+        == summary_d
+        == {"sum": float(sum(i * i for i in range(40))), "count": 40, "unique_items": 40}
+    )
     # local ran the reducer as 2 ranks, debug as 1
     rec_l = local.plan.stage("toy_sum").folder.task_records()
     rec_d = debug.plan.stage("toy_sum").folder.task_records()
@@ -38,7 +42,9 @@ def test_relaunch_submits_nothing(tmp_path):
 def test_failed_shard_is_reported_and_only_it_reruns(tmp_path):
     flag = tmp_path / "fail-now"
     flag.touch()
-    overrides = toy_overrides(tmp_path, "local", extra=["+toy.fail_shards=[2]", f"+toy.fail_while_exists={flag}"])
+    overrides = toy_overrides(
+        tmp_path, "local", extra=["+toy.fail_shards=[2]", f"+toy.fail_while_exists={flag}"]
+    )
     with pytest.raises(LaunchError, match=r"toy_rows(.|\n)*unit 2(.|\n)*planted failure in shard 2"):
         launch(overrides)
     # the launch stopped before the reducer; status names the failed unit from the folders alone
@@ -51,7 +57,7 @@ def test_failed_shard_is_reported_and_only_it_reruns(tmp_path):
     flag.unlink()  # the cause goes away: a relaunch reruns shard 2 only, then the reducer
     again = launch(overrides)
     assert again.submitted == {"toy_rows": [2], "toy_sum": [0, 1]}
-    rows, summary = toy_outputs(again)
+    rows, _summary = toy_outputs(again)
     assert [r["item"] for r in rows] == list(range(40))
 
 

@@ -24,8 +24,9 @@ def test_every_experiment_composes_and_plans(name):
     assert plan.stages, f"experiment {name} plans no stage"
     assert plan.experiment == name
     text = (Path(__file__).parents[2] / "conf" / "experiment" / f"{name}.yaml").read_text()
-    assert "python -m launch" in text.split("\n", 3)[1] + text.split("\n", 3)[2], \
+    assert "python -m launch" in text.split("\n", 3)[1] + text.split("\n", 3)[2], (
         f"conf/experiment/{name}.yaml must start with the command that runs it"
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,8 +72,10 @@ def test_upstream_change_propagates_downstream(tmp_path):
 
 
 def test_shard_count_is_part_of_the_stage_id(tmp_path):
-    assert plan_for(toy_overrides(tmp_path, shards=4)).stage("toy_rows").stage_id != \
-        plan_for(toy_overrides(tmp_path, shards=8)).stage("toy_rows").stage_id
+    assert (
+        plan_for(toy_overrides(tmp_path, shards=4)).stage("toy_rows").stage_id
+        != plan_for(toy_overrides(tmp_path, shards=8)).stage("toy_rows").stage_id
+    )
 
 
 def test_plan_errors_name_the_fix(tmp_path):

@@ -1,0 +1,28 @@
+# make test     dev install, the test Slurm cluster (when root can start it), ruff, pytest
+# make smoke    install and run the smoke experiment on this machine
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# the local CPU wheel on the team's machines; elsewhere pip fetches this release
+TORCH ?= torch==2.13.0
+
+.PHONY: install test lint smoke slurm-up slurm-down
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e '.[dev,torch]'
+
+slurm-up:
+	@if [ "$$(id -u)" = 0 ]; then bash slurm/up.sh; \
+	else echo "make: not root, the test Slurm cluster is not started; Slurm tests skip unless one is up"; fi
+
+slurm-down:
+	bash slurm/down.sh
+
+lint:
+	$(PYTHON) -m ruff check .
+
+test: install slurm-up lint
+	$(PYTHON) -m pytest
+
+smoke: install
+	$(PYTHON) -m launch +experiment=smoke

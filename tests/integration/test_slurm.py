@@ -1,0 +1,91 @@
+"""The toy pipeline on the real test Slurm cluster (slurm/up.sh: 2 emulated nodes).
+
+An array stage (4 shards) feeds a stage that runs 2 tasks on 2 nodes. No wall-clock
+limits: waits end when the run is done or when nothing of it is queued or running.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from clinsynth.core.atomic import read_json
+from launchers.status import run_status
+from launchers.submit import launch
+from launchers.waiting import wait_for
+from tests.helpers import toy_outputs, toy_overrides
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+pytest.importorskip("torch", reason="the 2-rank reducer uses torch.distributed (pip install -e .[train])")
+
+
+def test_array_then_two_node_stage_then_nothing_to_resubmit(tmp_path):
+    first = launch(toy_overrides(tmp_path / "slurm", "slurm"))
+    assert first.submitted == {"toy_rows": [0, 1, 2, 3], "toy_sum": [0, 1]}
+    rows_job = first.action("toy_rows").job_ids
+    assert len(rows_job) == 4 and len({j.split("_")[0] for j in rows_job}) == 1  # one array job
+    assert wait_for(first, poll_s=1.0)
+
+    # the reducer really ran as 2 tasks on the 2 nodes
+    records = first.plan.stage("toy_sum").folder.task_records()
+    assert sorted(records) == [0, 1]
+    assert {r["node"] for r in records.values()} == {"node1", "node2"}
+    assert {r["world_size"] for r in records.values()} == {2}
+    meta = read_json(first.plan.stage("toy_rows").folder.path / "meta.json")
+    assert meta["git"]["commit"] and meta["units"] == 4 and meta["hosts"] and meta["job_ids"]
+    # the dependent job waited on the array through afterok
+    deps = [j["dependency"] for j in first.plan.stage("toy_sum").folder.jobs()]
+    assert deps == [f"afterok:{rows_job[0].split('_')[0]}"]
+
+    again = launch(toy_overrides(tmp_path / "slurm", "slurm"))
+    assert again.submitted == {}
+    assert [a.status for a in again.actions] == ["done", "done"]
+
+    # same outputs as the local and debug executors
+    local = launch(toy_overrides(tmp_path / "local", "local"))
+    debug = launch(toy_overrides(tmp_path / "debug", "debug"))
+    assert toy_outputs(first) == toy_outputs(local) == toy_outputs(debug)
+
+
+def _array_task_of(result, unit: int) -> str:
+    for rec in result.plan.stage("toy_rows").folder.jobs():
+        if unit in rec["units"]:
+            return rec["task_ids"][rec["units"].index(unit)]
+    raise AssertionError(f"unit {unit} was never submitted")
+
+
+def _wait_until(predicate, what: str, poll_s: float = 0.2) -> None:
+    """Wait for a condition that a live job will reach; fail if the job is gone first."""
+    while not predicate():
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+        if not out.strip() and not predicate():
+            raise AssertionError(f"jobs ended before {what}")
+        time.sleep(poll_s)
+
+
+def test_scancel_one_array_task_then_relaunch_reruns_only_that_shard(tmp_path):
+    # 10 items per shard at 1 s each: a shard runs ~10 s, longer than the cluster's KillWait
+    # (5 s), so the cancelled task cannot finish its shard in the grace period after SIGTERM
+    overrides = toy_overrides(tmp_path, "slurm", sleep_s=1.0)
+    first = launch(overrides)
+    folder = first.plan.stage("toy_rows").folder
+    victim = _array_task_of(first, 1)
+    _wait_until(lambda: folder.task_record_path(1).exists(), "shard 1 started")
+    assert not folder.unit_complete(1)
+    subprocess.run(["scancel", victim], check=True)
+    assert not wait_for(first, poll_s=1.0)  # the run cannot finish: shard 1 is gone
+
+    states = {s.stage: s for s in run_status(first.run_dir)}
+    assert states["toy_rows"].complete == [0, 2, 3] and not folder.is_done()
+    assert not (folder.path / "rows" / "shard-00001.jsonl").exists()  # nothing half-written
+
+    again = launch(overrides)
+    assert again.submitted == {"toy_rows": [1], "toy_sum": [0, 1]}
+    assert wait_for(again, poll_s=1.0)
+    rows, summary = toy_outputs(again)
+    assert [r["item"] for r in rows] == list(range(40))  # no duplicate, no missing row
+    assert summary == {"sum": float(sum(i * i for i in range(40))), "count": 40, "unique_items": 40}
+    assert len(read_json(folder.task_record_path(1))["attempts"]) == 2
+    assert launch(overrides).submitted == {}
