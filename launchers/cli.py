@@ -45,10 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from submitit.core.utils import FailedJobError
 
     from launchers.plan import PlanError
     from launchers.submit import LaunchError, launch
     from launchers.waiting import wait_for
+
+    USER_ERRORS = (PlanError, LaunchError, HydraException, FailedJobError, FileNotFoundError, ImportError)
 
     if multirun:
         parsed = OverridesParser.create().parse_overrides(args)
@@ -61,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.rule(" ".join(point))
         try:
             result = launch(point, console=console)
-        except (PlanError, LaunchError) as exc:
-            console.print(f"[red]error:[/] {exc}")
+        except USER_ERRORS as exc:
+            console.print(f"error: {type(exc).__name__}: {exc}", style="red", markup=False, highlight=False)
             return 1
         plain = result.plan.plain
         if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":

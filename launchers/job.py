@@ -18,6 +18,7 @@ from clinsynth.core.atomic import write_json
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import get_stage, load_stage_modules
 from clinsynth.core.tracking import NullTracker, Tracker, WandbTracker
+from launchers.config import redact
 from launchers.folders import StageFolder
 
 
@@ -63,7 +64,7 @@ def _tracker(spec: TaskSpec, rank: int, folder: StageFolder) -> Tracker:
         entity=trk.get("entity"),
         mode=trk.get("mode", "offline"),
         directory=folder.path / "wandb",
-        config={"stage": spec.stage, "stage_id": spec.stage_id, **spec.config},
+        config=redact({"stage": spec.stage, "stage_id": spec.stage_id, **spec.config}),
         tags=[spec.experiment, spec.stage],
         log_samples=bool(trk.get("log_samples", False)),
     )

@@ -89,3 +89,21 @@ def test_scancel_one_array_task_then_relaunch_reruns_only_that_shard(tmp_path):
     assert summary == {"sum": float(sum(i * i for i in range(40))), "count": 40, "unique_items": 40}
     assert len(read_json(folder.task_record_path(1))["attempts"]) == 2
     assert launch(overrides).submitted == {}
+
+
+def test_smoke_doctor_on_two_nodes_checks_the_collective(tmp_path):
+    """The README's main command on the cluster, shaped like a 2-node training job."""
+    from clinsynth.stages.doctor import summarize
+
+    result = launch([
+        "+experiment=smoke", "cluster=slurm", "resources/doctor=multinode", "tracking=disabled",
+        f"paths.runs={tmp_path}",
+    ])  # fmt: skip
+    assert result.submitted == {"doctor": [0, 1]}
+    assert wait_for(result, poll_s=1.0)
+    reports = summarize(result.plan.stage("doctor").folder.path)
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert {r["world_size"] for r in reports} == {2}
+    expected = {"checked": True, "backend": "gloo", "sum": 3.0, "ok": True}
+    assert all(r["collective"] == expected for r in reports)
+    assert all(r["env"]["HF_HUB_OFFLINE"] == "1" for r in reports)  # set by slurm/env.sh
