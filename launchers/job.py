@@ -179,9 +179,20 @@ def finalize_meta(folder: StageFolder) -> None:
     records = folder.task_records()
     starts = [a["start"] for r in records.values() for a in r.get("attempts", []) if "start" in a]
     ends = [a["end"] for r in records.values() for a in r.get("attempts", []) if "end" in a]
+    latest = [r for _, r in sorted(records.items())]
+    arrays = {
+        str(u): f"{r['slurm_array_job_id']}_{r['slurm_array_task_id']}"
+        for u, r in sorted(records.items())
+        if r.get("slurm_array_job_id")
+    }
     meta.update(
-        hosts=sorted({r.get("host") for r in records.values() if r.get("host")}),
-        job_ids=sorted({str(r.get("job_id")) for r in records.values() if r.get("job_id")}),
+        hosts=sorted({r.get("node") or r.get("host") for r in latest if r.get("node") or r.get("host")}),
+        job_ids=sorted({str(r["job_id"]) for r in latest if r.get("job_id")}),
+        slurm={
+            "job_ids": sorted({str(r["slurm_job_id"]) for r in latest if r.get("slurm_job_id")}),
+            "array_job_ids": sorted({a.split("_")[0] for a in arrays.values()}),
+            "array_task_of_unit": arrays,
+        },
         start=min(starts) if starts else None,
         end=max(ends) if ends else None,
         units=len(records),

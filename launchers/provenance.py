@@ -47,7 +47,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "host": socket.gethostname(),
+        "submit_host": socket.gethostname(),
         "packages": package_versions(),
         "git": git_state(),
     }

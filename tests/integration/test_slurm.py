@@ -34,7 +34,10 @@ def test_array_then_two_node_stage_then_nothing_to_resubmit(tmp_path):
     assert {r["node"] for r in records.values()} == {"node1", "node2"}
     assert {r["world_size"] for r in records.values()} == {2}
     meta = read_json(first.plan.stage("toy_rows").folder.path / "meta.json")
-    assert meta["git"]["commit"] and meta["units"] == 4 and meta["hosts"] and meta["job_ids"]
+    assert meta["git"]["commit"] and meta["units"] == 4 and meta["job_ids"]
+    assert set(meta["hosts"]) <= {"node1", "node2"}
+    assert meta["slurm"]["array_job_ids"] == [rows_job[0].split("_")[0]]
+    assert sorted(meta["slurm"]["array_task_of_unit"]) == ["0", "1", "2", "3"]
     # the dependent job waited on the array through afterok
     deps = [j["dependency"] for j in first.plan.stage("toy_sum").folder.jobs()]
     assert deps == [f"afterok:{rows_job[0].split('_')[0]}"]
