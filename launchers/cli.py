@@ -49,10 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from submitit.core.utils import FailedJobError
 
     from launchers.plan import PlanError
+    from launchers.slurm_state import SlurmUnavailable
     from launchers.submit import LaunchError, launch
     from launchers.waiting import wait_for
 
-    USER_ERRORS = (PlanError, LaunchError, HydraException, FailedJobError, FileNotFoundError, ImportError)
+    user_errors = (PlanError, LaunchError, HydraException, FailedJobError, SlurmUnavailable, ImportError)
 
     if multirun:
         parsed = OverridesParser.create().parse_overrides(args)
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.rule(" ".join(point))
         try:
             result = launch(point, console=console)
-        except USER_ERRORS as exc:
+        except (*user_errors, FileNotFoundError) as exc:
             console.print(f"error: {type(exc).__name__}: {exc}", style="red", markup=False, highlight=False)
             return 1
         plain = result.plan.plain

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,11 @@ def make_executor(
     folder: Path = stage.folder.logs
     r = stage.resources
     if kind == "slurm":
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise PlanError(
+                "cluster=slurm but sbatch/srun are not on PATH: run on a Slurm login node, "
+                "or use cluster=local (dry_run=true shows the sbatch files without Slurm)"
+            )
         ex = submitit.SlurmExecutor(folder=folder)
         ex.update_parameters(**slurm_parameters(stage, cluster, dependency, run_id))
         return ex

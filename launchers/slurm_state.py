@@ -7,6 +7,11 @@ import os
 import shutil
 import subprocess
 
+
+class SlurmUnavailable(RuntimeError):
+    """Slurm cannot be asked (no controller, no commands); the message says what failed."""
+
+
 LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
@@ -19,7 +24,10 @@ def live_slurm_tasks() -> dict[str, tuple[str, str]]:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     if out.returncode != 0:
-        raise RuntimeError(f"squeue failed ({out.returncode}): {out.stderr.strip()}")
+        raise SlurmUnavailable(
+            f"squeue failed ({out.returncode}): {out.stderr.strip()}; "
+            "is the controller up? (sinfo; slurm/README.md)"
+        )
     live = {}
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")
