@@ -63,7 +63,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def order_stages(targets: list[str]) -> list[StageSpec]:
+def order_stages(targets: list[str], plain: dict[str, Any] | None = None) -> list[StageSpec]:
     """Targets plus everything they need, dependencies first (stable DFS order)."""
     ordered: list[StageSpec] = []
     state: dict[str, str] = {}
@@ -79,7 +79,7 @@ def order_stages(targets: list[str]) -> list[StageSpec]:
         except KeyError as exc:
             where = f" (needed by {chain[-1]!r})" if chain else ""
             raise PlanError(f"{exc.args[0]}{where}") from None
-        for dep in spec.needs:
+        for dep in spec.needs_for(plain or {}):
             visit(dep, (*chain, name))
         state[name] = "done"
         ordered.append(spec)
@@ -103,7 +103,7 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
     plan = Plan(experiment, rid, runs_root, runs_root / experiment / rid, plain, sem_delta)
 
     ids: dict[str, str] = {}
-    for spec in order_stages(pipeline):
+    for spec in order_stages(pipeline, plain):
         res = resources_for(plain, spec.name)
         shards = int(res.get("shards", 1) or 1)
         ranks = int(res.get("nodes", 1)) * int(res.get("tasks_per_node", 1))
@@ -117,7 +117,7 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
                 f"use shards>1 or nodes*tasks_per_node>1, not both"
             )
         reads = identity.stage_inputs(plain, spec.reads)
-        needs = {dep: ids[dep] for dep in spec.needs}
+        needs = {dep: ids[dep] for dep in spec.needs_for(plain)}
         sid = identity.stage_id(spec.name, spec.version, reads, shards, needs)
         ids[spec.name] = sid
         plan.stages.append(
@@ -125,7 +125,7 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
                 name=spec.name,
                 spec=spec,
                 stage_id=sid,
-                needs=spec.needs,
+                needs=spec.needs_for(plain),
                 config=_nest(reads),
                 resources=res,
                 folder=stage_folder(runs_root, spec.name, sid),

@@ -17,14 +17,17 @@ from clinsynth.core.context import StageContext
 StageFn = Callable[[dict[str, Any], StageContext], Any]
 
 #: Modules that define the built-in stages; imported on first lookup.
-BUILTIN_STAGE_MODULES: tuple[str, ...] = ("clinsynth.stages.doctor",)
+BUILTIN_STAGE_MODULES: tuple[str, ...] = (
+    "clinsynth.stages.doctor",
+    "clinsynth.stages.ingest",
+)
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     fn: StageFn
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] | Callable[[dict[str, Any]], tuple[str, ...]] = ()
     reads: tuple[str, ...] = ()
     #: array stages run one task per shard; others may run several ranks
     array: bool = False
@@ -35,6 +38,10 @@ class StageSpec:
     def module(self) -> str:
         return self.fn.__module__
 
+    def needs_for(self, plain: dict[str, Any]) -> tuple[str, ...]:
+        """Upstream stages; a callable decides from the config (ingest needs cohort only for synthetic data)."""
+        return tuple(self.needs(plain)) if callable(self.needs) else self.needs
+
 
 _REGISTRY: dict[str, StageSpec] = {}
 _loaded_builtins = False
@@ -43,7 +50,7 @@ _loaded_builtins = False
 def stage(
     name: str,
     *,
-    needs: Iterable[str] = (),
+    needs: Iterable[str] | Callable[[dict[str, Any]], tuple[str, ...]] = (),
     reads: Iterable[str] = (),
     array: bool = False,
     version: int = 1,
@@ -54,7 +61,7 @@ def stage(
         spec = StageSpec(
             name=name,
             fn=fn,
-            needs=tuple(needs),
+            needs=needs if callable(needs) else tuple(needs),
             reads=tuple(reads),
             array=array,
             version=version,

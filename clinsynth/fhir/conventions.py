@@ -1,0 +1,108 @@
+"""The FHIR vocabulary clinsynth writes and reads: MII profiles, code systems, well-known systems.
+
+Profile URLs are those of the MII core data set (KDS) and the MII oncology module as
+used by the MII test data (`medizininformatik-initiative/mii-testdata`, IG 2026.0.0).
+"""
+
+from __future__ import annotations
+
+MII = "https://www.medizininformatik-initiative.de/fhir"
+ONKO = f"{MII}/ext/modul-onko/StructureDefinition"
+
+PROFILE = {
+    "Patient": f"{MII}/core/modul-person/StructureDefinition/Patient",
+    "Encounter": f"{MII}/core/modul-fall/StructureDefinition/KontaktGesundheitseinrichtung",
+    "Condition": f"{MII}/core/modul-diagnose/StructureDefinition/Diagnose",
+    "Condition.primary_tumor": f"{ONKO}/mii-pr-onko-diagnose-primaertumor",
+    "Procedure": f"{MII}/core/modul-prozedur/StructureDefinition/Procedure",
+    "Procedure.operation": f"{ONKO}/mii-pr-onko-operation",
+    "Procedure.systemic_therapy": f"{ONKO}/mii-pr-onko-systemische-therapie",
+    "Procedure.radiotherapy": f"{ONKO}/mii-pr-onko-strahlentherapie",
+    "Medication": f"{MII}/core/modul-medikation/StructureDefinition/Medication",
+    "MedicationStatement": f"{MII}/core/modul-medikation/StructureDefinition/MedicationStatement",
+    "MedicationStatement.systemic_therapy": f"{ONKO}/mii-pr-onko-systemische-therapie-medikation",
+    "Observation.lab": f"{MII}/core/modul-labor/StructureDefinition/ObservationLab",
+    "Observation.histology": f"{ONKO}/mii-pr-onko-histologie-icdo3",
+    "Observation.grading": f"{ONKO}/mii-pr-onko-grading",
+    "Observation.tnm": f"{ONKO}/mii-pr-onko-tnm-klassifikation",
+    "Observation.tnm_t": f"{ONKO}/mii-pr-onko-tnm-t-kategorie",
+    "Observation.tnm_n": f"{ONKO}/mii-pr-onko-tnm-n-kategorie",
+    "Observation.tnm_m": f"{ONKO}/mii-pr-onko-tnm-m-kategorie",
+}
+
+# code systems
+ICD10GM = "http://fhir.de/CodeSystem/bfarm/icd-10-gm"
+ICD10_WHO = "http://hl7.org/fhir/sid/icd-10"
+OPS = "http://fhir.de/CodeSystem/bfarm/ops"
+ATC = "http://fhir.de/CodeSystem/bfarm/atc"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
+ICDO3_OID = "urn:oid:2.16.840.1.113883.6.43.1"
+UICC = "https://www.uicc.org/resources/tnm"
+ONKO_CS = f"{MII}/ext/modul-onko/CodeSystem"
+GRADING = f"{ONKO_CS}/mii-cs-onko-grading"
+TNM_VERSION = f"{ONKO_CS}/mii-cs-onko-tnm-version"
+LATERALITY = f"{ONKO_CS}/mii-cs-onko-seitenlokalisation"
+DIAGNOSIS_ROLE = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+FACHABTEILUNG = "http://fhir.de/CodeSystem/dkgev/Fachabteilungsschluessel"
+KONTAKTEBENE = "http://fhir.de/CodeSystem/Kontaktebene"
+KONTAKTART = "http://fhir.de/CodeSystem/kontaktart-de"
+EDQM = "http://standardterms.edqm.eu"
+MED_STATEMENT_CATEGORY = "http://terminology.hl7.org/CodeSystem/medication-statement-category"
+PATIENT_ID_SYSTEM = "https://clinsynth.invalid/sid/patient"  # .invalid: never a real namespace
+
+#: systems whose codes ingest turns into facts; one of them must code the element
+DIAGNOSIS_SYSTEMS = (ICD10GM, ICD10_WHO)
+PROCEDURE_SYSTEMS = (OPS, SNOMED)
+MEDICATION_SYSTEMS = (ATC, "http://fhir.de/CodeSystem/ifa/pzn", SNOMED, "http://fhir.de/CodeSystem/ask")
+LAB_SYSTEMS = (LOINC, SNOMED)
+ICDO3_SYSTEMS = (ICDO3, ICDO3_OID)
+
+#: exact code system URLs accepted in codings, besides the prefixes below
+KNOWN_SYSTEMS = frozenset({
+    ICD10GM, ICD10_WHO, OPS, ATC, LOINC, SNOMED, UCUM, ICDO3, ICDO3_OID, UICC, EDQM,
+    "http://fhir.de/CodeSystem/dimdi/icd-10-gm", "http://fhir.de/CodeSystem/dimdi/ops",
+    "http://fhir.de/CodeSystem/dimdi/atc", "http://fhir.de/CodeSystem/bfarm/alpha-id",
+    "http://fhir.de/CodeSystem/dimdi/alpha-id", "http://fhir.de/CodeSystem/bfarm/icd-o-3",
+    "http://purl.obolibrary.org/obo/mondo.owl", "http://orpha.net", "http://www.whocc.no/atc",
+    "urn:iso:std:iso:11073:10101", "http://varnomen.hgvs.org", "http://www.genenames.org/geneId",
+    "http://www.genenames.org", "http://human-phenotype-ontology.org", "http://www.orpha.net",
+    "http://www.ensembl.org", "http://www.ncbi.nlm.nih.gov/clinvar", "http://cancer.sanger.ac.uk/cancergenome/projects/cosmic",
+    "urn:ietf:bcp:47", "urn:ietf:bcp:13", "urn:iso:std:iso:3166", "http://www.bbmri-eric.eu/",
+    "http://data.mskcc.org/ontologies/oncotree", "http://ncit.nci.nih.gov", "http://fdasis.nlm.nih.gov",
+    "https://nih-ncpi.github.io/ncpi-fhir-ig/CodeSystem-ncit.html", "http://radlex.org", "http://omim.org",
+    "http://purl.obolibrary.org/obo/hp.owl", "http://www.nlm.nih.gov/research/umls/rxnorm", "http://www.ama-assn.org/go/cpt",
+})  # fmt: skip
+
+#: prefixes of code system families (HL7, FHIR, fhir.de, MII, OIDs, IHE-D, ...)
+KNOWN_SYSTEM_PREFIXES = (
+    "http://terminology.hl7.org/CodeSystem/",
+    "http://hl7.org/fhir/",
+    "http://fhir.de/CodeSystem/",
+    f"{MII}/",
+    "urn:oid:",
+    "http://ihe-d.de/CodeSystems/",
+    "https://www.uicc.org/",
+    "http://dicom.nema.org/",
+)
+
+
+#: inside these families only the exact systems above exist: a near miss is a typo, not a new system
+STRICT_FAMILIES = ("http://fhir.de/CodeSystem/bfarm/", "http://fhir.de/CodeSystem/dimdi/")
+
+
+def is_known_system(system: str | None, extra: frozenset[str] = frozenset()) -> bool:
+    """Known: listed, configured, or in a well-known family; a coding without a system is unknown."""
+    if not system:
+        return False
+    if system in KNOWN_SYSTEMS or system in extra:
+        return True
+    if system.startswith(STRICT_FAMILIES):
+        return False
+    return system.startswith(KNOWN_SYSTEM_PREFIXES)

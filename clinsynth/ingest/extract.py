@@ -1,0 +1,372 @@
+"""From one valid FHIR resource to record rows, plus what the caller must still check.
+
+Pure functions of the resource: references are returned unresolved (the ingest loop
+holds the id sets), so this runs in worker processes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from clinsynth.fhir import conventions as fc
+
+
+@dataclass
+class Extracted:
+    kind: str  # patient | encounter | medication | facts | ignored
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    patient_ref: str | None = None
+    encounter_ref: str | None = None
+    medication_ref: str | None = None
+    #: (element path, system) of every coding that ingest interprets
+    systems: list[tuple[str, str | None]] = field(default_factory=list)
+    #: (element path, iso date) pairs to check against birth/death and the reference date
+    dates: list[tuple[str, str]] = field(default_factory=list)
+    #: encounter diagnoses: condition id -> role
+    diagnosis_roles: dict[str, str] = field(default_factory=dict)
+    #: Medication resources: id -> (system, code, display)
+    medication: tuple[str | None, str | None, str | None] | None = None
+
+
+_REF_RE = re.compile(r"^(?:.*/)?([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/.*)?$")
+
+
+def ref_id(ref: dict[str, Any] | None, expected_type: str) -> str | None:
+    """'Patient/123' (also absolute URLs) -> '123'; urn:uuid refs -> the full urn."""
+    if not ref or not isinstance(ref, dict):
+        return None
+    value = ref.get("reference")
+    if not isinstance(value, str):
+        return None
+    if value.startswith("urn:uuid:"):
+        return value
+    m = _REF_RE.match(value)
+    if not m or m.group(1) != expected_type:
+        return f"!{value}"  # wrong type or unparseable: dangling by construction
+    return m.group(2)
+
+
+def _first_coding(cc: dict[str, Any] | None, systems: tuple[str, ...]) -> dict[str, Any] | None:
+    if not cc:
+        return None
+    codings = cc.get("coding") or []
+    for system in systems:
+        for c in codings:
+            if c.get("system") == system and c.get("code"):
+                return c
+    return None
+
+
+def _any_coding(cc: dict[str, Any] | None) -> dict[str, Any] | None:
+    codings = (cc or {}).get("coding") or []
+    return codings[0] if codings else None
+
+
+def _codings(cc: dict[str, Any] | None, path: str, out: list[tuple[str, str | None]]) -> None:
+    for c in (cc or {}).get("coding") or []:
+        out.append((path, c.get("system")))
+
+
+def _period(res: dict[str, Any], prefix: str) -> tuple[str | None, str | None]:
+    if prefix + "DateTime" in res:
+        return res[prefix + "DateTime"], None
+    if prefix + "Period" in res:
+        p = res[prefix + "Period"]
+        return p.get("start"), p.get("end")
+    if prefix + "Instant" in res:
+        return res[prefix + "Instant"], None
+    return None, None
+
+
+def _fact(res: dict[str, Any], category: str, **kw: Any) -> dict[str, Any]:
+    extra = kw.pop("extra", None)
+    row = {
+        "resource_type": res["resourceType"], "resource_id": res.get("id"), "category": category,
+        "system": None, "code": None, "display": None, "text": None, "value_num": None, "value_str": None,
+        "unit": None, "date": None, "end_date": None, "status": res.get("status"), "assertion": "present",
+        "role": None, "extra": orjson.dumps(extra).decode() if extra else None,
+    }  # fmt: skip
+    row.update(kw)
+    return row
+
+
+_ASSERTION = {
+    "confirmed": "present", "unconfirmed": "suspected", "provisional": "suspected",
+    "differential": "suspected", "refuted": "negated", "entered-in-error": "entered-in-error",
+}  # fmt: skip
+
+
+def extract(res: dict[str, Any]) -> Extracted:
+    rt = res["resourceType"]
+    fn = _EXTRACTORS.get(rt)
+    if fn is None:
+        return Extracted("ignored")
+    return fn(res)
+
+
+def _patient(res: dict[str, Any]) -> Extracted:
+    name = (res.get("name") or [{}])[0]
+    addr = (res.get("address") or [{}])[0]
+    deceased = res.get("deceasedDateTime")
+    row = {
+        "patient_id": res.get("id"), "sex": res.get("gender"), "birth_date": res.get("birthDate"),
+        "deceased": bool(res.get("deceasedBoolean") or deceased), "deceased_date": deceased,
+        "family": name.get("family"), "given": " ".join(name.get("given") or []) or None,
+        "city": addr.get("city"), "postal_code": addr.get("postalCode"),
+    }  # fmt: skip
+    ex = Extracted("patient", [row])
+    if res.get("birthDate"):
+        ex.dates.append(("birthDate", res["birthDate"]))
+    if deceased:
+        ex.dates.append(("deceasedDateTime", deceased))
+    return ex
+
+
+def _encounter(res: dict[str, Any]) -> Extracted:
+    period = res.get("period") or {}
+    svc = _any_coding(res.get("serviceType"))
+    kontaktart = None
+    for t in res.get("type") or []:
+        c = _first_coding(t, (fc.KONTAKTART,))
+        if c:
+            kontaktart = c["code"]
+    row = {
+        "encounter_id": res.get("id"), "start": period.get("start"), "end": period.get("end"),
+        "status": res.get("status"), "class_code": (res.get("class") or {}).get("code"),
+        "kontaktart": kontaktart, "department_code": svc.get("code") if svc else None,
+        "department": (svc.get("display") if svc else None),
+    }  # fmt: skip
+    ex = Extracted("encounter", [row], patient_ref=ref_id(res.get("subject"), "Patient"))
+    for key in ("start", "end"):
+        if period.get(key):
+            ex.dates.append((f"period.{key}", period[key]))
+    for d in res.get("diagnosis") or []:
+        cid = ref_id(d.get("condition"), "Condition")
+        use = _any_coding(d.get("use"))
+        role = "main" if d.get("rank") == 1 else "secondary"
+        if use and use.get("code") in ("CC",):
+            role = "main"
+        if cid and not cid.startswith("!"):
+            ex.diagnosis_roles[cid] = role
+    return ex
+
+
+def _condition(res: dict[str, Any]) -> Extracted:
+    code = res.get("code") or {}
+    c = _first_coding(code, fc.DIAGNOSIS_SYSTEMS) or _any_coding(code)
+    ver = _any_coding(res.get("verificationStatus"))
+    clin = _any_coding(res.get("clinicalStatus"))
+    profiles = (res.get("meta") or {}).get("profile") or []
+    date = res.get("onsetDateTime") or res.get("recordedDate") or (res.get("onsetPeriod") or {}).get("start")
+    extra: dict[str, Any] = {}
+    for site in res.get("bodySite") or []:
+        topo = _first_coding(site, fc.ICDO3_SYSTEMS)
+        lat = _first_coding(site, (fc.LATERALITY,))
+        if topo:
+            extra["topography"] = topo["code"]
+        if lat:
+            extra["laterality"] = lat["code"]
+    if any(p.endswith("mii-pr-onko-diagnose-primaertumor") for p in profiles):
+        extra["primary_tumor"] = True
+    clinical = clin.get("code") if clin else None
+    assertion = _ASSERTION.get(ver.get("code"), "present") if ver else "present"
+    if clinical in ("inactive", "resolved", "remission") and assertion == "present":
+        assertion = "historical"
+    row = _fact(
+        res, "diagnosis", system=c.get("system") if c else None, code=c.get("code") if c else None,
+        display=c.get("display") if c else None, text=code.get("text"), date=date, status=clinical,
+        assertion=assertion, extra=extra or None,
+    )  # fmt: skip
+    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
+                   encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None)
+    _codings(code, "code", ex.systems)
+    if date:
+        ex.dates.append(("onset", date))
+    return ex
+
+
+def _procedure(res: dict[str, Any]) -> Extracted:
+    code = res.get("code") or {}
+    c = _first_coding(code, fc.PROCEDURE_SYSTEMS) or _any_coding(code)
+    start, end = _period(res, "performed")
+    extra: dict[str, Any] = {}
+    for site in res.get("bodySite") or []:
+        lat = _first_coding(site, (fc.LATERALITY,))
+        if lat:
+            extra["laterality"] = lat["code"]
+    for e in res.get("extension") or []:
+        if e.get("url", "").endswith("intention"):
+            intent = _any_coding(e.get("valueCodeableConcept"))
+            if intent:
+                extra["intention"] = intent.get("code")
+    row = _fact(
+        res, "procedure", system=c.get("system") if c else None, code=c.get("code") if c else None,
+        display=c.get("display") if c else None, text=code.get("text"), date=start, end_date=end,
+        extra=extra or None,
+    )  # fmt: skip
+    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
+                   encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None)
+    _codings(code, "code", ex.systems)
+    ex.dates += [(k, v) for k, v in (("performed.start", start), ("performed.end", end)) if v]
+    return ex
+
+
+def _medication(res: dict[str, Any]) -> Extracted:
+    code = res.get("code") or {}
+    c = _first_coding(code, (fc.ATC,)) or _first_coding(code, fc.MEDICATION_SYSTEMS) or _any_coding(code)
+    ex = Extracted("medication")
+    ex.medication = (c.get("system"), c.get("code"), c.get("display") or code.get("text")) if c else (
+        None, None, code.get("text"))
+    _codings(code, "code", ex.systems)
+    return ex
+
+
+_WHEN = {"MORN": 0, "NOON": 1, "EVE": 2, "NIGHT": 3, "CM": 0, "CD": 1, "CV": 2, "HS": 3, "ACM": 0, "ACD": 1,
+         "ACV": 2, "PCM": 0, "PCD": 1, "PCV": 2}  # fmt: skip
+
+
+def _dosage(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dr in d.get("doseAndRate") or []:
+        q = dr.get("doseQuantity")
+        if q and q.get("value") is not None:
+            out["dose"] = q["value"]
+            out["dose_unit"] = q.get("code") or q.get("unit")
+    route = _any_coding(d.get("route"))
+    if route:
+        out["route"] = route.get("display") or route.get("code")
+    repeat = (d.get("timing") or {}).get("repeat") or {}
+    if repeat.get("when"):
+        sched = [0, 0, 0, 0]
+        for w in repeat["when"]:
+            if w in _WHEN:
+                sched[_WHEN[w]] = 1
+        out["schedule"] = sched
+    if repeat.get("frequency") is not None:
+        out["frequency"] = f"{repeat['frequency']}/{repeat.get('period', 1)}{repeat.get('periodUnit', 'd')}"
+    if d.get("text"):
+        out["dosage_text"] = d["text"]
+    return out
+
+
+def _medication_use(res: dict[str, Any]) -> Extracted:
+    rt = res["resourceType"]
+    cc = res.get("medicationCodeableConcept")
+    c = (_first_coding(cc, (fc.ATC,)) or _first_coding(cc, fc.MEDICATION_SYSTEMS) or _any_coding(cc)) if cc else None
+    dosages = res.get("dosage") or res.get("dosageInstruction") or []
+    if rt == "MedicationAdministration":
+        dosages = [res["dosage"]] if res.get("dosage") else []
+    extra = _dosage(dosages[0]) if dosages else {}
+    cat = res.get("category")
+    cats = cat if isinstance(cat, list) else [cat] if cat else []
+    context = None
+    for cc_ in cats:
+        k = _any_coding(cc_)
+        if k:
+            context = k.get("code")
+            break
+    start, end = _period(res, "effective")
+    if rt == "MedicationRequest":
+        start = res.get("authoredOn")
+    profiles = (res.get("meta") or {}).get("profile") or []
+    if any("systemische-therapie" in p for p in profiles):
+        extra["therapy"] = "systemic"
+    row = _fact(
+        res, "medication", system=c.get("system") if c else None, code=c.get("code") if c else None,
+        display=(c.get("display") if c else None) or (cc or {}).get("text"), date=start, end_date=end,
+        value_num=float(extra["dose"]) if "dose" in extra else None, unit=extra.get("dose_unit"),
+        role=context, extra=extra or None,
+    )  # fmt: skip
+    enc = res.get("context") or res.get("encounter")
+    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
+                   encounter_ref=ref_id(enc, "Encounter") if enc else None,
+                   medication_ref=ref_id(res.get("medicationReference"), "Medication")
+                   if res.get("medicationReference") else None)  # fmt: skip
+    if cc:
+        _codings(cc, "medicationCodeableConcept", ex.systems)
+    ex.dates += [(k, v) for k, v in (("effective.start", start), ("effective.end", end)) if v]
+    return ex
+
+
+_TNM_PROFILES = {"tnm-t-kategorie": "tnm_t", "tnm-n-kategorie": "tnm_n", "tnm-m-kategorie": "tnm_m",
+                 "tnm-klassifikation": "uicc_stage", "grading": "grading", "histologie-icdo3": "histology"}  # fmt: skip
+
+
+def _observation(res: dict[str, Any]) -> Extracted:
+    profiles = (res.get("meta") or {}).get("profile") or []
+    category = "observation"
+    for p in profiles:
+        for suffix, cat in _TNM_PROFILES.items():
+            if p.endswith("mii-pr-onko-" + suffix):
+                category = cat
+    code = res.get("code") or {}
+    cats = [(_any_coding(c) or {}).get("code") for c in res.get("category") or []]
+    if category == "observation" and ("laboratory" in cats or any(p.endswith("ObservationLab") for p in profiles)):
+        category = "lab"
+    c = _first_coding(code, fc.LAB_SYSTEMS) or _any_coding(code)
+    date, end = _period(res, "effective")
+    extra: dict[str, Any] = {}
+    value_num = value_str = unit = None
+    vq = res.get("valueQuantity")
+    if vq:
+        value_num = vq.get("value")
+        unit = vq.get("code") or vq.get("unit")
+    vcc = res.get("valueCodeableConcept")
+    vc = _any_coding(vcc) if vcc else None
+    if category in ("tnm_t", "tnm_n", "tnm_m", "uicc_stage", "grading", "histology") and vc:
+        # the category's value is the code (T3c, 8140/3, G2 ...)
+        c = vc
+        for e in code.get("extension") or []:
+            if e.get("url", "").endswith("cp-praefix"):
+                extra["prefix"] = (_any_coding(e.get("valueCodeableConcept")) or {}).get("code")
+    elif vc:
+        value_str = vc.get("code")
+    if res.get("valueString") is not None:
+        value_str = res["valueString"]
+    for rr in res.get("referenceRange") or []:
+        lo, hi = (rr.get("low") or {}).get("value"), (rr.get("high") or {}).get("value")
+        extra["ref_low"], extra["ref_high"] = lo, hi
+    interp = _any_coding((res.get("interpretation") or [None])[0])
+    if interp:
+        extra["interpretation"] = interp.get("code")
+    site = res.get("bodySite")
+    topo = _first_coding(site, fc.ICDO3_SYSTEMS) if site else None
+    if topo:
+        extra["topography"] = topo["code"]
+    if category == "histology" and vcc and vcc.get("text"):
+        extra["histology_text"] = vcc["text"]
+    row = _fact(
+        res, category, system=c.get("system") if c else None, code=c.get("code") if c else None,
+        display=c.get("display") if c else None, text=code.get("text"), value_num=value_num,
+        value_str=value_str, unit=unit, date=date, end_date=end, extra=extra or None,
+    )  # fmt: skip
+    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
+                   encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None)
+    _codings(code, "code", ex.systems)
+    if vcc:
+        _codings(vcc, "valueCodeableConcept", ex.systems)
+    if date:
+        ex.dates.append(("effective", date))
+    return ex
+
+
+_EXTRACTORS = {
+    "Patient": _patient,
+    "Encounter": _encounter,
+    "Condition": _condition,
+    "Procedure": _procedure,
+    "Medication": _medication,
+    "MedicationStatement": _medication_use,
+    "MedicationRequest": _medication_use,
+    "MedicationAdministration": _medication_use,
+    "Observation": _observation,
+}
+
+#: resource types ingest turns into records; the rest are counted as ignored
+SUPPORTED = frozenset(_EXTRACTORS)
+#: read first, so that references to them can be checked on the fly
+REFERENCE_TARGETS = ("Patient", "Medication", "Encounter")

@@ -1,0 +1,196 @@
+"""Where FHIR resources come from: bulk-export NDJSON, Bundle files, or a FHIR REST server.
+
+Every source yields `Item`s in an order that puts Patients, Medications and Encounters
+first, so references to them can be checked as the stream goes by (bounded memory).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from clinsynth.ingest.extract import REFERENCE_TARGETS, SUPPORTED
+
+
+@dataclass
+class Item:
+    source: str  # file name or URL
+    line: int | None  # 1-based line in an NDJSON file; None for Bundle entries and pages
+    raw: bytes | None = None  # an NDJSON line, parsed by the worker
+    resource: dict[str, Any] | None = None  # an already parsed Bundle entry / page entry
+    location: str | None = None  # entry[3], page 2 entry 7, ...
+    error: str | None = None  # the source could not even produce a resource (malformed file)
+
+
+class SourceError(RuntimeError):
+    """The source as a whole cannot be read (missing folder, server unreachable after retries)."""
+
+
+def _priority(resource_type: str) -> tuple[int, str]:
+    return (REFERENCE_TARGETS.index(resource_type) if resource_type in REFERENCE_TARGETS else 9, resource_type)
+
+
+_TYPE_RE = re.compile(r"^([A-Z][A-Za-z]+)")
+
+
+def ndjson_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise SourceError(f"NDJSON source {path} does not exist: point source.path at a bulk-export folder")
+    files = [p for p in path.iterdir() if p.name.endswith((".ndjson", ".ndjson.gz"))]
+    if not files:
+        raise SourceError(f"no *.ndjson files in {path}")
+
+    def key(p: Path) -> tuple[tuple[int, str], str]:
+        m = _TYPE_RE.match(p.name)
+        return _priority(m.group(1) if m else "~"), p.name
+
+    return sorted(files, key=key)
+
+
+def read_ndjson(path: Path) -> Iterator[Item]:
+    """One Item per non-blank line, in file order; malformed lines are the worker's to report."""
+    for f in ndjson_files(path):
+        opener = gzip.open if f.name.endswith(".gz") else open
+        with opener(f, "rb") as fh:
+            for i, line in enumerate(fh, 1):
+                line = line.strip()
+                if line:
+                    yield Item(source=f.name, line=i, raw=line)
+
+
+def _bundle_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise SourceError(f"Bundle source {path} does not exist: point source.path at a folder of Bundle files")
+    files = sorted(p for p in path.rglob("*.json") if p.is_file())
+    if not files:
+        raise SourceError(f"no *.json files in {path}")
+    return files
+
+
+def _entries(doc: Any) -> Iterator[tuple[str | None, Any]]:
+    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+        for i, entry in enumerate(doc.get("entry") or []):
+            yield f"entry[{i}]", (entry or {}).get("resource") if isinstance(entry, dict) else entry
+    else:
+        yield None, doc
+
+
+def read_bundles(path: Path) -> Iterator[Item]:
+    """Two passes over the files: reference targets first, then everything else."""
+    files = _bundle_files(path)
+    for first_pass in (True, False):
+        for f in files:
+            try:
+                doc = orjson.loads(f.read_bytes())
+            except orjson.JSONDecodeError as exc:
+                if first_pass:
+                    yield Item(source=f.name, line=None, error=f"malformed JSON file: {exc}")
+                continue
+            for loc, res in _entries(doc):
+                rt = res.get("resourceType") if isinstance(res, dict) else None
+                is_target = rt in REFERENCE_TARGETS
+                if is_target == first_pass or (rt is None and first_pass):
+                    yield Item(source=f.name, line=None, resource=res, location=loc)
+
+
+@dataclass
+class ServerSource:
+    """Paged FHIR search (`_count`, next links) with Bearer auth, retries with backoff and timeouts."""
+
+    base_url: str
+    token_env: str | None = None
+    page_size: int = 500
+    timeout_s: float = 30.0
+    retries: int = 5
+    backoff_s: float = 0.5
+    types: tuple[str, ...] = ()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/fhir+json"}
+        if self.token_env:
+            token = os.environ.get(self.token_env)
+            if not token:
+                raise SourceError(
+                    f"source.token_env={self.token_env} but that environment variable is empty; "
+                    "export the server's Bearer token there (it is never written to configs or logs)"
+                )
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _get(self, client: Any, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                resp = client.get(url, params=params)
+                if resp.status_code in (429, 500, 502, 503, 504):
+                    last = f"HTTP {resp.status_code}"
+                elif resp.status_code >= 400:
+                    raise SourceError(f"GET {resp.request.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+                else:
+                    return orjson.loads(resp.content)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if attempt < self.retries:
+                delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+                time.sleep(delay)
+        raise SourceError(f"GET {url} failed after {self.retries + 1} attempts ({last})")
+
+    def __iter__(self) -> Iterator[Item]:
+        import httpx
+
+        types = sorted(self.types or SUPPORTED, key=_priority)
+        base = self.base_url.rstrip("/")
+        with httpx.Client(headers=self._headers(), timeout=self.timeout_s, follow_redirects=True) as client:
+            for rt in types:
+                url: str | None = f"{base}/{rt}?" + urlencode({"_count": self.page_size})
+                page = 0
+                while url:
+                    bundle = self._get(client, url)
+                    page += 1
+                    for loc, res in _entries(bundle):
+                        if isinstance(res, dict) and res.get("resourceType") == "OperationOutcome":
+                            continue  # search warnings, not data
+                        yield Item(source=f"{base}/{rt}", line=None, resource=res, location=f"page {page} {loc}")
+                    url = next((ln.get("url") for ln in bundle.get("link") or [] if ln.get("relation") == "next"),
+                               None)  # fmt: skip
+
+
+def open_source(kind: str, cfg: dict[str, Any], cohort_dir: Path | None = None) -> Iterable[Item]:
+    if kind == "synthetic":
+        if cohort_dir is None:
+            raise SourceError("source.kind=synthetic needs the cohort stage's output")
+        return read_ndjson(cohort_dir / "fhir")
+    if kind == "ndjson":
+        return read_ndjson(Path(_required(cfg, "path")))
+    if kind == "bundles":
+        return read_bundles(Path(_required(cfg, "path")))
+    if kind == "server":
+        return ServerSource(
+            base_url=_required(cfg, "url"), token_env=cfg.get("token_env"), page_size=int(cfg.get("page_size", 500)),
+            timeout_s=float(cfg.get("timeout_s", 30)), retries=int(cfg.get("retries", 5)),
+            backoff_s=float(cfg.get("backoff_s", 0.5)), types=tuple(cfg.get("types") or ()),
+        )  # fmt: skip
+    raise SourceError(f"unknown source.kind {kind!r}: use synthetic, ndjson, bundles or server")
+
+
+def _required(cfg: dict[str, Any], key: str) -> str:
+    value = cfg.get(key)
+    if not value:
+        raise SourceError(f"source.{key} is required for source.kind={cfg.get('kind')}")
+    return str(value)

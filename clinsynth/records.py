@@ -1,0 +1,147 @@
+"""The typed record set that ingest writes and the sampler reads (Parquet, bucketed by patient).
+
+records/patients-0003.parquet, encounters-0003.parquet, facts-0003.parquet hold every
+patient whose id hashes to bucket 3, so a reader can walk patients bucket by bucket
+with bounded memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PATIENTS = pa.schema([
+    ("patient_id", pa.string()), ("sex", pa.string()), ("birth_date", pa.string()),
+    ("deceased", pa.bool_()), ("deceased_date", pa.string()), ("family", pa.string()),
+    ("given", pa.string()), ("city", pa.string()), ("postal_code", pa.string()), ("source", pa.string()),
+])  # fmt: skip
+ENCOUNTERS = pa.schema([
+    ("encounter_id", pa.string()), ("patient_id", pa.string()), ("start", pa.string()), ("end", pa.string()),
+    ("status", pa.string()), ("class_code", pa.string()), ("kontaktart", pa.string()),
+    ("department_code", pa.string()), ("department", pa.string()), ("source", pa.string()),
+])  # fmt: skip
+FACTS = pa.schema([
+    ("patient_id", pa.string()), ("encounter_id", pa.string()), ("resource_type", pa.string()),
+    ("resource_id", pa.string()), ("category", pa.string()), ("system", pa.string()), ("code", pa.string()),
+    ("display", pa.string()), ("text", pa.string()), ("value_num", pa.float64()), ("value_str", pa.string()),
+    ("unit", pa.string()), ("date", pa.string()), ("end_date", pa.string()), ("status", pa.string()),
+    ("assertion", pa.string()), ("role", pa.string()), ("extra", pa.string()), ("source", pa.string()),
+])  # fmt: skip
+TABLES = {"patients": PATIENTS, "encounters": ENCOUNTERS, "facts": FACTS}
+
+#: fact categories
+CATEGORIES = (
+    "diagnosis", "procedure", "medication", "lab", "tnm_t", "tnm_n", "tnm_m", "uicc_stage",
+    "grading", "histology", "observation",
+)  # fmt: skip
+
+
+def bucket_of(patient_id: str, n_buckets: int) -> int:
+    """Stable across processes and runs (unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(patient_id.encode(), digest_size=4).digest(), "big") % n_buckets
+
+
+@dataclass
+class Encounter:
+    row: dict[str, Any]
+    facts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PatientRecord:
+    """One patient: demographics, encounters with their facts, and facts without encounter."""
+
+    patient: dict[str, Any]
+    encounters: dict[str, Encounter] = field(default_factory=dict)
+    unlinked: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def patient_id(self) -> str:
+        return self.patient["patient_id"]
+
+    def all_facts(self) -> list[dict[str, Any]]:
+        return [f for e in self.encounters.values() for f in e.facts] + self.unlinked
+
+    @staticmethod
+    def extra(fact: dict[str, Any]) -> dict[str, Any]:
+        return orjson.loads(fact["extra"]) if fact.get("extra") else {}
+
+
+def buckets(records_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in records_dir.glob("patients-*.parquet"))
+
+
+def iter_patients(records_dir: Path) -> Iterator[PatientRecord]:
+    """Every patient with encounters and facts, one bucket in memory at a time."""
+    for b in buckets(records_dir):
+        tables = {
+            name: pq.read_table(records_dir / f"{name}-{b:04d}.parquet").to_pylist()
+            if (records_dir / f"{name}-{b:04d}.parquet").exists() else []
+            for name in TABLES
+        }  # fmt: skip
+        patients = {p["patient_id"]: PatientRecord(p) for p in tables["patients"]}
+        for e in tables["encounters"]:
+            if e["patient_id"] in patients:
+                patients[e["patient_id"]].encounters[e["encounter_id"]] = Encounter(e)
+        for f in tables["facts"]:
+            rec = patients.get(f["patient_id"])
+            if rec is None:
+                continue
+            enc = rec.encounters.get(f["encounter_id"]) if f["encounter_id"] else None
+            (enc.facts if enc else rec.unlinked).append(f)
+        yield from sorted(patients.values(), key=lambda r: r.patient_id)
+
+
+class BucketWriter:
+    """Rows in, Parquet row groups out: memory stays bounded by `flush_rows` per open bucket."""
+
+    def __init__(self, out_dir: Path, n_buckets: int, flush_rows: int = 20_000) -> None:
+        self.out_dir, self.n_buckets, self.flush_rows = out_dir, n_buckets, flush_rows
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._buf: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._writers: dict[tuple[str, int], pq.ParquetWriter] = {}
+        self.counts: dict[str, int] = dict.fromkeys(TABLES, 0)
+
+    def add(self, table: str, row: dict[str, Any]) -> None:
+        key = (table, bucket_of(row["patient_id"], self.n_buckets))
+        buf = self._buf.setdefault(key, [])
+        buf.append(row)
+        self.counts[table] += 1
+        if len(buf) >= self.flush_rows:
+            self._flush(key)
+
+    def _flush(self, key: tuple[str, int]) -> None:
+        rows = self._buf.get(key)
+        if not rows:
+            return
+        table, b = key
+        schema = TABLES[table]
+        batch = pa.Table.from_pylist(rows, schema=schema)
+        w = self._writers.get(key)
+        if w is None:
+            w = pq.ParquetWriter(self.out_dir / f".{table}-{b:04d}.parquet.tmp", schema, compression="zstd")
+            self._writers[key] = w
+        w.write_table(batch)
+        self._buf[key] = []
+
+    def close(self) -> None:
+        """Flush, then rename every part into place; buckets without rows get empty files."""
+        for key in list(self._buf):
+            self._flush(key)
+        for table, schema in TABLES.items():
+            for b in range(self.n_buckets):
+                key = (table, b)
+                tmp = self.out_dir / f".{table}-{b:04d}.parquet.tmp"
+                w = self._writers.pop(key, None)
+                if w is None:
+                    pq.write_table(pa.Table.from_pylist([], schema=schema), tmp)
+                else:
+                    w.close()
+                tmp.replace(self.out_dir / f"{table}-{b:04d}.parquet")

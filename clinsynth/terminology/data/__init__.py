@@ -1,0 +1,1 @@
+"""Packaged terminology tables (data only; see ../README.md and manifest.json)."""
