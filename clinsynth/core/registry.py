@@ -19,6 +19,7 @@ StageFn = Callable[[dict[str, Any], StageContext], Any]
 #: Modules that define the built-in stages; imported on first lookup.
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "clinsynth.stages.doctor",
+    "clinsynth.stages.cohort",
     "clinsynth.stages.ingest",
 )
 
@@ -39,7 +40,7 @@ class StageSpec:
         return self.fn.__module__
 
     def needs_for(self, plain: dict[str, Any]) -> tuple[str, ...]:
-        """Upstream stages; a callable decides from the config (ingest needs cohort only for synthetic data)."""
+        """Upstream stages; a callable decides from the config (ingest needs cohort for synthetic data)."""
         return tuple(self.needs(plain)) if callable(self.needs) else self.needs
 
 

@@ -65,20 +65,52 @@ LAB_SYSTEMS = (LOINC, SNOMED)
 ICDO3_SYSTEMS = (ICDO3, ICDO3_OID)
 
 #: exact code system URLs accepted in codings, besides the prefixes below
-KNOWN_SYSTEMS = frozenset({
-    ICD10GM, ICD10_WHO, OPS, ATC, LOINC, SNOMED, UCUM, ICDO3, ICDO3_OID, UICC, EDQM,
-    "http://fhir.de/CodeSystem/dimdi/icd-10-gm", "http://fhir.de/CodeSystem/dimdi/ops",
-    "http://fhir.de/CodeSystem/dimdi/atc", "http://fhir.de/CodeSystem/bfarm/alpha-id",
-    "http://fhir.de/CodeSystem/dimdi/alpha-id", "http://fhir.de/CodeSystem/bfarm/icd-o-3",
-    "http://purl.obolibrary.org/obo/mondo.owl", "http://orpha.net", "http://www.whocc.no/atc",
-    "urn:iso:std:iso:11073:10101", "http://varnomen.hgvs.org", "http://www.genenames.org/geneId",
-    "http://www.genenames.org", "http://human-phenotype-ontology.org", "http://www.orpha.net",
-    "http://www.ensembl.org", "http://www.ncbi.nlm.nih.gov/clinvar", "http://cancer.sanger.ac.uk/cancergenome/projects/cosmic",
-    "urn:ietf:bcp:47", "urn:ietf:bcp:13", "urn:iso:std:iso:3166", "http://www.bbmri-eric.eu/",
-    "http://data.mskcc.org/ontologies/oncotree", "http://ncit.nci.nih.gov", "http://fdasis.nlm.nih.gov",
-    "https://nih-ncpi.github.io/ncpi-fhir-ig/CodeSystem-ncit.html", "http://radlex.org", "http://omim.org",
-    "http://purl.obolibrary.org/obo/hp.owl", "http://www.nlm.nih.gov/research/umls/rxnorm", "http://www.ama-assn.org/go/cpt",
-})  # fmt: skip
+KNOWN_SYSTEMS = frozenset(
+    {
+        ICD10GM,
+        ICD10_WHO,
+        OPS,
+        ATC,
+        LOINC,
+        SNOMED,
+        UCUM,
+        ICDO3,
+        ICDO3_OID,
+        UICC,
+        EDQM,
+        "http://fhir.de/CodeSystem/dimdi/icd-10-gm",
+        "http://fhir.de/CodeSystem/dimdi/ops",
+        "http://fhir.de/CodeSystem/dimdi/atc",
+        "http://fhir.de/CodeSystem/bfarm/alpha-id",
+        "http://fhir.de/CodeSystem/dimdi/alpha-id",
+        "http://fhir.de/CodeSystem/bfarm/icd-o-3",
+        "http://purl.obolibrary.org/obo/mondo.owl",
+        "http://orpha.net",
+        "http://www.whocc.no/atc",
+        "urn:iso:std:iso:11073:10101",
+        "http://varnomen.hgvs.org",
+        "http://www.genenames.org/geneId",
+        "http://www.genenames.org",
+        "http://human-phenotype-ontology.org",
+        "http://www.orpha.net",
+        "http://www.ensembl.org",
+        "http://www.ncbi.nlm.nih.gov/clinvar",
+        "http://cancer.sanger.ac.uk/cancergenome/projects/cosmic",
+        "urn:ietf:bcp:47",
+        "urn:ietf:bcp:13",
+        "urn:iso:std:iso:3166",
+        "http://www.bbmri-eric.eu/",
+        "http://data.mskcc.org/ontologies/oncotree",
+        "http://ncit.nci.nih.gov",
+        "http://fdasis.nlm.nih.gov",
+        "https://nih-ncpi.github.io/ncpi-fhir-ig/CodeSystem-ncit.html",
+        "http://radlex.org",
+        "http://omim.org",
+        "http://purl.obolibrary.org/obo/hp.owl",
+        "http://www.nlm.nih.gov/research/umls/rxnorm",
+        "http://www.ama-assn.org/go/cpt",
+    }
+)
 
 #: prefixes of code system families (HL7, FHIR, fhir.de, MII, OIDs, IHE-D, ...)
 KNOWN_SYSTEM_PREFIXES = (

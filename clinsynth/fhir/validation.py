@@ -142,7 +142,9 @@ class FastValidator:
         self._walk_model(model, data, plan, top_rt=rt)
         return plan
 
-    def _walk_model(self, model: type, data: dict[str, Any], plan: list[set[bytes]], top_rt: str | None) -> None:
+    def _walk_model(
+        self, model: type, data: dict[str, Any], plan: list[set[bytes]], top_rt: str | None
+    ) -> None:
         fields = self._field_map(model)
         for key, value in data.items():
             if key == "resourceType":

@@ -85,19 +85,35 @@ def _period(res: dict[str, Any], prefix: str) -> tuple[str | None, str | None]:
 def _fact(res: dict[str, Any], category: str, **kw: Any) -> dict[str, Any]:
     extra = kw.pop("extra", None)
     row = {
-        "resource_type": res["resourceType"], "resource_id": res.get("id"), "category": category,
-        "system": None, "code": None, "display": None, "text": None, "value_num": None, "value_str": None,
-        "unit": None, "date": None, "end_date": None, "status": res.get("status"), "assertion": "present",
-        "role": None, "extra": orjson.dumps(extra).decode() if extra else None,
-    }  # fmt: skip
+        "resource_type": res["resourceType"],
+        "resource_id": res.get("id"),
+        "category": category,
+        "system": None,
+        "code": None,
+        "display": None,
+        "text": None,
+        "value_num": None,
+        "value_str": None,
+        "unit": None,
+        "date": None,
+        "end_date": None,
+        "status": res.get("status"),
+        "assertion": "present",
+        "role": None,
+        "extra": orjson.dumps(extra).decode() if extra else None,
+    }
     row.update(kw)
     return row
 
 
 _ASSERTION = {
-    "confirmed": "present", "unconfirmed": "suspected", "provisional": "suspected",
-    "differential": "suspected", "refuted": "negated", "entered-in-error": "entered-in-error",
-}  # fmt: skip
+    "confirmed": "present",
+    "unconfirmed": "suspected",
+    "provisional": "suspected",
+    "differential": "suspected",
+    "refuted": "negated",
+    "entered-in-error": "entered-in-error",
+}
 
 
 def extract(res: dict[str, Any]) -> Extracted:
@@ -113,11 +129,16 @@ def _patient(res: dict[str, Any]) -> Extracted:
     addr = (res.get("address") or [{}])[0]
     deceased = res.get("deceasedDateTime")
     row = {
-        "patient_id": res.get("id"), "sex": res.get("gender"), "birth_date": res.get("birthDate"),
-        "deceased": bool(res.get("deceasedBoolean") or deceased), "deceased_date": deceased,
-        "family": name.get("family"), "given": " ".join(name.get("given") or []) or None,
-        "city": addr.get("city"), "postal_code": addr.get("postalCode"),
-    }  # fmt: skip
+        "patient_id": res.get("id"),
+        "sex": res.get("gender"),
+        "birth_date": res.get("birthDate"),
+        "deceased": bool(res.get("deceasedBoolean") or deceased),
+        "deceased_date": deceased,
+        "family": name.get("family"),
+        "given": " ".join(name.get("given") or []) or None,
+        "city": addr.get("city"),
+        "postal_code": addr.get("postalCode"),
+    }
     ex = Extracted("patient", [row])
     if res.get("birthDate"):
         ex.dates.append(("birthDate", res["birthDate"]))
@@ -135,11 +156,15 @@ def _encounter(res: dict[str, Any]) -> Extracted:
         if c:
             kontaktart = c["code"]
     row = {
-        "encounter_id": res.get("id"), "start": period.get("start"), "end": period.get("end"),
-        "status": res.get("status"), "class_code": (res.get("class") or {}).get("code"),
-        "kontaktart": kontaktart, "department_code": svc.get("code") if svc else None,
+        "encounter_id": res.get("id"),
+        "start": period.get("start"),
+        "end": period.get("end"),
+        "status": res.get("status"),
+        "class_code": (res.get("class") or {}).get("code"),
+        "kontaktart": kontaktart,
+        "department_code": svc.get("code") if svc else None,
         "department": (svc.get("display") if svc else None),
-    }  # fmt: skip
+    }
     ex = Extracted("encounter", [row], patient_ref=ref_id(res.get("subject"), "Patient"))
     for key in ("start", "end"):
         if period.get(key):
@@ -177,12 +202,23 @@ def _condition(res: dict[str, Any]) -> Extracted:
     if clinical in ("inactive", "resolved", "remission") and assertion == "present":
         assertion = "historical"
     row = _fact(
-        res, "diagnosis", system=c.get("system") if c else None, code=c.get("code") if c else None,
-        display=c.get("display") if c else None, text=code.get("text"), date=date, status=clinical,
-        assertion=assertion, extra=extra or None,
-    )  # fmt: skip
-    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
-                   encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None)
+        res,
+        "diagnosis",
+        system=c.get("system") if c else None,
+        code=c.get("code") if c else None,
+        display=c.get("display") if c else None,
+        text=code.get("text"),
+        date=date,
+        status=clinical,
+        assertion=assertion,
+        extra=extra or None,
+    )
+    ex = Extracted(
+        "facts",
+        [row],
+        patient_ref=ref_id(res.get("subject"), "Patient"),
+        encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
+    )
     _codings(code, "code", ex.systems)
     if date:
         ex.dates.append(("onset", date))
@@ -204,12 +240,22 @@ def _procedure(res: dict[str, Any]) -> Extracted:
             if intent:
                 extra["intention"] = intent.get("code")
     row = _fact(
-        res, "procedure", system=c.get("system") if c else None, code=c.get("code") if c else None,
-        display=c.get("display") if c else None, text=code.get("text"), date=start, end_date=end,
+        res,
+        "procedure",
+        system=c.get("system") if c else None,
+        code=c.get("code") if c else None,
+        display=c.get("display") if c else None,
+        text=code.get("text"),
+        date=start,
+        end_date=end,
         extra=extra or None,
-    )  # fmt: skip
-    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
-                   encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None)
+    )
+    ex = Extracted(
+        "facts",
+        [row],
+        patient_ref=ref_id(res.get("subject"), "Patient"),
+        encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
+    )
     _codings(code, "code", ex.systems)
     ex.dates += [(k, v) for k, v in (("performed.start", start), ("performed.end", end)) if v]
     return ex
@@ -219,14 +265,31 @@ def _medication(res: dict[str, Any]) -> Extracted:
     code = res.get("code") or {}
     c = _first_coding(code, (fc.ATC,)) or _first_coding(code, fc.MEDICATION_SYSTEMS) or _any_coding(code)
     ex = Extracted("medication")
-    ex.medication = (c.get("system"), c.get("code"), c.get("display") or code.get("text")) if c else (
-        None, None, code.get("text"))
+    ex.medication = (
+        (c.get("system"), c.get("code"), c.get("display") or code.get("text"))
+        if c
+        else (None, None, code.get("text"))
+    )
     _codings(code, "code", ex.systems)
     return ex
 
 
-_WHEN = {"MORN": 0, "NOON": 1, "EVE": 2, "NIGHT": 3, "CM": 0, "CD": 1, "CV": 2, "HS": 3, "ACM": 0, "ACD": 1,
-         "ACV": 2, "PCM": 0, "PCD": 1, "PCV": 2}  # fmt: skip
+_WHEN = {
+    "MORN": 0,
+    "NOON": 1,
+    "EVE": 2,
+    "NIGHT": 3,
+    "CM": 0,
+    "CD": 1,
+    "CV": 2,
+    "HS": 3,
+    "ACM": 0,
+    "ACD": 1,
+    "ACV": 2,
+    "PCM": 0,
+    "PCD": 1,
+    "PCV": 2,
+}
 
 
 def _dosage(d: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +319,11 @@ def _dosage(d: dict[str, Any]) -> dict[str, Any]:
 def _medication_use(res: dict[str, Any]) -> Extracted:
     rt = res["resourceType"]
     cc = res.get("medicationCodeableConcept")
-    c = (_first_coding(cc, (fc.ATC,)) or _first_coding(cc, fc.MEDICATION_SYSTEMS) or _any_coding(cc)) if cc else None
+    c = (
+        (_first_coding(cc, (fc.ATC,)) or _first_coding(cc, fc.MEDICATION_SYSTEMS) or _any_coding(cc))
+        if cc
+        else None
+    )
     dosages = res.get("dosage") or res.get("dosageInstruction") or []
     if rt == "MedicationAdministration":
         dosages = [res["dosage"]] if res.get("dosage") else []
@@ -276,24 +343,42 @@ def _medication_use(res: dict[str, Any]) -> Extracted:
     if any("systemische-therapie" in p for p in profiles):
         extra["therapy"] = "systemic"
     row = _fact(
-        res, "medication", system=c.get("system") if c else None, code=c.get("code") if c else None,
-        display=(c.get("display") if c else None) or (cc or {}).get("text"), date=start, end_date=end,
-        value_num=float(extra["dose"]) if "dose" in extra else None, unit=extra.get("dose_unit"),
-        role=context, extra=extra or None,
-    )  # fmt: skip
+        res,
+        "medication",
+        system=c.get("system") if c else None,
+        code=c.get("code") if c else None,
+        display=(c.get("display") if c else None) or (cc or {}).get("text"),
+        date=start,
+        end_date=end,
+        value_num=float(extra["dose"]) if "dose" in extra else None,
+        unit=extra.get("dose_unit"),
+        role=context,
+        extra=extra or None,
+    )
     enc = res.get("context") or res.get("encounter")
-    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
-                   encounter_ref=ref_id(enc, "Encounter") if enc else None,
-                   medication_ref=ref_id(res.get("medicationReference"), "Medication")
-                   if res.get("medicationReference") else None)  # fmt: skip
+    ex = Extracted(
+        "facts",
+        [row],
+        patient_ref=ref_id(res.get("subject"), "Patient"),
+        encounter_ref=ref_id(enc, "Encounter") if enc else None,
+        medication_ref=ref_id(res.get("medicationReference"), "Medication")
+        if res.get("medicationReference")
+        else None,
+    )
     if cc:
         _codings(cc, "medicationCodeableConcept", ex.systems)
     ex.dates += [(k, v) for k, v in (("effective.start", start), ("effective.end", end)) if v]
     return ex
 
 
-_TNM_PROFILES = {"tnm-t-kategorie": "tnm_t", "tnm-n-kategorie": "tnm_n", "tnm-m-kategorie": "tnm_m",
-                 "tnm-klassifikation": "uicc_stage", "grading": "grading", "histologie-icdo3": "histology"}  # fmt: skip
+_TNM_PROFILES = {
+    "tnm-t-kategorie": "tnm_t",
+    "tnm-n-kategorie": "tnm_n",
+    "tnm-m-kategorie": "tnm_m",
+    "tnm-klassifikation": "uicc_stage",
+    "grading": "grading",
+    "histologie-icdo3": "histology",
+}
 
 
 def _observation(res: dict[str, Any]) -> Extracted:
@@ -305,7 +390,9 @@ def _observation(res: dict[str, Any]) -> Extracted:
                 category = cat
     code = res.get("code") or {}
     cats = [(_any_coding(c) or {}).get("code") for c in res.get("category") or []]
-    if category == "observation" and ("laboratory" in cats or any(p.endswith("ObservationLab") for p in profiles)):
+    if category == "observation" and (
+        "laboratory" in cats or any(p.endswith("ObservationLab") for p in profiles)
+    ):
         category = "lab"
     c = _first_coding(code, fc.LAB_SYSTEMS) or _any_coding(code)
     date, end = _period(res, "effective")
@@ -340,12 +427,25 @@ def _observation(res: dict[str, Any]) -> Extracted:
     if category == "histology" and vcc and vcc.get("text"):
         extra["histology_text"] = vcc["text"]
     row = _fact(
-        res, category, system=c.get("system") if c else None, code=c.get("code") if c else None,
-        display=c.get("display") if c else None, text=code.get("text"), value_num=value_num,
-        value_str=value_str, unit=unit, date=date, end_date=end, extra=extra or None,
-    )  # fmt: skip
-    ex = Extracted("facts", [row], patient_ref=ref_id(res.get("subject"), "Patient"),
-                   encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None)
+        res,
+        category,
+        system=c.get("system") if c else None,
+        code=c.get("code") if c else None,
+        display=c.get("display") if c else None,
+        text=code.get("text"),
+        value_num=value_num,
+        value_str=value_str,
+        unit=unit,
+        date=date,
+        end_date=end,
+        extra=extra or None,
+    )
+    ex = Extracted(
+        "facts",
+        [row],
+        patient_ref=ref_id(res.get("subject"), "Patient"),
+        encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
+    )
     _codings(code, "code", ex.systems)
     if vcc:
         _codings(vcc, "valueCodeableConcept", ex.systems)

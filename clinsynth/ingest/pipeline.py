@@ -26,8 +26,14 @@ from clinsynth.ingest.extract import Extracted, extract
 from clinsynth.ingest.sources import Item
 from clinsynth.records import BucketWriter
 
-REASONS = ("malformed_json", "invalid_resource", "dangling_reference", "unknown_code_system",
-           "impossible_date", "duplicate_id")  # fmt: skip
+REASONS = (
+    "malformed_json",
+    "invalid_resource",
+    "dangling_reference",
+    "unknown_code_system",
+    "impossible_date",
+    "duplicate_id",
+)
 
 
 class IngestError(RuntimeError):
@@ -109,8 +115,10 @@ def process(items: list[Item]) -> list[Result]:
             out.append(Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error))
             continue
         ex = extract(res)
-        bad = next((f"{p}: {s!r}" for p, s in ex.systems if not is_known_system(s, _options.extra_code_systems)),
-                   None)  # fmt: skip
+        bad = next(
+            (f"{p}: {s!r}" for p, s in ex.systems if not is_known_system(s, _options.extra_code_systems)),
+            None,
+        )
         if bad:
             out.append(Result(it.source, it.line, it.location, rt, rid, "unknown_code_system", bad))
             continue
@@ -197,7 +205,9 @@ class _State:
 
     @staticmethod
     def key(resource_type: str, resource_id: str) -> int:
-        return int.from_bytes(hashlib.blake2b(f"{resource_type}/{resource_id}".encode(), digest_size=8).digest(), "big")
+        return int.from_bytes(
+            hashlib.blake2b(f"{resource_type}/{resource_id}".encode(), digest_size=8).digest(), "big"
+        )
 
 
 def _resolve(r: Result, st: _State) -> tuple[str | None, str | None]:
@@ -212,7 +222,10 @@ def _resolve(r: Result, st: _State) -> tuple[str | None, str | None]:
         return None, None
     pid = ex.patient_ref
     if not pid or pid not in st.patients:
-        return "dangling_reference", f"subject -> Patient/{pid}" if pid else "no subject reference to a Patient"
+        return (
+            "dangling_reference",
+            f"subject -> Patient/{pid}" if pid else "no subject reference to a Patient",
+        )
     if ex.encounter_ref is not None:
         owner = st.encounters.get(ex.encounter_ref)
         if owner is None:
@@ -254,8 +267,15 @@ def ingest(
             if reason:
                 report.quarantined[reason] += 1
                 where = f"{r.source}:{r.line}" if r.line else f"{r.source} {r.location or ''}".strip()
-                entry = {"source": r.source, "line": r.line, "location": r.location, "resource_type": r.resource_type,
-                         "id": r.resource_id, "reason": reason, "detail": detail}  # fmt: skip
+                entry = {
+                    "source": r.source,
+                    "line": r.line,
+                    "location": r.location,
+                    "resource_type": r.resource_type,
+                    "id": r.resource_id,
+                    "reason": reason,
+                    "detail": detail,
+                }
                 quarantine.write(orjson.dumps(entry) + b"\n")
                 if opts.strict:
                     raise IngestError(

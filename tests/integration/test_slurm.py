@@ -98,10 +98,15 @@ def test_smoke_doctor_on_two_nodes_checks_the_collective(tmp_path):
     """The README's main command on the cluster, shaped like a 2-node training job."""
     from clinsynth.stages.doctor import summarize
 
-    result = launch([
-        "+experiment=smoke", "cluster=slurm", "resources/doctor=multinode", "tracking=disabled",
-        f"paths.runs={tmp_path}",
-    ])  # fmt: skip
+    result = launch(
+        [
+            "+experiment=doctor",
+            "cluster=slurm",
+            "resources/doctor=multinode",
+            "tracking=disabled",
+            f"paths.runs={tmp_path}",
+        ]
+    )
     assert result.submitted == {"doctor": [0, 1]}
     assert wait_for(result, poll_s=1.0)
     reports = summarize(result.plan.stage("doctor").folder.path)

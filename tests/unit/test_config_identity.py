@@ -84,7 +84,7 @@ def test_plan_errors_name_the_fix(tmp_path):
     with pytest.raises(PlanError, match="unknown stage 'nope'"):
         plan_for(["pipeline=[nope]"])
     with pytest.raises(PlanError, match="not an array stage"):
-        plan_for(["+experiment=smoke", "resources.doctor.shards=3"])
+        plan_for(["+experiment=doctor", "resources.doctor.shards=3"])
     with pytest.raises(PlanError, match="not both"):
         plan_for(toy_overrides(tmp_path) + ["+resources.toy_rows.nodes=2"])
 

@@ -22,10 +22,17 @@ def sbatch_flags(text: str) -> dict[str, str]:
 
 
 def test_multinode_gpu_stage_sbatch_parameters(tmp_path):
-    result, out = _dry([
-        "+experiment=smoke", "cluster=slurm", "cluster.account=proj42", "resources/doctor=gpu_2x8",
-        "doctor.backend=nccl", "dry_run=true", f"paths.runs={tmp_path / 'runs'}",
-    ])  # fmt: skip
+    result, out = _dry(
+        [
+            "+experiment=doctor",
+            "cluster=slurm",
+            "cluster.account=proj42",
+            "resources/doctor=gpu_2x8",
+            "doctor.backend=nccl",
+            "dry_run=true",
+            f"paths.runs={tmp_path / 'runs'}",
+        ]
+    )
     flags = sbatch_flags(out)
     logs = result.plan.stage("doctor").folder.logs
     assert flags == {

@@ -1,0 +1,1 @@
+"""The built-in synthetic cancer cohort: realistic German oncology inpatient courses as MII FHIR."""

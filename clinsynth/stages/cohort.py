@@ -1,0 +1,60 @@
+"""`cohort`: N synthetic cancer patients as FHIR bulk-export NDJSON, one file per type and shard."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from clinsynth.cohort.fhir_build import resources, truth
+from clinsynth.cohort.generator import CohortConfig, CohortGenerator
+from clinsynth.core.context import StageContext
+from clinsynth.core.registry import stage
+
+
+@stage("cohort", reads=("cohort", "seed"), array=True, version=1)
+def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Patients i::N of range(cohort.patients); every file appears only when the shard is complete."""
+    c = cfg["cohort"]
+    gen = CohortGenerator(
+        CohortConfig(
+            seed=int(cfg.get("seed", 0)),
+            reference_date=date.fromisoformat(str(c["reference_date"])),
+            max_chemo_cycles=int(c.get("max_chemo_cycles", 4)),
+            comorbidity_scale=float(c.get("comorbidity_scale", 1.0)),
+        )
+    )
+    out = ctx.stage_dir / "fhir"
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{ctx.shard:05d}"
+    files: dict[str, tuple[Path, IO[bytes]]] = {}
+    truth_tmp = ctx.stage_dir / "truth" / f".shard-{tag}.jsonl.tmp"
+    truth_tmp.parent.mkdir(parents=True, exist_ok=True)
+    med_ids: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    patients = ctx.items(range(int(c["patients"])))
+    try:
+        with open(truth_tmp, "wb") as tfh:
+            for k, index in enumerate(patients, 1):
+                person = gen.person(index)
+                for res in resources(person, ctx.shard, med_ids):
+                    rt = res["resourceType"]
+                    if rt not in files:
+                        tmp = out / f".{rt}-{tag}.ndjson.tmp"
+                        files[rt] = (tmp, open(tmp, "wb"))  # noqa: SIM115 - closed below
+                    files[rt][1].write(orjson.dumps(res) + b"\n")
+                    counts[rt] = counts.get(rt, 0) + 1
+                tfh.write(orjson.dumps(truth(person)) + b"\n")
+                if k % 1000 == 0:
+                    ctx.logger.info("shard %d: %d of %d patients", ctx.shard, k, len(patients))
+    finally:
+        for _, fh in files.values():
+            fh.close()
+    for rt, (tmp, _) in files.items():
+        os.replace(tmp, out / f"{rt}-{tag}.ndjson")
+    os.replace(truth_tmp, ctx.stage_dir / "truth" / f"shard-{tag}.jsonl")
+    ctx.tracker.log({f"cohort/{rt}": n for rt, n in counts.items()})
+    return {"patients": len(patients), "resources": sum(counts.values())}

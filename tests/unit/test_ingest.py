@@ -1,0 +1,191 @@
+"""Ingest: every kind of bad input is quarantined with a reason, nothing vanishes, and the
+fast validator rejects exactly what fhir.resources rejects."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import orjson
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from clinsynth.fhir.validation import FastValidator
+from clinsynth.ingest.pipeline import IngestError, Options, ingest
+from clinsynth.ingest.sources import read_bundles, read_ndjson
+from clinsynth.records import iter_patients
+from tests import fhir_samples as fs
+
+OPTS = Options(as_of="2026-01-01")
+
+
+def write_ndjson(folder: Path, resources: list, extra_lines: dict[str, list[bytes]] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    by_type: dict[str, list[bytes]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(orjson.dumps(r))
+    for rt, lines in (extra_lines or {}).items():
+        by_type.setdefault(rt, []).extend(lines)
+    for rt, lines in by_type.items():
+        (folder / f"{rt}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    return folder
+
+
+def quarantine(out: Path) -> list[dict]:
+    return [orjson.loads(x) for x in (out / "quarantine.ndjson").read_bytes().splitlines()]
+
+
+def accounted(report: dict) -> bool:
+    repeats = sum(report["identical_repeats_by_type"].values())
+    return report["resources_read"] == (
+        report["resources_ok"] + report["resources_quarantined"] + report["resources_ignored"] + repeats
+    )
+
+
+def test_valid_patient_round_trips_into_records(tmp_path):
+    src = write_ndjson(tmp_path / "in", fs.one_patient())
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    assert report["resources_quarantined"] == 0 and report["rows"] == {
+        "patients": 1,
+        "encounters": 1,
+        "facts": 4,
+    }
+    [rec] = list(iter_patients(tmp_path / "out" / "records"))
+    facts = {f["category"]: f for f in rec.encounters["e1"].facts}
+    assert facts["diagnosis"]["code"] == "C20" and facts["diagnosis"]["role"] == "main"
+    assert facts["lab"]["value_num"] == 10.2 and facts["lab"]["unit"] == "g/dL"
+    assert facts["procedure"]["code"] == "5-484.55"
+    med = facts["medication"]
+    assert med["code"] == "A02BC02" and med["value_num"] == 40 and rec.extra(med)["schedule"] == [1, 0, 0, 0]
+
+
+def test_each_kind_of_bad_input_is_quarantined_with_file_line_and_reason(tmp_path):
+    good = fs.one_patient()
+    bad = [
+        fs.condition("c-dangling", pid="nobody", eid=None),  # dangling subject
+        fs.lab("o-dangling-enc", eid="no-such-encounter"),  # dangling encounter
+        fs.condition("c-system", system="http://example.org/my-codes", eid=None),  # unknown code system
+        fs.condition("c-typo", system="http://fhir.de/CodeSystem/bfarm/icd10gm", eid=None),  # near miss
+        fs.encounter("e-backwards", start="2024-05-10", end="2024-05-01"),  # end before start
+        fs.condition("c-before-birth", onset="1940-01-01", eid=None),  # before the patient's birth
+        fs.lab("o-future", when="2030-01-01"),  # after the reference date
+    ]
+    invalid = copy.deepcopy(fs.lab("o-invalid"))
+    invalid.pop("status")
+    src = write_ndjson(
+        tmp_path / "in", good + bad + [invalid], {"Observation": [b'{"resourceType": "Observ']}
+    )
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    q = {(e["id"] or f"line{e['line']}"): e for e in quarantine(tmp_path / "out")}
+    assert q["c-dangling"]["reason"] == "dangling_reference"
+    assert (
+        q["o-dangling-enc"]["reason"] == "dangling_reference"
+        and "Encounter/no-such-encounter" in q["o-dangling-enc"]["detail"]
+    )
+    assert q["c-system"]["reason"] == q["c-typo"]["reason"] == "unknown_code_system"
+    assert (
+        q["e-backwards"]["reason"] == "impossible_date" and "before its start" in q["e-backwards"]["detail"]
+    )
+    assert q["c-before-birth"]["reason"] == "impossible_date" and "birth" in q["c-before-birth"]["detail"]
+    assert q["o-future"]["reason"] == "impossible_date" and "reference date" in q["o-future"]["detail"]
+    assert q["o-invalid"]["reason"] == "invalid_resource" and "status" in q["o-invalid"]["detail"]
+    malformed = next(e for e in q.values() if e["reason"] == "malformed_json")
+    assert malformed["source"] == "Observation.ndjson" and malformed["line"] == 5  # 4 good/bad lines, then it
+    assert report["quarantined_by_reason"] == {
+        "dangling_reference": 2,
+        "unknown_code_system": 2,
+        "impossible_date": 3,
+        "invalid_resource": 1,
+        "malformed_json": 1,
+    }
+    assert report["resources_ok"] == len(good) and accounted(report)
+
+
+def test_conflicting_duplicate_is_quarantined_identical_repeat_is_counted(tmp_path):
+    res = fs.one_patient()
+    changed = fs.lab(value=99.0)
+    src = write_ndjson(tmp_path / "in", [*res, fs.lab(), changed])
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    assert report["identical_repeats_by_type"] == {"Observation": 1}
+    assert [e["reason"] for e in quarantine(tmp_path / "out")] == ["duplicate_id"]
+    assert accounted(report)
+
+
+def test_strict_stops_at_the_first_bad_record_naming_it(tmp_path):
+    src = write_ndjson(tmp_path / "in", fs.one_patient(), {"Condition": [b"not json"]})
+    with pytest.raises(IngestError, match=r"Condition.ndjson:2: malformed_json"):
+        ingest(read_ndjson(src), tmp_path / "out", Options(as_of="2026-01-01", strict=True))
+
+
+def test_workers_give_the_same_result_as_one_process(tmp_path):
+    resources = []
+    for i in range(60):
+        resources += [
+            fs.patient(f"p{i}"),
+            fs.encounter(f"e{i}", f"p{i}"),
+            fs.lab(f"o{i}", f"p{i}", f"e{i}", i / 3),
+        ]
+    resources.append(fs.lab("dangling", "p-none", "e0"))
+    src = write_ndjson(tmp_path / "in", resources)
+    one = ingest(read_ndjson(src), tmp_path / "one", OPTS, workers=1, chunk=7)
+    two = ingest(read_ndjson(src), tmp_path / "two", OPTS, workers=2, chunk=7)
+    for key in ("read_by_type", "ok_by_type", "quarantined_by_reason", "rows"):
+        assert one[key] == two[key]
+    assert [r.patient for r in iter_patients(tmp_path / "one" / "records")] == [
+        r.patient for r in iter_patients(tmp_path / "two" / "records")
+    ]
+
+
+def baseline_rejects(resource) -> bool:
+    try:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    except (ValidationError, KeyError, ValueError, TypeError):
+        return True
+    return False
+
+
+def test_fast_validator_rejects_exactly_what_fhir_resources_rejects():
+    samples = fs.one_patient()
+    mutated = [(name, r) for s in samples for name, r in fs.mutations(s)]
+    assert len(mutated) > 20
+    v = FastValidator()
+    for s in samples:  # warm: every valid shape is now cached, so mutants hit the fast path
+        assert v.validate(s) is None
+    verdicts = {}
+    for name, r in mutated * 2:  # twice: the second round runs on cached shapes and leaves
+        try:
+            fast = v.validate(r) is not None
+        except Exception as exc:
+            pytest.fail(f"{name}: the fast validator raised {exc!r}")
+        verdicts.setdefault(name, set()).add(fast)
+        assert fast == baseline_rejects(r), f"{name}: fast={fast}, baseline={baseline_rejects(r)}"
+    assert all(len(s) == 1 for s in verdicts.values())
+    assert v.stats.fast > len(mutated) // 4  # the fast path really ran on the valid variants
+    assert any(not rejected for (rejected,) in verdicts.values()) and any(r for (r,) in verdicts.values())
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+MII = SHARED / "external" / "mii-testdata" / "kds-testdata" / "fsh-generated" / "resources"
+
+
+@pytest.mark.skipif(not MII.is_dir(), reason=f"MII test data not found at {MII} (../shared absent)")
+def test_mii_test_bundles_ingest_without_quarantining_valid_fhir(tmp_path):
+    report = ingest(read_bundles(MII), tmp_path / "out", Options(as_of="2026-11-01"))
+    q = quarantine(tmp_path / "out")
+    for entry in q:  # anything quarantined must be invalid FHIR by fhir.resources' own verdict
+        assert entry["reason"] == "invalid_resource", entry
+    assert report["resources_ok"] > 450 and accounted(report)
+    onko = next(
+        r
+        for r in iter_patients(tmp_path / "out" / "records")
+        if r.patient_id == "mii-exa-test-data-onko-patient-1"
+    )
+    facts = onko.all_facts()
+    codes = {(f["category"], f["code"]) for f in facts}
+    assert ("diagnosis", "C56") in codes
+    assert ("procedure", "5-547.0") in codes
+    assert {("tnm_t", "T3c"), ("uicc_stage", "IVB"), ("grading", "3"), ("histology", "8441/3")} <= codes
+    assert {("medication", "L01CD01"), ("medication", "L01XA02"), ("medication", "L01XK02")} <= codes
+    t = next(f for f in facts if f["category"] == "tnm_t")
+    assert onko.extra(t)["prefix"] == "p"
