@@ -49,10 +49,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         overrides = [
-            "name=bench", "pipeline=[toy_rows]", "stage_modules=[tests.toy_stages]", "cluster=debug",
-            "tracking=disabled", f"paths.runs={runs}", f"+toy.n_items={args.shards}",
+            "name=bench",
+            "pipeline=[toy_rows]",
+            "stage_modules=[tests.toy_stages]",
+            "cluster=debug",
+            "tracking=disabled",
+            f"paths.runs={runs}",
+            f"+toy.n_items={args.shards}",
             f"+resources.toy_rows.shards={args.shards}",
-        ]  # fmt: skip
+        ]
         quiet = Console(file=io.StringIO())
         t0 = time.perf_counter()
         launch(overrides, console=quiet)  # first launch: runs every shard in-process

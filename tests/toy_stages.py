@@ -58,7 +58,12 @@ def toy_sum(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     if ctx.is_main:
         scale = float((cfg.get("toy_sum") or {}).get("scale", 1.0))
         write_jsonl(ctx.stage_dir / "merged.jsonl", rows)
-        write_json(ctx.stage_dir / "summary.json", {
-            "sum": total[0] * scale, "count": int(total[1]), "unique_items": len({r["item"] for r in rows}),
-        })  # fmt: skip
+        write_json(
+            ctx.stage_dir / "summary.json",
+            {
+                "sum": total[0] * scale,
+                "count": int(total[1]),
+                "unique_items": len({r["item"] for r in rows}),
+            },
+        )
     return {"rank": ctx.rank, "world_size": ctx.world_size}

@@ -12,7 +12,6 @@ from datetime import date, timedelta
 from typing import Any, TypeVar
 
 from clinsynth.cohort.model import Dx, Lab, Med, Person, Proc, Stay, Tumor
-from clinsynth.terminology import load_catalog
 
 T = TypeVar("T")
 
@@ -74,6 +73,8 @@ def _clip(x: float, lo: float, hi: float) -> float:
 class CohortGenerator:
     def __init__(self, cfg: CohortConfig) -> None:
         from faker import Faker
+
+        from clinsynth.terminology import load_catalog
 
         self.cfg = cfg
         self.cat = load_catalog()
