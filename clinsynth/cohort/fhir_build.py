@@ -15,6 +15,20 @@ _ROUTE = {
     "s.c.": ("20066000", "Subcutaneous use"),
 }
 _WHEN = ("MORN", "NOON", "EVE", "NIGHT")
+#: German dose units -> UCUM codes
+_UCUM = {
+    "µg": "ug",
+    "mcg": "ug",
+    "IE": "[IU]",
+    "I.E.": "[IU]",
+    "ml": "mL",
+    "Hub": "{Hub}",
+    "Tbl": "{Tbl}",
+    "Stück": "{Stück}",
+    "Tropfen": "[drp]",
+    "mg/m2": "mg/m2",
+    "mg/kg": "mg/kg",
+}
 _GRADING = {"G1": "1", "G2": "2", "G3": "3", "G4": "4", "GX": "X", "GB": "B", "L": "L", "M": "M", "H": "H"}
 
 
@@ -162,7 +176,7 @@ def _medication_statement(rid: str, med: Med, subject: dict, enc: dict, med_id: 
                     "value": med.dose,
                     "unit": med.unit,
                     "system": fc.UCUM,
-                    "code": med.unit.replace("/m2", "/m2"),
+                    "code": _UCUM.get(med.unit, med.unit),
                 }
             }
         ],
@@ -252,6 +266,8 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
         {"coding": [_coding(fc.LOINC, "33732-9", "Histology grade [Identifier] in Cancer specimen")]},
         {"coding": [_coding(fc.GRADING, grade)]},
     )
+    if t.t is None or t.n is None or t.m is None or t.uicc is None:
+        return  # haematological entities: no TNM
     prefix = {"coding": [_coding(fc.UICC, t.prefix, t.prefix)]}
     members = []
     for axis, value, snomed in (("t", t.t, "399504009"), ("n", t.n, "399534004"), ("m", t.m, "399387003")):
@@ -264,8 +280,7 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
                 "coding": [_coding(fc.SNOMED, snomed, f"{axis.upper()} category")],
                 "extension": [
                     {
-                        "url": f"{fc.ONKO.replace('StructureDefinition', 'StructureDefinition')}"
-                        "/mii-ex-onko-tnm-cp-praefix",
+                        "url": f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix",
                         "valueCodeableConcept": prefix,
                     }
                 ],
@@ -311,10 +326,11 @@ def truth(p: Person) -> dict[str, Any]:
         cats["lab"] += [x.loinc for x in st.labs]
         if st.tumor:
             t = st.tumor
-            cats["tnm_t"].append(t.t)
-            cats["tnm_n"].append(t.n)
-            cats["tnm_m"].append(t.m)
-            cats["uicc_stage"].append(t.uicc)
+            if t.t is not None:
+                cats["tnm_t"].append(t.t)
+                cats["tnm_n"].append(t.n)
+                cats["tnm_m"].append(t.m)
+                cats["uicc_stage"].append(t.uicc)
             cats["grading"].append(_GRADING.get(t.grading, t.grading.removeprefix("G")))
             cats["histology"].append(t.morphology)
     return {

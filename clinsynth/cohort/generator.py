@@ -116,15 +116,17 @@ class CohortGenerator:
 
         # the tumour, consistent in itself
         icd = _weighted(rng, entity.icd)
-        stage = _weighted(rng, entity.stage_weights)
-        t, n, m = entity.tnm_for_stage(stage, rng)
-        morph = _weighted(rng, entity.morphology)
-        topo = _weighted(rng, entity.topography)
+        stage = _weighted(rng, entity.stage_weights) if entity.stage_weights else None
+        t = n = m = None
+        if entity.has_tnm and stage is not None:
+            t, n, m = entity.tnm_for_stage(stage, rng)
+        morph = entity.morphology_for(icd, rng)
+        topo = entity.topography_for(icd, rng)
         grading = _weighted(rng, entity.grading)
         laterality = rng.choice(("L", "R")) if entity.paired_organ else None
         morph_display = (cat.icdo3_morphology.lookup(morph) or _Named(morph)).display
         mets = []
-        if m.startswith("M1") and entity.metastasis_sites:
+        if m is not None and m.startswith("M1") and entity.metastasis_sites:
             for _ in range(rng.choice((1, 1, 2))):
                 code = _weighted(rng, entity.metastasis_sites)
                 if code not in mets:
@@ -143,14 +145,19 @@ class CohortGenerator:
             ]
             return out
 
+        # each comorbidity is treated with one (sometimes two) of its usual drugs
+        long_term = [
+            d for c in comorbid for d in rng.sample(c.drugs, k=min(len(c.drugs), rng.choice((1, 1, 2))))
+        ]
+
         def discharge_meds(when: date) -> list[Med]:
             return [
-                Med(d.atc, d.name_de, d.dose, d.unit, d.route, when, None, "discharge", tuple(d.schedule))
-                for c in comorbid
-                for d in c.drugs
+                Med(d.atc, d.name_de, d.dose, d.unit, d.route, when, None, "discharge", _schedule(d.schedule))
+                for d in long_term
             ]
 
-        tumor_c = Tumor(entity.key, morph, morph_display, topo, grading, "c", t, n, m, stage, diag)
+        staging = entity.staging
+        tumor_c = Tumor(entity.key, morph, morph_display, topo, grading, "c", t, n, m, stage, diag, staging)
         # 1. diagnostic stay
         start = diag - timedelta(days=rng.randint(0, 3))
         s1 = self._stay(
@@ -175,7 +182,7 @@ class CohortGenerator:
         last_end = s1.end
 
         # 2. surgery for localised disease
-        operable = not m.startswith("M1") and entity.surgeries and rng.random() < 0.8
+        operable = entity.surgeries and not (m or "").startswith("M1") and rng.random() < 0.8
         if operable:
             start = last_end + timedelta(days=rng.randint(10, 35))
             dept = _surgical_dept(icd)
@@ -198,8 +205,9 @@ class CohortGenerator:
                     t,
                     n,
                     m,
-                    cat.stage_group(entity.key, t, n, m),
+                    cat.stage_group(entity.key, t, n, m) if t is not None else stage,
                     s2.start + timedelta(days=3),
+                    staging,
                 )
                 s2.medications = discharge_meds(s2.end)
                 p.stays.append(s2)
@@ -277,7 +285,7 @@ class CohortGenerator:
         out = []
         when = st.start
         for test in self.panel:
-            lo, hi = test.ref.get(p.sex, next(iter(test.ref.values())))
+            lo, hi = _bounds(test, p.sex)
             mid, half = (lo + hi) / 2, (hi - lo) / 2
             value = rng.gauss(mid, half / 2)
             name = test.name_de.lower()
@@ -294,7 +302,7 @@ class CohortGenerator:
             test = self.cat.labs.get(loinc)
             if test is None:
                 continue
-            lo, hi = test.ref.get(p.sex, next(iter(test.ref.values())))
+            lo, hi = _bounds(test, p.sex)
             value = hi * rng.uniform(1.2, 8.0) * burden if rng.random() < 0.6 else rng.uniform(lo, hi)
             out.append(
                 Lab(
@@ -316,9 +324,24 @@ class _Named:
     display: str
 
 
+def _schedule(s: Any) -> tuple[int, int, int, int] | None:
+    """Morning/noon/evening/night counts; half tablets round up (a letter writes 1-0-1-0)."""
+    if not s:
+        return None
+    return tuple(int(x) if float(x).is_integer() else int(x) + 1 for x in s)  # type: ignore[return-value]
+
+
 def _title(cat: Any, code: str) -> str:
     c = cat.icd10gm.lookup(code)
     return c.display if c else code
+
+
+def _bounds(test: Any, sex: str) -> tuple[float, float]:
+    """A usable (low, high) even where the catalogue leaves a bound open."""
+    lo, hi = test.ref.get(sex) or next(iter(test.ref.values()), (None, None))
+    lo = 0.0 if lo is None else float(lo)
+    hi = (lo * 2 or 1.0) if hi is None else float(hi)
+    return lo, hi
 
 
 def _los(st: Stay) -> int:

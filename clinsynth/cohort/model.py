@@ -59,11 +59,12 @@ class Tumor:
     topography: str
     grading: str
     prefix: str  # c | p | yp
-    t: str
-    n: str
-    m: str
-    uicc: str
+    t: str | None  # None: not staged by TNM (haematological entities)
+    n: str | None
+    m: str | None
+    uicc: str | None  # UICC stage; for other systems see `staging`
     when: date
+    staging: str = "UICC"
 
 
 @dataclass

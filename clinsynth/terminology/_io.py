@@ -60,8 +60,9 @@ def header_comments(text: str) -> list[str]:
     return out
 
 
-def render_csv(manifest: Mapping[str, Any], table: str, fields: Sequence[str],
-               rows: Iterable[Mapping[str, Any]]) -> str:
+def render_csv(
+    manifest: Mapping[str, Any], table: str, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> str:
     """A table as CSV text, its notices and description first."""
     spec = manifest["tables"][table]
     buf = io.StringIO()
@@ -72,8 +73,9 @@ def render_csv(manifest: Mapping[str, Any], table: str, fields: Sequence[str],
     buf.write(f"# licence: {spec['licence']}\n")
     for notice in notice_lines(manifest, table):
         buf.write(f"# {notice}\n")
-    writer = csv.DictWriter(buf, fieldnames=list(fields), delimiter=DELIMITER, lineterminator="\n",
-                            extrasaction="raise")
+    writer = csv.DictWriter(
+        buf, fieldnames=list(fields), delimiter=DELIMITER, lineterminator="\n", extrasaction="raise"
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(v) for k, v in row.items()})

@@ -27,14 +27,62 @@ DRAFTS = Path("drafts")
 # subtree, so a non-terminal root like E11.9 brings its codable children E11.90/E11.91.
 SECONDARY_ICD_ROOTS: tuple[str, ...] = (
     # comorbidities
-    "I10", "I11.9", "I25.1", "I48", "I50.9", "E03.9", "E10.9", "E11.9", "E66.0", "E78.0",
-    "N18.3", "N18.4", "J44.9", "J45.9", "F32.9", "F17.1", "K21.9", "M81.9",
+    "I10",
+    "I11.9",
+    "I25.1",
+    "I48",
+    "I50.9",
+    "E03.9",
+    "E10.9",
+    "E11.9",
+    "E66.0",
+    "E78.0",
+    "N18.3",
+    "N18.4",
+    "J44.9",
+    "J45.9",
+    "F32.9",
+    "F17.1",
+    "K21.9",
+    "M81.9",
     # complications and symptoms during tumour therapy
-    "G62.0", "D63.0", "D64.9", "D70", "D69.5", "D61.1", "R50.9", "R11", "R53", "R63.4", "R18",
-    "K59.0", "A09.9", "K12.3", "E86", "E87.1", "E87.6", "E83.5", "N17.9", "J18.9", "A41.9",
-    "I26.9", "I80.2", "T45.1", "T80.8",
+    "G62.0",
+    "D63.0",
+    "D64.9",
+    "D70",
+    "D69.5",
+    "D61.1",
+    "R50.9",
+    "R11",
+    "R53",
+    "R63.4",
+    "R18",
+    "K59.0",
+    "A09.9",
+    "K12.3",
+    "E86",
+    "E87.1",
+    "E87.6",
+    "E83.5",
+    "N17.9",
+    "J18.9",
+    "A41.9",
+    "I26.9",
+    "I80.2",
+    "T45.1",
+    "T80.8",
     # encounter and status codes
-    "Z51.0", "Z51.1", "Z51.5", "Z92.6", "Z93.2", "Z93.3", "Z85.0", "Z90.1", "Z08.0", "Z08.1", "Z08.2",
+    "Z51.0",
+    "Z51.1",
+    "Z51.5",
+    "Z92.6",
+    "Z93.2",
+    "Z93.3",
+    "Z85.0",
+    "Z90.1",
+    "Z08.0",
+    "Z08.1",
+    "Z08.2",
 )
 
 # Project wording for fuzzy search (what clinicians write); never shown as the official title.
@@ -42,9 +90,11 @@ ICD_SYNONYMS: dict[str, tuple[str, ...]] = {
     "C15": ("Ösophaguskarzinom", "Speiseröhrenkrebs"),
     "C16": ("Magenkarzinom", "Magenkrebs"),
     "C18": ("Kolonkarzinom", "Dickdarmkrebs"),
+    "C18.7": ("Sigmakarzinom",),
     "C20": ("Rektumkarzinom", "Mastdarmkrebs"),
     "C22.0": ("HCC", "hepatozelluläres Karzinom"),
     "C25": ("Pankreaskarzinom", "Bauchspeicheldrüsenkrebs"),
+    "C25.0": ("Pankreaskopfkarzinom",),
     "C32": ("Larynxkarzinom", "Kehlkopfkrebs"),
     "C34": ("Bronchialkarzinom", "Lungenkarzinom", "NSCLC", "SCLC"),
     "C43": ("Melanom", "malignes Melanom"),
@@ -71,9 +121,26 @@ ICD_SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 
 # Groups for the non-L ATC rows: what the cohort generator draws them for.
-SUPPORTIVE_USES = ("Antiemese", "Kortikoid", "G-CSF", "Folinsäure", "Uroprotektion", "Tumorlyse",
-                   "Knochenmetastasen", "PPI", "Thromboseprophylaxe", "Analgesie", "Opioid", "Laxans",
-                   "Antidiarrhoikum", "Anxiolytikum", "Hypnotikum", "PJP", "antiviral", "Antibiose")
+SUPPORTIVE_USES = (
+    "Antiemese",
+    "Kortikoid",
+    "G-CSF",
+    "Folinsäure",
+    "Uroprotektion",
+    "Tumorlyse",
+    "Knochenmetastasen",
+    "PPI",
+    "Thromboseprophylaxe",
+    "Analgesie",
+    "Opioid",
+    "Laxans",
+    "Antidiarrhoikum",
+    "Anxiolytikum",
+    "Hypnotikum",
+    "PJP",
+    "antiviral",
+    "Antibiose",
+)
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -111,20 +178,24 @@ def icd10gm_rows(reference: Path) -> list[dict[str, object]]:
     rows = []
     for code in sorted(wanted):
         src = by_code[code]
-        rows.append({
-            "code": code,
-            "title": src["name"].strip(),
-            "chapter": src["chapter"],
-            "terminal": terminal(code),
-            "synonyms": list(ICD_SYNONYMS.get(code, ())),
-        })
+        rows.append(
+            {
+                "code": code,
+                "title": src["name"].strip(),
+                "chapter": src["chapter"],
+                "terminal": terminal(code),
+                "synonyms": list(ICD_SYNONYMS.get(code, ())),
+            }
+        )
     return rows
 
 
 def topography_rows(reference: Path) -> list[dict[str, object]]:
     source = _read(reference / RKI / "topographie.csv")
-    return [{"code": r["code"], "title": r["name"].strip(), "paired": r["istPaarig"] == "1"}
-            for r in sorted(source, key=lambda r: r["code"])]
+    return [
+        {"code": r["code"], "title": r["name"].strip(), "paired": r["istPaarig"] == "1"}
+        for r in sorted(source, key=lambda r: r["code"])
+    ]
 
 
 def morphology_rows(reference: Path) -> list[dict[str, object]]:
@@ -133,17 +204,30 @@ def morphology_rows(reference: Path) -> list[dict[str, object]]:
     rows = []
     for r in source:
         if r["dignität"] in ("2", "3") and r["name"].strip():
-            rows.append({"code": r["code"], "title": r["name"].strip(), "behaviour": r["dignität"],
-                         "group": r["group"]})
+            rows.append(
+                {
+                    "code": r["code"],
+                    "title": r["name"].strip(),
+                    "behaviour": r["dignität"],
+                    "group": r["group"],
+                }
+            )
     return sorted(rows, key=lambda r: str(r["code"]))
 
 
 def value_set_rows(reference: Path) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
-    for value_set, name in (("T", "tnm_t"), ("N", "tnm_n"), ("M", "tnm_m"), ("UICC", "tnm_uicc"),
-                            ("G", "grading")):
-        rows.extend({"value_set": value_set, "code": r["code"], "display": r["name"].strip()}
-                    for r in _read(reference / RKI / f"{name}.csv"))
+    for value_set, name in (
+        ("T", "tnm_t"),
+        ("N", "tnm_n"),
+        ("M", "tnm_m"),
+        ("UICC", "tnm_uicc"),
+        ("G", "grading"),
+    ):
+        rows.extend(
+            {"value_set": value_set, "code": r["code"], "display": r["name"].strip()}
+            for r in _read(reference / RKI / f"{name}.csv")
+        )
     return rows
 
 
@@ -164,10 +248,15 @@ def atc_rows(reference: Path) -> list[dict[str, object]]:
         if not code:
             continue
         use = _clean_use(uses.get(code, ""))
-        rows[code] = {"code": code, "display": r["Substanz"].strip(),
-                      "group": _group(use) if use else "tumour_therapy",
-                      "therapy_type": r["Therapieart"], "use": use, "verified": True,
-                      "evidence": "RKI substanz.csv (WIdO GKV-ATC 04/2023)"}
+        rows[code] = {
+            "code": code,
+            "display": r["Substanz"].strip(),
+            "group": _group(use) if use else "tumour_therapy",
+            "therapy_type": r["Therapieart"],
+            "use": use,
+            "verified": True,
+            "evidence": "RKI substanz.csv (WIdO GKV-ATC 04/2023)",
+        }
     for i, r in enumerate(draft, start=1):
         code = r["atc"]
         if code in rows:
@@ -180,8 +269,15 @@ def atc_rows(reference: Path) -> list[dict[str, object]]:
         else:
             verified, evidence = False, "project draft, from knowledge; not checked against BfArM/WIdO ATC"
         use = _clean_use(r["use"])
-        rows[code] = {"code": code, "display": r["substance_de"], "group": _group(use),
-                      "therapy_type": "", "use": use, "verified": verified, "evidence": evidence}
+        rows[code] = {
+            "code": code,
+            "display": r["substance_de"],
+            "group": _group(use),
+            "therapy_type": "",
+            "use": use,
+            "verified": verified,
+            "evidence": evidence,
+        }
     return [rows[c] for c in sorted(rows)]
 
 

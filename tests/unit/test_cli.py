@@ -16,16 +16,18 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_smoke_runs_tracks_offline_and_reports_status(tmp_path):
-    out = run("+experiment=smoke", "cluster=debug", f"paths.runs={tmp_path}")
+    out = run("+experiment=smoke", "cluster=debug", "cohort.patients=20", f"paths.runs={tmp_path}")
     assert out.returncode == 0, out.stderr
     run_dir = next((tmp_path / "smoke").iterdir())
     run_id = run_dir.name
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["pipeline"] == ["doctor"]
-    stage_dir = (run_dir / "stages" / "doctor").resolve()
-    assert (stage_dir / "DONE").exists() and (stage_dir / "reports" / "rank-00000.json").exists()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["pipeline"] == ["ingest"]
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["cohort", "ingest"]
+    stage_dir = (run_dir / "stages" / "ingest").resolve()
+    assert (stage_dir / "DONE").exists() and (stage_dir / "ingest_report.json").exists()
     # W&B offline run with the deterministic id <run_id>-<stage>, grouped by run id
-    offline = list((stage_dir / "wandb").rglob(f"offline-run-*-{run_id}-doctor"))
-    assert offline, f"no offline W&B run named {run_id}-doctor under {stage_dir / 'wandb'}"
+    offline = list((stage_dir / "wandb").rglob(f"offline-run-*-{run_id}-ingest"))
+    assert offline, f"no offline W&B run named {run_id}-ingest under {stage_dir / 'wandb'}"
+    assert list((stage_dir.parent.parent / "cohort").rglob(f"offline-run-*-{run_id}-cohort-00001"))
     status = run("status", str(run_dir))
     assert status.returncode == 0 and "done" in status.stdout
 
@@ -43,6 +45,6 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path):
 
 
 def test_runs_from_outside_the_checkout(tmp_path):
-    out = run("+experiment=smoke", "cluster=debug", "tracking=disabled", cwd=tmp_path)
+    out = run("+experiment=doctor", "cluster=debug", "tracking=disabled", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert list((tmp_path / "runs" / "smoke").iterdir())  # runs/ is relative to where you launch
+    assert list((tmp_path / "runs" / "doctor").iterdir())  # runs/ is relative to where you launch
