@@ -296,7 +296,7 @@ class CohortGenerator:
             if "crp" in name or "c-reaktiv" in name:
                 value = abs(rng.gauss(hi * 1.5 * burden, hi))
             out.append(
-                Lab(test.loinc, test.name_de, round(max(value, 0.01), test.decimals), test.unit, when, lo, hi)
+                Lab(test.loinc, test.name_de, _positive(value, mid, test.decimals), test.unit, when, lo, hi)
             )
         for loinc in entity.markers:
             test = self.cat.labs.get(loinc)
@@ -308,7 +308,7 @@ class CohortGenerator:
                 Lab(
                     test.loinc,
                     test.name_de,
-                    round(max(value, 0.01), test.decimals),
+                    _positive(value, hi, test.decimals),
                     test.unit,
                     when,
                     lo,
@@ -334,6 +334,12 @@ def _schedule(s: Any) -> tuple[int, int, int, int] | None:
 def _title(cat: Any, code: str) -> str:
     c = cat.icd10gm.lookup(code)
     return c.display if c else code
+
+
+def _positive(value: float, typical: float, decimals: int) -> float:
+    """Lab values stay above a quarter of the typical value and never round to zero."""
+    value = max(value, typical * 0.25)
+    return max(round(value, decimals), 10.0**-decimals)
 
 
 def _bounds(test: Any, sex: str) -> tuple[float, float]:
