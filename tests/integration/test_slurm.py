@@ -115,3 +115,21 @@ def test_smoke_doctor_on_two_nodes_checks_the_collective(tmp_path):
     expected = {"checked": True, "backend": "gloo", "sum": 3.0, "ok": True}
     assert all(r["collective"] == expected for r in reports)
     assert all(r["env"]["HF_HUB_OFFLINE"] == "1" for r in reports)  # set by slurm/env.sh
+
+
+def test_smoke_cohort_array_then_ingest_on_slurm_matches_local(tmp_path):
+    """The README's main command on the test cluster: cohort as a job array, then ingest."""
+    overrides = ["+experiment=smoke", "tracking=disabled", "cohort.patients=40", "resources.cohort.shards=4"]
+    result = launch([*overrides, "cluster=slurm", f"paths.runs={tmp_path / 'slurm'}"])
+    assert result.submitted == {"cohort": [0, 1, 2, 3], "ingest": [0]}
+    assert len({j.split("_")[0] for j in result.action("cohort").job_ids}) == 1  # one array job
+    assert wait_for(result, poll_s=1.0)
+    local = launch([*overrides, "cluster=local", f"paths.runs={tmp_path / 'local'}"])
+    for stage, rel in (("cohort", "truth"), ("ingest", "records")):
+        a, b = result.plan.stage(stage).folder.path / rel, local.plan.stage(stage).folder.path / rel
+        names = sorted(p.name for p in a.iterdir())
+        assert names == sorted(p.name for p in b.iterdir())
+        for name in names:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), f"{stage}/{rel}/{name} differs"
+    report = read_json(result.plan.stage("ingest").folder.path / "ingest_report.json")
+    assert report["resources_quarantined"] == 0 and report["rows"]["patients"] == 40

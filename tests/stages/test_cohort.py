@@ -101,7 +101,7 @@ def test_every_emitted_resource_validates_and_references_resolve(people):
             ids.add(f"{res['resourceType']}/{res['id']}")
             profiles[res["meta"]["profile"][0].rsplit("/", 1)[-1]] += 1
 
-            def walk(x):  # noqa: ANN001, ANN202
+            def walk(x):
                 if isinstance(x, dict):
                     if isinstance(x.get("reference"), str):
                         refs.append(x["reference"])
@@ -129,7 +129,9 @@ def test_cohort_to_ingest_round_trip_keeps_every_fact(tmp_path):
     report = orjson.loads((ingest_dir / "ingest_report.json").read_bytes())
     assert report["resources_quarantined"] == 0 and report["resources_read"] == report["resources_ok"]
     assert sorted(p.name for p in (cohort_dir / "fhir").iterdir())[:2] == [
-        "Condition-00000.ndjson", "Condition-00001.ndjson"]  # bulk-export layout, per type and shard
+        "Condition-00000.ndjson",
+        "Condition-00001.ndjson",
+    ]  # bulk-export layout, per type and shard
     expected = {}
     for f in sorted((cohort_dir / "truth").glob("shard-*.jsonl")):
         for line in f.read_bytes().splitlines():
