@@ -96,6 +96,16 @@ def _job_info() -> dict[str, Any]:
     return info
 
 
+def _peak_rss() -> dict[str, float]:
+    """Peak resident memory of this task and of its largest child process (worker pools), in MB."""
+    import resource
+
+    return {
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
 def _export_distributed(world_size: int) -> None:
     if world_size > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -157,7 +167,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
         tracker.finish(exit_code=1)
         raise
-    attempt.update(status="done", end=time.time(), seconds=round(time.time() - t0, 3))
+    attempt.update(status="done", end=time.time(), seconds=round(time.time() - t0, 3), **_peak_rss())
     write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
     tracker.summary({"seconds": attempt["seconds"]})
     tracker.finish()

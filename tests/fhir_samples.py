@@ -144,6 +144,22 @@ def mutations(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         variant("bad dateTime", lambda r: r.update(effectiveDateTime="2024-03-03T25:00:00Z"))
         variant("valid: other value", lambda r: r["valueQuantity"].update(value=7.9))
         variant("valid: integer value", lambda r: r["valueQuantity"].update(value=8))
+        # the fast path's value slots must never be more lenient than fhir.resources
+        for when in ("2024-02-29", "2023-02-29", "2024-02-30", "2024-04-31", "2024-12-31", "2024-03-03T10:00:00",
+                     "2024-03-03T10:00:00+01:00", "2024-03-03T10:00:00.123Z", "2024-03-03T24:00:00Z",
+                     "2024-03-03T10:00:60Z", "2024", "2024-03", "0000-01-01", "2024-3-3", "1899-12-31",
+                     "2024-03-03T10:00:00+14:00", "2024-03-03T10:00:00+15:00", "2024-03-03T10:00Z"):
+            variant(f"effective {when}", lambda r, w=when: r.update(effectiveDateTime=w))
+        for value in (1e5, -0.0, 0.1, 1.0, 123456789012345678, 12345678901234567890.5, 1e-7, -3):
+            variant(f"value {value!r}", lambda r, v=value: r["valueQuantity"].update(value=v))
+        for code in ("final", "fi nal", "fi  nal", "fïnal", "", " final", "amended"):
+            variant(f"status {code!r}", lambda r, c=code: r.update(status=c))
+        for rid in ("a" * 64, "a" * 65, "a" * 255, "a" * 256, "a_b", "A-1.2"):
+            variant(f"id of {len(rid)} chars {rid[:4]!r}", lambda r, i=rid: r.update(id=i))
+        for text in (" ", "\u00a0", "\u000b", 'a"b', "Hämoglobin", "x\ty", "\\"):
+            variant(f"code.text {text!r}", lambda r, t=text: r["code"].update(text=t))
+        variant("system with space", lambda r: r["code"]["coding"][0].update(system="http://loinc.org x"))
+        variant("empty system", lambda r: r["code"]["coding"][0].update(system=""))
     if res["resourceType"] == "Condition":
         variant("missing subject", lambda r: r.pop("subject"))
         variant("code with trailing space", lambda r: r["code"]["coding"][0].update(code="C20 "))
