@@ -200,6 +200,13 @@ class FastValidator:
             self._add_regex_shape(rt, canonical, plan)
         return None
 
+    def slot_kinds(self, rt: str, canonical: bytes) -> list[str | None] | None:
+        """Per value token of a line of a known-valid shape: its slot kind (None: exact token only)."""
+        plan = self._shapes.get((rt, _shape(canonical)))
+        if plan is None:
+            return None
+        return [self._set_kind.get(id(ok)) for ok in plan]
+
     def _add_regex_shape(self, rt: str, canonical: bytes, plan: list[set[bytes]]) -> None:
         """Skeleton verbatim, each value slot its type's strict pattern (or the exact token)."""
         shapes = self._regex_shapes.setdefault(rt, [])

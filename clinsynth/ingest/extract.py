@@ -10,14 +10,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from clinsynth.fhir import conventions as fc
 
 
 @dataclass
 class Extracted:
     kind: str  # patient | encounter | medication | facts | ignored
+    resource_type: str | None = None
+    resource_id: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     patient_ref: str | None = None
     encounter_ref: str | None = None
@@ -26,8 +26,8 @@ class Extracted:
     systems: list[tuple[str, str | None]] = field(default_factory=list)
     #: (element path, iso date) pairs to check against birth/death and the reference date
     dates: list[tuple[str, str]] = field(default_factory=list)
-    #: encounter diagnoses: condition id -> role
-    diagnosis_roles: dict[str, str] = field(default_factory=dict)
+    #: encounter diagnoses: (condition id, role)
+    diagnosis_roles: list[tuple[str, str]] = field(default_factory=list)
     #: Medication resources: id -> (system, code, display)
     medication: tuple[str | None, str | None, str | None] | None = None
 
@@ -100,7 +100,7 @@ def _fact(res: dict[str, Any], category: str, **kw: Any) -> dict[str, Any]:
         "status": res.get("status"),
         "assertion": "present",
         "role": None,
-        "extra": orjson.dumps(extra).decode() if extra else None,
+        "extra": extra or None,  # a dict here; the writer serialises it
     }
     row.update(kw)
     return row
@@ -119,9 +119,9 @@ _ASSERTION = {
 def extract(res: dict[str, Any]) -> Extracted:
     rt = res["resourceType"]
     fn = _EXTRACTORS.get(rt)
-    if fn is None:
-        return Extracted("ignored")
-    return fn(res)
+    ex = Extracted("ignored") if fn is None else fn(res)
+    ex.resource_type, ex.resource_id = rt, res.get("id")
+    return ex
 
 
 def _patient(res: dict[str, Any]) -> Extracted:
@@ -139,7 +139,7 @@ def _patient(res: dict[str, Any]) -> Extracted:
         "city": addr.get("city"),
         "postal_code": addr.get("postalCode"),
     }
-    ex = Extracted("patient", [row])
+    ex = Extracted("patient", rows=[row])
     if res.get("birthDate"):
         ex.dates.append(("birthDate", res["birthDate"]))
     if deceased:
@@ -165,7 +165,7 @@ def _encounter(res: dict[str, Any]) -> Extracted:
         "department_code": svc.get("code") if svc else None,
         "department": (svc.get("display") if svc else None),
     }
-    ex = Extracted("encounter", [row], patient_ref=ref_id(res.get("subject"), "Patient"))
+    ex = Extracted("encounter", rows=[row], patient_ref=ref_id(res.get("subject"), "Patient"))
     for key in ("start", "end"):
         if period.get(key):
             ex.dates.append((f"period.{key}", period[key]))
@@ -176,7 +176,7 @@ def _encounter(res: dict[str, Any]) -> Extracted:
         if use and use.get("code") in ("CC",):
             role = "main"
         if cid and not cid.startswith("!"):
-            ex.diagnosis_roles[cid] = role
+            ex.diagnosis_roles.append((cid, role))
     return ex
 
 
@@ -215,7 +215,7 @@ def _condition(res: dict[str, Any]) -> Extracted:
     )
     ex = Extracted(
         "facts",
-        [row],
+        rows=[row],
         patient_ref=ref_id(res.get("subject"), "Patient"),
         encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
     )
@@ -252,7 +252,7 @@ def _procedure(res: dict[str, Any]) -> Extracted:
     )
     ex = Extracted(
         "facts",
-        [row],
+        rows=[row],
         patient_ref=ref_id(res.get("subject"), "Patient"),
         encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
     )
@@ -358,7 +358,7 @@ def _medication_use(res: dict[str, Any]) -> Extracted:
     enc = res.get("context") or res.get("encounter")
     ex = Extracted(
         "facts",
-        [row],
+        rows=[row],
         patient_ref=ref_id(res.get("subject"), "Patient"),
         encounter_ref=ref_id(enc, "Encounter") if enc else None,
         medication_ref=ref_id(res.get("medicationReference"), "Medication")
@@ -442,7 +442,7 @@ def _observation(res: dict[str, Any]) -> Extracted:
     )
     ex = Extracted(
         "facts",
-        [row],
+        rows=[row],
         patient_ref=ref_id(res.get("subject"), "Patient"),
         encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
     )

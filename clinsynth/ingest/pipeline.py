@@ -33,6 +33,7 @@ from clinsynth.core.atomic import atomic_open, write_json
 from clinsynth.fhir.conventions import is_known_system
 from clinsynth.fhir.validation import FastValidator
 from clinsynth.ingest.extract import Extracted, extract
+from clinsynth.ingest.plans import Planner
 from clinsynth.ingest.sources import Item
 from clinsynth.records import ENCOUNTERS, FACTS, PATIENTS, TABLES, bucket_of
 
@@ -56,6 +57,7 @@ class Options:
     min_year: int = 1890
     extra_code_systems: frozenset[str] = frozenset()
     strict: bool = False
+    plans: bool = True  # extraction plans for repeating shapes (see ingest/plans.py)
 
 
 @dataclass
@@ -73,11 +75,13 @@ class Result:
 
 _validator: FastValidator | None = None
 _options: Options | None = None
+_planner: Planner | None = None
 
 
 def _init_worker(options: Options) -> None:
-    global _validator, _options
+    global _validator, _options, _planner
     _validator, _options = FastValidator(), options
+    _planner = Planner(_validator) if options.plans else None
     # millions of short-lived dicts and no reference cycles: the cyclic GC would only
     # rescan the same objects over and over (measured: ~30% of the time)
     gc.freeze()
@@ -109,26 +113,35 @@ def process(items: list[Item]) -> list[Result]:
     assert _validator is not None and _options is not None
     out = []
     for it in items:
-        res = it.resource
-        canonical = None
         if it.error:
             out.append(Result(it.source, it.line, it.location, None, None, "malformed_json", it.error))
             continue
-        if res is None:
-            try:
-                res = orjson.loads(it.raw or b"")
-            except orjson.JSONDecodeError as exc:
-                out.append(Result(it.source, it.line, it.location, None, None, "malformed_json", str(exc)))
-                continue
+        ex = _planner.match(it.raw) if (_planner is not None and it.raw is not None) else None
+        if ex is not None:  # a known shape: valid and extracted in one regex match
             canonical = it.raw
-        rt = res.get("resourceType") if isinstance(res, dict) else None
-        rid = res.get("id") if isinstance(res, dict) else None
-        canonical = _canonical(res, canonical)
-        error = _validator.validate(res, canonical)
-        if error:
-            out.append(Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error))
-            continue
-        ex = extract(res)
+            rt, rid = ex.resource_type, ex.resource_id
+        else:
+            res = it.resource
+            canonical = None
+            if res is None:
+                try:
+                    res = orjson.loads(it.raw or b"")
+                except orjson.JSONDecodeError as exc:
+                    out.append(
+                        Result(it.source, it.line, it.location, None, None, "malformed_json", str(exc))
+                    )
+                    continue
+                canonical = it.raw
+            rt = res.get("resourceType") if isinstance(res, dict) else None
+            rid = res.get("id") if isinstance(res, dict) else None
+            canonical = _canonical(res, canonical)
+            error = _validator.validate(res, canonical)
+            if error:
+                out.append(Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error))
+                continue
+            ex = extract(res)
+            if _planner is not None and it.raw is not None:
+                _planner.learn(res, it.raw, ex)
         bad = next(
             (f"{p}: {s!r}" for p, s in ex.systems if not is_known_system(s, _options.extra_code_systems)),
             None,
@@ -232,7 +245,7 @@ class _Worker:
             "roles": [],
             "meds": [],
         }
-        idx: list[dict[str, Any]] = []
+        idx: dict[str, list[Any]] = {name: [] for name in INDEX.names}
         bad: list[dict[str, Any]] = []
         for k, r in enumerate(process(items)):
             seq = seq0 + k
@@ -252,35 +265,46 @@ class _Worker:
                 continue
             ex = r.extracted
             assert ex is not None
-            days = [d[:10] for _, d in ex.dates]
-            entry = {
-                "seq": seq,
-                "rt": r.resource_type,
-                "rid": r.resource_id,
-                "digest": r.digest - (1 << 63),
-                "kind": ex.kind,
-                "patient_ref": ex.patient_ref,
-                "encounter_ref": ex.encounter_ref,
-                "med_ref": ex.medication_ref,
-                "first_day": min((_pad(d, True) for d in days), default=None),
-                "last_day": max((_pad(d, False) for d in days), default=None),
-                "birth": None,
-                "death": None,
-                "source": r.source,
-                "line": r.line,
-                "location": r.location,
-            }
+            first = last = None
+            for _, d in ex.dates:
+                hi, lo = _pad(d, True), _pad(d, False)
+                if first is None or hi < first:
+                    first = hi
+                if last is None or lo > last:
+                    last = lo
+            for col, v in zip(
+                INDEX.names,
+                (
+                    seq,
+                    r.resource_type,
+                    r.resource_id,
+                    r.digest - (1 << 63),
+                    ex.kind,
+                    ex.patient_ref,
+                    ex.encounter_ref,
+                    ex.medication_ref,
+                    first,
+                    last,
+                    None,
+                    None,
+                    r.source,
+                    r.line,
+                    r.location,
+                ),
+                strict=True,
+            ):
+                idx[col].append(v)
             src = f"{r.source}:{r.line}" if r.line else f"{r.source} {r.location or ''}".strip()
             if ex.kind == "patient":
                 row = ex.rows[0]
-                entry["birth"], entry["death"] = row["birth_date"], row["deceased_date"]
-                entry["first_day"] = entry["last_day"] = None  # a patient's own dates bound the others
+                idx["birth"][-1], idx["death"][-1] = row["birth_date"], row["deceased_date"]
+                idx["first_day"][-1] = idx["last_day"][-1] = None  # a patient's own dates bound the others
                 rows["patients"].append({**row, "source": src, "seq": seq})
             elif ex.kind == "encounter":
                 rows["encounters"].append(
                     {**ex.rows[0], "patient_id": ex.patient_ref, "source": src, "seq": seq}
                 )
-                rows["roles"] += [{"cond_id": c, "role": role} for c, role in ex.diagnosis_roles.items()]
+                rows["roles"] += [{"cond_id": c, "role": role} for c, role in ex.diagnosis_roles]
             elif ex.kind == "medication":
                 m = ex.medication or (None, None, None)
                 rows["meds"].append(
@@ -288,6 +312,8 @@ class _Worker:
                 )
             elif ex.kind == "facts":
                 for row in ex.rows:
+                    if row["extra"] is not None:
+                        row["extra"] = orjson.dumps(row["extra"]).decode()
                     row.update(
                         patient_id=ex.patient_ref,
                         encounter_id=ex.encounter_ref,
@@ -296,11 +322,16 @@ class _Worker:
                         med_ref=ex.medication_ref,
                     )
                     rows["facts"].append(row)
-            idx.append(entry)
         for table, schema in _PART_SCHEMAS.items():
             self._write(table, rows[table], schema)
         side = {k: pa.Table.from_pylist(rows[k], schema=SIDE[k]) for k in SIDE}
-        return pa.RecordBatch.from_pylist(idx, schema=INDEX), bad, side
+        return (
+            pa.RecordBatch.from_arrays(
+                [pa.array(idx[n], f.type) for n, f in zip(INDEX.names, INDEX, strict=True)], schema=INDEX
+            ),
+            bad,
+            side,
+        )
 
     def close(self) -> None:
         for w in self.writers.values():
@@ -314,12 +345,25 @@ _PART_SCHEMAS = {
 }
 
 
+def _pack(items: list[Item]) -> Any:
+    """Raw NDJSON lines travel to workers as bytes, not as pickled objects (a third of the cost)."""
+    if all(it.raw is not None and it.error is None for it in items):
+        return ("raw", [it.source for it in items], [it.line for it in items], [it.raw for it in items])
+    return ("items", items)
+
+
+def _unpack(packed: Any) -> list[Item]:
+    if packed[0] == "raw":
+        return [Item(s, n, r) for s, n, r in zip(packed[1], packed[2], packed[3], strict=True)]
+    return packed[1]
+
+
 def _worker_main(parts: Path, name: str, opts: Options, tasks: Any, results: Any) -> None:
     w = _Worker(parts, name, opts)
     try:
         while (task := tasks.get()) is not None:
-            seq0, items = task
-            results.put(("chunk", w.chunk(seq0, items)))
+            seq0, packed = task
+            results.put(("chunk", w.chunk(seq0, _unpack(packed))))
     except BaseException as exc:
         import traceback
 
@@ -396,7 +440,7 @@ def _phase1(
         for c in _chunks(items, chunk):
             while True:
                 try:
-                    tasks.put((seq, c), timeout=0.2)
+                    tasks.put((seq, _pack(c)), timeout=0.2)
                     break
                 except queue.Full:
                     drain(block=False)
@@ -573,57 +617,51 @@ def _checks(
 
 
 def _write_records(
-    parts: Path, out: Path, keep: pa.Array, side: dict[str, pa.Table], buckets: int
+    parts: Path, out: Path, keep: pa.Array, side: dict[str, pa.Table], buckets: int, n_seq: int
 ) -> dict[str, int]:
     """Filter each part to the surviving resources, resolve roles and medications, split by patient bucket."""
+    import numpy as np
+
     out.mkdir(parents=True, exist_ok=True)
-    roles = (
-        side["roles"]
-        .group_by("cond_id")
-        .aggregate([("role", "min")])
-        .rename_columns(["resource_id", "x_role"])
-    )
+    roles = side["roles"].group_by("cond_id").aggregate([("role", "min")])
+    roles = roles.rename_columns(["resource_id", "x_role"])
     meds = (
         side["meds"]
         .group_by("med_id")
         .aggregate([("m_system", "min"), ("m_code", "min"), ("m_display", "min")])
     )
     meds = meds.rename_columns(["med_ref", "m_system", "m_code", "m_display"])
+    alive = np.zeros(n_seq, dtype=bool)
+    alive[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=np.int64)] = True
+    bucket_of_patient: dict[str, int] = {}
     writers: dict[tuple[str, int], pq.ParquetWriter] = {}
-    counts = {t: 0 for t in TABLES}
-    bucket_cache: dict[str, int] = {}
+    counts = dict.fromkeys(TABLES, 0)
     for table, schema in TABLES.items():
-        for part in sorted(parts.glob(f"*-{table}.parquet")):
-            f = pq.ParquetFile(part)
-            for i in range(f.num_row_groups):
-                t = f.read_row_group(i)
-                t = t.filter(pc.is_in(t["seq"], keep))
-                if t.num_rows == 0:
+        for t in _in_seq_order(sorted(parts.glob(f"*-{table}.parquet"))):
+            t = t.filter(pa.array(alive[t["seq"].to_numpy()]))
+            if t.num_rows == 0:
+                continue
+            if table == "facts":
+                t = _resolve_facts(t, roles, meds)
+            pids = t["patient_id"].to_pylist()
+            for pid in set(pids) - bucket_of_patient.keys():
+                bucket_of_patient[pid] = bucket_of(pid, buckets)
+            b = np.fromiter((bucket_of_patient[p] for p in pids), dtype=np.int32, count=len(pids))
+            order = np.argsort(b, kind="stable")
+            t = t.take(pa.array(order)).select(schema.names).cast(schema)
+            b = b[order]
+            bounds = np.searchsorted(b, np.arange(buckets + 1))
+            for bk in range(buckets):
+                lo, hi = int(bounds[bk]), int(bounds[bk + 1])
+                if hi == lo:
                     continue
-                if table == "facts":
-                    t = _resolve_facts(t, roles, meds)
-                pids = t["patient_id"].to_pylist()
-                b = pa.array(
-                    [
-                        bucket_cache.get(p)
-                        if p in bucket_cache
-                        else bucket_cache.setdefault(p, bucket_of(p, buckets))
-                        for p in pids
-                    ],
-                    pa.int32(),
-                )
-                t = t.append_column("_b", b).sort_by([("_b", "ascending"), ("seq", "ascending")])
-                for bk in pc.unique(t["_b"]).to_pylist():
-                    part_t = t.filter(pc.equal(t["_b"], bk)).select(schema.names).cast(schema)
-                    key = (table, bk)
-                    w = writers.get(key)
-                    if w is None:
-                        w = pq.ParquetWriter(
-                            out / f".{table}-{bk:04d}.parquet.tmp", schema, compression="zstd"
-                        )
-                        writers[key] = w
-                    w.write_table(part_t)
-                    counts[table] += part_t.num_rows
+                key = (table, bk)
+                w = writers.get(key)
+                if w is None:
+                    w = pq.ParquetWriter(out / f".{table}-{bk:04d}.parquet.tmp", schema, compression="zstd")
+                    writers[key] = w
+                w.write_table(t.slice(lo, hi - lo))
+                counts[table] += hi - lo
     for table, schema in TABLES.items():
         for bk in range(buckets):
             tmp = out / f".{table}-{bk:04d}.parquet.tmp"
@@ -634,6 +672,31 @@ def _write_records(
                 w.close()
             tmp.replace(out / f"{table}-{bk:04d}.parquet")
     return counts
+
+
+def _in_seq_order(files: list[Path], rows: int = 500_000) -> Iterator[pa.Table]:
+    """Row groups of all workers' parts in source order (each chunk is one row group of one worker),
+    so the records do not depend on which worker took which chunk."""
+    groups = []
+    for f in files:
+        pf = pq.ParquetFile(f)
+        col = pf.schema_arrow.get_field_index("seq")
+        for i in range(pf.num_row_groups):
+            groups.append((pf.metadata.row_group(i).column(col).statistics.min, f, i))
+    groups.sort()
+    files_open: dict[Path, pq.ParquetFile] = {}
+    buf: list[pa.Table] = []
+    n = 0
+    for _, f, i in groups:
+        pf = files_open.setdefault(f, pq.ParquetFile(f))
+        t = pf.read_row_group(i)
+        buf.append(t)
+        n += t.num_rows
+        if n >= rows:
+            yield pa.concat_tables(buf)
+            buf, n = [], 0
+    if buf:
+        yield pa.concat_tables(buf)
 
 
 def _resolve_facts(t: pa.Table, roles: pa.Table, meds: pa.Table) -> pa.Table:
@@ -649,7 +712,7 @@ def _resolve_facts(t: pa.Table, roles: pa.Table, meds: pa.Table) -> pa.Table:
     for col, mcol in (("system", "m_system"), ("code", "m_code"), ("display", "m_display")):
         fill = pc.if_else(no_code, t[mcol], t[col]) if col != "display" else pc.coalesce(t[col], t[mcol])
         t = t.set_column(t.schema.get_field_index(col), col, fill)
-    return t
+    return t.sort_by("seq")  # joins do not keep row order
 
 
 @dataclass
@@ -703,10 +766,13 @@ def ingest(
         }
         checked, keep, repeats = _checks(idx, side)
         unreadable = Counter(e["resource_type"] or "?" for e in bad)  # never made it into the index
+        unreadable_seq = [e["seq"] for e in bad]
         bad = sorted(bad + checked, key=lambda e: e["seq"])
         if opts.strict and bad:
             raise IngestError(_strict_message(bad[0]))
-        rows = _write_records(parts, out_dir / "records", keep, side, buckets)
+        rows = _write_records(
+            parts, out_dir / "records", keep, side, buckets, idx.num_rows + len(unreadable_seq)
+        )
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     report = _Report(repeats=repeats)
