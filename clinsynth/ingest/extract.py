@@ -50,6 +50,11 @@ def ref_id(ref: dict[str, Any] | None, expected_type: str) -> str | None:
     return m.group(2)
 
 
+def _strs(values: list[Any] | None) -> list[str]:
+    """A primitive list without its nulls (FHIR keeps them as placeholders for `_element` extensions)."""
+    return [v for v in values or () if isinstance(v, str)]
+
+
 def _first_coding(cc: dict[str, Any] | None, systems: tuple[str, ...]) -> dict[str, Any] | None:
     if not cc:
         return None
@@ -135,7 +140,7 @@ def _patient(res: dict[str, Any]) -> Extracted:
         "deceased": bool(res.get("deceasedBoolean") or deceased),
         "deceased_date": deceased,
         "family": name.get("family"),
-        "given": " ".join(name.get("given") or []) or None,
+        "given": " ".join(_strs(name.get("given"))) or None,
         "city": addr.get("city"),
         "postal_code": addr.get("postalCode"),
     }
@@ -185,7 +190,7 @@ def _condition(res: dict[str, Any]) -> Extracted:
     c = _first_coding(code, fc.DIAGNOSIS_SYSTEMS) or _any_coding(code)
     ver = _any_coding(res.get("verificationStatus"))
     clin = _any_coding(res.get("clinicalStatus"))
-    profiles = (res.get("meta") or {}).get("profile") or []
+    profiles = _strs((res.get("meta") or {}).get("profile"))
     date = res.get("onsetDateTime") or res.get("recordedDate") or (res.get("onsetPeriod") or {}).get("start")
     extra: dict[str, Any] = {}
     for site in res.get("bodySite") or []:
@@ -305,7 +310,7 @@ def _dosage(d: dict[str, Any]) -> dict[str, Any]:
     repeat = (d.get("timing") or {}).get("repeat") or {}
     if repeat.get("when"):
         sched = [0, 0, 0, 0]
-        for w in repeat["when"]:
+        for w in _strs(repeat["when"]):
             if w in _WHEN:
                 sched[_WHEN[w]] = 1
         out["schedule"] = sched
@@ -339,7 +344,7 @@ def _medication_use(res: dict[str, Any]) -> Extracted:
     start, end = _period(res, "effective")
     if rt == "MedicationRequest":
         start = res.get("authoredOn")
-    profiles = (res.get("meta") or {}).get("profile") or []
+    profiles = _strs((res.get("meta") or {}).get("profile"))
     if any("systemische-therapie" in p for p in profiles):
         extra["therapy"] = "systemic"
     row = _fact(
@@ -382,7 +387,7 @@ _TNM_PROFILES = {
 
 
 def _observation(res: dict[str, Any]) -> Extracted:
-    profiles = (res.get("meta") or {}).get("profile") or []
+    profiles = _strs((res.get("meta") or {}).get("profile"))
     category = "observation"
     for p in profiles:
         for suffix, cat in _TNM_PROFILES.items():

@@ -38,6 +38,7 @@ from clinsynth.ingest.sources import Item
 from clinsynth.records import ENCOUNTERS, FACTS, PATIENTS, TABLES, bucket_of
 
 REASONS = (
+    "extraction_failed",
     "malformed_json",
     "invalid_resource",
     "dangling_reference",
@@ -139,7 +140,12 @@ def process(items: list[Item]) -> list[Result]:
             if error:
                 out.append(Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error))
                 continue
-            ex = extract(res)
+            try:
+                ex = extract(res)
+            except Exception as exc:  # noqa: BLE001 - valid FHIR the extractor cannot read: keep it, say why
+                detail = f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten: please report)"
+                out.append(Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail))
+                continue
             if _planner is not None and it.raw is not None:
                 _planner.learn(res, it.raw, ex)
         bad = next(
