@@ -145,10 +145,26 @@ def mutations(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         variant("valid: other value", lambda r: r["valueQuantity"].update(value=7.9))
         variant("valid: integer value", lambda r: r["valueQuantity"].update(value=8))
         # the fast path's value slots must never be more lenient than fhir.resources
-        for when in ("2024-02-29", "2023-02-29", "2024-02-30", "2024-04-31", "2024-12-31", "2024-03-03T10:00:00",
-                     "2024-03-03T10:00:00+01:00", "2024-03-03T10:00:00.123Z", "2024-03-03T24:00:00Z",
-                     "2024-03-03T10:00:60Z", "2024", "2024-03", "0000-01-01", "2024-3-3", "1899-12-31",
-                     "2024-03-03T10:00:00+14:00", "2024-03-03T10:00:00+15:00", "2024-03-03T10:00Z"):
+        for when in (
+            "2024-02-29",
+            "2023-02-29",
+            "2024-02-30",
+            "2024-04-31",
+            "2024-12-31",
+            "2024-03-03T10:00:00",
+            "2024-03-03T10:00:00+01:00",
+            "2024-03-03T10:00:00.123Z",
+            "2024-03-03T24:00:00Z",
+            "2024-03-03T10:00:60Z",
+            "2024",
+            "2024-03",
+            "0000-01-01",
+            "2024-3-3",
+            "1899-12-31",
+            "2024-03-03T10:00:00+14:00",
+            "2024-03-03T10:00:00+15:00",
+            "2024-03-03T10:00Z",
+        ):
             variant(f"effective {when}", lambda r, w=when: r.update(effectiveDateTime=w))
         for value in (1e5, -0.0, 0.1, 1.0, 123456789012345678, 12345678901234567890.5, 1e-7, -3):
             variant(f"value {value!r}", lambda r, v=value: r["valueQuantity"].update(value=v))

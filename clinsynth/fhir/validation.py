@@ -225,7 +225,9 @@ class FastValidator:
             else:
                 ok, tok = next(tokens), next(values)
                 kind = self._set_kind.get(id(ok))
-                out.append(b"(?>" + _SLOT_PATTERNS[kind] + b")" if kind else re.escape(tok))  # atomic: no backtracking
+                out.append(
+                    b"(?>" + _SLOT_PATTERNS[kind] + b")" if kind else re.escape(tok)
+                )  # atomic: no backtracking
         shapes.append(re.compile(b"".join(out), re.DOTALL))
 
     def _plan(self, model: type, data: dict[str, Any], rt: str) -> list[set[bytes]]:

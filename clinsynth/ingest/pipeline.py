@@ -142,8 +142,10 @@ def process(items: list[Item]) -> list[Result]:
                 continue
             try:
                 ex = extract(res)
-            except Exception as exc:  # noqa: BLE001 - valid FHIR the extractor cannot read: keep it, say why
-                detail = f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten: please report)"
+            except Exception as exc:
+                detail = (
+                    f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten: please report)"
+                )
                 out.append(Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail))
                 continue
             if _planner is not None and it.raw is not None:

@@ -134,7 +134,9 @@ def test_workers_give_the_same_result_as_one_process(tmp_path):
         assert one[key] == two[key]
     files = sorted(p.name for p in (tmp_path / "one" / "records").iterdir())
     for name in files:  # byte for byte: records do not depend on which worker took which chunk
-        assert (tmp_path / "one" / "records" / name).read_bytes() == (tmp_path / "two" / "records" / name).read_bytes()
+        assert (tmp_path / "one" / "records" / name).read_bytes() == (
+            tmp_path / "two" / "records" / name
+        ).read_bytes()
 
 
 def baseline_rejects(resource) -> bool:
