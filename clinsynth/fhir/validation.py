@@ -213,7 +213,7 @@ class FastValidator:
         if len(shapes) >= _MAX_REGEX_SHAPES:
             return
         parts = _SPLIT_RE.split(canonical)
-        # split with 1 group: [text, key-or-None, text, key-or-None, ..., text]; values are the dropped matches
+        # split with 1 group: [text, key-or-None, text, ..., text]; values are the dropped matches
         tokens = iter(plan)
         values = iter(_leaves(canonical))
         out: list[bytes] = []
@@ -225,9 +225,8 @@ class FastValidator:
             else:
                 ok, tok = next(tokens), next(values)
                 kind = self._set_kind.get(id(ok))
-                out.append(
-                    b"(?>" + _SLOT_PATTERNS[kind] + b")" if kind else re.escape(tok)
-                )  # atomic: no backtracking
+                # atomic groups: a failed match never backtracks into earlier slots
+                out.append(b"(?>" + _SLOT_PATTERNS[kind] + b")" if kind else re.escape(tok))
         shapes.append(re.compile(b"".join(out), re.DOTALL))
 
     def _plan(self, model: type, data: dict[str, Any], rt: str) -> list[set[bytes]]:

@@ -143,9 +143,7 @@ def process(items: list[Item]) -> list[Result]:
             try:
                 ex = extract(res)
             except Exception as exc:
-                detail = (
-                    f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten: please report)"
-                )
+                detail = f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten)"
                 out.append(Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail))
                 continue
             if _planner is not None and it.raw is not None:
