@@ -187,6 +187,7 @@ INDEX = pa.schema(
         ("seq", pa.int64()),
         ("rt", pa.string()),
         ("rid", pa.string()),
+        ("key", pa.int64()),  # hash of type/id: duplicates are found on integers, not strings
         ("digest", pa.int64()),
         ("kind", pa.string()),
         ("patient_ref", pa.string()),
@@ -212,6 +213,12 @@ SIDE = {
         ]
     ),
 }
+
+
+def _key(rt: str | None, rid: str | None) -> int | None:
+    if rid is None:
+        return None
+    return int.from_bytes(hashlib.blake2b(f"{rt}/{rid}".encode(), digest_size=8).digest(), "big") - (1 << 63)
 
 
 def _pad(day: str, high: bool) -> str:
@@ -284,6 +291,7 @@ class _Worker:
                     seq,
                     r.resource_type,
                     r.resource_id,
+                    _key(r.resource_type, r.resource_id),
                     r.digest - (1 << 63),
                     ex.kind,
                     ex.patient_ref,
@@ -503,123 +511,119 @@ def _checks(
     idx: pa.Table, side: dict[str, pa.Table]
 ) -> tuple[list[dict[str, Any]], pa.Array, dict[str, int]]:
     """Quarantine entries for duplicates, dangling references and dates outside a life; the seqs that
-    survive; and identical repeats by type."""
+    survive; and identical repeats by type. Numpy/pyarrow on the index: no per-resource Python, and
+    no joins that would copy millions of strings."""
+    import numpy as np
+
+    def np_bool(a: Any) -> np.ndarray:
+        return np.asarray(pc.fill_null(a, False).to_numpy(zero_copy_only=False), dtype=bool)
+
     bad: list[dict[str, Any]] = []
-    n = idx.num_rows
-    seq = idx["seq"]
-    # 1. duplicates: the first occurrence (by source order) wins
-    has_id = pc.is_valid(idx["rid"])
-    keyed = idx.filter(has_id).select(["rt", "rid", "seq", "digest"])
-    first = (
-        keyed.group_by(["rt", "rid"]).aggregate([("seq", "min")]).rename_columns(["rt", "rid", "first_seq"])
-    )
-    j = keyed.join(first, ["rt", "rid"]).join(
-        keyed.select(["seq", "digest"]).rename_columns(["first_seq", "first_digest"]), "first_seq"
-    )
-    later = j.filter(pc.not_equal(j["seq"], j["first_seq"]))
-    same = pc.equal(later["digest"], later["first_digest"])
-    repeats_seq = later.filter(same)["seq"]
-    conflict = later.filter(pc.invert(same))
-    repeats = Counter(idx.filter(pc.is_in(seq, repeats_seq))["rt"].to_pylist())
-    dropped = pc.is_in(
-        seq, pa.concat_arrays([repeats_seq.combine_chunks(), conflict["seq"].combine_chunks()])
-    )
-    if conflict.num_rows:
-        m = pc.is_in(seq, conflict["seq"])
+    seq_np = idx["seq"].to_numpy()
+    alive_np = np.ones(idx.num_rows, dtype=bool)
+
+    # 1. duplicates: the first occurrence in source order wins
+    has_key = np_bool(pc.is_valid(idx["key"]))
+    key = np.asarray(pc.fill_null(idx["key"], 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    order = np.argsort(seq_np, kind="stable")
+    order = order[has_key[order]]
+    _, first_pos, inverse = np.unique(key[order], return_index=True, return_inverse=True)
+    first_row = order[first_pos[inverse]]  # for each keyed row (in seq order): its first occurrence
+    later = first_row != order
+    digest = idx["digest"].to_numpy()
+    dup_rows, dup_first = order[later], first_row[later]
+    same = digest[dup_rows] == digest[dup_first]
+    rts = idx["rt"]
+    repeats = Counter(rts.take(pa.array(dup_rows[same])).to_pylist())
+    alive_np[dup_rows] = False
+    conflict = dup_rows[~same]
+    if len(conflict):
+        m = np.zeros(idx.num_rows, dtype=bool)
+        m[conflict] = True
+        sub = idx.filter(pa.array(m))
         bad += _flag(
             idx,
-            m,
+            pa.array(m),
             "duplicate_id",
             [
                 f"{r}/{i} appears again with different content"
-                for r, i in zip(
-                    idx.filter(m)["rt"].to_pylist(), idx.filter(m)["rid"].to_pylist(), strict=True
-                )
+                for r, i in zip(sub["rt"].to_pylist(), sub["rid"].to_pylist(), strict=True)
             ],
         )
-    alive = pc.invert(dropped)
 
-    def dangling(mask: Any, what: str, refs: pa.ChunkedArray) -> None:
-        nonlocal alive
-        m = pc.and_(alive, mask)
-        if pc.any(m).as_py():
+    kind = idx["kind"]
+
+    def ids_of(k: str) -> pa.Table:
+        m = pc.and_(pa.array(alive_np), pc.equal(kind, k))
+        return idx.filter(m)
+
+    def dangling(mask: np.ndarray, what: str, refs: pa.ChunkedArray) -> None:
+        m = alive_np & mask
+        if m.any():
+            marr = pa.array(m)
             bad.extend(
                 _flag(
                     idx,
-                    m,
+                    marr,
                     "dangling_reference",
                     [
                         f"{what}{x}" if x else "no subject reference to a Patient"
-                        for x in refs.filter(m).to_pylist()
+                        for x in refs.filter(marr).to_pylist()
                     ],
                 )
             )
-            alive = pc.and_(alive, pc.invert(m))
+            alive_np[m] = False
 
-    kind = idx["kind"]
-    is_patient = pc.equal(kind, "patient")
-    patients = idx.filter(pc.and_(alive, is_patient)).select(["rid", "birth", "death"])
-    needs_patient = pc.and_(
-        pc.not_equal(kind, "patient"),
-        pc.and_(pc.not_equal(kind, "medication"), pc.not_equal(kind, "ignored")),
-    )
+    patients = ids_of("patient").select(["rid", "birth", "death"])
+    kinds_np = np.asarray(kind.to_numpy(zero_copy_only=False))
+    needs_patient = ~np.isin(kinds_np, ["patient", "medication", "ignored"])
     pref = idx["patient_ref"]
-    dangling(
-        pc.and_(needs_patient, pc.invert(pc.fill_null(pc.is_in(pref, patients["rid"]), False))),
-        "subject -> Patient/",
-        pref,
-    )
-    is_enc = pc.equal(kind, "encounter")
-    encounters = idx.filter(pc.and_(alive, is_enc)).select(["rid", "patient_ref"])
+    p_at = pc.index_in(pref, value_set=patients["rid"].combine_chunks())
+    dangling(needs_patient & ~np_bool(pc.is_valid(p_at)), "subject -> Patient/", pref)
+
+    encounters = ids_of("encounter").select(["rid", "patient_ref"])
     eref = idx["encounter_ref"]
-    has_enc = pc.is_valid(eref)
-    dangling(
-        pc.and_(has_enc, pc.invert(pc.fill_null(pc.is_in(eref, encounters["rid"]), False))),
-        "encounter -> Encounter/",
-        eref,
+    has_enc = np_bool(pc.is_valid(eref))
+    e_at = pc.index_in(eref, value_set=encounters["rid"].combine_chunks())
+    dangling(has_enc & ~np_bool(pc.is_valid(e_at)), "encounter -> Encounter/", eref)
+    owner = (
+        encounters["patient_ref"]
+        .combine_chunks()
+        .take(e_at.combine_chunks() if hasattr(e_at, "combine_chunks") else e_at)
     )
-    # an encounter of another patient
-    owner_key = pc.binary_join_element_wise(eref, pref, "\x00")
-    enc_keys = pc.binary_join_element_wise(encounters["rid"], encounters["patient_ref"], "\x00")
     dangling(
-        pc.and_(has_enc, pc.invert(pc.fill_null(pc.is_in(owner_key, enc_keys), False))),
+        has_enc & ~np_bool(pc.equal(owner, pref.combine_chunks())),
         "encounter belongs to another patient: Encounter/",
         eref,
     )
-    meds = idx.filter(pc.and_(alive, pc.equal(kind, "medication")))["rid"]
+
+    meds = ids_of("medication")["rid"].combine_chunks()
     mref = idx["med_ref"]
     dangling(
-        pc.and_(pc.is_valid(mref), pc.invert(pc.fill_null(pc.is_in(mref, meds), False))),
+        np_bool(pc.is_valid(mref)) & ~np_bool(pc.is_in(mref, value_set=meds)),
         "medicationReference -> Medication/",
         mref,
     )
-    # dates outside the patient's life
-    life = idx.select(["seq", "patient_ref", "first_day", "last_day"]).join(
-        patients.rename_columns(["patient_ref", "p_birth", "p_death"]), "patient_ref"
-    )
-    before = pc.fill_null(pc.less(life["first_day"], life["p_birth"]), False)
-    after = pc.fill_null(pc.greater(life["last_day"], life["p_death"]), False)
-    for mask, word, col in (
-        (before, "before the birth date", "p_birth"),
-        (after, "after the death date", "p_death"),
+
+    # 2. dates outside the patient's life
+    p_idx = p_at.combine_chunks() if hasattr(p_at, "combine_chunks") else p_at
+    birth = patients["birth"].combine_chunks().take(p_idx)
+    death = patients["death"].combine_chunks().take(p_idx)
+    for mask, word, bound in (
+        (np_bool(pc.less(idx["first_day"].combine_chunks(), birth)), "before the birth date", birth),
+        (np_bool(pc.greater(idx["last_day"].combine_chunks(), death)), "after the death date", death),
     ):
-        seqs = life.filter(mask)
-        if seqs.num_rows:
-            m = pc.and_(alive, pc.is_in(seq, seqs["seq"]))
-            if pc.any(m).as_py():
-                lookup = dict(zip(seqs["seq"].to_pylist(), seqs[col].to_pylist(), strict=True))
-                bad += _flag(
-                    idx,
-                    m,
-                    "impossible_date",
-                    [
-                        f"a date of this resource lies {word} {lookup[s]}"
-                        for s in idx.filter(m)["seq"].to_pylist()
-                    ],
-                )
-                alive = pc.and_(alive, pc.invert(m))
-    _ = n
-    return bad, idx.filter(alive)["seq"], dict(repeats)
+        m = alive_np & mask
+        if m.any():
+            marr = pa.array(m)
+            bad += _flag(
+                idx,
+                marr,
+                "impossible_date",
+                [f"a date of this resource lies {word} {b}" for b in bound.filter(marr).to_pylist()],
+            )
+            alive_np[m] = False
+    return bad, pa.array(seq_np[alive_np]), dict(repeats)
 
 
 def _write_records(
