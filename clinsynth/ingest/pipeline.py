@@ -185,19 +185,19 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 INDEX = pa.schema(
     [
         ("seq", pa.int64()),
-        ("rt", pa.string()),
+        ("rt", pa.dictionary(pa.int32(), pa.string())),
         ("rid", pa.string()),
         ("key", pa.int64()),  # hash of type/id: duplicates are found on integers, not strings
         ("digest", pa.int64()),
-        ("kind", pa.string()),
+        ("kind", pa.int8()),  # index into KINDS
         ("patient_ref", pa.string()),
         ("encounter_ref", pa.string()),
         ("med_ref", pa.string()),
-        ("first_day", pa.string()),
-        ("last_day", pa.string()),
-        ("birth", pa.string()),
-        ("death", pa.string()),
-        ("source", pa.string()),
+        ("first_day", pa.int32()),  # yyyymmdd, partial dates padded to their latest day
+        ("last_day", pa.int32()),  # ... to their earliest day
+        ("birth", pa.int32()),  # patients: earliest possible birth day
+        ("death", pa.int32()),  # patients: latest possible death day
+        ("source", pa.dictionary(pa.int32(), pa.string())),
         ("line", pa.int64()),
         ("location", pa.string()),
     ]
@@ -213,6 +213,18 @@ SIDE = {
         ]
     ),
 }
+
+
+KINDS = ("patient", "encounter", "medication", "facts", "ignored")
+_KIND = {k: i for i, k in enumerate(KINDS)}
+
+
+def _ymd(day: str | None, high: bool) -> int | None:
+    return int(_pad(day[:10], high).replace("-", "")) if day else None
+
+
+def _iso(ymd: int | None) -> str:
+    return f"{ymd // 10000:04d}-{ymd // 100 % 100:02d}-{ymd % 100:02d}" if ymd else "?"
 
 
 def _key(rt: str | None, rid: str | None) -> int | None:
@@ -280,7 +292,7 @@ class _Worker:
             assert ex is not None
             first = last = None
             for _, d in ex.dates:
-                hi, lo = _pad(d, True), _pad(d, False)
+                hi, lo = _ymd(d, True), _ymd(d, False)
                 if first is None or hi < first:
                     first = hi
                 if last is None or lo > last:
@@ -293,7 +305,7 @@ class _Worker:
                     r.resource_id,
                     _key(r.resource_type, r.resource_id),
                     r.digest - (1 << 63),
-                    ex.kind,
+                    _KIND[ex.kind],
                     ex.patient_ref,
                     ex.encounter_ref,
                     ex.medication_ref,
@@ -311,7 +323,8 @@ class _Worker:
             src = f"{r.source}:{r.line}" if r.line else f"{r.source} {r.location or ''}".strip()
             if ex.kind == "patient":
                 row = ex.rows[0]
-                idx["birth"][-1], idx["death"][-1] = row["birth_date"], row["deceased_date"]
+                idx["birth"][-1] = _ymd(row["birth_date"], False)
+                idx["death"][-1] = _ymd(row["deceased_date"], True)
                 idx["first_day"][-1] = idx["last_day"][-1] = None  # a patient's own dates bound the others
                 rows["patients"].append({**row, "source": src, "seq": seq})
             elif ex.kind == "encounter":
@@ -341,7 +354,7 @@ class _Worker:
         side = {k: pa.Table.from_pylist(rows[k], schema=SIDE[k]) for k in SIDE}
         return (
             pa.RecordBatch.from_arrays(
-                [pa.array(idx[n], f.type) for n, f in zip(INDEX.names, INDEX, strict=True)], schema=INDEX
+                [_column(idx[n], f.type) for n, f in zip(INDEX.names, INDEX, strict=True)], schema=INDEX
             ),
             bad,
             side,
@@ -370,6 +383,12 @@ def _unpack(packed: Any) -> list[Item]:
     if packed[0] == "raw":
         return [Item(s, n, r) for s, n, r in zip(packed[1], packed[2], packed[3], strict=True)]
     return packed[1]
+
+
+def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
+    if pa.types.is_dictionary(typ):
+        return pa.array(values, pa.string()).dictionary_encode()
+    return pa.array(values, typ)
 
 
 def _worker_main(parts: Path, name: str, opts: Options, tasks: Any, results: Any) -> None:
@@ -551,11 +570,10 @@ def _checks(
             ],
         )
 
-    kind = idx["kind"]
+    kinds_np = idx["kind"].to_numpy()
 
     def ids_of(k: str) -> pa.Table:
-        m = pc.and_(pa.array(alive_np), pc.equal(kind, k))
-        return idx.filter(m)
+        return idx.filter(pa.array(alive_np & (kinds_np == _KIND[k])))
 
     def dangling(mask: np.ndarray, what: str, refs: pa.ChunkedArray) -> None:
         m = alive_np & mask
@@ -575,8 +593,7 @@ def _checks(
             alive_np[m] = False
 
     patients = ids_of("patient").select(["rid", "birth", "death"])
-    kinds_np = np.asarray(kind.to_numpy(zero_copy_only=False))
-    needs_patient = ~np.isin(kinds_np, ["patient", "medication", "ignored"])
+    needs_patient = ~np.isin(kinds_np, [_KIND["patient"], _KIND["medication"], _KIND["ignored"]])
     pref = idx["patient_ref"]
     p_at = pc.index_in(pref, value_set=patients["rid"].combine_chunks())
     dangling(needs_patient & ~np_bool(pc.is_valid(p_at)), "subject -> Patient/", pref)
@@ -684,7 +701,7 @@ def _write_records(
     return counts
 
 
-def _in_seq_order(files: list[Path], rows: int = 500_000) -> Iterator[pa.Table]:
+def _in_seq_order(files: list[Path], rows: int = 100_000) -> Iterator[pa.Table]:
     """Row groups of all workers' parts in source order (each chunk is one row group of one worker),
     so the records do not depend on which worker took which chunk."""
     groups = []
@@ -710,19 +727,32 @@ def _in_seq_order(files: list[Path], rows: int = 500_000) -> Iterator[pa.Table]:
 
 
 def _resolve_facts(t: pa.Table, roles: pa.Table, meds: pa.Table) -> pa.Table:
-    t = t.join(roles, "resource_id", join_type="left outer")
-    is_dx = pc.equal(t["category"], "diagnosis")
-    t = t.set_column(
-        t.schema.get_field_index("role"),
-        "role",
-        pc.if_else(pc.and_(is_dx, pc.is_null(t["role"])), t["x_role"], t["role"]),
+    """Diagnosis roles from the encounters, codes of referenced Medications: lookups, not joins
+    (a join would copy the whole batch and lose its order)."""
+    at = pc.index_in(t["resource_id"], value_set=roles["resource_id"].combine_chunks())
+    from_enc = roles["x_role"].combine_chunks().take(at)
+    role = pc.if_else(
+        pc.and_(pc.equal(t["category"], "diagnosis"), pc.is_null(t["role"])), from_enc, t["role"]
     )
-    t = t.join(meds, "med_ref", join_type="left outer")
+    t = t.set_column(t.schema.get_field_index("role"), "role", role)
+    at = pc.index_in(t["med_ref"], value_set=meds["med_ref"].combine_chunks())
     no_code = pc.and_(pc.is_valid(t["med_ref"]), pc.is_null(t["code"]))
     for col, mcol in (("system", "m_system"), ("code", "m_code"), ("display", "m_display")):
-        fill = pc.if_else(no_code, t[mcol], t[col]) if col != "display" else pc.coalesce(t[col], t[mcol])
+        looked_up = meds[mcol].combine_chunks().take(at)
+        fill = pc.coalesce(t[col], looked_up) if col == "display" else pc.if_else(no_code, looked_up, t[col])
         t = t.set_column(t.schema.get_field_index(col), col, fill)
-    return t.sort_by("seq")  # joins do not keep row order
+    return t
+
+
+def _counts(idx: pa.Table, ignored: bool | None) -> dict[str, int]:
+    """Resources per type (of ignored types, of the others, or of all), without a Python loop."""
+    t = idx.select(["rt", "kind"])
+    if ignored is not None:
+        is_ignored = pc.equal(t["kind"], _KIND["ignored"])
+        t = t.filter(is_ignored if ignored else pc.invert(is_ignored))
+    t = t.set_column(0, "rt", pc.cast(t["rt"], pa.string()))
+    g = t.group_by("rt").aggregate([("kind", "count")])
+    return dict(zip(g["rt"].to_pylist(), g["kind_count"].to_pylist(), strict=True))
 
 
 @dataclass
@@ -768,7 +798,10 @@ def ingest(
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir()
     try:
+        t1 = time.perf_counter()
         batches, bad, side_parts = _phase1(items, parts, opts, workers, chunk, progress)
+        phases = {"read_validate_extract": time.perf_counter() - t1}
+        t1 = time.perf_counter()
         idx = pa.Table.from_batches(batches, schema=INDEX)
         side = {
             k: pa.concat_tables(v) if v else pa.Table.from_pylist([], schema=SIDE[k])
@@ -780,24 +813,28 @@ def ingest(
         bad = sorted(bad + checked, key=lambda e: e["seq"])
         if opts.strict and bad:
             raise IngestError(_strict_message(bad[0]))
+        phases["global_checks"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
         rows = _write_records(
             parts, out_dir / "records", keep, side, buckets, idx.num_rows + len(unreadable_seq)
         )
+        phases["write_records"] = time.perf_counter() - t1
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     report = _Report(repeats=repeats)
-    report.read.update(Counter(idx["rt"].to_pylist()))
+    report.read.update(_counts(idx, None))
     report.read.update(unreadable)
     for e in bad:
         report.quarantined[e["reason"]] += 1
     kept = idx.filter(pc.is_in(idx["seq"], keep))
-    for rt, kind in zip(kept["rt"].to_pylist(), kept["kind"].to_pylist(), strict=True):
-        (report.ignored if kind == "ignored" else report.ok)[rt] += 1
+    report.ignored.update(_counts(kept, True))
+    report.ok.update(_counts(kept, False))
     with atomic_open(out_dir / "quarantine.ndjson", "wb") as fh:
         for e in bad:
             e.pop("seq", None)
             fh.write(orjson.dumps(e) + b"\n")
     out = report.as_dict(rows, time.perf_counter() - t0)
+    out["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}
     write_json(out_dir / "ingest_report.json", out)
     return out
 
