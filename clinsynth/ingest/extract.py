@@ -30,6 +30,8 @@ class Extracted:
     diagnosis_roles: list[tuple[str, str]] = field(default_factory=list)
     #: Medication resources: id -> (system, code, display)
     medication: tuple[str | None, str | None, str | None] | None = None
+    #: set by an extraction plan: its pinned code systems need checking only once
+    plan: Any = field(default=None, repr=False, compare=False)
 
 
 _REF_RE = re.compile(r"^(?:.*/)?([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/.*)?$")

@@ -106,6 +106,7 @@ def _flat(obj: Any, path: tuple = (), out: dict | None = None) -> dict[tuple, An
 
 
 _NUMERIC = {"decimal", "integer", "unsignedInt", "positiveInt"}
+_UNSET = object()
 
 
 def _num(raw: bytes) -> int | float:
@@ -120,6 +121,8 @@ class Plan:
     #: per capturing group: (decoder: ref | str | num, positions in the json form to fill)
     fills: list[tuple[str, list[tuple]]]
     hits: int = 0
+    #: the code-system verdict for this plan's pinned systems (None: all known), once computed
+    systems_verdict: Any = _UNSET
 
     def __post_init__(self) -> None:
         # one straight-line function per plan that builds the result as literals: no template
@@ -160,7 +163,9 @@ class Plan:
         self._fill = scope["fill"]
 
     def apply(self, m: re.Match[bytes]) -> Extracted:
-        return self._fill(m)
+        ex = self._fill(m)
+        ex.plan = self
+        return ex
 
 
 @dataclass(frozen=True)
