@@ -11,8 +11,10 @@ run (unless `strict`), and none is dropped silently.
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing as mp
+import operator
 import queue
 import shutil
 import time
@@ -231,7 +233,17 @@ _KIND = {k: i for i, k in enumerate(KINDS)}
 
 
 def _ymd(day: str | None, high: bool) -> int | None:
-    return int(_pad(day[:10], high).replace("-", "")) if day else None
+    """'2024-03-05...' -> 20240305; partial dates padded to their latest (high) or earliest day."""
+    if not day:
+        return None
+    if len(day) >= 10:
+        return int(day[:4]) * 10000 + int(day[5:7]) * 100 + int(day[8:10])
+    return int(_pad(day, high).replace("-", ""))
+
+
+@functools.cache
+def _getter(schema: pa.Schema) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    return operator.itemgetter(*schema.names)
 
 
 def _iso(ymd: int | None) -> str:
@@ -264,8 +276,11 @@ class _Worker:
     def _write(self, table: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
         if not rows:
             return
-        # column lists, then Arrow: ~3x faster than Table.from_pylist on dict rows
-        t = pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in schema.names}, schema=schema)
+        # tuples via itemgetter, transposed, then Arrow: ~4x faster than Table.from_pylist on dict rows
+        cols = _transpose([_getter(schema)(r) for r in rows], len(schema))
+        t = pa.Table.from_arrays(
+            [pa.array(c, f.type) for c, f in zip(cols, schema, strict=True)], schema=schema
+        )
         w = self.writers.get(table)
         if w is None:
             w = pq.ParquetWriter(self.parts / f"{self.name}-{table}.parquet", schema, compression="zstd")
@@ -282,8 +297,9 @@ class _Worker:
             "roles": [],
             "meds": [],
         }
-        idx: dict[str, list[Any]] = {name: [] for name in INDEX.names}
+        idx: list[tuple[Any, ...]] = []
         bad: list[dict[str, Any]] = []
+        facts = rows["facts"]
         for k, r in enumerate(process(items)):
             seq = seq0 + k
             if r.reason:
@@ -302,71 +318,71 @@ class _Worker:
                 continue
             ex = r.extracted
             assert ex is not None
-            first = last = None
+            first = last = birth = death = None
             for _, d in ex.dates:
                 hi, lo = _ymd(d, True), _ymd(d, False)
                 if first is None or hi < first:
                     first = hi
                 if last is None or lo > last:
                     last = lo
-            for col, v in zip(
-                INDEX.names,
+            src = f"{r.source}:{r.line}" if r.line else f"{r.source} {r.location or ''}".strip()
+            kind = ex.kind
+            if kind == "facts":
+                for row in ex.rows:
+                    if row["extra"] is not None:
+                        row["extra"] = orjson.dumps(row["extra"]).decode()
+                    row["patient_id"], row["encounter_id"], row["source"] = (
+                        ex.patient_ref,
+                        ex.encounter_ref,
+                        src,
+                    )
+                    row["seq"], row["med_ref"] = seq, ex.medication_ref
+                    facts.append(row)
+            elif kind == "patient":
+                row = ex.rows[0]
+                birth, death = _ymd(row["birth_date"], False), _ymd(row["deceased_date"], True)
+                first = last = None  # a patient's own dates bound the others
+                rows["patients"].append({**row, "source": src, "seq": seq})
+            elif kind == "encounter":
+                rows["encounters"].append(
+                    {**ex.rows[0], "patient_id": ex.patient_ref, "source": src, "seq": seq}
+                )
+                rows["roles"] += [{"cond_id": c, "role": role} for c, role in ex.diagnosis_roles]
+            elif kind == "medication":
+                m = ex.medication or (None, None, None)
+                rows["meds"].append(
+                    {"med_id": r.resource_id, "m_system": m[0], "m_code": m[1], "m_display": m[2]}
+                )
+            idx.append(
                 (
                     seq,
                     r.resource_type,
                     r.resource_id,
                     _key(r.resource_type, r.resource_id),
                     r.digest - (1 << 63),
-                    _KIND[ex.kind],
+                    _KIND[kind],
                     ex.patient_ref,
                     ex.encounter_ref,
                     ex.medication_ref,
                     first,
                     last,
-                    None,
-                    None,
+                    birth,
+                    death,
                     r.source,
                     r.line,
                     r.location,
-                ),
-                strict=True,
-            ):
-                idx[col].append(v)
-            src = f"{r.source}:{r.line}" if r.line else f"{r.source} {r.location or ''}".strip()
-            if ex.kind == "patient":
-                row = ex.rows[0]
-                idx["birth"][-1] = _ymd(row["birth_date"], False)
-                idx["death"][-1] = _ymd(row["deceased_date"], True)
-                idx["first_day"][-1] = idx["last_day"][-1] = None  # a patient's own dates bound the others
-                rows["patients"].append({**row, "source": src, "seq": seq})
-            elif ex.kind == "encounter":
-                rows["encounters"].append(
-                    {**ex.rows[0], "patient_id": ex.patient_ref, "source": src, "seq": seq}
                 )
-                rows["roles"] += [{"cond_id": c, "role": role} for c, role in ex.diagnosis_roles]
-            elif ex.kind == "medication":
-                m = ex.medication or (None, None, None)
-                rows["meds"].append(
-                    {"med_id": r.resource_id, "m_system": m[0], "m_code": m[1], "m_display": m[2]}
-                )
-            elif ex.kind == "facts":
-                for row in ex.rows:
-                    if row["extra"] is not None:
-                        row["extra"] = orjson.dumps(row["extra"]).decode()
-                    row.update(
-                        patient_id=ex.patient_ref,
-                        encounter_id=ex.encounter_ref,
-                        source=src,
-                        seq=seq,
-                        med_ref=ex.medication_ref,
-                    )
-                    rows["facts"].append(row)
+            )
         for table, schema in _PART_SCHEMAS.items():
             self._write(table, rows[table], schema)
         side = {k: pa.Table.from_pylist(rows[k], schema=SIDE[k]) for k in SIDE}
         return (
             pa.RecordBatch.from_arrays(
-                [_column(idx[n], f.type) for n, f in zip(INDEX.names, INDEX, strict=True)], schema=INDEX
+                [
+                    _column(list(col), f.type)
+                    for col, f in zip(_transpose(idx, len(INDEX)), INDEX, strict=True)
+                ],
+                schema=INDEX,
             ),
             bad,
             side,
@@ -395,6 +411,10 @@ def _unpack(packed: Any) -> list[Item]:
     if packed[0] == "raw":
         return [Item(s, n, r) for s, n, r in zip(packed[1], packed[2], packed[3], strict=True)]
     return packed[1]
+
+
+def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    return list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
 
 
 def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
@@ -649,7 +669,7 @@ def _checks(
                 idx,
                 marr,
                 "impossible_date",
-                [f"a date of this resource lies {word} {b}" for b in bound.filter(marr).to_pylist()],
+                [f"a date of this resource lies {word} {_iso(b)}" for b in bound.filter(marr).to_pylist()],
             )
             alive_np[m] = False
     return bad, pa.array(seq_np[alive_np]), dict(repeats)
