@@ -142,6 +142,7 @@ def main() -> None:
     print(f"{'':46s} {'seconds':>9s} {'resources/s':>12s} {'peak RSS MB':>12s}")
     for name, sec, r, rss in rows:
         print(f"{name:46s} {sec:9.1f} {r:12,.0f} {rss:12.0f}")
+    print(f"ingest phases (s): {report.get('phase_seconds')}")
     print(f"ingest throughput / baseline: {ingest_rate / rate:.1f}x (target >= {TARGET_RATIO:.0f}x)")
     print(f"both stages, wall: {wall:.0f} s (target < {TARGET_SECONDS:.0f} s on 2 cores)")
     print(f"peak RSS: cohort task {rss_c:.0f} MB, ingest {rss_i:.0f} MB (target < {TARGET_RSS_MB:.0f} MB)")
