@@ -20,6 +20,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -676,7 +677,13 @@ def _checks(
 
 
 def _write_records(
-    parts: Path, out: Path, keep: pa.Array, side: dict[str, pa.Table], buckets: int, n_seq: int
+    parts: Path,
+    out: Path,
+    keep: pa.Array,
+    side: dict[str, pa.Table],
+    buckets: int,
+    n_seq: int,
+    threads: int = 2,
 ) -> dict[str, int]:
     """Filter each part to the surviving resources, resolve roles and medications, split by patient bucket."""
     import numpy as np
@@ -694,6 +701,8 @@ def _write_records(
     alive[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=np.int64)] = True
     bucket_of_patient: dict[str, int] = {}
     writers: dict[tuple[str, int], pq.ParquetWriter] = {}
+    lanes = [ThreadPoolExecutor(1) for _ in range(max(1, min(threads, buckets)))]
+    pending: list[Future[None]] = []
     counts = dict.fromkeys(TABLES, 0)
     for table, schema in TABLES.items():
         for t in _in_seq_order(sorted(parts.glob(f"*-{table}.parquet"))):
@@ -710,6 +719,9 @@ def _write_records(
             t = t.take(pa.array(order)).select(schema.names).cast(schema)
             b = b[order]
             bounds = np.searchsorted(b, np.arange(buckets + 1))
+            for f in pending:  # at most one batch in flight: bounded memory
+                f.result()
+            pending = []
             for bk in range(buckets):
                 lo, hi = int(bounds[bk]), int(bounds[bk + 1])
                 if hi == lo:
@@ -719,8 +731,13 @@ def _write_records(
                 if w is None:
                     w = pq.ParquetWriter(out / f".{table}-{bk:04d}.parquet.tmp", schema, compression="zstd")
                     writers[key] = w
-                w.write_table(t.slice(lo, hi - lo))
+                # compression and I/O release the GIL: one ordered writer thread per lane of buckets
+                pending.append(lanes[bk % len(lanes)].submit(w.write_table, t.slice(lo, hi - lo)))
                 counts[table] += hi - lo
+    for f in pending:
+        f.result()
+    for lane in lanes:
+        lane.shutdown()
     for table, schema in TABLES.items():
         for bk in range(buckets):
             tmp = out / f".{table}-{bk:04d}.parquet.tmp"
@@ -848,7 +865,13 @@ def ingest(
         phases["global_checks"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         rows = _write_records(
-            parts, out_dir / "records", keep, side, buckets, idx.num_rows + len(unreadable_seq)
+            parts,
+            out_dir / "records",
+            keep,
+            side,
+            buckets,
+            idx.num_rows + len(unreadable_seq),
+            max(2, workers),
         )
         phases["write_records"] = time.perf_counter() - t1
     finally:
