@@ -1,6 +1,6 @@
 """Rebuild the mechanically derived tables from the RKI classification snapshot.
 
-Run ``python -m clinsynth.terminology.build --reference /work/shared/reference``.
+Run ``python -m clinsynth.terminology.build --reference ../shared/reference`` from the checkout.
 Only tables that are pure selections of source rows are generated here (ICD-10-GM,
 ICD-O-3 topography/morphology, oBDS value sets, ATC); the curated tables
 (entities, regimens, labs, OPS, comorbidities, supportive drugs) are edited by
@@ -311,7 +311,9 @@ def render_all(reference: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, default=Path("/work/shared/reference"))
+    parser.add_argument(
+        "--reference", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "reference"
+    )
     parser.add_argument("--out", type=Path, default=data_dir())
     args = parser.parse_args(argv)
     for name, text in render_all(args.reference).items():

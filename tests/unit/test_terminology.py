@@ -20,7 +20,7 @@ BFARM = (
 LOINC_NOTICE = "This material contains content from LOINC (http://loinc.org)."
 RKI_CITATION = "DOI: 10.5281/zenodo.10022040"
 ICDO3_NOTICE = "ICD-O-3-Kodes, -Begriffe und -Texte © Bundesinstitut für Arzneimittel und Medizinprodukte"
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"  # ../shared beside the checkout
 
 
 @pytest.fixture(scope="module")
