@@ -836,7 +836,7 @@ def ingest(
     opts: Options,
     *,
     workers: int = 1,
-    chunk: int = 2000,
+    chunk: int = 10000,
     buckets: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:

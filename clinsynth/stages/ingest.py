@@ -33,7 +33,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         ctx.stage_dir,
         options,
         workers=workers,
-        chunk=int(opts.get("chunk", 2000)),
+        chunk=int(opts.get("chunk", 10000)),
         buckets=int(opts.get("buckets", 16)),
         progress=lambda n: ctx.logger.info("%d resources", n),
     )
