@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
     from submitit.core.utils import FailedJobError
 
     from launchers.plan import PlanError
@@ -53,7 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from launchers.submit import LaunchError, launch
     from launchers.waiting import wait_for
 
-    user_errors = (PlanError, LaunchError, HydraException, FailedJobError, SlurmUnavailable, ImportError)
+    user_errors = (
+        PlanError,
+        LaunchError,
+        HydraException,
+        OmegaConfBaseException,
+        FailedJobError,
+        SlurmUnavailable,
+        ImportError,
+    )
 
     if multirun:
         parsed = OverridesParser.create().parse_overrides(args)

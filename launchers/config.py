@@ -42,7 +42,12 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 def to_plain(cfg: DictConfig | Any) -> Any:
     """Resolved plain containers without Hydra's own node."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    # a mandatory value left as ??? (e.g. source.path) is an error now, not in a job an hour later
+    data = (
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        if isinstance(cfg, DictConfig)
+        else cfg
+    )
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "hydra"}
     return data

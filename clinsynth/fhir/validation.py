@@ -42,6 +42,10 @@ _SPLIT_RE = re.compile(rb'"(\w+)":|' + _STR + rb"|" + _NUM)
 _LEAF_RE = re.compile(rb'"\w+":|(' + _STR + rb"|" + _NUM + rb")")
 
 
+_UTF8 = (
+    rb"[ !#-\[\]-~]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
+    rb"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
 _ASCII = rb"[!#-\[\]-~]"  # printable ASCII without space, quote and backslash
 _DAY = (
     rb"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
@@ -51,7 +55,9 @@ _DATE = rb"(?:19|20)[0-9]{2}-" + _DAY
 _TIME = rb"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?(?:Z|[+-](?:0[0-9]|1[0-3]):[0-5][0-9])"
 #: value-slot patterns, each implying fhir.resources' acceptance of that primitive type
 _SLOT_PATTERNS = {
-    "string": rb'"[^"\\\x00-\x1f]*[ !#-\[\]-~][^"\\\x00-\x1f]*"',
+    # well-formed UTF-8 only (plans match raw bytes before any parser has seen them), with at
+    # least one printable ASCII character or space
+    "string": rb'"(?:' + _UTF8 + rb")*?[ !#-\[\]-~](?:" + _UTF8 + rb')*"',
     "code": rb'"' + _ASCII + rb"+(?: " + _ASCII + rb'+)*"',
     "id": rb'"[A-Za-z0-9\-.]{1,64}"',
     "uri": rb'"' + _ASCII + rb'+"',
@@ -138,16 +144,25 @@ class FastValidator:
         rt = resource.get("resourceType")
         if not isinstance(rt, str):
             return "no resourceType"
-        if canonical is None:
-            canonical = orjson.dumps(resource)
         shapes = self._regex_shapes.get(rt)
-        if shapes:
+        if shapes and canonical is not None:
+            # learnt skeletons never repeat a key, so a raw line with a duplicate key cannot match
             for i, rx in enumerate(shapes):
                 if rx.fullmatch(canonical):
                     if i:  # keep frequent shapes in front
                         shapes[i - 1], shapes[i] = rx, shapes[i - 1]
                     self.stats.fast += 1
                     return None
+        # from here on, tokens must line up with the parsed dict (a duplicate key in the raw text
+        # would shift them): work on the dict's own compact dump
+        dumped = orjson.dumps(resource)
+        if canonical != dumped:
+            canonical = dumped
+            if shapes:
+                for rx in shapes:
+                    if rx.fullmatch(canonical):
+                        self.stats.fast += 1
+                        return None
         plan = self._shapes.get((rt, _shape(canonical)))
         if plan is not None and self._leaves_ok(plan, canonical):
             self.stats.fast += 1

@@ -501,6 +501,7 @@ def _phase1(
                 continue
             return
 
+    finished = False
     try:
         seq = 0
         for c in _chunks(items, chunk):
@@ -519,8 +520,11 @@ def _phase1(
             if closed < len(procs) and not any(p.is_alive() for p in procs):
                 drain(block=False)
                 break
+        finished = True
     finally:
         for p in procs:
+            if not finished:  # the source or a worker failed: do not wait for idle workers
+                p.kill()
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()

@@ -118,8 +118,8 @@ def _num(raw: bytes) -> int | float:
 class Plan:
     regex: re.Pattern[bytes]
     template: bytes  # json_form of the exemplar's extraction
-    #: per capturing group: (decoder: ref | str | num, positions in the json form to fill)
-    fills: list[tuple[str, list[tuple]]]
+    #: per capturing group: (decoder: ref | str | num, [(position in the json form, keep | float)])
+    fills: list[tuple[str, list[tuple[tuple, str]]]]
     hits: int = 0
     #: the code-system verdict for this plan's pinned systems (None: all known), once computed
     systems_verdict: Any = _UNSET
@@ -138,8 +138,8 @@ class Plan:
                 "num": f"num(m.group({g}))",
             }[decoder]
             lines.append(f"    v{g} = {expr}")
-            for pos in positions:
-                _set(tree, pos, _Var(g))
+            for pos, conv in positions:
+                _set(tree, pos, _Var(g, conv))
         t = tree
         args = ", ".join(
             _src(t[k])
@@ -171,12 +171,13 @@ class Plan:
 @dataclass(frozen=True)
 class _Var:
     group: int
+    conv: str = "keep"
 
 
 def _src(obj: Any) -> str:
     """Python source that rebuilds `obj`, with captured values where the plan fills them in."""
     if isinstance(obj, _Var):
-        return f"v{obj.group}"
+        return f"float(v{obj.group})" if obj.conv == "float" else f"v{obj.group}"
     if isinstance(obj, dict):
         return "{" + ", ".join(f"{k!r}: {_src(v)}" for k, v in obj.items()) + "}"
     if isinstance(obj, list):
@@ -205,7 +206,10 @@ class Planner:
                 plan.hits += 1
                 if i and plan.hits > plans[i - 1].hits:
                     plans[i - 1], plans[i] = plan, plans[i - 1]
-                return plan.apply(mm)
+                try:
+                    return plan.apply(mm)
+                except Exception:
+                    return None
         return None
 
     def learn(self, res: dict[str, Any], raw: bytes, ex: Extracted) -> None:
@@ -216,6 +220,8 @@ class Planner:
         plans = self.plans.setdefault(rt, [])
         if len(plans) >= MAX_PLANS_PER_TYPE:
             self.full.add(rt)
+            return
+        if orjson.dumps(res) != raw:  # duplicate keys or other formatting: tokens would not line up
             return
         plan = build_plan(res, raw, ex, self.validator)
         if plan is not None:
@@ -258,12 +264,22 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
             ):
                 slots.append(None)
                 continue
-        positions = None
+        numeric = kind in _NUMERIC
+        # numbers are probed as an int and as a float: per position, is the value kept as decoded,
+        # or turned into a float (value_num = float(dose))?
+        sentinels = [987_653, 98_765.25] if numeric else [None, None]
+        positions: list[tuple] | None = None
+        outs: list[dict[tuple, Any]] = []
         for n in (0, 1):
-            sent = f"{value.rpartition('/')[0]}/Zq{n}x" if is_ref else _sentinel(value, n, path)
-            if type(sent) is not type(value):
-                positions = None
-                break
+            if is_ref:
+                sent: Any = f"{value.rpartition('/')[0]}/Zq{n}x"
+            elif numeric:
+                sent = sentinels[n]
+            else:
+                sent = _sentinel(value, n, path)
+                if type(sent) is not type(value):
+                    positions = None
+                    break
             probe = orjson.loads(orjson.dumps(res))
             _set(probe, path, sent)
             try:
@@ -277,9 +293,8 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
                 positions = None
                 break
             diffs = [p for p in base if base[p] != out[p] or type(base[p]) is not type(out[p])]
-            if any(
-                out[p] != expect_new or type(out[p]) is not type(expect_new) or base[p] != expect_old
-                for p in diffs
+            if any(out[p] != expect_new or base[p] != expect_old for p in diffs) or (
+                not numeric and any(type(out[p]) is not type(expect_new) for p in diffs)
             ):
                 positions = None
                 break
@@ -287,6 +302,22 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
                 positions = None
                 break
             positions = diffs
+            outs.append(out)
+        if positions is not None and numeric:
+            convs = []
+            for p in positions:
+                as_int, as_float = type(outs[0][p]), type(outs[1][p])
+                if as_int is int and as_float is float:
+                    convs.append((p, "keep"))
+                elif as_int is float and as_float is float:
+                    convs.append((p, "float"))
+                else:
+                    positions = None
+                    break
+            if positions is not None:
+                positions = convs
+        elif positions is not None:
+            positions = [(p, "keep") for p in positions]
         if positions is None:
             slots.append(None)
             continue

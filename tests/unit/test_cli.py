@@ -38,6 +38,7 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path):
         (["pipeline=[nope]"], "unknown stage 'nope'"),
         (["+experiment=smoke", "cluster=moon"], "cluster"),
         (["+experiment=smoke", "stage_modules=[no.such.module]"], "no.such.module"),
+        (["+experiment=smoke", "source=bundles"], "source.path"),  # a mandatory ??? left unset
     ]:
         out = run(*args, f"paths.runs={tmp_path}")
         assert out.returncode == 1, (args, out.stderr)

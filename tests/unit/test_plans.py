@@ -62,3 +62,48 @@ def test_plans_equal_the_extractor_on_mii_test_data():
         for e in orjson.loads(f.read_bytes()).get("entry", []):
             lines.append(orjson.dumps(e["resource"]))
     check_lines(lines)
+
+
+def test_duplicate_keys_never_teach_the_fast_paths():
+    """A duplicate key shifts raw tokens against the parsed dict: nothing may be learnt from it."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    v = FastValidator()
+    lines = [
+        b'{"resourceType":"Patient","gender":"female","birthDate":"1980-02-02"}',
+        b'{"resourceType":"Patient","gender":null,"birthDate":"1990-01-01","gender":"male"}',
+        b'{"resourceType":"Patient","gender":"female","birthDate":"male"}',
+        b'{"resourceType":"Patient","gender":null,"birthDate":"not-a-date","gender":"1990-01-01"}',
+    ]
+    for raw in lines:
+        res = orjson.loads(raw)
+        try:
+            get_fhir_model_class("Patient").model_validate(res)
+            expected = None
+        except Exception:  # noqa: BLE001
+            expected = "invalid"
+        assert (v.validate(res, raw) is None) == (expected is None), raw
+
+
+def test_plans_reject_invalid_utf8_and_keep_number_types():
+    validator = FastValidator()
+    planner = Planner(validator)
+    good = fs.patient("p1")
+    good["name"] = [{"text": "Anna", "family": "Muster"}]
+    raw = orjson.dumps(good)
+    assert validator.validate(good, raw) is None
+    planner.learn(good, raw, extract(good))
+    assert planner.match(raw) is not None
+    assert planner.match(raw.replace(b"Anna", b"An\xffna")) is None  # not UTF-8: generic path decides
+    assert planner.match(raw.replace(b"Muster", b"Mu\xffster")) is None
+    # value_num is float(dose) whatever the JSON number looks like; extra keeps the JSON type
+    ms = fs.medication_statement()
+    ms["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"] = 2.5
+    raw = orjson.dumps(ms)
+    assert validator.validate(ms, raw) is None
+    planner.learn(ms, raw, extract(ms))
+    as_int = raw.replace(b'"value":2.5', b'"value":2')
+    fast = planner.match(as_int)
+    assert fast is not None
+    assert json_form(fast) == json_form(extract(orjson.loads(as_int)))
+    assert type(fast.rows[0]["value_num"]) is float
