@@ -36,7 +36,7 @@ from clinsynth.fhir.conventions import is_known_system
 from clinsynth.fhir.validation import FastValidator
 from clinsynth.ingest.extract import Extracted, extract
 from clinsynth.ingest.plans import _UNSET, Planner
-from clinsynth.ingest.sources import Item
+from clinsynth.ingest.sources import Item, NdjsonSource, read_range
 from clinsynth.records import ENCOUNTERS, FACTS, PATIENTS, TABLES, bucket_of
 
 REASONS = (
@@ -410,6 +410,8 @@ def _pack(items: list[Item]) -> Any:
 
 
 def _unpack(packed: Any) -> list[Item]:
+    if packed[0] == "range":
+        return read_range(*packed[1:])
     if packed[0] == "raw":
         return [Item(s, n, r) for s, n, r in zip(packed[1], packed[2], packed[3], strict=True)]
     return packed[1]
@@ -505,14 +507,23 @@ def _phase1(
     finished = False
     try:
         seq = 0
-        for c in _chunks(items, chunk):
+        if isinstance(items, NdjsonSource):
+            # workers read their own byte ranges: the main process only finds line boundaries
+            # (~900 bytes per resource, so `chunk` resources are about chunk * 900 bytes)
+            tasks_iter: Iterable[tuple[Any, int]] = (
+                (("range", *r[0]), r[1]) if isinstance(r, tuple) else (_pack(r), len(r))
+                for r in items.ranges(max(1 << 16, chunk * 900))
+            )
+        else:
+            tasks_iter = ((_pack(c), len(c)) for c in _chunks(items, chunk))
+        for packed, n_items in tasks_iter:
             while True:
                 try:
-                    tasks.put((seq, _pack(c)), timeout=0.2)
+                    tasks.put((seq, packed), timeout=0.2)
                     break
                 except queue.Full:
                     drain(block=False)
-            seq += len(c)
+            seq += n_items  # an upper bound for ranges (blank lines): seqs stay unique and ordered
             drain(block=False)
         for _ in procs:
             tasks.put(None)
@@ -869,15 +880,9 @@ def ingest(
             raise IngestError(_strict_message(bad[0]))
         phases["global_checks"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        rows = _write_records(
-            parts,
-            out_dir / "records",
-            keep,
-            side,
-            buckets,
-            idx.num_rows + len(unreadable_seq),
-            max(2, workers),
-        )
+        # seqs are unique and ordered but may have gaps (blank lines, byte-range reads)
+        seqs = [pc.max(idx["seq"]).as_py() if idx.num_rows else -1, *unreadable_seq]
+        rows = _write_records(parts, out_dir / "records", keep, side, buckets, max(seqs) + 1, max(1, workers))
         phases["write_records"] = time.perf_counter() - t1
     finally:
         shutil.rmtree(parts, ignore_errors=True)

@@ -62,15 +62,67 @@ def ndjson_files(path: Path) -> list[Path]:
     return sorted(files, key=key)
 
 
-def read_ndjson(path: Path) -> Iterator[Item]:
+@dataclass
+class NdjsonSource:
+    """A bulk-export folder (or one file). Iterating yields one Item per non-blank line; `ranges()`
+    lets worker processes read byte ranges themselves instead of the main process shipping lines."""
+
+    path: Path
+
+    def __iter__(self) -> Iterator[Item]:
+        for f in ndjson_files(self.path):
+            opener = gzip.open if f.name.endswith(".gz") else open
+            with opener(f, "rb") as fh:
+                for i, line in enumerate(fh, 1):
+                    line = line.strip()
+                    if line:
+                        yield Item(source=f.name, line=i, raw=line)
+
+    def ranges(self, target_bytes: int) -> Iterator[tuple[tuple[Path, int, int, int], int] | list[Item]]:
+        """((file, start, end, first line number), lines in it), ranges ending on line boundaries,
+        in file order; gzip files cannot be seeked and come as lists of Items."""
+        for f in ndjson_files(self.path):
+            if f.name.endswith(".gz"):
+                yield from _batched(NdjsonSource(f), 10_000)
+                continue
+            line = 1
+            with open(f, "rb") as fh:
+                start = 0
+                while True:
+                    block = fh.read(target_bytes)
+                    if not block:
+                        break
+                    rest = fh.readline()  # finish the last line of the block
+                    block += rest
+                    end = start + len(block)
+                    n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                    yield (f, start, end, line), n_lines
+                    line += n_lines
+                    start = end
+
+
+def read_range(path: Path, start: int, end: int, first_line: int) -> list[Item]:
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read(end - start)
+    return [Item(source=path.name, line=first_line + i, raw=ln.strip())
+            for i, ln in enumerate(data.split(b"\n")) if ln.strip()]  # fmt: skip
+
+
+def _batched(items: Iterable[Item], n: int) -> Iterator[list[Item]]:
+    buf: list[Item] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def read_ndjson(path: Path) -> NdjsonSource:
     """One Item per non-blank line, in file order; malformed lines are the worker's to report."""
-    for f in ndjson_files(path):
-        opener = gzip.open if f.name.endswith(".gz") else open
-        with opener(f, "rb") as fh:
-            for i, line in enumerate(fh, 1):
-                line = line.strip()
-                if line:
-                    yield Item(source=f.name, line=i, raw=line)
+    return NdjsonSource(path)
 
 
 def _bundle_files(path: Path) -> list[Path]:

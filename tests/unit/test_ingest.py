@@ -191,3 +191,16 @@ def test_mii_test_bundles_ingest_without_quarantining_valid_fhir(tmp_path):
     assert {("medication", "L01CD01"), ("medication", "L01XA02"), ("medication", "L01XK02")} <= codes
     t = next(f for f in facts if f["category"] == "tnm_t")
     assert onko.extra(t)["prefix"] == "p"
+
+
+def test_worker_byte_ranges_keep_file_and_line(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = [orjson.dumps(fs.patient(f"p{i}")) for i in range(5)]
+    lines.insert(2, b"")  # a blank line still counts
+    lines.insert(4, b'{"resourceType": "Patient", "id": ')  # line 5
+    (folder / "Patient.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    report = ingest(read_ndjson(folder), tmp_path / "out", OPTS, workers=2, chunk=1)
+    [bad] = quarantine(tmp_path / "out")
+    assert (bad["source"], bad["line"], bad["reason"]) == ("Patient.ndjson", 5, "malformed_json")
+    assert report["rows"]["patients"] == 5 and accounted(report)
