@@ -42,10 +42,6 @@ _SPLIT_RE = re.compile(rb'"(\w+)":|' + _STR + rb"|" + _NUM)
 _LEAF_RE = re.compile(rb'"\w+":|(' + _STR + rb"|" + _NUM + rb")")
 
 
-_UTF8 = (
-    rb"[ !#-\[\]-~]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
-    rb"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
-)
 _ASCII = rb"[!#-\[\]-~]"  # printable ASCII without space, quote and backslash
 _DAY = (
     rb"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
@@ -55,9 +51,10 @@ _DATE = rb"(?:19|20)[0-9]{2}-" + _DAY
 _TIME = rb"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?(?:Z|[+-](?:0[0-9]|1[0-3]):[0-5][0-9])"
 #: value-slot patterns, each implying fhir.resources' acceptance of that primitive type
 _SLOT_PATTERNS = {
-    # well-formed UTF-8 only (plans match raw bytes before any parser has seen them), with at
-    # least one printable ASCII character or space
-    "string": rb'"(?:' + _UTF8 + rb")*?[ !#-\[\]-~](?:" + _UTF8 + rb')*"',
+    # any bytes but quote, backslash and controls, with at least one printable ASCII character or
+    # space; whoever matches raw bytes must know they are UTF-8 (orjson checked them here, the
+    # extraction plans check them before matching)
+    "string": rb'"[^"\\\x00-\x1f]*[ !#-\[\]-~][^"\\\x00-\x1f]*"',
     "code": rb'"' + _ASCII + rb"+(?: " + _ASCII + rb'+)*"',
     "id": rb'"[A-Za-z0-9\-.]{1,64}"',
     "uri": rb'"' + _ASCII + rb'+"',

@@ -715,7 +715,9 @@ def _write_records(
     meds = meds.rename_columns(["med_ref", "m_system", "m_code", "m_display"])
     alive = np.zeros(n_seq, dtype=bool)
     alive[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=np.int64)] = True
-    bucket_of_patient: dict[str, int] = {}
+    # bucket per patient, computed once per patient (hashing 3M fact rows one by one is slow)
+    patient_ids = pa.array([], pa.string())
+    patient_bucket = np.zeros(0, dtype=np.int32)
     writers: dict[tuple[str, int], pq.ParquetWriter] = {}
     lanes = [ThreadPoolExecutor(1) for _ in range(max(1, min(threads, buckets)))]
     pending: list[Future[None]] = []
@@ -727,10 +729,16 @@ def _write_records(
                 continue
             if table == "facts":
                 t = _resolve_facts(t, roles, meds)
-            pids = t["patient_id"].to_pylist()
-            for pid in set(pids) - bucket_of_patient.keys():
-                bucket_of_patient[pid] = bucket_of(pid, buckets)
-            b = np.fromiter((bucket_of_patient[p] for p in pids), dtype=np.int32, count=len(pids))
+            pid_col = t["patient_id"].combine_chunks()
+            at = pc.index_in(pid_col, value_set=patient_ids)
+            if at.null_count:  # a patient first seen here (cannot happen after the checks; be safe)
+                missing = pc.unique(pid_col.filter(pc.is_null(at))).to_pylist()
+                patient_ids = pa.concat_arrays([patient_ids, pa.array(missing, pa.string())])
+                patient_bucket = np.concatenate(
+                    [patient_bucket, np.array([bucket_of(p, buckets) for p in missing], dtype=np.int32)]
+                )
+                at = pc.index_in(pid_col, value_set=patient_ids)
+            b = patient_bucket[at.to_numpy(zero_copy_only=False)]
             order = np.argsort(b, kind="stable")
             t = t.take(pa.array(order)).select(schema.names).cast(schema)
             b = b[order]

@@ -197,6 +197,11 @@ class Planner:
         m = _RT_RE.search(raw, 0, 64)
         if m is None:
             return None
+        if not raw.isascii():  # slots take any non-ASCII byte: the line must be valid UTF-8
+            try:
+                raw.decode()
+            except UnicodeDecodeError:
+                return None
         plans = self.plans.get(m.group(1))
         if not plans:
             return None
