@@ -322,7 +322,10 @@ class _Worker:
             assert ex is not None
             first = last = birth = death = None
             for _, d in ex.dates:
-                hi, lo = _ymd(d, True), _ymd(d, False)
+                if len(d) >= 10:  # a full date pads to itself: parse once
+                    hi = lo = int(d[:4]) * 10000 + int(d[5:7]) * 100 + int(d[8:10])
+                else:
+                    hi, lo = _ymd(d, True), _ymd(d, False)
                 if first is None or hi < first:
                     first = hi
                 if last is None or lo > last:
