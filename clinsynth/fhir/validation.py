@@ -90,6 +90,23 @@ def _slot_kinds() -> list[tuple[Any, str]]:
     return [(getattr(ft, n), kind) for n, kind in names.items() if hasattr(ft, n)]
 
 
+def skeleton_regex(canonical: bytes, slots: list[bytes | None]) -> bytes:
+    """A pattern for lines shaped like `canonical`: keys and punctuation verbatim, value token i
+    replaced by slots[i] (None: exactly that token)."""
+    out: list[bytes] = []
+    values = iter(zip(slots, _leaves(canonical), strict=True))
+    # split with 1 group: [text, key-or-None, text, ..., text]; values are the dropped matches
+    for i, part in enumerate(_SPLIT_RE.split(canonical)):
+        if i % 2 == 0:
+            out.append(re.escape(part))
+        elif part is not None:
+            out.append(b'"' + re.escape(part) + b'":')
+        else:
+            slot, tok = next(values)
+            out.append(re.escape(tok) if slot is None else slot)
+    return b"".join(out)
+
+
 def _shape(canonical: bytes) -> bytes:
     return b"\x00".join(filter(None, _SPLIT_RE.split(canonical)))
 
@@ -224,22 +241,10 @@ class FastValidator:
         shapes = self._regex_shapes.setdefault(rt, [])
         if len(shapes) >= _MAX_REGEX_SHAPES:
             return
-        parts = _SPLIT_RE.split(canonical)
-        # split with 1 group: [text, key-or-None, text, ..., text]; values are the dropped matches
-        tokens = iter(plan)
-        values = iter(_leaves(canonical))
-        out: list[bytes] = []
-        for i, part in enumerate(parts):
-            if i % 2 == 0:
-                out.append(re.escape(part))
-            elif part is not None:
-                out.append(b'"' + re.escape(part) + b'":')
-            else:
-                ok, tok = next(tokens), next(values)
-                kind = self._set_kind.get(id(ok))
-                # atomic groups: a failed match never backtracks into earlier slots
-                out.append(b"(?>" + _SLOT_PATTERNS[kind] + b")" if kind else re.escape(tok))
-        shapes.append(re.compile(b"".join(out), re.DOTALL))
+        kinds = [self._set_kind.get(id(ok)) for ok in plan]
+        # atomic groups: a failed match never backtracks into earlier slots
+        slots = [b"(?>" + _SLOT_PATTERNS[k] + b")" if k else None for k in kinds]
+        shapes.append(re.compile(skeleton_regex(canonical, slots), re.DOTALL))
 
     def _plan(self, model: type, data: dict[str, Any], rt: str) -> list[set[bytes]]:
         plan: list[set[bytes]] = []

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from clinsynth.fhir.validation import _SLOT_PATTERNS, _SPLIT_RE, FastValidator, _leaves
+from clinsynth.fhir.validation import _SLOT_PATTERNS, FastValidator, _leaves, skeleton_regex
 from clinsynth.ingest.extract import Extracted, extract
 
 #: dotted key paths (list indices dropped) whose values steer extraction: never slots
@@ -334,21 +334,6 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
         decoder = "ref" if is_ref else ("num" if kind in _NUMERIC else "str")
         slots.append((pattern, decoder, positions))
     # the regex: skeleton verbatim, pinned leaves verbatim, slots as groups
-    parts = _SPLIT_RE.split(raw)
-    out_rx: list[bytes] = []
-    fills: list[tuple[str, list[tuple]]] = []
-    leaf = iter(zip(slots, tokens, strict=True))
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            out_rx.append(re.escape(part))
-        elif part is not None:
-            out_rx.append(b'"' + re.escape(part) + b'":')
-        else:
-            slot, tok = next(leaf)
-            if slot is None:
-                out_rx.append(re.escape(tok))
-            else:
-                pattern, decoder, positions = slot
-                out_rx.append(pattern)
-                fills.append((decoder, positions))
-    return Plan(re.compile(b"".join(out_rx), re.DOTALL), orjson.dumps(json_form(ex)), fills)
+    fills = [(slot[1], slot[2]) for slot in slots if slot is not None]
+    pattern = skeleton_regex(raw, [None if slot is None else slot[0] for slot in slots])
+    return Plan(re.compile(pattern, re.DOTALL), orjson.dumps(json_form(ex)), fills)

