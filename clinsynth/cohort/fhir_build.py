@@ -8,6 +8,7 @@ from typing import Any
 
 from clinsynth.cohort.model import Dx, Lab, Med, Person, Proc, Stay, Tumor
 from clinsynth.fhir import conventions as fc
+from clinsynth.records import CATEGORIES
 
 _ROUTE = {
     "i.v.": ("20045000", "Intravenous use"),
@@ -304,21 +305,7 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
 
 def truth(p: Person) -> dict[str, Any]:
     """What ingest must recover for this patient: codes per category (the round-trip oracle)."""
-    cats: dict[str, list[str]] = {
-        k: []
-        for k in (
-            "diagnosis",
-            "procedure",
-            "medication",
-            "lab",
-            "tnm_t",
-            "tnm_n",
-            "tnm_m",
-            "uicc_stage",
-            "grading",
-            "histology",
-        )
-    }
+    cats: dict[str, list[str]] = {k: [] for k in CATEGORIES if k != "observation"}
     for st in p.stays:
         cats["diagnosis"] += [d.icd for d in st.diagnoses]
         cats["procedure"] += [x.ops for x in st.procedures]

@@ -36,7 +36,7 @@ from clinsynth.fhir.conventions import is_known_system
 from clinsynth.fhir.validation import FastValidator
 from clinsynth.ingest.extract import Extracted, extract
 from clinsynth.ingest.plans import _UNSET, Planner
-from clinsynth.ingest.sources import Item, NdjsonSource, read_range
+from clinsynth.ingest.sources import Item, NdjsonSource, batched, read_range
 from clinsynth.records import ENCOUNTERS, FACTS, PATIENTS, TABLES, bucket_of
 
 REASONS = (
@@ -181,17 +181,6 @@ def process(items: list[Item]) -> list[Result]:
 def _canonical(res: Any, raw: bytes | None) -> bytes:
     """The bytes the validator's shape cache keys on: the line as read, or a compact dump."""
     return raw if raw is not None else orjson.dumps(res)
-
-
-def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    buf: list[Item] = []
-    for it in items:
-        buf.append(it)
-        if len(buf) >= size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
 
 
 # ---- phase 1: workers validate and extract, write row parts, return a compact index
@@ -474,7 +463,7 @@ def _phase1(
         w = _Worker(parts, "w0", opts)
         try:
             seq = 0
-            for c in _chunks(items, chunk):
+            for c in batched(items, chunk):
                 take(w.chunk(seq, c))
                 seq += len(c)
         finally:
@@ -518,7 +507,7 @@ def _phase1(
                 for r in items.ranges(max(1 << 16, chunk * 900))
             )
         else:
-            tasks_iter = ((_pack(c), len(c)) for c in _chunks(items, chunk))
+            tasks_iter = ((_pack(c), len(c)) for c in batched(items, chunk))
         for packed, n_items in tasks_iter:
             while True:
                 try:

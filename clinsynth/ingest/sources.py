@@ -83,7 +83,7 @@ class NdjsonSource:
         in file order; gzip files cannot be seeked and come as lists of Items."""
         for f in ndjson_files(self.path):
             if f.name.endswith(".gz"):
-                yield from _batched(NdjsonSource(f), 10_000)
+                yield from batched(NdjsonSource(f), 10_000)
                 continue
             line = 1
             with open(f, "rb") as fh:
@@ -109,7 +109,7 @@ def read_range(path: Path, start: int, end: int, first_line: int) -> list[Item]:
             for i, ln in enumerate(data.split(b"\n")) if ln.strip()]  # fmt: skip
 
 
-def _batched(items: Iterable[Item], n: int) -> Iterator[list[Item]]:
+def batched(items: Iterable[Item], n: int) -> Iterator[list[Item]]:
     buf: list[Item] = []
     for it in items:
         buf.append(it)
