@@ -1,0 +1,1 @@
+"""The random sample generator: letter recipes (facts, sections, phrasing) and their gold labels."""
