@@ -21,6 +21,9 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "clinsynth.stages.doctor",
     "clinsynth.stages.cohort",
     "clinsynth.stages.ingest",
+    "clinsynth.stages.sample",
+    "clinsynth.stages.generate",
+    "clinsynth.stages.verify",
 )
 
 

@@ -1,0 +1,112 @@
+"""`verify`: hold every letter to its recipe; write per-letter verdicts, rates and throughput.
+
+Failing letters are kept (with reasons in verification.jsonl); the dataset stage excludes them
+from training unless letters.include_failed=true.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from clinsynth.core.atomic import atomic_open, read_json, read_jsonl, write_json
+from clinsynth.core.context import StageContext
+from clinsynth.core.registry import stage
+from clinsynth.letters.verify import summarize, verify
+from clinsynth.sampling.recipe import Recipe
+from clinsynth.stages.sample import read_specs
+
+
+@stage("verify", needs=("generate", "sample"), reads=("verification",), version=1)
+def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json)."""
+    gen_dir = ctx.input_dir("generate")
+    sample_dir = ctx.input_dir("sample")
+    specs = read_specs(sample_dir, columns=["spec_id", "recipe"])
+    index = {sid: i for i, sid in enumerate(specs.column("spec_id").to_pylist())}
+    recipes = specs.column("recipe")
+    t0 = time.perf_counter()
+    verdicts: list[dict[str, Any]] = []
+    by_mode: dict[str, list[dict[str, Any]]] = {}
+    seen: Counter[str] = Counter()
+    with atomic_open(ctx.stage_dir / "verification.jsonl", "wb") as fh:
+        for path in sorted((gen_dir / "letters").glob("shard-*.jsonl")):
+            for line_no, letter in enumerate(read_jsonl(path), 1):
+                sid = letter["spec_id"]
+                seen[sid] += 1
+                if sid not in index:
+                    raise RuntimeError(
+                        f"{path}:{line_no}: letter for unknown spec {sid!r}: the letters and "
+                        "specs come from different sample runs"
+                    )
+                recipe = Recipe.from_json(recipes[index[sid]].as_py())
+                v = verify(
+                    recipe,
+                    letter["text"],
+                    finish_reasons=letter.get("finish_reasons") or {},
+                    llm_sections=letter.get("llm_sections") or (),
+                    whole_letter_llm=letter.get("mode") == "llm",
+                )
+                row = {
+                    "spec_id": sid,
+                    "split": letter.get("split"),
+                    "mode": letter.get("mode"),
+                    "ok": v.ok,
+                    "reasons": v.reasons,
+                    "facts": v.facts,
+                }
+                fh.write(orjson.dumps(row) + b"\n")
+                verdicts.append(row)
+                by_mode.setdefault(letter.get("mode") or "?", []).append(row)
+    missing = [sid for sid in index if sid not in seen]
+    duplicated = sorted(sid for sid, n in seen.items() if n > 1)
+    if missing or duplicated:
+        raise RuntimeError(
+            f"letters do not match the specs one to one: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(duplicated)} duplicated (e.g. {duplicated[:3]}); relaunch to regenerate the missing shards"
+        )
+    seconds = time.perf_counter() - t0
+    report = {
+        **summarize(verdicts),
+        "by_mode": {m: summarize(v) for m, v in sorted(by_mode.items())},
+        "by_split": {
+            s: summarize([v for v in verdicts if v["split"] == s])
+            for s in sorted({v["split"] for v in verdicts})
+        },
+        "seconds": round(seconds, 3),
+        "letters_per_s": round(len(verdicts) / seconds, 1) if seconds else None,
+    }
+    write_json(ctx.stage_dir / "verification_report.json", report)
+    stats = _throughput(gen_dir)
+    stats["verification"] = {k: report[k] for k in ("letters", "passed", "pass_rate")}
+    write_json(ctx.stage_dir / "stats.json", stats)
+    ctx.tracker.log(
+        {
+            "verify/pass_rate": report["pass_rate"] or 0.0,
+            "generate/letters_per_s": stats["letters_per_s"] or 0.0,
+            "generate/tokens_out_per_s": stats["tokens_out_per_s"] or 0.0,
+        }
+    )
+    ctx.logger.info(
+        "%d letters, %d pass (%.1f%%)", report["letters"], report["passed"], 100 * (report["pass_rate"] or 0)
+    )
+    return {k: report[k] for k in ("letters", "passed", "pass_rate")}
+
+
+def _throughput(gen_dir: Any) -> dict[str, Any]:
+    shards = [read_json(p) for p in sorted((gen_dir / "stats").glob("shard-*.json"))]
+    letters = sum(s["letters_generated"] for s in shards)
+    seconds = sum(s["seconds"] for s in shards)
+    tokens_out = sum(s["tokens_out"] for s in shards)
+    return {
+        "shards": shards,
+        "letters": sum(s["specs"] for s in shards),
+        "letters_generated": letters,
+        "task_seconds": round(seconds, 3),
+        # per task-second: what one engine delivers; the array runs its tasks in parallel
+        "letters_per_s": round(letters / seconds, 2) if seconds else None,
+        "tokens_out_per_s": round(tokens_out / seconds, 1) if seconds and tokens_out else None,
+    }
