@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from clinsynth.core.atomic import read_json
+from clinsynth.core.atomic import read_json, read_jsonl
+from clinsynth.stages.sample import read_specs
 from launchers.status import run_status
 from launchers.submit import launch
 from launchers.waiting import wait_for
@@ -117,12 +118,18 @@ def test_smoke_doctor_on_two_nodes_checks_the_collective(tmp_path):
     assert all(r["env"]["HF_HUB_OFFLINE"] == "1" for r in reports)  # set by slurm/env.sh
 
 
-def test_smoke_cohort_array_then_ingest_on_slurm_matches_local(tmp_path):
-    """The README's main command on the test cluster: cohort as a job array, then ingest."""
-    overrides = ["+experiment=smoke", "tracking=disabled", "cohort.patients=40", "resources.cohort.shards=4"]
+def test_smoke_on_slurm_arrays_match_local(tmp_path):
+    """The README's main command on the test cluster: cohort and generate as job arrays, the rest
+    as single jobs chained by afterok; every output equals the local run's."""
+    overrides = [
+        "+experiment=smoke", "tracking=disabled", "cohort.patients=40", "resources.cohort.shards=4",
+        "resources.generate.shards=3",
+    ]  # fmt: skip
     result = launch([*overrides, "cluster=slurm", f"paths.runs={tmp_path / 'slurm'}"])
-    assert result.submitted == {"cohort": [0, 1, 2, 3], "ingest": [0]}
-    assert len({j.split("_")[0] for j in result.action("cohort").job_ids}) == 1  # one array job
+    assert result.submitted == {"cohort": [0, 1, 2, 3], "ingest": [0], "sample": [0], "generate": [0, 1, 2],
+                                "verify": [0]}  # fmt: skip
+    for stage in ("cohort", "generate"):
+        assert len({j.split("_")[0] for j in result.action(stage).job_ids}) == 1  # one array job each
     assert wait_for(result, poll_s=1.0)
     local = launch([*overrides, "cluster=local", f"paths.runs={tmp_path / 'local'}"])
     for stage, rel in (("cohort", "truth"), ("ingest", "records")):
@@ -133,3 +140,20 @@ def test_smoke_cohort_array_then_ingest_on_slurm_matches_local(tmp_path):
             assert (a / name).read_bytes() == (b / name).read_bytes(), f"{stage}/{rel}/{name} differs"
     report = read_json(result.plan.stage("ingest").folder.path / "ingest_report.json")
     assert report["resources_quarantined"] == 0 and report["rows"]["patients"] == 40
+    specs = [read_specs(r.plan.stage("sample").folder.path).to_pylist() for r in (result, local)]
+    assert specs[0] == specs[1] and len(specs[0]) > 40
+    letters = [_letters(r.plan.stage("generate").folder.path) for r in (result, local)]
+    assert letters[0] == letters[1] and sorted(letters[0]) == sorted(s["spec_id"] for s in specs[0])
+    tasks = result.plan.stage("generate").folder.task_records()
+    assert sorted(tasks) == [0, 1, 2] and all(t.get("slurm_array_job_id") for t in tasks.values())
+    verdict = read_json(result.plan.stage("verify").folder.path / "verification_report.json")
+    assert verdict["letters"] == len(specs[0]) and verdict["pass_rate"] == 1.0
+
+
+def _letters(stage_dir):
+    out = {}
+    for path in sorted((stage_dir / "letters").glob("shard-*.jsonl")):
+        for rec in read_jsonl(path):
+            assert rec["spec_id"] not in out
+            out[rec["spec_id"]] = rec["text"]
+    return out
