@@ -151,7 +151,7 @@ def main() -> None:
             f"{rate / base:.2f}x",
             f"{peak:.1f}",
             f"{base_peak:.1f}",
-            f"{peak / base_peak:.2f}x",
+            f"{peak / base_peak:.2f}x" if base_peak >= 1 else "n/a (baseline < 1 MB)",
         )
     console.print(table)
 
