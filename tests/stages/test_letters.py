@@ -230,3 +230,21 @@ def test_sigkill_mid_shard_then_relaunch_gives_exactly_one_letter_per_spec(tmp_p
     )
     assert not parts.exists()
     assert read_json(_dir(result, "verify") / "verification_report.json")["pass_rate"] == 1.0
+
+
+def test_prompts_list_every_fact_and_say_how_to_assert_it(smoke):
+    from launchers.config import compose_config
+
+    prompts = compose_config(["+experiment=smoke_hybrid"])["prompts"]
+    from clinsynth.letters.prompts import letter_messages, section_messages
+
+    r, _ = _one(smoke, lambda r: any(f.assertion == "negated" and f.section == "epikrise" for f in r.facts))
+    system, user = letter_messages(r, prompts)
+    assert system["role"] == "system" and user["role"] == "user"
+    for f in r.facts:
+        assert (f.gold.get("text") or f.gold.get("name") or f.say.get("histology")) in user["content"]
+    neg = next(f for f in r.facts if f.assertion == "negated" and f.section == "epikrise")
+    section = next(s for s in r.sections if s["key"] == "epikrise")
+    _, user = section_messages(r, section, prompts)
+    line = next(x for x in user["content"].splitlines() if neg.gold["text"] in x)
+    assert "verneint" in line and section["heading"] in user["content"]
