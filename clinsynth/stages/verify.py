@@ -20,7 +20,7 @@ from clinsynth.sampling.recipe import Recipe
 from clinsynth.stages.sample import read_specs
 
 
-@stage("verify", needs=("generate", "sample"), reads=("verification",), version=1)
+@stage("verify", needs=("generate", "sample"), reads=("verification", "letters.include_failed"), version=1)
 def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json)."""
     gen_dir = ctx.input_dir("generate")
@@ -32,6 +32,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     verdicts: list[dict[str, Any]] = []
     by_mode: dict[str, list[dict[str, Any]]] = {}
     seen: Counter[str] = Counter()
+    include_failed = bool((cfg.get("letters") or {}).get("include_failed", False))
     with atomic_open(ctx.stage_dir / "verification.jsonl", "wb") as fh:
         for path in sorted((gen_dir / "letters").glob("shard-*.jsonl")):
             for line_no, letter in enumerate(read_jsonl(path), 1):
@@ -57,6 +58,8 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
                     "ok": v.ok,
                     "reasons": v.reasons,
                     "facts": v.facts,
+                    # failing letters stay here with their reasons but are not trained on by default
+                    "use_for_training": v.ok or include_failed,
                 }
                 fh.write(orjson.dumps(row) + b"\n")
                 verdicts.append(row)
@@ -76,6 +79,8 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
             s: summarize([v for v in verdicts if v["split"] == s])
             for s in sorted({v["split"] for v in verdicts})
         },
+        "use_for_training": sum(v["use_for_training"] for v in verdicts),
+        "excluded_from_training": sum(not v["use_for_training"] for v in verdicts),
         "seconds": round(seconds, 3),
         "letters_per_s": round(len(verdicts) / seconds, 1) if seconds else None,
     }
