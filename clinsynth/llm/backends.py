@@ -1,0 +1,591 @@
+"""Generation backends behind one small interface: vLLM offline, an OpenAI-compatible server, transformers.
+
+Letter stages build `GenRequest`s and get `GenResult`s back in the same order,
+whatever engine runs them: vLLM on the GPU nodes, a shared `vllm serve` (or any
+OpenAI-compatible endpoint) reached over HTTP, or plain transformers as a
+reference and CPU fallback. Every request carries its own seed, so a letter is
+reproducible on its own, independent of the batch it happened to be in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from clinsynth.llm.tiny import ensure_tiny_model
+
+log = logging.getLogger("clinsynth.llm")
+
+FINISH_REASONS = ("stop", "length", "error")
+SAMPLING_DEFAULTS: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": None,               # null: off
+    "repetition_penalty": None,  # null: off (1.0)
+    "max_tokens": None,          # callers' default when building requests; each request carries its own
+}
+CPU_KV_CACHE_GIB = 1.0  # vLLM on CPU otherwise reserves gpu_memory_utilization x RAM (90%) for its KV cache
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    key: str                         # unique id, e.g. "<spec_id>/anamnese"
+    messages: list[dict[str, str]]   # chat messages [{"role": "system"|"user", "content": ...}]
+    seed: int                        # per-request seed: same seed + same prompt -> same text
+    max_tokens: int
+
+
+@dataclass
+class GenResult:
+    key: str
+    text: str
+    tokens_in: int
+    tokens_out: int
+    finish_reason: str               # "stop" | "length" | "error"
+    latency_s: float
+    error: str | None = None
+
+
+class Backend(Protocol):
+    name: str                         # "vllm" | "openai" | "hf"
+    model: str                        # model path or served name
+    sampling: dict[str, Any]          # temperature, top_p, ... as used (recorded per letter)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]: ...
+
+    def close(self) -> None: ...
+
+
+def error_result(req: GenRequest, error: str, latency_s: float = 0.0) -> GenResult:
+    return GenResult(req.key, "", 0, 0, "error", latency_s, error)
+
+
+def normalize_sampling(sampling: Mapping[str, Any] | None, logger: logging.Logger = log) -> dict[str, Any]:
+    """Sampling settings with defaults; unknown keys are dropped with a warning (no engine would see them)."""
+    sampling = dict(sampling or {})
+    unknown = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        logger.warning("sampling keys %s are not used by the generation backends", unknown)
+    out = {k: default if sampling.get(k) is None else sampling[k] for k, default in SAMPLING_DEFAULTS.items()}
+    out["temperature"] = float(out["temperature"])
+    out["top_p"] = float(out["top_p"])
+    if out["top_k"] is not None and int(out["top_k"]) <= 0:
+        out["top_k"] = None
+    if out["repetition_penalty"] is not None and float(out["repetition_penalty"]) == 1.0:
+        out["repetition_penalty"] = None
+    if out["max_tokens"] is not None:
+        out["max_tokens"] = int(out["max_tokens"])
+    return out
+
+
+def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
+    """HF id or folder to load; the tiny model is built (once) under cache_dir."""
+    kind = model_cfg.get("kind", "pretrained")
+    if kind == "tiny":
+        return str(ensure_tiny_model(dict(model_cfg.get("tiny") or {}), Path(cache_dir)))
+    if kind != "pretrained":
+        raise ValueError(f"model.kind must be 'tiny' or 'pretrained', not {kind!r}")
+    path = model_cfg.get("path")
+    if not path:
+        raise ValueError(
+            f"model {model_cfg.get('name')!r} has no path: set model.path=<HF id or local folder> "
+            "(on compute nodes a folder already in the HF cache or on shared disk; they are offline)"
+        )
+    return str(path)
+
+
+def _dtype(backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> str:
+    """The backend's dtype unless it is auto; then the model's hint (tiny: float32); then auto."""
+    dtype = backend_cfg.get("dtype") or "auto"
+    if dtype == "auto":
+        dtype = model_cfg.get("dtype") or "auto"
+    return str(dtype)
+
+
+def _chat_template(model_cfg: Mapping[str, Any]) -> str | None:
+    """model.chat_template: a jinja string or a path to a .jinja file; null: the tokenizer's own."""
+    tpl = model_cfg.get("chat_template")
+    if not tpl:
+        return None
+    tpl = str(tpl)
+    if "{" in tpl:  # jinja itself
+        return tpl
+    if not Path(tpl).is_file():
+        raise FileNotFoundError(f"model.chat_template {tpl!r} is neither a jinja template nor a file")
+    return Path(tpl).read_text()
+
+
+def make_backend(
+    backend_cfg: Mapping[str, Any],
+    model_cfg: Mapping[str, Any],
+    sampling: Mapping[str, Any],
+    *,
+    cache_dir: Path,
+    logger: logging.Logger | None = None,
+) -> Backend:
+    """Build the backend named by backend_cfg["kind"] for the model in model_cfg."""
+    logger = logger or log
+    kind = backend_cfg.get("kind")
+    samp = normalize_sampling(sampling, logger)
+    if kind == "vllm":
+        return VLLMBackend(resolve_model_path(model_cfg, cache_dir), backend_cfg, model_cfg, samp, logger)
+    if kind == "hf":
+        return HFBackend(resolve_model_path(model_cfg, cache_dir), backend_cfg, model_cfg, samp, logger)
+    if kind == "openai":
+        return OpenAIBackend(backend_cfg, model_cfg, samp, logger)
+    raise ValueError(f"unknown generation backend kind {kind!r}; known: vllm, openai, hf")
+
+
+# ---------------------------------------------------------------- vLLM offline
+
+
+def _vllm_on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # platform detection differs across releases: guess from torch
+        import torch
+
+        return not torch.cuda.is_available()
+
+
+class VLLMBackend:
+    """An in-process vLLM engine: one `LLM.chat` call per batch; vLLM schedules it continuously."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        backend_cfg: Mapping[str, Any],
+        model_cfg: Mapping[str, Any],
+        sampling: dict[str, Any],
+        logger: logging.Logger = log,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as exc:  # an extra: GPU nodes and CPU machines install different wheels
+            raise ImportError(
+                "the vllm backend needs vLLM: pip install 'clinsynth[gen]' on GPU machines, "
+                f"'clinsynth[gen-cpu]' on CPU-only ones ({exc})"
+            ) from exc
+        self._vllm = vllm
+        self.model = model_path
+        self.sampling = dict(sampling)
+        self.logger = logger
+        self._chat_template = _chat_template(model_cfg)
+        on_cpu = _vllm_on_cpu()
+        eager = backend_cfg.get("enforce_eager")
+        kv_gib = backend_cfg.get("kv_cache_memory_gib")
+        if kv_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv_gib = CPU_KV_CACHE_GIB
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "tensor_parallel_size": int(backend_cfg.get("tensor_parallel_size") or 1),
+            "dtype": _dtype(backend_cfg, model_cfg),
+            "seed": int(backend_cfg.get("seed") or 0),
+            "enable_prefix_caching": bool(backend_cfg.get("enable_prefix_caching", True)),
+            # null: eager on CPU (skips a ~30 s torch.compile warm-up), CUDA graphs on GPU
+            "enforce_eager": on_cpu if eager is None else bool(eager),
+            "trust_remote_code": bool(backend_cfg.get("trust_remote_code", False)),
+        }
+        for key in ("max_num_seqs", "max_model_len", "gpu_memory_utilization"):
+            if backend_cfg.get(key) is not None:
+                kwargs[key] = backend_cfg[key]
+        if kv_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
+        if backend_cfg.get("batch_invariant"):
+            # GPU kernels otherwise vary with batch size: a seed's text could change with its neighbours.
+            # Read by vLLM from the environment (engine processes inherit it); slower, so opt-in.
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
+        self.engine_args = dict(kwargs)
+        t0 = time.perf_counter()
+        self._llm = vllm.LLM(**kwargs)
+        self.start_s = time.perf_counter() - t0
+        logger.info("vllm engine for %s ready in %.1f s (%s)", model_path, self.start_s, kwargs)
+
+    def _params(self, req: GenRequest) -> Any:
+        s = self.sampling
+        return self._vllm.SamplingParams(
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            top_k=int(s["top_k"] or 0),  # 0: off in vLLM 0.32 (-1 in older releases)
+            repetition_penalty=float(s["repetition_penalty"] or 1.0),
+            max_tokens=int(req.max_tokens),
+            seed=int(req.seed),
+        )
+
+    def _run(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        t0 = time.perf_counter()
+        outs = self._llm.chat(
+            [list(r.messages) for r in requests],
+            [self._params(r) for r in requests],
+            use_tqdm=False,
+            chat_template=self._chat_template,
+        )
+        wall = time.perf_counter() - t0
+        results = []
+        for req, out in zip(requests, outs, strict=True):
+            comp = out.outputs[0]
+            reason = comp.finish_reason if comp.finish_reason in ("stop", "length") else "error"
+            m = getattr(out, "metrics", None)
+            latency = wall
+            if m is not None and getattr(m, "last_token_ts", 0) > getattr(m, "queued_ts", 0) > 0:
+                latency = m.last_token_ts - m.queued_ts
+            results.append(
+                GenResult(
+                    key=req.key,
+                    text=comp.text,
+                    tokens_in=len(out.prompt_token_ids or []),
+                    tokens_out=len(comp.token_ids),
+                    finish_reason=reason,
+                    latency_s=latency,
+                    error=None if reason != "error" else f"vllm finish_reason={comp.finish_reason!r}",
+                )
+            )
+        return results
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        try:
+            return self._run(requests)
+        except Exception as exc:
+            if type(exc).__name__ == "EngineDeadError":
+                raise  # nothing will work any more: fail the task, a relaunch resumes it
+            if len(requests) == 1:
+                return [error_result(requests[0], f"{type(exc).__name__}: {exc}")]
+            # vLLM validates the whole batch up front (e.g. a prompt over max_model_len): halve until
+            # the bad requests stand alone; the good ones rerun with their own seeds, same text
+            self.logger.warning("vllm batch of %d failed (%s); splitting it", len(requests), exc)
+            mid = len(requests) // 2
+            return self.generate(requests[:mid]) + self.generate(requests[mid:])
+
+    def close(self) -> None:
+        """Stop the engine core and its workers now, not whenever the garbage collector gets to them."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is None:
+            return
+        shutdown = getattr(llm, "shutdown", None)  # public in some releases; 0.32 has only the core's
+        if shutdown is None:
+            shutdown = getattr(getattr(llm.llm_engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+# ---------------------------------------------------------------- OpenAI-compatible HTTP
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP with bounded concurrency and retries.
+
+    Uses httpx (a core dependency) rather than the openai client: no extra to
+    install on login nodes, vLLM's sampling extensions (top_k,
+    repetition_penalty) go in the JSON body as they are, and the retry policy is
+    ours alone (the openai client retries on its own unless told not to).
+    """
+
+    name = "openai"
+    RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        backend_cfg: Mapping[str, Any],
+        model_cfg: Mapping[str, Any],
+        sampling: dict[str, Any],
+        logger: logging.Logger = log,
+    ) -> None:
+        import httpx
+
+        self._httpx = httpx
+        base_url = backend_cfg.get("base_url")
+        if not base_url:
+            raise ValueError("backend.base_url is required for the openai backend, e.g. http://host:8000/v1")
+        self.base_url = str(base_url).rstrip("/")
+        self.model = str(backend_cfg.get("served_model_name") or model_cfg.get("name"))
+        self.sampling = dict(sampling)
+        self.logger = logger
+        self.concurrency = max(1, int(backend_cfg.get("concurrency") or 8))
+        self.max_retries = max(0, int(backend_cfg.get("max_retries", 5)))
+        self.backoff_s = float(backend_cfg.get("backoff_s", 1.0))
+        self.backoff_max_s = float(backend_cfg.get("backoff_max_s", 30.0))
+        self.timeout_s = float(backend_cfg.get("timeout_s", 600.0))
+        self.send_extensions = bool(backend_cfg.get("vllm_extensions", True))
+        self._chat_template = _chat_template(model_cfg)
+        headers = {}
+        key_env = backend_cfg.get("api_key_env")
+        if key_env:
+            key = os.environ.get(str(key_env))
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            else:
+                logger.warning("api key variable %s is not set; sending requests without a key", key_env)
+        self._client = httpx.Client(
+            base_url=self.base_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.peak_in_flight = 0  # observed concurrency, for logs and tests
+
+    def _body(self, req: GenRequest) -> dict[str, Any]:
+        s = self.sampling
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(req.messages),
+            "max_tokens": int(req.max_tokens),
+            "temperature": s["temperature"],
+            "top_p": s["top_p"],
+            "seed": int(req.seed),
+        }
+        if self.send_extensions:  # vLLM accepts these; the OpenAI API itself would reject them
+            if s["top_k"] is not None:
+                body["top_k"] = int(s["top_k"])
+            if s["repetition_penalty"] is not None:
+                body["repetition_penalty"] = float(s["repetition_penalty"])
+            if self._chat_template:
+                body["chat_template"] = self._chat_template
+        return body
+
+    def _delay(self, attempt: int, response: Any = None) -> float:
+        """Exponential backoff with jitter; a server's Retry-After wins when it is shorter than the cap."""
+        if response is not None:
+            try:
+                return min(self.backoff_max_s, float(response.headers["retry-after"]))
+            except (KeyError, ValueError):
+                pass
+        return min(self.backoff_max_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)
+
+    def _one(self, req: GenRequest) -> GenResult:
+        httpx = self._httpx
+        t0 = time.perf_counter()
+        body = self._body(req)
+        error = "no attempt made"
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            for attempt in range(self.max_retries + 1):
+                response = None
+                try:
+                    response = self._client.post("chat/completions", json=body)
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                else:
+                    if response.status_code == 200:
+                        return self._parse(req, response.json(), time.perf_counter() - t0)
+                    error = f"HTTP {response.status_code}: {response.text[:500]}"
+                    if response.status_code not in self.RETRY_STATUS:
+                        break  # a bad request stays bad: do not hammer the server
+                if attempt < self.max_retries:
+                    delay = self._delay(attempt, response)
+                    self.logger.debug(
+                        "%s: attempt %d failed (%s); retry in %.2f s", req.key, attempt + 1, error, delay
+                    )
+                    time.sleep(delay)
+            attempts = attempt + 1
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        self.logger.warning("%s failed after %d attempt(s): %s", req.key, attempts, error)
+        return error_result(req, f"{error} (after {attempts} attempt(s))", time.perf_counter() - t0)
+
+    def _parse(self, req: GenRequest, data: dict[str, Any], latency: float) -> GenResult:
+        try:
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            reason = choice.get("finish_reason")
+            return GenResult(
+                key=req.key,
+                text=choice["message"].get("content") or "",
+                tokens_in=int(usage.get("prompt_tokens") or 0),
+                tokens_out=int(usage.get("completion_tokens") or 0),
+                finish_reason=reason if reason in ("stop", "length") else "error",
+                latency_s=latency,
+                error=None if reason in ("stop", "length") else f"finish_reason={reason!r}",
+            )
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            return error_result(req, f"unexpected response {str(data)[:300]}: {exc!r}", latency)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))  # map keeps the input order
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# ---------------------------------------------------------------- transformers
+
+
+class _SeededSampler:
+    """Samples each batch row with its own torch.Generator, inside `generate`'s greedy loop.
+
+    transformers draws one random stream for the whole batch, so a row's text
+    would depend on its neighbours. This processor applies the warpers, samples
+    per row and leaves only the chosen token finite, so greedy picks it.
+    """
+
+    def __init__(self, seeds: Sequence[int], sampling: dict[str, Any], device: Any) -> None:
+        import torch
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.torch = torch
+        procs: list[Any] = []
+        if sampling["repetition_penalty"] is not None:
+            procs.append(RepetitionPenaltyLogitsProcessor(float(sampling["repetition_penalty"])))
+        procs.append(TemperatureLogitsWarper(float(sampling["temperature"])))
+        if sampling["top_k"] is not None:
+            procs.append(TopKLogitsWarper(int(sampling["top_k"])))
+        if sampling["top_p"] < 1.0:
+            procs.append(TopPLogitsWarper(float(sampling["top_p"])))
+        self.warpers = LogitsProcessorList(procs)
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self.torch
+        probs = torch.softmax(self.warpers(input_ids, scores.float()), dim=-1)
+        chosen = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        )
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+class HFBackend:
+    """transformers `generate` with left-padded batches; the reference engine and a CPU fallback."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_path: str,
+        backend_cfg: Mapping[str, Any],
+        model_cfg: Mapping[str, Any],
+        sampling: dict[str, Any],
+        logger: logging.Logger = log,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.model = model_path
+        self.sampling = dict(sampling)
+        self.logger = logger
+        self.batch_size = max(1, int(backend_cfg.get("batch_size") or 8))
+        device = backend_cfg.get("device") or "auto"
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = _dtype(backend_cfg, model_cfg)
+        t0 = time.perf_counter()
+        trust = bool(backend_cfg.get("trust_remote_code", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust)
+        self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        tpl = _chat_template(model_cfg)
+        if tpl:
+            self.tokenizer.chat_template = tpl
+        self._model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=trust
+        ).to(self.device)
+        self._model.eval()
+        self.start_s = time.perf_counter() - t0
+        logger.info("hf model %s on %s (%s) ready in %.1f s", model_path, self.device, dtype, self.start_s)
+        eos = self._model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def _prompt(self, req: GenRequest) -> str:
+        msgs = list(req.messages)
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    def _run(self, batch: Sequence[GenRequest]) -> list[GenResult]:
+        torch = self.torch
+        from transformers import LogitsProcessorList
+
+        t0 = time.perf_counter()
+        # add_special_tokens=False: the chat template already holds BOS (as vLLM tokenizes it)
+        enc = self.tokenizer(
+            [self._prompt(r) for r in batch], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        max_new = max(int(r.max_tokens) for r in batch)
+        greedy = self.sampling["temperature"] <= 0.0
+        procs = LogitsProcessorList()
+        if not greedy:
+            procs.append(_SeededSampler([r.seed for r in batch], self.sampling, self.device))
+        elif self.sampling["repetition_penalty"] is not None:
+            from transformers import RepetitionPenaltyLogitsProcessor
+
+            procs.append(RepetitionPenaltyLogitsProcessor(float(self.sampling["repetition_penalty"])))
+        with torch.inference_mode():
+            out = self._model.generate(
+                **enc,
+                max_new_tokens=max_new,
+                do_sample=False,  # sampling, when asked for, happens per row in _SeededSampler
+                logits_processor=procs,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=sorted(self.eos_ids),
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        wall = time.perf_counter() - t0
+        n_prompt = enc["input_ids"].shape[1]
+        results = []
+        for i, req in enumerate(batch):
+            new = out[i, n_prompt:].tolist()[: int(req.max_tokens)]
+            stop_at = next((j for j, t in enumerate(new) if t in self.eos_ids), None)
+            if stop_at is not None:
+                new, reason = new[: stop_at + 1], "stop"  # EOS counts as an output token, as in vLLM
+            else:
+                reason = "length"
+            results.append(
+                GenResult(
+                    key=req.key,
+                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    tokens_in=int(enc["attention_mask"][i].sum()),
+                    tokens_out=len(new),
+                    finish_reason=reason,
+                    latency_s=wall,
+                )
+            )
+        return results
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        results: list[GenResult] = []
+        for i in range(0, len(requests), self.batch_size):
+            batch = requests[i : i + self.batch_size]
+            try:
+                results.extend(self._run(batch))
+            except Exception as exc:
+                if len(batch) == 1:
+                    results.append(error_result(batch[0], f"{type(exc).__name__}: {exc}"))
+                    continue
+                self.logger.warning("hf batch of %d failed (%s); retrying one by one", len(batch), exc)
+                results.extend(r for one in batch for r in self.generate([one]))
+        return results
+
+    def close(self) -> None:
+        self._model = None
