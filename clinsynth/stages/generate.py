@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 
 from clinsynth.core.atomic import atomic_open, write_json
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.letters.generate import LetterWriter
 from clinsynth.sampling.recipe import Recipe
-from clinsynth.stages.sample import read_specs
 
 
 def _backend(cfg: dict[str, Any], ctx: StageContext) -> Any:
@@ -37,6 +38,18 @@ def _backend(cfg: dict[str, Any], ctx: StageContext) -> Any:
     )
 
 
+def _shard_recipes(path: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
+    """Recipes shard, shard+N, ... of the specs file (the order of ctx.items), streamed by batches."""
+    out: list[str] = []
+    start = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["recipe"], batch_size=batch_size):
+        col = batch.column(0)
+        first = (shard - start) % num_shards
+        out += col.slice(first).to_pylist()[::num_shards] if first < len(col) else []
+        start += len(col)
+    return out
+
+
 @stage(
     "generate",
     needs=("sample",),
@@ -52,9 +65,11 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     backend_kind = (cfg.get("backend") or {}).get("kind", "template")
     if mode == "template" and backend_kind != "template":
         ctx.logger.warning("letters=template ignores backend=%s", backend_kind)
-    specs = read_specs(ctx.input_dir("sample"), columns=["spec_id", "recipe"])
-    ids = specs.column("spec_id").to_pylist()
-    mine = list(ctx.items(range(len(ids))))
+    # only this shard's recipes in memory: at paper scale all of them are ~700 MB of JSON
+    my_recipes = _shard_recipes(
+        ctx.input_dir("sample") / "specs" / "specs.parquet", ctx.shard, ctx.num_shards
+    )
+    mine = list(range(len(my_recipes)))
     chunk = max(1, int(lc.get("chunk", 256)))
     parts = ctx.stage_dir / "letters" / f"shard-{ctx.shard:05d}.parts"
     parts.mkdir(parents=True, exist_ok=True)
@@ -77,13 +92,12 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         if todo
         else None
     )
-    recipes_col = specs.column("recipe")
     t0 = time.perf_counter()
     letters = tokens_in = tokens_out = 0
     try:
         for k, c in enumerate(todo, 1):
             rows = mine[c * chunk : (c + 1) * chunk]
-            recipes = [Recipe.from_json(recipes_col[i].as_py()) for i in rows]
+            recipes = [Recipe.from_json(my_recipes[i]) for i in rows]
             assert writer is not None
             records = writer.write(recipes)
             with atomic_open(parts / f"chunk-{c:06d}.jsonl", "wb") as fh:

@@ -248,3 +248,13 @@ def test_prompts_list_every_fact_and_say_how_to_assert_it(smoke):
     _, user = section_messages(r, section, prompts)
     line = next(x for x in user["content"].splitlines() if neg.gold["text"] in x)
     assert "verneint" in line and section["heading"] in user["content"]
+
+
+def test_a_generate_task_streams_exactly_its_share_of_the_specs(smoke):
+    from clinsynth.stages.generate import _shard_recipes
+
+    path = _dir(smoke, "sample") / "specs" / "specs.parquet"
+    recipes = read_specs(_dir(smoke, "sample"), columns=["recipe"]).column("recipe").to_pylist()
+    for n in (1, 2, 3, 7):
+        for shard in range(n):
+            assert _shard_recipes(path, shard, n, batch_size=5) == recipes[shard::n], (shard, n)
