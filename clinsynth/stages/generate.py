@@ -38,7 +38,7 @@ def _backend(cfg: dict[str, Any], ctx: StageContext) -> Any:
     )
 
 
-def _shard_recipes(path: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
+def shard_recipes(path: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
     """Recipes shard, shard+N, ... of the specs file (the order of ctx.items), streamed by batches."""
     out: list[str] = []
     start = 0
@@ -66,7 +66,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     if mode == "template" and backend_kind != "template":
         ctx.logger.warning("letters=template ignores backend=%s", backend_kind)
     # only this shard's recipes in memory: at paper scale all of them are ~700 MB of JSON
-    my_recipes = _shard_recipes(
+    my_recipes = shard_recipes(
         ctx.input_dir("sample") / "specs" / "specs.parquet", ctx.shard, ctx.num_shards
     )
     mine = list(range(len(my_recipes)))

@@ -17,6 +17,7 @@ from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.letters.verify import summarize, verify
 from clinsynth.sampling.recipe import Recipe
+from clinsynth.stages.generate import shard_recipes
 from clinsynth.stages.sample import read_specs
 
 
@@ -25,16 +26,18 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json)."""
     gen_dir = ctx.input_dir("generate")
     sample_dir = ctx.input_dir("sample")
-    specs = read_specs(sample_dir, columns=["spec_id", "recipe"])
-    index = {sid: i for i, sid in enumerate(specs.column("spec_id").to_pylist())}
-    recipes = specs.column("recipe")
+    ids = read_specs(sample_dir, columns=["spec_id"]).column("spec_id").to_pylist()
+    index = set(ids)
+    shard_files = sorted((gen_dir / "letters").glob("shard-*.jsonl"))
     t0 = time.perf_counter()
     verdicts: list[dict[str, Any]] = []
     by_mode: dict[str, list[dict[str, Any]]] = {}
     seen: Counter[str] = Counter()
     include_failed = bool((cfg.get("letters") or {}).get("include_failed", False))
     with atomic_open(ctx.stage_dir / "verification.jsonl", "wb") as fh:
-        for path in sorted((gen_dir / "letters").glob("shard-*.jsonl")):
+        for shard, path in enumerate(shard_files):
+            # shard i holds the letters of specs i::N in order: one shard's recipes in memory at a time
+            recipes = shard_recipes(sample_dir / "specs" / "specs.parquet", shard, len(shard_files))
             for line_no, letter in enumerate(read_jsonl(path), 1):
                 sid = letter["spec_id"]
                 seen[sid] += 1
@@ -43,7 +46,12 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
                         f"{path}:{line_no}: letter for unknown spec {sid!r}: the letters and "
                         "specs come from different sample runs"
                     )
-                recipe = Recipe.from_json(recipes[index[sid]].as_py())
+                recipe = Recipe.from_json(recipes[line_no - 1]) if line_no <= len(recipes) else None
+                if recipe is None or recipe.spec_id != sid:
+                    raise RuntimeError(
+                        f"{path}:{line_no}: letter {sid!r} is out of the order of its shard's "
+                        "specs; delete the generate stage folder and relaunch"
+                    )
                 v = verify(
                     recipe,
                     letter["text"],
@@ -62,6 +70,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
                     "use_for_training": v.ok or include_failed,
                 }
                 fh.write(orjson.dumps(row) + b"\n")
+                row.pop("facts")  # per-fact verdicts stay in the file, not in memory
                 verdicts.append(row)
                 by_mode.setdefault(letter.get("mode") or "?", []).append(row)
     missing = [sid for sid in index if sid not in seen]

@@ -251,10 +251,10 @@ def test_prompts_list_every_fact_and_say_how_to_assert_it(smoke):
 
 
 def test_a_generate_task_streams_exactly_its_share_of_the_specs(smoke):
-    from clinsynth.stages.generate import _shard_recipes
+    from clinsynth.stages.generate import shard_recipes
 
     path = _dir(smoke, "sample") / "specs" / "specs.parquet"
     recipes = read_specs(_dir(smoke, "sample"), columns=["recipe"]).column("recipe").to_pylist()
     for n in (1, 2, 3, 7):
         for shard in range(n):
-            assert _shard_recipes(path, shard, n, batch_size=5) == recipes[shard::n], (shard, n)
+            assert shard_recipes(path, shard, n, batch_size=5) == recipes[shard::n], (shard, n)
