@@ -39,6 +39,8 @@ class TaskSpec:
     stage_modules: list[str] = field(default_factory=list)
     #: array stages: the shard this task takes; None for single or multi-rank jobs
     shard: int | None = None
+    #: the runs folder's shared cache (runs/cache)
+    cache_dir: str | None = None
 
 
 def _logger(stage: str, rank: int) -> logging.Logger:
@@ -150,13 +152,14 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         shard=spec.shard or 0,
         num_shards=spec.num_shards,
         run_id=spec.run_id,
+        cache_dir=Path(spec.cache_dir) if spec.cache_dir else None,
         logger=logger,
         tracker=tracker,
     )
     logger.info("start unit %d/%d on %s (job %s)", unit, spec.n_units, info["host"], info["job_id"])
     t0 = time.time()
     try:
-        result = stage_spec.fn(spec.config, ctx)
+        result = stage_spec.fn(stage_spec.parse_config(spec.config), ctx)
     except BaseException as exc:
         attempt.update(
             status="failed",

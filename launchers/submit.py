@@ -110,6 +110,7 @@ def _task_spec(plan: Plan, st: PlannedStage, n_units: int, shard: int | None) ->
         tracking=dict(plan.plain.get("tracking") or {}),
         stage_modules=list(plan.plain.get("stage_modules") or []),
         shard=shard,
+        cache_dir=str(plan.runs_root / "cache"),
     )
 
 

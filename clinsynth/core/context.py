@@ -28,6 +28,12 @@ class StageContext:
     shard: int = 0
     num_shards: int = 1
     run_id: str = ""
+    #: shared cache of the runs folder (built tiny models, tokenizers): reused across stages and runs
+    cache_dir: Path | None = None
+    #: where a stage saves state when asked to stop; the requeued attempt resumes from it
+    checkpoint_dir: Path | None = None
+    #: 1 for the first attempt of this unit, 2 after one requeue, ...
+    attempt: int = 1
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("clinsynth"))
     tracker: Tracker = field(default_factory=NullTracker)
 

@@ -1,8 +1,11 @@
 """Stage registry: a name -> `run(cfg, ctx)` plus what the stage needs and reads.
 
-`needs` names upstream stages (the DAG); `reads` names the config keys the
-stage's output depends on, so the launcher can content-address the stage
-folder. `version` is bumped by hand when a stage's output format changes.
+`needs` names upstream stages (the DAG); `config` is the stage's typed config model
+(`clinsynth.core.config.StageConfig`): its fields are the top-level keys the stage reads,
+each marked identity or operational, so the launcher validates them at plan time and
+content-addresses the stage folder by the identity fields. `version` is bumped by hand
+when a stage's output format changes. `requires` names the optional packages a config
+needs (module, pip extra), checked at plan time.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clinsynth.core.config import StageConfig
 from clinsynth.core.context import StageContext
 
-StageFn = Callable[[dict[str, Any], StageContext], Any]
+StageFn = Callable[[Any, StageContext], Any]
+#: config -> [(importable module, pip extra that provides it)]
+Requires = Callable[[Any], list[tuple[str, str]]]
 
 #: Modules that define the built-in stages; imported on first lookup.
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (
@@ -32,11 +38,27 @@ class StageSpec:
     name: str
     fn: StageFn
     needs: tuple[str, ...] | Callable[[dict[str, Any]], tuple[str, ...]] = ()
+    #: the stage's typed config model; None only for legacy stages that list `reads`
+    config: type[StageConfig] | None = None
     reads: tuple[str, ...] = ()
     #: array stages run one task per shard; others may run several ranks
     array: bool = False
     version: int = 1
+    #: the stage's result describes where it ran (doctor): its resources enter its id
+    identity_resources: bool = False
+    requires: Requires | None = None
     doc: str = field(default="", compare=False)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Top-level config keys this stage reads."""
+        return tuple(self.config.model_fields) if self.config is not None else self.reads
+
+    def parse_config(self, data: Any) -> Any:
+        """The task's config as the stage's model (a plain dict for legacy stages)."""
+        if self.config is None or isinstance(data, self.config):
+            return data
+        return self.config.model_validate(data)
 
     @property
     def module(self) -> str:
@@ -55,9 +77,12 @@ def stage(
     name: str,
     *,
     needs: Iterable[str] | Callable[[dict[str, Any]], tuple[str, ...]] = (),
+    config: type[StageConfig] | None = None,
     reads: Iterable[str] = (),
     array: bool = False,
     version: int = 1,
+    identity_resources: bool = False,
+    requires: Requires | None = None,
 ) -> Callable[[StageFn], StageFn]:
     """Register `fn` as stage `name`. Re-registering the same function is a no-op."""
 
@@ -66,9 +91,12 @@ def stage(
             name=name,
             fn=fn,
             needs=needs if callable(needs) else tuple(needs),
+            config=config,
             reads=tuple(reads),
             array=array,
             version=version,
+            identity_resources=identity_resources,
+            requires=requires,
             doc=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         old = _REGISTRY.get(name)
