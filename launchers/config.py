@@ -9,6 +9,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -18,7 +19,8 @@ OPERATIONAL_KEYS = frozenset(
     {"cluster", "resources", "tracking", "paths", "wait", "dry_run", "stage_modules", "hydra"}
 )
 
-_SECRET_RE = re.compile(r"(token|secret|password|passwd|api_?key|credential)s?$", re.IGNORECASE)
+# whole words at the end of a key: hf_token, password, api_key — not max_tokens
+_SECRET_RE = re.compile(r"(?:^|_)(?:token|secret|password|passwd|api_?key|credentials?)$", re.IGNORECASE)
 REDACTED = "***redacted***"
 
 
@@ -31,11 +33,29 @@ def conf_dir() -> Path:
     return CONF_DIR
 
 
+_NOT_IN_CONFIG = re.compile(r"Could not override '([^']+)'")
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose conf/config.yaml with command-line style overrides."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="launch"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    """Compose conf/config.yaml with command-line style overrides.
+
+    `key=value` for a key the config lacks is composed as `+key=value`, so the plan-time
+    validation names it ("unknown key cohort.patiens (did you mean cohort.patients?)") instead
+    of Hydra's advice to append it, which would hide the typo.
+    """
+    todo = list(overrides)
+    for _ in range(len(todo) + 1):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="launch"):
+                cfg = compose(config_name="config", overrides=todo)
+            break
+        except ConfigCompositionException as exc:
+            m = _NOT_IN_CONFIG.search(str(exc))
+            hits = [i for i, o in enumerate(todo) if m and o.partition("=")[0] == m.group(1)]
+            if not hits:
+                raise
+            todo[hits[0]] = "+" + todo[hits[0]]
     OmegaConf.set_struct(cfg, False)
     return cfg
 

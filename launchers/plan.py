@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clinsynth.core.registry import StageSpec, get_stage, load_stage_modules
+from clinsynth.core.config import dump, identity_view
+from clinsynth.core.registry import StageSpec, get_stage, load_stage_modules, registered
 from launchers import identity
 from launchers.config import delta, resources_for, semantic
 from launchers.folders import StageFolder, stage_folder
+from launchers.validate import missing_packages, validate_launcher, validate_stages
 
 
 class PlanError(ValueError):
@@ -25,6 +27,8 @@ class PlannedStage:
     config: dict[str, Any]
     resources: dict[str, Any]
     folder: StageFolder
+    #: the validated config model (None for legacy stages); `config` is its plain dump
+    model: Any = None
 
     @property
     def shards(self) -> int:
@@ -89,26 +93,44 @@ def order_stages(targets: list[str], plain: dict[str, Any] | None = None) -> lis
     return ordered
 
 
+def _identity_config(plain: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
+    """The config as far as results go: identity fields of every stage's keys, plus what to run."""
+    out: dict[str, Any] = {k: plain.get(k) for k in ("name", "pipeline")}
+    for model in models.values():
+        view = identity_view(model)
+        for key in type(model).model_fields:
+            out[key] = view[key]
+    return out
+
+
 def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = None) -> Plan:
     load_stage_modules(plain.get("stage_modules") or [])
     pipeline = list(plain.get("pipeline") or [])
     if not pipeline:
         raise PlanError("pipeline is empty: choose an experiment, e.g. +experiment=smoke")
+    ordered = order_stages(pipeline, plain)
+    models, errors = validate_stages(plain, registered(), {s.name for s in ordered})
+    errors = validate_launcher(plain) + errors
+    if errors:
+        raise PlanError("invalid config:\n  " + "\n  ".join(errors))
+    missing = [m for spec in ordered for m in missing_packages(spec, models.get(spec.name))]
+    if missing:
+        raise PlanError("\n".join(missing))
     runs_root = Path(plain["paths"]["runs"])
     if not runs_root.is_absolute():
         runs_root = (cwd or Path.cwd()) / runs_root
-    sem_delta = delta(semantic(plain), semantic(base))
-    rid = identity.run_id(sem_delta)
+    base_models, _ = validate_stages(base, registered(), set())
+    id_delta = delta(_identity_config(plain, models), _identity_config(base, base_models))
+    rid = identity.run_id(id_delta)
     experiment = str(plain.get("name") or "default")
+    sem_delta = delta(semantic(plain), semantic(base))
     plan = Plan(experiment, rid, runs_root, runs_root / experiment / rid, plain, sem_delta)
 
     ids: dict[str, str] = {}
-    for spec in order_stages(pipeline, plain):
+    for spec in ordered:
         res = resources_for(plain, spec.name)
         shards = int(res.get("shards", 1) or 1)
         ranks = int(res.get("nodes", 1)) * int(res.get("tasks_per_node", 1))
-        if shards < 1:
-            raise PlanError(f"resources.{spec.name}.shards must be >= 1, got {shards}")
         if shards > 1 and not spec.array:
             raise PlanError(f"stage {spec.name!r} is not an array stage; set resources.{spec.name}.shards=1")
         if shards > 1 and ranks > 1:
@@ -116,7 +138,17 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
                 f"stage {spec.name!r}: an array stage runs one task per shard; "
                 f"use shards>1 or nodes*tasks_per_node>1, not both"
             )
-        reads = identity.stage_inputs(plain, spec.reads)
+        model = models.get(spec.name)
+        if model is not None:
+            config = dump(model)
+            reads: Any = identity_view(model)
+        else:  # a legacy stage that lists the keys it reads
+            reads = identity.stage_inputs(plain, spec.reads)
+            config = _nest(reads)
+        if spec.identity_resources:
+            # its result describes where it ran: other nodes or GPUs are another result
+            executor = (plain.get("cluster") or {}).get("executor")
+            reads = {"config": reads, "resources": res, "executor": executor}
         needs = {dep: ids[dep] for dep in spec.needs_for(plain)}
         sid = identity.stage_id(spec.name, spec.version, reads, shards, needs)
         ids[spec.name] = sid
@@ -126,9 +158,10 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
                 spec=spec,
                 stage_id=sid,
                 needs=spec.needs_for(plain),
-                config=_nest(reads),
+                config=config,
                 resources=res,
                 folder=stage_folder(runs_root, spec.name, sid),
+                model=model,
             )
         )
     return plan

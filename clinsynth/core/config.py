@@ -115,11 +115,12 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
 
 
 def _tag(model: type[BaseModel]) -> Any:
-    info = model.model_fields.get("kind")
-    if info is None:
-        return None
-    args = get_args(info.annotation)
-    return args[0] if get_origin(info.annotation) is Literal and len(args) == 1 else None
+    """The value of a union member's discriminator (a field typed as a one-value Literal)."""
+    for info in model.model_fields.values():
+        args = get_args(info.annotation)
+        if get_origin(info.annotation) is Literal and len(args) == 1:
+            return args[0]
+    return None
 
 
 def _dotted(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
@@ -141,17 +142,23 @@ def _dotted(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     return ".".join(keys).replace(".[", "[")
 
 
-def explain(exc: ValidationError, model: type[BaseModel], stage: str) -> ConfigError:
-    """A launch error that names every bad key, suggests the closest valid key and says what to do."""
+def explain(exc: ValidationError, model: type[BaseModel], stage: str, prefix: str = "") -> ConfigError:
+    """A launch error that names every bad key, suggests the closest valid key and says what to do.
+
+    `prefix` is the dotted path of the validated node (`resources.generate.`); empty for a stage.
+    """
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = _dotted(loc, model)
+        key = prefix + _dotted(loc, model)
         kind = err["type"]
         if kind == "extra_forbidden":
             owner = _model_at(model, loc)
             valid = sorted(owner.model_fields) if owner else []
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+            name = str(loc[-1])
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6) or [
+                v for v in valid if v.startswith(name) or name in v
+            ][:1]
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
             lines.append(f"unknown key {key}{hint}; valid keys here: {', '.join(valid)}")
@@ -160,5 +167,7 @@ def explain(exc: ValidationError, model: type[BaseModel], stage: str) -> ConfigE
         elif kind == "union_tag_invalid":
             lines.append(f"{key}: {err['msg']}")
         else:
-            lines.append(f"bad value for {key}: {err['msg']} (got {err.get('input')!r})")
-    return ConfigError(f"stage {stage}: " + "; ".join(lines))
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"bad value for {key}: {err['msg'].removeprefix('Value error, ')}{shown}")
+    return ConfigError((f"{stage}: " if stage else "") + "; ".join(lines))

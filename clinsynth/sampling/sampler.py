@@ -11,12 +11,13 @@ import hashlib
 import random
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from faker import Faker
+from pydantic import model_validator
 
+from clinsynth.core.config import StageConfig, identity
 from clinsynth.records import PatientRecord
 from clinsynth.sampling import phrases as P
 from clinsynth.sampling.recipe import Recipe, RecipeFact
@@ -29,77 +30,40 @@ _SITE_HINT = re.compile(r"\s+C\d{2}(?:\.[\d-])?\s*$")
 _QUALIFIERS = ("Ohne", "Mit ", "Nicht", "Sonstige", "Bei ", "Als ", "Akut", "Chronisch")
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    seed: int = 0
-    #: split by patient: fractions of patients in train/val/test
-    splits: Mapping[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
-    #: at most this many stays per patient become letters (None: all)
-    stays_per_patient: int | None = None
-    letter_types: Mapping[str, float] = field(
-        default_factory=lambda: {
-            "Entlassungsbrief": 0.6,
-            "Arztbrief": 0.25,
-            "Kurzarztbrief": 0.1,
-            "Verlegungsbrief": 0.05,
-        }
-    )
-    #: probability that each optional section is written (Diagnosen always is)
-    sections: Mapping[str, float] = field(
-        default_factory=lambda: {
-            "tumor": 0.6,
-            "anamnese": 0.85,
-            "befunde": 0.85,
-            "verlauf": 0.9,
-            "medikation": 0.9,
-            "epikrise": 0.8,
-        }
-    )
-    #: probability that a fact of the stay is written at all, and the most per letter
-    keep: Mapping[str, float] = field(
-        default_factory=lambda: {"diagnosis": 0.95, "procedure": 0.85, "medication": 0.9, "lab": 0.7}
-    )
-    max_facts: Mapping[str, int] = field(
-        default_factory=lambda: {"diagnosis": 8, "procedure": 6, "medication": 12, "lab": 12}
-    )
-    #: probability that a written fact also shows its code (OPS codes are rarely written)
-    code_written: Mapping[str, float] = field(
-        default_factory=lambda: {
-            "diagnosis": 0.6,
-            "procedure": 0.05,
-            "medication": 0.1,
-            "lab": 0.05,
-            "morphology": 0.5,
-        }
-    )
-    #: probabilities of 0, 1, 2 ... ruled-out findings ("kein Hinweis auf ...")
-    negated_counts: tuple[float, ...] = (0.45, 0.35, 0.2)
-    #: probability of one suspected finding ("V.a. ...")
-    suspected: float = 0.15
-    #: probability that each procedure of an earlier stay is mentioned as history ("Z.n. ..."), at most 3
-    historical: float = 0.5
-    date_shown: float = 0.4
-    table_layout: float = 0.5
-    abbreviations: float = 0.4
-    target_words: tuple[int, int] = (250, 700)
+class SamplerConfig(StageConfig):
+    """sample.sampler (conf/sample/sampler/): what a letter recipe may hold. Every field changes specs."""
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> SamplerConfig:
-        d = dict(d or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown sampler keys {unknown}; known: {sorted(known)}")
-        for key in ("negated_counts", "target_words"):
-            if key in d:
-                d[key] = tuple(d[key])
-        cfg = cls(**d)
-        total = sum(cfg.splits.values())
-        if set(cfg.splits) - set(SPLITS) or abs(total - 1.0) > 1e-6:
+    #: split by patient: fractions of patients in train/val/test
+    splits: dict[str, float] = identity()
+    #: at most this many stays per patient become letters (None: all)
+    stays_per_patient: int | None = identity(ge=1)
+    letter_types: dict[str, float] = identity()
+    #: probability that each optional section is written (Diagnosen always is)
+    sections: dict[str, float] = identity()
+    #: probability that a fact of the stay is written at all, and the most per letter
+    keep: dict[str, float] = identity()
+    max_facts: dict[str, int] = identity()
+    #: probability that a written fact also shows its code (OPS codes are rarely written)
+    code_written: dict[str, float] = identity()
+    #: probabilities of 0, 1, 2 ... ruled-out findings ("kein Hinweis auf ...")
+    negated_counts: tuple[float, ...] = identity()
+    #: probability of one suspected finding ("V.a. ...")
+    suspected: float = identity(ge=0, le=1)
+    #: probability that each procedure of an earlier stay is mentioned as history ("Z.n. ..."), at most 3
+    historical: float = identity(ge=0, le=1)
+    date_shown: float = identity(ge=0, le=1)
+    table_layout: float = identity(ge=0, le=1)
+    abbreviations: float = identity(ge=0, le=1)
+    target_words: tuple[int, int] = identity()
+
+    @model_validator(mode="after")
+    def _splits_sum_to_one(self) -> SamplerConfig:
+        total = sum(self.splits.values())
+        if set(self.splits) - set(SPLITS) or abs(total - 1.0) > 1e-6:
             raise ValueError(
-                f"sampler.splits must give fractions of {SPLITS} summing to 1, got {dict(cfg.splits)}"
+                f"sampler.splits must give fractions of {SPLITS} summing to 1, got {dict(self.splits)}"
             )
-        return cfg
+        return self
 
 
 def _u64(*parts: Any) -> int:
@@ -129,8 +93,9 @@ def _d(s: str | None) -> date | None:
 class Sampler:
     """Draws recipes; holds the catalogue and a Faker for letter heads."""
 
-    def __init__(self, cfg: SamplerConfig) -> None:
+    def __init__(self, cfg: SamplerConfig, seed: int) -> None:
         self.cfg = cfg
+        self.seed = seed
         self.cat = load_catalog()
         self.faker = Faker("de_DE")
         self.stats: dict[str, int] = {"future_facts_dropped": 0}
@@ -142,7 +107,7 @@ class Sampler:
             key=lambda e: (e.row["start"], e.row["encounter_id"]),
         )
         if self.cfg.stays_per_patient is not None and len(stays) > self.cfg.stays_per_patient:
-            rng = random.Random(_u64("stays", self.cfg.seed, rec.patient_id))
+            rng = random.Random(_u64("stays", self.seed, rec.patient_id))
             keep = set(rng.sample(range(len(stays)), self.cfg.stays_per_patient))
             chosen = [s for i, s in enumerate(stays) if i in keep]
         else:
@@ -155,7 +120,7 @@ class Sampler:
         enc = rec.encounters[encounter_id].row
         start, end = _d(enc["start"]), _d(enc["end"])
         assert start is not None and end is not None
-        rng = random.Random(_u64("recipe", cfg.seed, rec.patient_id, encounter_id))
+        rng = random.Random(_u64("recipe", self.seed, rec.patient_id, encounter_id))
         style = {
             "date_style": _weighted(rng, {"dmy": 4, "dmy_short": 2, "dmy2": 1, "long": 1, "my": 1}),
             "abbreviations": rng.random() < cfg.abbreviations,
@@ -189,7 +154,7 @@ class Sampler:
             spec_id=encounter_id,
             patient_id=rec.patient_id,
             encounter_id=encounter_id,
-            split=split_of(rec.patient_id, cfg.seed, cfg.splits),
+            split=split_of(rec.patient_id, self.seed, cfg.splits),
             letter_type=_weighted(rng, cfg.letter_types),
             header=self._header(rng, rec, enc, style),
             sections=[

@@ -11,20 +11,33 @@ import orjson
 
 from clinsynth.cohort.fhir_build import resources, truth
 from clinsynth.cohort.generator import CohortConfig, CohortGenerator
+from clinsynth.core.config import StageConfig, identity
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 
 
-@stage("cohort", reads=("cohort", "seed"), array=True, version=1)
-def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+class CohortSection(StageConfig):
+    patients: int = identity(ge=1)
+    reference_date: date = identity(why="the export day: nothing happens after it")
+    max_chemo_cycles: int = identity(ge=0)
+    comorbidity_scale: float = identity(ge=0)
+
+
+class CohortStageConfig(StageConfig):
+    seed: int = identity()
+    cohort: CohortSection
+
+
+@stage("cohort", config=CohortStageConfig, array=True, version=1)
+def run(cfg: CohortStageConfig, ctx: StageContext) -> dict[str, Any]:
     """Patients i::N of range(cohort.patients); every file appears only when the shard is complete."""
-    c = cfg["cohort"]
+    c = cfg.cohort
     gen = CohortGenerator(
         CohortConfig(
-            seed=int(cfg.get("seed", 0)),
-            reference_date=date.fromisoformat(str(c["reference_date"])),
-            max_chemo_cycles=int(c.get("max_chemo_cycles", 4)),
-            comorbidity_scale=float(c.get("comorbidity_scale", 1.0)),
+            seed=cfg.seed,
+            reference_date=c.reference_date,
+            max_chemo_cycles=c.max_chemo_cycles,
+            comorbidity_scale=c.comorbidity_scale,
         )
     )
     out = ctx.stage_dir / "fhir"
@@ -35,7 +48,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     truth_tmp.parent.mkdir(parents=True, exist_ok=True)
     med_ids: dict[str, str] = {}
     counts: dict[str, int] = {}
-    patients = ctx.items(range(int(c["patients"])))
+    patients = ctx.items(range(c.patients))
     try:
         with open(truth_tmp, "wb") as tfh:
             for k, index in enumerate(patients, 1):

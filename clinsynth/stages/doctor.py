@@ -13,9 +13,10 @@ import platform
 import shutil
 import socket
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from clinsynth.core.atomic import read_json, write_json
+from clinsynth.core.config import StageConfig, identity
 from clinsynth.core.context import StageContext
 from clinsynth.core.environment import package_versions
 from clinsynth.core.registry import stage
@@ -58,10 +59,22 @@ def _all_reduce(ctx: StageContext, backend: str) -> dict[str, Any]:
     }
 
 
-@stage("doctor", reads=("doctor",), version=1)
-def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+class DoctorSection(StageConfig):
+    collective: bool = identity(why="all_reduce across the stage's ranks when world size > 1")
+    backend: Literal["gloo", "nccl"] = identity()
+    require_offline: bool = identity()
+    min_free_disk_gb: float = identity(ge=0)
+
+
+class DoctorConfig(StageConfig):
+    doctor: DoctorSection
+
+
+# its report describes the nodes it ran on: other resources are another check (identity_resources)
+@stage("doctor", config=DoctorConfig, version=1, identity_resources=True)
+def run(cfg: DoctorConfig, ctx: StageContext) -> dict[str, Any]:
     """Report each rank's environment and check that the ranks can communicate."""
-    opts = cfg.get("doctor") or {}
+    opts = cfg.doctor
     report: dict[str, Any] = {
         "rank": ctx.rank,
         "local_rank": ctx.local_rank,
@@ -78,12 +91,12 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         "free_disk_gb": round(shutil.disk_usage(ctx.stage_dir).free / 2**30, 1),
     }
     problems = []
-    if opts.get("require_offline", True) and os.environ.get("HF_HUB_OFFLINE") != "1":
+    if opts.require_offline and os.environ.get("HF_HUB_OFFLINE") != "1":
         problems.append("HF_HUB_OFFLINE is not 1: a job may try to download from the hub")
-    if report["free_disk_gb"] < float(opts.get("min_free_disk_gb", 1)):
+    if report["free_disk_gb"] < opts.min_free_disk_gb:
         problems.append(f"only {report['free_disk_gb']} GB free in {ctx.stage_dir}")
-    if ctx.world_size > 1 and opts.get("collective", True):
-        report["collective"] = _all_reduce(ctx, str(opts.get("backend", "gloo")))
+    if ctx.world_size > 1 and opts.collective:
+        report["collective"] = _all_reduce(ctx, opts.backend)
         if report["collective"].get("checked") and not report["collective"]["ok"]:
             problems.append(f"all_reduce gave a wrong sum: {report['collective']}")
     report["problems"] = problems

@@ -8,86 +8,119 @@ into `letters/shard-0000i.jsonl` and the task's throughput goes to `stats/shard-
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import orjson
-import pyarrow.parquet as pq
+from pydantic import model_validator
 
-from clinsynth.core.atomic import atomic_open, write_json
+from clinsynth.artifacts.letters import LetterShard
+from clinsynth.artifacts.specs import shard_recipes
+from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.letters.generate import LetterWriter
+from clinsynth.llm.config import Backend, Model, SamplingConfig
 from clinsynth.sampling.recipe import Recipe
 
 
-def _backend(cfg: dict[str, Any], ctx: StageContext) -> Any:
-    kind = (cfg.get("backend") or {}).get("kind", "template")
-    if kind == "template":
-        return None
+class LettersConfig(StageConfig):
+    mode: Literal["template", "hybrid", "llm"] = identity()
+    narrative_sections: list[str] = identity(why="hybrid: the sections the LLM writes")
+    max_tokens: int | None = identity(ge=1, why="per LLM call; a shorter cap truncates other letters")
+    chunk: int = operational(
+        ge=1, why="letters per atomic write; every letter has its own seed (GPU: see backend.batch_invariant)"
+    )
+
+
+class PromptsConfig(StageConfig):
+    system: str = identity()
+    section: str = identity()
+    letter: str = identity()
+
+
+class GenerateSection(StageConfig):
+    letters: LettersConfig
+    backend: Backend
+    model: Model | None = identity(None, why="null (no generate/model group) only with backend=template")
+    prompts: PromptsConfig
+    sampling: SamplingConfig
+
+    @model_validator(mode="after")
+    def _backend_fits_mode(self) -> GenerateSection:
+        kind = self.backend.kind
+        if self.letters.mode != "template" and kind == "template":
+            raise ValueError(
+                f"letters={self.letters.mode} needs an LLM: set generate/backend=vllm|openai|hf "
+                "and generate/model=..."
+            )
+        if kind != "template" and self.model is None:
+            raise ValueError(f"backend={kind} needs a model: set generate/model=tiny|smollm2_135m|qwen3_235b")
+        if self.letters.mode != "template" and self.letters.max_tokens is None:
+            raise ValueError(f"letters={self.letters.mode} needs generate.letters.max_tokens")
+        return self
+
+
+class GenerateConfig(StageConfig):
+    seed: int = identity()
+    generate: GenerateSection
+
+
+def _requires(cfg: GenerateConfig) -> list[tuple[str, str]]:
+    if cfg.generate.letters.mode == "template":
+        return []
+    kind = cfg.generate.backend.kind
+    if kind == "vllm":
+        return [("vllm", "gen (GPU) or gen-cpu (CPU)")]
+    if kind == "hf":
+        return [("torch", "hf"), ("transformers", "hf")]
+    if cfg.generate.model is not None and cfg.generate.model.kind == "tiny":
+        return [("tokenizers", "hf")]  # the tiny model is built locally even for a server
+    return []
+
+
+def _backend(cfg: GenerateSection, ctx: StageContext) -> Any:
     from clinsynth.llm.backends import make_backend
 
+    assert cfg.model is not None  # checked by GenerateSection
+    if ctx.cache_dir is None:
+        raise RuntimeError("generate needs ctx.cache_dir (the runs folder's cache) to build or find models")
     return make_backend(
-        dict(cfg["backend"]),
-        dict(cfg.get("model") or {}),
-        dict(cfg.get("sampling") or {}),
-        cache_dir=ctx.stage_dir.parents[2] / "cache",  # runs/cache: tiny models built once per runs folder
+        cfg.backend.model_dump(),
+        cfg.model.model_dump(),
+        cfg.sampling.model_dump(),
+        cache_dir=ctx.cache_dir,  # runs/cache: tiny models built once per runs folder
         logger=ctx.logger,
     )
 
 
-def shard_recipes(path: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
-    """Recipes shard, shard+N, ... of the specs file (the order of ctx.items), streamed by batches."""
-    out: list[str] = []
-    start = 0
-    for batch in pq.ParquetFile(path).iter_batches(columns=["recipe"], batch_size=batch_size):
-        col = batch.column(0)
-        first = (shard - start) % num_shards
-        out += col.slice(first).to_pylist()[::num_shards] if first < len(col) else []
-        start += len(col)
-    return out
-
-
-@stage(
-    "generate",
-    needs=("sample",),
-    # backend.kind, not backend: engine tuning (max_num_seqs, concurrency) does not change the letters' id
-    reads=("letters", "backend.kind", "model", "sampling", "prompts", "seed"),
-    array=True,
-    version=1,
-)
-def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+@stage("generate", needs=("sample",), config=GenerateConfig, array=True, version=1, requires=_requires)
+def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
     """Letters for specs shard::shards; resumable at chunk granularity."""
-    lc = dict(cfg.get("letters") or {})
-    mode = lc.get("mode", "template")
-    backend_kind = (cfg.get("backend") or {}).get("kind", "template")
+    gc = cfg.generate
+    lc = gc.letters
+    mode = lc.mode
+    backend_kind = gc.backend.kind
     if mode == "template" and backend_kind != "template":
         ctx.logger.warning("letters=template ignores backend=%s", backend_kind)
-    # only this shard's recipes in memory: at paper scale all of them are ~700 MB of JSON
-    my_recipes = shard_recipes(
-        ctx.input_dir("sample") / "specs" / "specs.parquet", ctx.shard, ctx.num_shards
-    )
+    my_recipes = shard_recipes(ctx.input_dir("sample"), ctx.shard, ctx.num_shards)
     mine = list(range(len(my_recipes)))
-    chunk = max(1, int(lc.get("chunk", 256)))
-    parts = ctx.stage_dir / "letters" / f"shard-{ctx.shard:05d}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
+    chunk = lc.chunk
+    out = LetterShard(ctx.stage_dir, ctx.shard, ctx.num_shards)
     n_chunks = (len(mine) + chunk - 1) // chunk
-    todo = [c for c in range(n_chunks) if not (parts / f"chunk-{c:06d}.jsonl").exists()]
+    todo = out.missing_chunks(n_chunks)
     if len(todo) < n_chunks:
         ctx.logger.info(
             "resuming shard %d: %d of %d chunk(s) already written", ctx.shard, n_chunks - len(todo), n_chunks
         )
-    backend = _backend(cfg, ctx) if todo and mode != "template" else None
+    backend = _backend(gc, ctx) if todo and mode != "template" else None
     writer = (
         LetterWriter(
             mode,
-            seed=int(cfg.get("seed", 0)),
+            seed=cfg.seed,
             backend=backend,
-            prompts=cfg.get("prompts"),
-            narrative_sections=lc.get("narrative_sections", ("anamnese", "epikrise")),
-            max_tokens=int(lc.get("max_tokens", 512)),
+            prompts=gc.prompts.model_dump(),
+            narrative_sections=tuple(lc.narrative_sections),
+            max_tokens=lc.max_tokens or 0,
         )
         if todo
         else None
@@ -100,9 +133,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
             recipes = [Recipe.from_json(my_recipes[i]) for i in rows]
             assert writer is not None
             records = writer.write(recipes)
-            with atomic_open(parts / f"chunk-{c:06d}.jsonl", "wb") as fh:
-                for rec in records:
-                    fh.write(orjson.dumps(rec) + b"\n")
+            out.write_chunk(c, records)
             letters += len(records)
             tokens_in += sum(r["tokens_in"] or 0 for r in records)
             tokens_out += sum(r["tokens_out"] or 0 for r in records)
@@ -126,18 +157,6 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         if backend is not None and hasattr(backend, "close"):
             backend.close()
     seconds = time.perf_counter() - t0
-    # join the chunks in spec order; the parts folder goes only after the shard file is in place
-    out = ctx.shard_path("letters", ".jsonl")
-    n = 0
-    with atomic_open(out, "wb") as fh:
-        for c in range(n_chunks):
-            data = (parts / f"chunk-{c:06d}.jsonl").read_bytes()
-            n += data.count(b"\n")
-            fh.write(data)
-    if n != len(mine):
-        raise RuntimeError(
-            f"shard {ctx.shard}: {n} letters for {len(mine)} specs; delete {parts} and relaunch"
-        )
     stats = {
         "shard": ctx.shard,
         "specs": len(mine),
@@ -151,6 +170,5 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         "backend": backend_kind if mode != "template" else "template",
         "mode": mode,
     }
-    write_json(ctx.stage_dir / "stats" / f"shard-{ctx.shard:05d}.json", stats)
-    shutil.rmtree(parts, ignore_errors=True)
+    out.finish(n_chunks, len(mine), stats)
     return stats

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from datetime import date
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
+
+from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
-from clinsynth.ingest.pipeline import Options, default_as_of, ingest
+from clinsynth.ingest.pipeline import Options, ingest
 from clinsynth.ingest.sources import open_source
 
 
@@ -15,17 +19,62 @@ def _needs(plain: dict[str, Any]) -> tuple[str, ...]:
     return ("cohort",) if (plain.get("source") or {}).get("kind", "synthetic") == "synthetic" else ()
 
 
-@stage("ingest", needs=_needs, reads=("source", "ingest"), version=1)
-def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+class SyntheticSource(StageConfig):
+    kind: Literal["synthetic"] = identity(why="the cohort stage's folder; its id enters ingest's id")
+
+
+class NdjsonSource(StageConfig):
+    kind: Literal["ndjson"] = identity()
+    path: str = identity(why="a bulk-export folder")
+
+
+class BundlesSource(StageConfig):
+    kind: Literal["bundles"] = identity()
+    path: str = identity(why="a folder (searched recursively) or a file of Bundles")
+
+
+class ServerSource(StageConfig):
+    kind: Literal["server"] = identity()
+    url: str = identity(why="the server is the data; label its state with snapshot")
+    token_env: str | None = operational(why="NAME of the variable with the token; never saved")
+    page_size: int = operational(ge=1, why="_count per page: the same resources in other pages")
+    timeout_s: float = operational(gt=0, why="per request")
+    retries: int = operational(ge=0, why="on 429/5xx/timeouts")
+    backoff_s: float = operational(ge=0, why="retry pacing")
+    types: list[str] = identity(why="[] = every type ingest understands")
+    snapshot: str | None = identity(why="change it to re-ingest a server whose data changed")
+
+
+Source = Annotated[
+    SyntheticSource | NdjsonSource | BundlesSource | ServerSource, Field(discriminator="kind")
+]
+
+
+class IngestSection(StageConfig):
+    strict: bool = operational(why="a strict run that succeeds writes the same records; it only stops sooner")
+    as_of: date = identity(why="nothing may happen after this day")
+    workers: int | None = operational(ge=1, why="records are byte-identical for any worker count")
+    buckets: int = identity(ge=1, why="records/*-NNNN.parquet files, grouped by patient")
+    chunk: int = operational(ge=1, why="resources per worker task; the records are the same")
+    extra_code_systems: list[str] = identity()
+
+
+class IngestConfig(StageConfig):
+    source: Source
+    ingest: IngestSection
+
+
+@stage("ingest", needs=_needs, config=IngestConfig, version=1)
+def run(cfg: IngestConfig, ctx: StageContext) -> dict[str, Any]:
     """Validate and flatten every resource; bad ones go to quarantine.ndjson with file, line and reason."""
-    src, opts = cfg["source"], cfg.get("ingest") or {}
-    kind = src.get("kind", "synthetic")
-    items = open_source(kind, src, ctx.inputs.get("cohort"))
-    workers = int(opts.get("workers") or len(os.sched_getaffinity(0)))
+    src, opts = cfg.source, cfg.ingest
+    kind = src.kind
+    items = open_source(kind, src.model_dump(), ctx.inputs.get("cohort"))
+    workers = opts.workers or len(os.sched_getaffinity(0))
     options = Options(
-        as_of=str(opts.get("as_of") or default_as_of()),
-        extra_code_systems=frozenset(opts.get("extra_code_systems") or ()),
-        strict=bool(opts.get("strict", False)),
+        as_of=opts.as_of.isoformat(),
+        extra_code_systems=frozenset(opts.extra_code_systems),
+        strict=opts.strict,
     )
     ctx.logger.info("ingest from %s source with %d worker(s)", kind, workers)
     report = ingest(
@@ -33,8 +82,8 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         ctx.stage_dir,
         options,
         workers=workers,
-        chunk=int(opts.get("chunk", 10000)),
-        buckets=int(opts.get("buckets", 16)),
+        chunk=opts.chunk,
+        buckets=opts.buckets,
         progress=lambda n: ctx.logger.info("%d resources", n),
     )
     ctx.logger.info(

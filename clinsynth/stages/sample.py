@@ -7,93 +7,73 @@ from collections import Counter
 from typing import Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from clinsynth.core.atomic import atomic_path, write_json
+from clinsynth.artifacts.specs import write_specs
+from clinsynth.core.atomic import write_json
+from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.records import iter_patients
 from clinsynth.sampling.sampler import Sampler, SamplerConfig
 
-SPECS = pa.schema(
-    [
-        ("spec_id", pa.string()),
-        ("patient_id", pa.string()),
-        ("encounter_id", pa.string()),
-        ("split", pa.string()),
-        ("letter_type", pa.string()),
-        ("n_facts", pa.int32()),
-        ("recipe", pa.string()),  # JSON: clinsynth.sampling.recipe.Recipe
-        ("gold", pa.string()),  # JSON: clinsynth.schema.ClinicalExtraction
-    ]
-)
+
+class SampleSection(StageConfig):
+    strict: bool = operational(why="a strict run that succeeds writes the same specs; it only stops sooner")
+    sampler: SamplerConfig
 
 
-def read_specs(stage_dir: Any, columns: list[str] | None = None) -> pa.Table:
-    """All specs of a sample stage folder, in spec order (patients sorted, stays by date)."""
-    return pq.read_table(stage_dir / "specs" / "specs.parquet", columns=columns)
+class SampleConfig(StageConfig):
+    seed: int = identity()
+    sample: SampleSection
 
 
-@stage("sample", needs=("ingest",), reads=("sampler", "seed"), version=1)
-def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+@stage("sample", needs=("ingest",), config=SampleConfig, version=1)
+def run(cfg: SampleConfig, ctx: StageContext) -> dict[str, Any]:
     """Draw a recipe per stay; a patient whose record cannot be sampled is reported, not fatal."""
-    scfg = SamplerConfig.from_dict(dict(cfg.get("sampler") or {}, seed=int(cfg.get("seed", 0))))
-    strict = bool((cfg.get("sample") or {}).get("strict", False))
-    sampler = Sampler(scfg)
+    strict = cfg.sample.strict
+    sampler = Sampler(cfg.sample.sampler, seed=cfg.seed)
     records = ctx.input_dir("ingest") / "records"
-    out = ctx.stage_dir / "specs" / "specs.parquet"
     counts: Counter[str] = Counter()
     errors: list[dict[str, str]] = []
-    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     n_patients = 0
-    with atomic_path(out) as tmp:
-        writer = pq.ParquetWriter(tmp, SPECS, compression="zstd")
-        try:
-            for rec in iter_patients(records):
-                n_patients += 1
-                try:
-                    recipes = list(sampler.recipes(rec))
-                except Exception as exc:  # one bad record must not stop 40k patients
-                    if strict:
-                        raise RuntimeError(f"sample: patient {rec.patient_id}: {exc}") from exc
-                    errors.append({"patient_id": rec.patient_id, "error": f"{type(exc).__name__}: {exc}"})
-                    continue
-                for r in recipes:
-                    gold = r.gold()
-                    rows.append(
-                        {
-                            "spec_id": r.spec_id,
-                            "patient_id": r.patient_id,
-                            "encounter_id": r.encounter_id,
-                            "split": r.split,
-                            "letter_type": r.letter_type,
-                            "n_facts": len(r.facts),
-                            "recipe": r.to_json().decode(),
-                            "gold": gold.model_dump_json(exclude_none=True),
-                        }
-                    )
-                    counts[f"split/{r.split}"] += 1
-                    for f in r.facts:
-                        counts[f"facts/{f.kind}/{f.assertion}"] += 1
-                        if f.say.get("code") or f.say.get("morphology_code"):
-                            counts[f"codes_written/{f.kind}"] += 1
-                    for s in r.sections:
-                        counts[f"sections/{s['key']}"] += 1
-                if len(rows) >= 2000:
-                    writer.write_table(pa.Table.from_pylist(rows, schema=SPECS))
-                    rows = []
-                if n_patients % 1000 == 0:
-                    ctx.logger.info(
-                        "%d patients, %d specs",
-                        n_patients,
-                        sum(v for k, v in counts.items() if k.startswith("split/")),
-                    )
-            if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=SPECS))
-        finally:
-            writer.close()
+    with write_specs(ctx.stage_dir) as writer:
+        for rec in iter_patients(records):
+            n_patients += 1
+            try:
+                recipes = list(sampler.recipes(rec))
+            except Exception as exc:  # one bad record must not stop 40k patients
+                if strict:
+                    raise RuntimeError(f"sample: patient {rec.patient_id}: {exc}") from exc
+                errors.append({"patient_id": rec.patient_id, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            for r in recipes:
+                gold = r.gold()
+                writer.write(
+                    {
+                        "spec_id": r.spec_id,
+                        "patient_id": r.patient_id,
+                        "encounter_id": r.encounter_id,
+                        "split": r.split,
+                        "letter_type": r.letter_type,
+                        "n_facts": len(r.facts),
+                        "recipe": r.to_json().decode(),
+                        "gold": gold.model_dump_json(exclude_none=True),
+                    }
+                )
+                counts[f"split/{r.split}"] += 1
+                for f in r.facts:
+                    counts[f"facts/{f.kind}/{f.assertion}"] += 1
+                    if f.say.get("code") or f.say.get("morphology_code"):
+                        counts[f"codes_written/{f.kind}"] += 1
+                for s in r.sections:
+                    counts[f"sections/{s['key']}"] += 1
+            if n_patients % 1000 == 0:
+                ctx.logger.info(
+                    "%d patients, %d specs",
+                    n_patients,
+                    sum(v for k, v in counts.items() if k.startswith("split/")),
+                )
     seconds = time.perf_counter() - t0
     n_specs = sum(v for k, v in counts.items() if k.startswith("split/"))
     report = {

@@ -1,7 +1,7 @@
 """`verify`: hold every letter to its recipe; write per-letter verdicts, rates and throughput.
 
 Failing letters are kept (with reasons in verification.jsonl); the dataset stage excludes them
-from training unless letters.include_failed=true.
+from training unless verify.include_failed=true.
 """
 
 from __future__ import annotations
@@ -12,33 +12,41 @@ from typing import Any
 
 import orjson
 
-from clinsynth.core.atomic import atomic_open, read_json, read_jsonl, write_json
+from clinsynth.artifacts.letters import letter_shards, read_letters, shard_stats
+from clinsynth.artifacts.specs import shard_recipes, spec_ids
+from clinsynth.artifacts.verdicts import REPORT, STATS, verdicts_path
+from clinsynth.core.atomic import atomic_open, write_json
+from clinsynth.core.config import StageConfig, identity
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.letters.verify import summarize, verify
 from clinsynth.sampling.recipe import Recipe
-from clinsynth.stages.generate import shard_recipes
-from clinsynth.stages.sample import read_specs
 
 
-@stage("verify", needs=("generate", "sample"), reads=("verification", "letters.include_failed"), version=1)
-def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+class VerifySection(StageConfig):
+    include_failed: bool = identity(why="sets use_for_training of failing letters; generate never reads it")
+
+
+class VerifyConfig(StageConfig):
+    verify: VerifySection
+
+
+@stage("verify", needs=("generate", "sample"), config=VerifyConfig, version=1)
+def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
     """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json)."""
     gen_dir = ctx.input_dir("generate")
     sample_dir = ctx.input_dir("sample")
-    ids = read_specs(sample_dir, columns=["spec_id"]).column("spec_id").to_pylist()
-    index = set(ids)
-    shard_files = sorted((gen_dir / "letters").glob("shard-*.jsonl"))
+    index = set(spec_ids(sample_dir))
     t0 = time.perf_counter()
     verdicts: list[dict[str, Any]] = []
     by_mode: dict[str, list[dict[str, Any]]] = {}
     seen: Counter[str] = Counter()
-    include_failed = bool((cfg.get("letters") or {}).get("include_failed", False))
-    with atomic_open(ctx.stage_dir / "verification.jsonl", "wb") as fh:
-        for shard, path in enumerate(shard_files):
+    include_failed = cfg.verify.include_failed
+    with atomic_open(verdicts_path(ctx.stage_dir), "wb") as fh:
+        for shard, num_shards, path in letter_shards(gen_dir):
             # shard i holds the letters of specs i::N in order: one shard's recipes in memory at a time
-            recipes = shard_recipes(sample_dir / "specs" / "specs.parquet", shard, len(shard_files))
-            for line_no, letter in enumerate(read_jsonl(path), 1):
+            recipes = shard_recipes(sample_dir, shard, num_shards)
+            for line_no, letter in enumerate(read_letters(path), 1):
                 sid = letter["spec_id"]
                 seen[sid] += 1
                 if sid not in index:
@@ -93,10 +101,10 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "letters_per_s": round(len(verdicts) / seconds, 1) if seconds else None,
     }
-    write_json(ctx.stage_dir / "verification_report.json", report)
+    write_json(ctx.stage_dir / REPORT, report)
     stats = _throughput(gen_dir)
     stats["verification"] = {k: report[k] for k in ("letters", "passed", "pass_rate")}
-    write_json(ctx.stage_dir / "stats.json", stats)
+    write_json(ctx.stage_dir / STATS, stats)
     ctx.tracker.log(
         {
             "verify/pass_rate": report["pass_rate"] or 0.0,
@@ -111,7 +119,7 @@ def run(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
 
 
 def _throughput(gen_dir: Any) -> dict[str, Any]:
-    shards = [read_json(p) for p in sorted((gen_dir / "stats").glob("shard-*.json"))]
+    shards = shard_stats(gen_dir)
     letters = sum(s["letters_generated"] for s in shards)
     seconds = sum(s["seconds"] for s in shards)
     tokens_out = sum(s["tokens_out"] for s in shards)

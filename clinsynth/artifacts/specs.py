@@ -1,0 +1,94 @@
+"""specs/specs.parquet: one row per letter recipe (sample -> generate, verify, dataset).
+
+Rows are in spec order (patients sorted, stays by date); array tasks take rows i::N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clinsynth.core.atomic import atomic_path
+
+SPECS = pa.schema(
+    [
+        ("spec_id", pa.string()),
+        ("patient_id", pa.string()),
+        ("encounter_id", pa.string()),
+        ("split", pa.string()),
+        ("letter_type", pa.string()),
+        ("n_facts", pa.int32()),
+        ("recipe", pa.string()),  # JSON: clinsynth.sampling.recipe.Recipe
+        ("gold", pa.string()),  # JSON: clinsynth.schema.ClinicalExtraction
+    ]
+)
+
+
+def specs_path(stage_dir: Path) -> Path:
+    return Path(stage_dir) / "specs" / "specs.parquet"
+
+
+class SpecsWriter:
+    """Buffers rows and writes them in row groups; the file appears only when closed cleanly."""
+
+    def __init__(self, writer: pq.ParquetWriter, flush_rows: int = 2000) -> None:
+        self._writer = writer
+        self._rows: list[dict[str, Any]] = []
+        self._flush_rows = flush_rows
+        self.written = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self._flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=SPECS))
+            self.written += len(self._rows)
+            self._rows = []
+
+
+@contextmanager
+def write_specs(stage_dir: Path) -> Iterator[SpecsWriter]:
+    with atomic_path(specs_path(stage_dir)) as tmp:
+        pw = pq.ParquetWriter(tmp, SPECS, compression="zstd")
+        writer = SpecsWriter(pw)
+        try:
+            yield writer
+            writer.flush()
+        finally:
+            pw.close()
+
+
+def read_specs(stage_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    """All specs of a sample stage folder, in spec order."""
+    path = specs_path(stage_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no specs; is the sample stage done?")
+    return pq.read_table(path, columns=columns)
+
+
+def spec_ids(stage_dir: Path) -> list[str]:
+    return read_specs(stage_dir, columns=["spec_id"]).column("spec_id").to_pylist()
+
+
+def shard_recipes(stage_dir: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
+    """Recipe JSON of specs shard, shard+N, ... (the order of ctx.items), streamed by batches.
+
+    Only this shard's recipes are held: at paper scale all of them are ~700 MB of JSON.
+    """
+    out: list[str] = []
+    start = 0
+    pf = pq.ParquetFile(specs_path(stage_dir))
+    for batch in pf.iter_batches(columns=["recipe"], batch_size=batch_size):
+        col = batch.column(0)
+        first = (shard - start) % num_shards
+        out += col.slice(first).to_pylist()[::num_shards] if first < len(col) else []
+        start += len(col)
+    return out
