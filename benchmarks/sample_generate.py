@@ -32,7 +32,8 @@ from clinsynth.letters.generate import LetterWriter
 from clinsynth.letters.render import environment, section_context
 from clinsynth.letters.verify import verify
 from clinsynth.records import iter_patients
-from clinsynth.sampling.sampler import Sampler, SamplerConfig
+from clinsynth.sampling.sampler import Sampler
+from launchers.plan import stage_config
 from launchers.submit import launch
 
 
@@ -73,7 +74,7 @@ def main() -> None:
         )
         records_dir = result.plan.stage("ingest").folder.path / "records"
         patients = list(iter_patients(records_dir))
-        sampler = Sampler(SamplerConfig(seed=0))
+        sampler = Sampler(stage_config("sample").sample.sampler, seed=0)
         recipes = [r for rec in patients for r in sampler.recipes(rec)]
 
         def read_only() -> int:
@@ -81,7 +82,7 @@ def main() -> None:
 
         def sample() -> int:
             n = 0
-            s = Sampler(SamplerConfig(seed=0))
+            s = Sampler(stage_config("sample").sample.sampler, seed=0)
             for rec in iter_patients(records_dir):
                 for r in s.recipes(rec):
                     r.gold().model_dump_json(exclude_none=True)

@@ -165,3 +165,15 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
             )
         )
     return plan
+
+
+def stage_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The validated config model of one stage under `overrides` (tests, benchmarks, notebooks)."""
+    from launchers.config import compose_config, to_plain
+
+    plain = to_plain(compose_config(list(overrides)))
+    load_stage_modules(plain.get("stage_modules") or [])
+    models, errors = validate_stages(plain, registered(), {name})
+    if errors:
+        raise PlanError("invalid config:\n  " + "\n  ".join(errors))
+    return models[name]

@@ -108,7 +108,10 @@ def validate_launcher(plain: dict[str, Any]) -> list[str]:
         Launcher.model_validate({k: plain.get(k) for k in LAUNCHER_KEYS - {"resources"}})
     except ValidationError as exc:
         errors.append(str(explain(exc, Launcher, "")))
-    for stage, res in sorted((plain.get("resources") or {}).items()):
+    resources = plain.get("resources") or {}
+    for stage in sorted(resources):
+        # a stage's resources are resources.default overlaid with resources.<stage>
+        res = dict(resources.get("default") or {}, **(resources.get(stage) or {}))
         try:
             Resources.model_validate(res)
         except ValidationError as exc:

@@ -79,7 +79,7 @@ def check(backend: Any) -> None:
         assert r.finish_reason in ("stop", "length") and r.error is None
         assert r.tokens_in > 10 and 0 < r.tokens_out <= q.max_tokens
     # The same chunk rerun (a relaunch) gives the same letters. Across *different* batches vLLM's GPU
-    # kernels may round differently (bf16) and a sampled token can flip; backend.batch_invariant=true
+    # kernels may round differently (bf16) and a sampled token can flip; generate.backend.batch_invariant=true
     # (VLLM_BATCH_INVARIANT=1) closes that, at a cost. On CPU in fp32 it holds without it.
     again = backend.generate(requests)
     assert [r.text for r in again] == [r.text for r in results]

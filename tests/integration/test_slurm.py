@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from clinsynth.artifacts.specs import read_specs
 from clinsynth.core.atomic import read_json, read_jsonl
-from clinsynth.stages.sample import read_specs
 from launchers.status import run_status
 from launchers.submit import launch
 from launchers.waiting import wait_for

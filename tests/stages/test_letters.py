@@ -12,12 +12,13 @@ from collections import Counter
 import orjson
 import pytest
 
+from clinsynth.artifacts.specs import read_specs, shard_recipes
 from clinsynth.core.atomic import read_json, read_jsonl
 from clinsynth.letters.verify import verify
 from clinsynth.records import iter_patients
 from clinsynth.sampling.recipe import Recipe
 from clinsynth.sampling.sampler import Sampler, SamplerConfig
-from clinsynth.stages.sample import read_specs
+from launchers.plan import stage_config
 from launchers.submit import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,10 +72,11 @@ def test_recipes_are_seeded_per_stay_and_split_by_patient(smoke):
     )  # smoke: 2 stays
     # drawing again, patients in reverse order, gives byte-identical recipes
     records = list(iter_patients(_dir(smoke, "ingest") / "records"))
-    cfg = SamplerConfig(seed=0, stays_per_patient=2)
-    again = {r.spec_id: r.to_json() for rec in reversed(records) for r in Sampler(cfg).recipes(rec)}
+    cfg = stage_config("sample", ["+experiment=smoke"]).sample.sampler
+    assert cfg.stays_per_patient == 2
+    again = {r.spec_id: r.to_json() for rec in reversed(records) for r in Sampler(cfg, seed=0).recipes(rec)}
     assert again == {sid: r.to_json() for sid, r, _, _ in specs}
-    other = {r.spec_id: r.to_json() for rec in records for r in Sampler(SamplerConfig(seed=1)).recipes(rec)}
+    other = {r.spec_id: r.to_json() for rec in records for r in Sampler(cfg, seed=1).recipes(rec)}
     assert sum(other.get(sid) != r.to_json() for sid, r, _, _ in specs) > len(specs) // 2
 
 
@@ -83,10 +85,11 @@ def test_split_fractions_follow_the_config():
 
     counts = Counter(split_of(f"pat-{i}", 7, {"train": 0.75, "val": 0.15, "test": 0.1}) for i in range(20000))
     assert abs(counts["train"] / 20000 - 0.75) < 0.015 and abs(counts["test"] / 20000 - 0.1) < 0.01
+    good = stage_config("sample").sample.sampler.model_dump()
     with pytest.raises(ValueError, match="summing to 1"):
-        SamplerConfig.from_dict({"splits": {"train": 0.9, "test": 0.2}})
-    with pytest.raises(ValueError, match="unknown sampler keys"):
-        SamplerConfig.from_dict({"negated": 3})
+        SamplerConfig.model_validate({**good, "splits": {"train": 0.9, "test": 0.2}})
+    with pytest.raises(ValueError, match="Extra inputs"):
+        SamplerConfig.model_validate({**good, "negated": 3})
 
 
 def test_gold_is_exactly_the_recipe_and_a_negated_fact_is_never_present(smoke):
@@ -191,9 +194,9 @@ def test_sigkill_mid_shard_then_relaunch_gives_exactly_one_letter_per_spec(tmp_p
         "cluster=debug",
         "tracking=disabled",
         "cohort.patients=120",
-        "sampler.stays_per_patient=null",
+        "sample.sampler.stays_per_patient=null",
         "resources.generate.shards=1",
-        "letters.chunk=1",
+        "generate.letters.chunk=1",
         f"paths.runs={tmp_path}",
     ]
     proc = subprocess.Popen(
@@ -235,7 +238,7 @@ def test_sigkill_mid_shard_then_relaunch_gives_exactly_one_letter_per_spec(tmp_p
 def test_prompts_list_every_fact_and_say_how_to_assert_it(smoke):
     from launchers.config import compose_config
 
-    prompts = compose_config(["+experiment=smoke_hybrid"])["prompts"]
+    prompts = compose_config(["+experiment=smoke_hybrid"])["generate"]["prompts"]
     from clinsynth.letters.prompts import letter_messages, section_messages
 
     r, _ = _one(smoke, lambda r: any(f.assertion == "negated" and f.section == "epikrise" for f in r.facts))
@@ -251,9 +254,7 @@ def test_prompts_list_every_fact_and_say_how_to_assert_it(smoke):
 
 
 def test_a_generate_task_streams_exactly_its_share_of_the_specs(smoke):
-    from clinsynth.stages.generate import shard_recipes
-
-    path = _dir(smoke, "sample") / "specs" / "specs.parquet"
+    path = _dir(smoke, "sample")
     recipes = read_specs(_dir(smoke, "sample"), columns=["recipe"]).column("recipe").to_pylist()
     for n in (1, 2, 3, 7):
         for shard in range(n):

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
+from clinsynth.artifacts.specs import read_specs
 from clinsynth.core.atomic import read_json, read_jsonl
-from clinsynth.stages.sample import read_specs
 from launchers.submit import launch
 
 pytest.importorskip("transformers", reason="LLM backends need pip install -e '.[gen-cpu]' (or '.[hf]')")
@@ -59,7 +59,7 @@ def _check_hybrid(result, backend: str) -> dict:
 
 
 def test_hybrid_letters_with_the_hf_backend_are_seeded(tmp_path):
-    overrides = ["+experiment=smoke_hybrid", "backend=hf", "cluster=debug", "tracking=disabled"]
+    overrides = ["+experiment=smoke_hybrid", "generate/backend=hf", "cluster=debug", "tracking=disabled"]
     first = launch([*overrides, f"paths.runs={tmp_path / 'a'}"])
     letters = _check_hybrid(first, "hf")
     again = _letters(launch([*overrides, f"paths.runs={tmp_path / 'b'}"]))
@@ -86,9 +86,9 @@ def test_whole_letters_from_the_llm_are_verified_as_llm_text(tmp_path):
     result = launch(
         [
             "+experiment=smoke_hybrid",
-            "letters=llm",
-            "letters.max_tokens=64",
-            "backend=hf",
+            "generate/letters=llm",
+            "generate.letters.max_tokens=64",
+            "generate/backend=hf",
             "cluster=debug",
             "tracking=disabled",
             f"paths.runs={tmp_path}",

@@ -95,7 +95,7 @@ def test_secrets_never_reach_saved_configs(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_SECRET_TOKEN", "s3cr3t-value")
     result = launch(
         toy_overrides(tmp_path, "debug", n_items=4, shards=1, nodes=1)
-        + ["+tracking.api_key=abc123", "+toy.server_token=${oc.env:MY_SECRET_TOKEN}"]
+        + ["+toy.api_key=abc123", "+toy.server_token=${oc.env:MY_SECRET_TOKEN}"]
     )
     texts = [p.read_text() for p in result.run_dir.rglob("*.yaml")]
     texts += [p.read_text() for p in result.plan.stage("toy_rows").folder.path.glob("*.yaml")]
@@ -104,12 +104,15 @@ def test_secrets_never_reach_saved_configs(tmp_path, monkeypatch):
     for t in texts:
         assert "abc123" not in t and "s3cr3t-value" not in t
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert saved["tracking"]["api_key"] == REDACTED and saved["toy"]["server_token"] == REDACTED
+    assert saved["toy"]["api_key"] == REDACTED and saved["toy"]["server_token"] == REDACTED
 
 
-def test_redact_keeps_env_var_names():
-    data = {"server": {"token_env": "FHIR_TOKEN", "password": "x", "api_key": None}}
-    assert redact(data) == {"server": {"token_env": "FHIR_TOKEN", "password": REDACTED, "api_key": None}}
+def test_redact_keeps_env_var_names_and_token_counts():
+    data = {"server": {"token_env": "FHIR_TOKEN", "password": "x", "api_key": None, "hf_token": "t"}}
+    assert redact(data) == {
+        "server": {"token_env": "FHIR_TOKEN", "password": REDACTED, "api_key": None, "hf_token": REDACTED}
+    }
+    assert redact({"max_tokens": 48}) == {"max_tokens": 48}  # a length, not a credential
 
 
 def test_run_folders_are_private(tmp_path):

@@ -93,9 +93,9 @@ def test_shipped_configs_fit_the_code() -> None:
 
     from clinsynth.llm.tiny import DEFAULT_SPEC
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf" / "generate"
     tiny = yaml.safe_load((conf / "model" / "tiny.yaml").read_text())
-    assert tiny["tiny"] == DEFAULT_SPEC  # the tests' default model is the one model=tiny builds
+    assert tiny["tiny"] == DEFAULT_SPEC  # the tests' default model is the one generate/model=tiny builds
     for name in ("vllm", "openai", "hf"):
         text = (conf / "backend" / f"{name}.yaml").read_text()
         assert text.startswith("# python -m launch ") and yaml.safe_load(text)["kind"] == name
