@@ -16,6 +16,9 @@ from launchers.submit import launch
 
 pytest.importorskip("transformers", reason="LLM backends need pip install -e '.[gen-cpu]' (or '.[hf]')")
 
+# the session fixtures: one tiny model, one `vllm serve` (shared with tests/unit/test_llm_backends.py)
+pytest_plugins = ["tests.llm_fixtures"]
+
 
 def _letters(result):
     out = {}
@@ -105,3 +108,21 @@ def test_whole_letters_from_the_llm_are_verified_as_llm_text(tmp_path):
     assert sorted(verdicts) == sorted(letters)
     # 64 tokens of noise cannot hold a recipe: every letter fails, with the omissions named
     assert all(not v["ok"] and any(r.startswith("omitted") for r in v["reasons"]) for v in verdicts.values())
+
+
+def test_the_readme_openai_command_writes_letters_against_a_real_vllm_server(tmp_path, vllm_server):
+    """README: `+experiment=smoke_hybrid generate/backend=openai generate.backend.base_url=...`."""
+    result = launch(
+        [
+            "+experiment=smoke_hybrid",
+            "generate/backend=openai",
+            f"generate.backend.base_url={vllm_server}",
+            "cluster=local",
+            "tracking=disabled",
+            f"paths.runs={tmp_path}",
+        ]
+    )
+    task_cfg = result.plan.stage("generate").config["generate"]["backend"]
+    assert task_cfg["base_url"] == vllm_server and task_cfg["concurrency"] == 32
+    letters = _check_hybrid(result, "openai")
+    assert any(r["llm_sections"] for r in letters.values())
