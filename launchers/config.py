@@ -20,7 +20,7 @@ OPERATIONAL_KEYS = frozenset(
 )
 
 # whole words at the end of a key: hf_token, password, api_key — not max_tokens
-_SECRET_RE = re.compile(r"(?:^|_)(?:token|secret|password|passwd|api_?key|credentials?)$", re.IGNORECASE)
+_SECRET_RE = re.compile(r"(?:^|[_.-])(?:token|secret|password|passwd|api_?key|credentials?)$", re.IGNORECASE)
 REDACTED = "***redacted***"
 
 

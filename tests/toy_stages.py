@@ -10,28 +10,53 @@ from pathlib import Path
 from typing import Any
 
 from clinsynth.core.atomic import read_jsonl, write_json, write_jsonl
+from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 
 
-@stage("toy_rows", reads=("toy",), array=True)
-def toy_rows(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+class ToySection(StageConfig):
+    # test-only stages may carry defaults; product stages take theirs from conf/
+    n_items: int = identity(40, ge=0)
+    sleep_s: float = operational(0.0, why="pacing for tests that act mid-run")
+    fail_shards: list[int] = operational([], why="planted transient failures")
+    fail_while_exists: str | None = operational(None, why="the planted failure lasts while this file exists")
+    # secret-looking keys: saved configs must redact them
+    api_key: str | None = operational(None, why="a planted secret")
+    api_token: str | None = operational(None, why="a planted secret")
+    server_token: str | None = operational(None, why="a planted secret")
+
+
+class ToyRowsConfig(StageConfig):
+    toy: ToySection = ToySection()
+
+
+class ToySumSection(StageConfig):
+    scale: float = identity(1.0)
+
+
+class ToySumConfig(StageConfig):
+    toy_sum: ToySumSection = ToySumSection()
+
+
+@stage("toy_rows", config=ToyRowsConfig, array=True)
+def toy_rows(cfg: ToyRowsConfig, ctx: StageContext) -> dict[str, Any]:
     """Rows i::N of range(n_items), one shard file per task, written atomically."""
-    opts = cfg["toy"]
+    opts = cfg.toy
     # a transient failure: planted while the flag file exists
-    flag = opts.get("fail_while_exists")
-    if ctx.shard in (opts.get("fail_shards") or []) and flag and Path(flag).exists():
+    flag = opts.fail_while_exists
+    if ctx.shard in opts.fail_shards and flag and Path(flag).exists():
         raise ValueError(f"planted failure in shard {ctx.shard}")
     rows = []
-    for item in ctx.items(range(int(opts["n_items"]))):
-        time.sleep(float(opts.get("sleep_s", 0)))
+    for item in ctx.items(range(opts.n_items)):
+        time.sleep(opts.sleep_s)
         rows.append({"item": item, "value": item * item})
     n = write_jsonl(ctx.shard_path("rows", ".jsonl"), rows)
     return {"rows": n}
 
 
-@stage("toy_sum", needs=("toy_rows",), reads=("toy_sum",))
-def toy_sum(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+@stage("toy_sum", needs=("toy_rows",), config=ToySumConfig)
+def toy_sum(cfg: ToySumConfig, ctx: StageContext) -> dict[str, Any]:
     """Every rank reduces its share of all shard rows; rank 0 writes the merged result."""
     rows = sorted(
         (
@@ -56,7 +81,7 @@ def toy_sum(cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     else:
         total = local
     if ctx.is_main:
-        scale = float((cfg.get("toy_sum") or {}).get("scale", 1.0))
+        scale = cfg.toy_sum.scale
         write_jsonl(ctx.stage_dir / "merged.jsonl", rows)
         write_json(
             ctx.stage_dir / "summary.json",
