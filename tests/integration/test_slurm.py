@@ -19,10 +19,10 @@ from launchers.waiting import wait_for
 from tests.helpers import toy_outputs, toy_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
-pytest.importorskip("torch", reason="the 2-rank reducer uses torch.distributed (pip install -e .[train])")
 
 
 def test_array_then_two_node_stage_then_nothing_to_resubmit(tmp_path):
+    pytest.importorskip("torch", reason="2-rank stages use torch.distributed (pip install -e .[torch])")
     first = launch(toy_overrides(tmp_path / "slurm", "slurm"))
     assert first.submitted == {"toy_rows": [0, 1, 2, 3], "toy_sum": [0, 1]}
     rows_job = first.action("toy_rows").job_ids
@@ -70,6 +70,7 @@ def _wait_until(predicate, what: str, poll_s: float = 0.2) -> None:
 
 
 def test_scancel_one_array_task_then_relaunch_reruns_only_that_shard(tmp_path):
+    pytest.importorskip("torch", reason="2-rank stages use torch.distributed (pip install -e .[torch])")
     # 10 items per shard at 1 s each: a shard runs ~10 s, longer than the cluster's KillWait
     # (5 s), so the cancelled task cannot finish its shard in the grace period after SIGTERM
     overrides = toy_overrides(tmp_path, "slurm", sleep_s=1.0)
@@ -97,6 +98,7 @@ def test_scancel_one_array_task_then_relaunch_reruns_only_that_shard(tmp_path):
 
 def test_smoke_doctor_on_two_nodes_checks_the_collective(tmp_path):
     """The README's main command on the cluster, shaped like a 2-node training job."""
+    pytest.importorskip("torch", reason="2-rank stages use torch.distributed (pip install -e .[torch])")
     from clinsynth.stages.doctor import summarize
 
     result = launch(
