@@ -2,15 +2,47 @@
 
 Pure functions of the resource: references are returned unresolved (the ingest loop
 holds the id sets), so this runs in worker processes.
+
+Each extractor declares the fields that *steer* it (`STEERING`): leaves whose values are
+compared, looked up, matched or combined rather than copied into the result, and the code
+systems the caller checks. Extraction plans (`plans.py`) pin exactly these leaves, so a
+new check on a field must be declared beside it; `tests/unit/test_plans.py` feeds random
+and declared values into every leaf and compares plans with this module.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from clinsynth.fhir import conventions as fc
+
+Extractor = Callable[[dict[str, Any]], "Extracted"]
+#: resource type -> its extractor
+_EXTRACTORS: dict[str, Extractor] = {}
+#: resource type -> {dotted key path (list indices dropped): values that steer it differently}
+STEERING: dict[str, dict[str, tuple[Any, ...]]] = {}
+#: every resource: the type picks the extractor
+_ALWAYS: dict[str, tuple[Any, ...]] = {"resourceType": ()}
+
+
+def steering(resource_type: str) -> dict[str, tuple[Any, ...]]:
+    """The steering fields of a resource type (types without an extractor: only resourceType)."""
+    return STEERING.get(resource_type, _ALWAYS)
+
+
+def _extractor(*types: str, steers: dict[str, tuple[Any, ...]]) -> Callable[[Extractor], Extractor]:
+    """Register an extractor with the fields that steer it (see the module docstring)."""
+
+    def register(fn: Extractor) -> Extractor:
+        for rt in types:
+            _EXTRACTORS[rt] = fn
+            STEERING[rt] = {**_ALWAYS, **steers}
+        return fn
+
+    return register
 
 
 @dataclass
@@ -131,6 +163,7 @@ def extract(res: dict[str, Any]) -> Extracted:
     return ex
 
 
+@_extractor("Patient", steers={})
 def _patient(res: dict[str, Any]) -> Extracted:
     name = (res.get("name") or [{}])[0]
     addr = (res.get("address") or [{}])[0]
@@ -154,6 +187,14 @@ def _patient(res: dict[str, Any]) -> Extracted:
     return ex
 
 
+@_extractor(
+    "Encounter",
+    steers={
+        "type.coding.system": (fc.KONTAKTART, fc.KONTAKTEBENE),
+        "diagnosis.use.coding.code": ("CC", "AD", "DD"),
+        "diagnosis.rank": (1, 2),
+    },
+)
 def _encounter(res: dict[str, Any]) -> Extracted:
     period = res.get("period") or {}
     svc = _any_coding(res.get("serviceType"))
@@ -187,6 +228,16 @@ def _encounter(res: dict[str, Any]) -> Extracted:
     return ex
 
 
+@_extractor(
+    "Condition",
+    steers={
+        "code.coding.system": (*fc.DIAGNOSIS_SYSTEMS, fc.SNOMED),
+        "verificationStatus.coding.code": tuple(_ASSERTION),
+        "clinicalStatus.coding.code": ("active", "recurrence", "inactive", "resolved", "remission"),
+        "meta.profile": (fc.PROFILE["Condition"], fc.PROFILE["Condition.primary_tumor"]),
+        "bodySite.coding.system": (*fc.ICDO3_SYSTEMS, fc.LATERALITY, fc.SNOMED),
+    },
+)
 def _condition(res: dict[str, Any]) -> Extracted:
     code = res.get("code") or {}
     c = _first_coding(code, fc.DIAGNOSIS_SYSTEMS) or _any_coding(code)
@@ -232,6 +283,14 @@ def _condition(res: dict[str, Any]) -> Extracted:
     return ex
 
 
+@_extractor(
+    "Procedure",
+    steers={
+        "code.coding.system": (*fc.PROCEDURE_SYSTEMS, fc.ICD10GM),
+        "bodySite.coding.system": (fc.LATERALITY, fc.SNOMED),
+        "extension.url": (f"{fc.ONKO}/mii-ex-onko-systemische-therapie-intention", f"{fc.ONKO}/other"),
+    },
+)
 def _procedure(res: dict[str, Any]) -> Extracted:
     code = res.get("code") or {}
     c = _first_coding(code, fc.PROCEDURE_SYSTEMS) or _any_coding(code)
@@ -268,6 +327,10 @@ def _procedure(res: dict[str, Any]) -> Extracted:
     return ex
 
 
+@_extractor(
+    "Medication",
+    steers={"code.coding.system": (fc.ATC, *fc.MEDICATION_SYSTEMS, fc.EDQM)},
+)
 def _medication(res: dict[str, Any]) -> Extracted:
     code = res.get("code") or {}
     c = _first_coding(code, (fc.ATC,)) or _first_coding(code, fc.MEDICATION_SYSTEMS) or _any_coding(code)
@@ -323,6 +386,28 @@ def _dosage(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@_extractor(
+    "MedicationStatement",
+    "MedicationRequest",
+    "MedicationAdministration",
+    steers={
+        "medicationCodeableConcept.coding.system": (fc.ATC, *fc.MEDICATION_SYSTEMS, fc.EDQM),
+        "meta.profile": (
+            fc.PROFILE["MedicationStatement"],
+            fc.PROFILE["MedicationStatement.systemic_therapy"],
+        ),
+        **{
+            f"{d}.timing.repeat.{k}": v
+            for d in ("dosage", "dosageInstruction")
+            for k, v in (
+                ("when", (*_WHEN, "WAKE")),
+                ("frequency", (1, 2, 3)),
+                ("period", (1, 2, 0.5)),
+                ("periodUnit", ("d", "h", "wk")),
+            )
+        },
+    },
+)
 def _medication_use(res: dict[str, Any]) -> Extracted:
     rt = res["resourceType"]
     cc = res.get("medicationCodeableConcept")
@@ -388,6 +473,20 @@ _TNM_PROFILES = {
 }
 
 
+@_extractor(
+    "Observation",
+    steers={
+        "meta.profile": (
+            fc.PROFILE["Observation.lab"],
+            *(f"{fc.ONKO}/mii-pr-onko-{suffix}" for suffix in _TNM_PROFILES),
+        ),
+        "category.coding.code": ("laboratory", "vital-signs", "exam"),
+        "code.coding.system": (*fc.LAB_SYSTEMS, fc.UICC),
+        "code.extension.url": (f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix", f"{fc.ONKO}/other"),
+        "valueCodeableConcept.coding.system": (fc.UICC, fc.GRADING, *fc.ICDO3_SYSTEMS, fc.SNOMED),
+        "bodySite.coding.system": (*fc.ICDO3_SYSTEMS, fc.SNOMED),
+    },
+)
 def _observation(res: dict[str, Any]) -> Extracted:
     profiles = _strs((res.get("meta") or {}).get("profile"))
     category = "observation"
@@ -460,18 +559,6 @@ def _observation(res: dict[str, Any]) -> Extracted:
         ex.dates.append(("effective", date))
     return ex
 
-
-_EXTRACTORS = {
-    "Patient": _patient,
-    "Encounter": _encounter,
-    "Condition": _condition,
-    "Procedure": _procedure,
-    "Medication": _medication,
-    "MedicationStatement": _medication_use,
-    "MedicationRequest": _medication_use,
-    "MedicationAdministration": _medication_use,
-    "Observation": _observation,
-}
 
 #: resource types ingest turns into records; the rest are counted as ignored
 SUPPORTED = frozenset(_EXTRACTORS)

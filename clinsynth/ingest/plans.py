@@ -1,14 +1,21 @@
 """Extraction plans: for a repeating resource shape, extraction becomes one regex match.
 
 Within one shape, `extract()` is a fixed function of the value leaves. A plan records
-that function from an exemplar: leaves that steer extraction (code systems, profiles,
-status codes, URLs, ...) are pinned verbatim; every other leaf is checked, by replacing
-it with two sentinels and re-running `extract()`, to flow through unchanged (or, for
-references, as the id after `Type/`). The plan's regex is the validated shape with those
-leaves as capturing slots, each slot stricter than its FHIR type, so a line that matches
-is both valid (same argument as `FastValidator`) and extracted by copying the exemplar's
-result and filling in the captured values. Anything unexpected pins the leaf; lines that
-match no plan take the generic path. A test compares both paths on whole cohorts.
+that function from an exemplar: leaves that steer extraction — the fields each extractor
+declares in `extract.STEERING` — are pinned verbatim; every other leaf is checked, by
+replacing it with two sentinels and re-running `extract()`, to flow through unchanged (or,
+for references, as the id after `Type/`). The plan's regex is the validated shape with
+those leaves as capturing slots, each slot stricter than its FHIR type, so a line that
+matches is both valid (same argument as `FastValidator`) and extracted by copying the
+exemplar's result and filling in the captured values. Anything unexpected pins the leaf;
+lines that match no plan take the generic path.
+
+Why keep them: on the validate+extract phase they save ~1.2x CPU per resource, which is
+the margin by which ingest stays >= 10x the naive fhir.resources loop (see
+`benchmarks/cohort_ingest.py`). Sentinel probes alone cannot find a steering field (a
+lookup may map exemplar and sentinel to the same default), hence the declaration; a
+property test feeds random and declared values into every leaf and compares the plans
+with `extract()`.
 """
 
 from __future__ import annotations
@@ -20,14 +27,8 @@ from typing import Any
 import orjson
 
 from clinsynth.fhir.validation import _SLOT_PATTERNS, FastValidator, _leaves, skeleton_regex
-from clinsynth.ingest.extract import Extracted, extract
+from clinsynth.ingest.extract import Extracted, extract, steering
 
-#: dotted key paths (list indices dropped) whose values steer extraction: never slots
-CONTROL = re.compile(
-    r"(^|\.)(system|url|profile|resourceType|rank)$"
-    r"|^(verificationStatus|clinicalStatus|category)\.coding\.code$"
-    r"|^diagnosis\.use\.coding\.code$|\.timing\.repeat\."
-)
 _REF_ID = rb'"[A-Za-z0-9\-.]{1,64}"'
 _RT_RE = re.compile(rb'"resourceType":"(\w+)"')
 MAX_PLANS_PER_TYPE = 96
@@ -106,7 +107,8 @@ def _flat(obj: Any, path: tuple = (), out: dict | None = None) -> dict[tuple, An
 
 
 _NUMERIC = {"decimal", "integer", "unsignedInt", "positiveInt"}
-_UNSET = object()
+#: a plan's code-system verdict before the first resource that used it
+UNSET: Any = object()
 
 
 def _num(raw: bytes) -> int | float:
@@ -122,7 +124,7 @@ class Plan:
     fills: list[tuple[str, list[tuple[tuple, str]]]]
     hits: int = 0
     #: the code-system verdict for this plan's pinned systems (None: all known), once computed
-    systems_verdict: Any = _UNSET
+    systems_verdict: Any = UNSET
 
     def __post_init__(self) -> None:
         # one straight-line function per plan that builds the result as literals: no template
@@ -255,10 +257,11 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
     if kinds is None or len(kinds) != len(tokens) or len(paths) != len(tokens):
         return None
     base = _flat(json_form(ex))
+    steers = steering(rt)
     slots: list[tuple[bytes, str, list[tuple]] | None] = []  # (pattern, decoder, positions) or None: pinned
     for (path, dotted), kind, tok in zip(paths, kinds, tokens, strict=True):
         value = orjson.loads(tok)
-        if kind is None or CONTROL.search(dotted) or dotted == "resourceType":
+        if kind is None or dotted in steers:
             slots.append(None)
             continue
         is_ref = dotted.endswith("reference") and isinstance(value, str) and "/" in value
@@ -308,6 +311,8 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
                 break
             positions = diffs
             outs.append(out)
+        if positions is not None and any(p[0] == "systems" for p in positions):
+            positions = None  # the caller checks a plan's code systems once: they must be pinned
         if positions is not None and numeric:
             convs = []
             for p in positions:

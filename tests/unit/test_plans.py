@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import random
+import types
 from pathlib import Path
 
 import orjson
@@ -9,9 +12,11 @@ import pytest
 
 from clinsynth.cohort.fhir_build import resources
 from clinsynth.cohort.generator import CohortConfig, CohortGenerator
+from clinsynth.fhir import conventions
 from clinsynth.fhir.validation import FastValidator
-from clinsynth.ingest.extract import extract
-from clinsynth.ingest.plans import Planner, json_form
+from clinsynth.ingest import extract as extract_module
+from clinsynth.ingest.extract import STEERING, SUPPORTED, extract, steering
+from clinsynth.ingest.plans import Planner, _leaf_paths, _set, json_form
 from tests import fhir_samples as fs
 
 
@@ -107,3 +112,138 @@ def test_plans_reject_invalid_utf8_and_keep_number_types():
     assert fast is not None
     assert json_form(fast) == json_form(extract(orjson.loads(as_int)))
     assert type(fast.rows[0]["value_num"]) is float
+
+
+# ---- property: steering fields are declared by the extractor, and plans honour them
+
+
+def _constants(code: types.CodeType, out: set) -> None:
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _constants(c, out)
+        elif isinstance(c, tuple):
+            out.update(c)
+        else:
+            out.add(c)
+
+
+def _vocabulary() -> dict[type, list]:
+    """Values an extractor may react to, by JSON type (str / number), found without trusting the
+    declarations: every declared value, every literal in the extractors' code, the keys of the
+    module's lookup tables (a new `== "foo"` check brings "foo" along by itself), and the profiles
+    and code systems of `fhir.conventions`."""
+    found: set = set()
+    for fields in STEERING.values():
+        for values in fields.values():
+            found.update(values)
+    for name, obj in vars(extract_module).items():
+        if inspect.isfunction(obj) and obj.__module__ == extract_module.__name__:
+            _constants(obj.__code__, found)
+        elif name.startswith("_") and name[1:].isupper() and isinstance(obj, dict):
+            found.update(obj)
+    for name, obj in vars(conventions).items():  # the FHIR vocabulary clinsynth writes and reads
+        if name.isupper():
+            found.update(obj.values() if isinstance(obj, dict) else [obj] if isinstance(obj, str) else obj)
+    strs = sorted(v for v in found if isinstance(v, str) and 0 < len(v) < 200 and " " not in v)
+    nums = sorted({v for v in found if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return {str: strs, int: nums}
+
+
+def _values(rng: random.Random, old: object, vocab: dict[type, list], declared: tuple, n: int | None) -> list:
+    """Values of the leaf's JSON type: all declared for this field, `n` from the vocabulary (None: all
+    of it), and a few random ones."""
+    if isinstance(old, str):
+        pool = vocab[str]
+        noise = "".join(rng.choices("abcXYZ019-./:", k=rng.randint(1, 12)))
+        extra = [old.upper(), old + "x", noise]
+        if len(old) >= 10 and old[4] == "-" and old[7] == "-":  # a date: keep it a date
+            extra.append(
+                f"{rng.randint(1930, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}{old[10:]}"
+            )
+    else:
+        pool = vocab[int]
+        extra = [rng.randint(0, 5), rng.randint(0, 10**6), round(rng.uniform(0, 100), 2)]
+    picked = pool if n is None else rng.sample(pool, min(n, len(pool)))
+    return [v for v in (*declared, *picked, *extra) if isinstance(v, str) == isinstance(old, str)]
+
+
+def property_mismatches(lines: list[bytes], seed: int, per_leaf: int | None = 3) -> list[str]:
+    """Learn plans from `lines`, then put random and declared values into every leaf of every
+    exemplar (every steering field gets each of its declared values): wherever a plan matches the
+    mutated line, it must be valid and extracted exactly as `extract()` does."""
+    rng = random.Random(seed)
+    vocab = _vocabulary()
+    validator = FastValidator()
+    planner = Planner(validator)
+    exemplars = []
+    for raw in lines:
+        res = orjson.loads(raw)
+        if planner.match(raw) is None and validator.validate(res, raw) is None:
+            planner.learn(res, raw, extract(res))
+            exemplars.append(res)
+    assert planner.plans, "no plan was learnt: nothing to test"
+    bad: list[str] = []
+    for res in exemplars:
+        steers = steering(res["resourceType"])
+        for path, dotted in _leaf_paths(res):
+            if dotted == "resourceType":
+                continue
+            old = res
+            for p in path:
+                old = old[p]
+            for value in _values(rng, old, vocab, steers.get(dotted, ()), per_leaf):
+                probe = orjson.loads(orjson.dumps(res))
+                _set(probe, path, value)
+                raw = orjson.dumps(probe)
+                fast = planner.match(raw)
+                if fast is None:
+                    continue
+                if validator.validate(probe, raw) is not None:
+                    bad.append(f"{dotted}={value!r}: a plan accepted an invalid resource")
+                elif json_form(fast) != json_form(extract(probe)):
+                    bad.append(f"{res['resourceType']}.{dotted}={value!r}: plan and extractor differ")
+    return bad
+
+
+def _property_lines() -> list[bytes]:
+    gen = CohortGenerator(CohortConfig(seed=11))
+    med_ids: dict[str, str] = {}
+    lines = [orjson.dumps(r) for i in range(40) for r in resources(gen.person(i), 0, med_ids)]
+    lines += [orjson.dumps(r) for r in fs.one_patient()]
+    return lines
+
+
+def test_plans_equal_the_extractor_under_random_values_in_every_field():
+    assert property_mismatches(_property_lines(), seed=1, per_leaf=8) == []
+
+
+@pytest.mark.skipif(not MII.is_dir(), reason=f"MII test data not found at {MII} (../shared absent)")
+def test_plans_equal_the_extractor_under_random_values_on_mii_shapes():
+    lines = []
+    for f in sorted(MII.glob("Bundle-*.json")):
+        lines += [orjson.dumps(e["resource"]) for e in orjson.loads(f.read_bytes()).get("entry", [])]
+    assert property_mismatches(lines, seed=2, per_leaf=1) == []
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "field"),
+    [
+        ("Condition", "verificationStatus.coding.code"),
+        ("Condition", "clinicalStatus.coding.code"),
+        ("Observation", "meta.profile"),
+    ],
+)
+def test_the_property_catches_an_undeclared_steering_field(monkeypatch, resource_type, field):
+    """Drop one declaration: plans then treat the field as a copied value (the sentinel probes cannot
+    tell: a lookup maps exemplar and sentinel alike), and the property fails."""
+    fields = {k: v for k, v in STEERING[resource_type].items() if k != field}
+    monkeypatch.setitem(STEERING, resource_type, fields)
+    lines = [ln for ln in _property_lines() if b'"resourceType":"' + resource_type.encode() in ln]
+    assert property_mismatches(lines, seed=3, per_leaf=None)  # every vocabulary value in every leaf
+
+
+def test_every_extracted_type_declares_its_steering_fields():
+    assert set(STEERING) == set(SUPPORTED)
+    for fields in STEERING.values():
+        assert "resourceType" in fields
+        assert all(isinstance(v, tuple) for v in fields.values())

@@ -1,0 +1,119 @@
+"""One resource at a time: parse, validate, extract, and check what needs no other resource.
+
+Everything here is a function of the resource and the options alone, so it runs in any
+worker process; what needs other resources (references, duplicates, the patient's life)
+is left to the vectorised global checks (`checks.py`). The state that makes this fast —
+the validator's learnt shapes and the extraction plans — belongs to one `Processor`,
+created inside the process that uses it: no module globals, nothing shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from clinsynth.fhir.conventions import is_known_system
+from clinsynth.fhir.validation import FastValidator
+from clinsynth.ingest.extract import Extracted, extract
+from clinsynth.ingest.options import Options
+from clinsynth.ingest.plans import UNSET, Planner
+from clinsynth.ingest.sources import Item
+
+
+@dataclass
+class Result:
+    source: str
+    line: int | None
+    location: str | None
+    resource_type: str | None
+    resource_id: str | None
+    reason: str | None = None  # one of options.REASONS when bad
+    detail: str | None = None
+    extracted: Extracted | None = None
+    digest: int = 0  # of the resource's bytes: tells an identical repeat from a conflicting one
+
+
+def check_dates(ex: Extracted, opts: Options) -> str | None:
+    """Dates before `min_year`, after the reference day, or ending before they start."""
+    dates = ex.dates
+    if not dates:
+        return None
+    min_year, as_of = str(opts.min_year), opts.as_of
+    for path, value in dates:
+        if value[:4] < min_year or not value[:4].isdigit():
+            return f"{path}={value} lies before {opts.min_year}"
+        if value[:10] > as_of:
+            return f"{path}={value} lies after the reference date {opts.as_of}"
+    if len(dates) > 1:
+        starts = {p[:-6]: v for p, v in dates if p.endswith(".start")}
+        for p, v in dates:
+            if p.endswith(".end"):
+                s = starts.get(p[:-4])
+                if s and v < s:
+                    return f"{p}={v} lies before its start {s}"
+    return None
+
+
+class Processor:
+    """Validates and extracts resources with the shapes and plans this process has learnt."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.validator = FastValidator()
+        self.planner = Planner(self.validator) if options.plans else None
+
+    def process(self, items: list[Item]) -> list[Result]:
+        return [self.one(it) for it in items]
+
+    def one(self, it: Item) -> Result:
+        if it.error:
+            return Result(it.source, it.line, it.location, None, None, "malformed_json", it.error)
+        planner = self.planner
+        ex = planner.match(it.raw) if (planner is not None and it.raw is not None) else None
+        if ex is not None:  # a known shape: valid and extracted in one regex match
+            canonical: bytes = it.raw  # type: ignore[assignment]
+        else:
+            res = it.resource
+            if res is None:
+                try:
+                    res = orjson.loads(it.raw or b"")
+                except orjson.JSONDecodeError as exc:
+                    return Result(it.source, it.line, it.location, None, None, "malformed_json", str(exc))
+            rt = res.get("resourceType") if isinstance(res, dict) else None
+            rid = res.get("id") if isinstance(res, dict) else None
+            # the bytes the validator's shape cache keys on: the line as read, or a compact dump
+            canonical = it.raw if it.raw is not None else orjson.dumps(res)
+            error = self.validator.validate(res, canonical)
+            if error:
+                return Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error)
+            try:
+                ex = extract(res)
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten)"
+                return Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail)
+            if planner is not None and it.raw is not None:
+                planner.learn(res, it.raw, ex)
+        rt, rid = ex.resource_type, ex.resource_id
+        bad = self._unknown_system(ex)
+        if bad:
+            return Result(it.source, it.line, it.location, rt, rid, "unknown_code_system", bad)
+        bad = check_dates(ex, self.options)
+        if bad:
+            return Result(it.source, it.line, it.location, rt, rid, "impossible_date", bad)
+        # Python's hash: the same secret in the main process and every forked worker, and digests
+        # are only compared within one run
+        digest = hash(canonical) & 0xFFFFFFFFFFFFFFFF
+        return Result(it.source, it.line, it.location, rt, rid, extracted=ex, digest=digest)
+
+    def _unknown_system(self, ex: Extracted) -> str | None:
+        """The first coding whose system is unknown; a plan pins its systems, so once per plan."""
+        plan: Any = ex.plan
+        if plan is not None and plan.systems_verdict is not UNSET:
+            return plan.systems_verdict  # type: ignore[no-any-return]
+        extra = self.options.extra_code_systems
+        bad = next((f"{p}: {s!r}" for p, s in ex.systems if not is_known_system(s, extra)), None)
+        if plan is not None:
+            plan.systems_verdict = bad
+        return bad
