@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,10 @@ class _Buckets:
     def __call__(self, patient_ids: pa.Array) -> np.ndarray:
         at = pc.index_in(patient_ids, value_set=self.ids)
         if at.null_count:  # a patient first seen here
-            missing = pc.unique(patient_ids.filter(pc.is_null(at))).to_pylist()
+            found = pc.unique(patient_ids.filter(pc.is_null(at))).to_pylist()
+            if None in found:  # the global checks drop rows without a patient
+                raise AssertionError("a row without a patient id survived the global checks")
+            missing = cast("list[str]", found)
             self.ids = pa.concat_arrays([self.ids, pa.array(missing, pa.string())])
             self.of = np.concatenate([self.of, np.array([bucket_of(p, self.n) for p in missing], np.int32)])
             at = pc.index_in(patient_ids, value_set=self.ids)
@@ -81,7 +85,7 @@ def write_records(
                     t = _resolve_facts(t, roles, meds)
                 b = bucket(t["patient_id"].combine_chunks())
                 order = np.argsort(b, kind="stable")
-                t = t.take(pa.array(order)).select(schema.names).cast(schema)
+                t = t.take(order).select(schema.names).cast(schema)
                 bounds = np.searchsorted(b[order], np.arange(buckets + 1))
                 for f in pending:  # at most one batch in flight: bounded memory
                     f.result()
@@ -122,7 +126,9 @@ def _in_seq_order(files: list[Path], rows: int = 100_000) -> Iterator[pa.Table]:
         pf = pq.ParquetFile(f)
         col = pf.schema_arrow.get_field_index("seq")
         for i in range(pf.num_row_groups):
-            groups.append((pf.metadata.row_group(i).column(col).statistics.min, f, i))
+            stats = pf.metadata.row_group(i).column(col).statistics  # our writers always write them
+            assert stats is not None and stats.has_min_max, f"{f}: row group {i} has no seq statistics"
+            groups.append((stats.min, f, i))
     groups.sort()
     files_open: dict[Path, pq.ParquetFile] = {}
     buf: list[pa.Table] = []
@@ -145,7 +151,7 @@ def _resolve_facts(t: pa.Table, roles: pa.Table, meds: pa.Table) -> pa.Table:
     at = pc.index_in(t["resource_id"], value_set=roles["resource_id"].combine_chunks())
     from_enc = roles["x_role"].combine_chunks().take(at)
     role = pc.if_else(
-        pc.and_(pc.equal(t["category"], "diagnosis"), pc.is_null(t["role"])), from_enc, t["role"]
+        pc.and_(pc.equal(t["category"], pa.scalar("diagnosis")), pc.is_null(t["role"])), from_enc, t["role"]
     )
     t = t.set_column(t.schema.get_field_index("role"), "role", role)
     at = pc.index_in(t["med_ref"], value_set=meds["med_ref"].combine_chunks())
@@ -153,5 +159,5 @@ def _resolve_facts(t: pa.Table, roles: pa.Table, meds: pa.Table) -> pa.Table:
     for col, mcol in (("system", "m_system"), ("code", "m_code"), ("display", "m_display")):
         looked_up = meds[mcol].combine_chunks().take(at)
         fill = pc.coalesce(t[col], looked_up) if col == "display" else pc.if_else(no_code, looked_up, t[col])
-        t = t.set_column(t.schema.get_field_index(col), col, fill)
+        t = t.set_column(t.schema.get_field_index(col), col, cast(pa.ChunkedArray, fill))
     return t

@@ -8,7 +8,7 @@ index has millions of rows and these checks take a fraction of a second.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +52,7 @@ def global_checks(idx: pa.Table) -> tuple[list[dict[str, Any]], pa.Array, dict[s
 
     # 1. duplicates: the first occurrence in source order wins
     has_key = _np_bool(pc.is_valid(idx["key"]))
-    key = np.asarray(pc.fill_null(idx["key"], 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    key = np.asarray(_flat(idx["key"]).fill_null(pa.scalar(0, pa.int64())).to_numpy(), dtype=np.int64)
     order = np.argsort(seq, kind="stable")
     order = order[has_key[order]]
     _, first_pos, inverse = np.unique(key[order], return_index=True, return_inverse=True)
@@ -61,7 +61,7 @@ def global_checks(idx: pa.Table) -> tuple[list[dict[str, Any]], pa.Array, dict[s
     digest = idx["digest"].to_numpy()
     dup_rows, dup_first = order[later], first_row[later]
     same = digest[dup_rows] == digest[dup_first]
-    repeats = Counter(idx["rt"].take(pa.array(dup_rows[same])).to_pylist())
+    repeats = Counter(cast("list[str]", idx["rt"].take(dup_rows[same]).to_pylist()))
     alive[dup_rows] = False
     conflict = dup_rows[~same]
     if len(conflict):

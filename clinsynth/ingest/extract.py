@@ -145,7 +145,7 @@ def _fact(res: dict[str, Any], category: str, **kw: Any) -> dict[str, Any]:
     return row
 
 
-_ASSERTION = {
+_ASSERTION: dict[Any, str] = {
     "confirmed": "present",
     "unconfirmed": "suspected",
     "provisional": "suspected",

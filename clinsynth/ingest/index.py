@@ -57,10 +57,8 @@ KINDS = ("patient", "encounter", "medication", "facts", "ignored")
 KIND = {k: i for i, k in enumerate(KINDS)}
 
 
-def ymd(day: str | None, high: bool) -> int | None:
+def ymd(day: str, high: bool) -> int:
     """'2024-03-05...' -> 20240305; partial dates padded to their latest (high) or earliest day."""
-    if not day:
-        return None
     if len(day) >= 10:
         return int(day[:4]) * 10000 + int(day[5:7]) * 100 + int(day[8:10])
     if len(day) == 7:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pyarrow as pa
@@ -70,11 +70,12 @@ def _counts(idx: pa.Table, ignored: bool | None) -> dict[str, int]:
     """Resources per type (of ignored types, of the others, or of all), without a Python loop."""
     t = idx.select(["rt", "kind"])
     if ignored is not None:
-        is_ignored = pc.equal(t["kind"], KIND["ignored"])
+        is_ignored = pc.equal(t["kind"], pa.scalar(KIND["ignored"], pa.int8()))
         t = t.filter(is_ignored if ignored else pc.invert(is_ignored))
     t = t.set_column(0, "rt", pc.cast(t["rt"], pa.string()))
     g = t.group_by("rt").aggregate([("kind", "count")])
-    return dict(zip(g["rt"].to_pylist(), g["kind_count"].to_pylist(), strict=True))
+    types = cast("list[str]", g["rt"].to_pylist())  # every indexed resource has a type
+    return dict(zip(types, cast("list[int]", g["kind_count"].to_pylist()), strict=True))
 
 
 def _report(

@@ -46,7 +46,8 @@ def unpack(packed: tuple[Any, ...]) -> list[Item]:
         return read_range(*packed[1:])
     if packed[0] == "raw":
         return [Item(s, n, r) for s, n, r in zip(packed[1], packed[2], packed[3], strict=True)]
-    return packed[1]  # type: ignore[no-any-return]
+    items: list[Item] = packed[1]
+    return items
 
 
 def _tasks(items: Iterable[Item], chunk: int) -> Iterator[tuple[tuple[Any, ...], int]]:

@@ -21,6 +21,9 @@ from clinsynth.ingest.options import Options
 from clinsynth.ingest.plans import UNSET, Planner
 from clinsynth.ingest.sources import Item
 
+#: kinds whose id keys the record set (patients own buckets, encounters own facts)
+_KEYED = frozenset({"patient", "encounter"})
+
 
 @dataclass
 class Result:
@@ -70,10 +73,10 @@ class Processor:
     def one(self, it: Item) -> Result:
         if it.error:
             return Result(it.source, it.line, it.location, None, None, "malformed_json", it.error)
-        planner = self.planner
-        ex = planner.match(it.raw) if (planner is not None and it.raw is not None) else None
-        if ex is not None:  # a known shape: valid and extracted in one regex match
-            canonical: bytes = it.raw  # type: ignore[assignment]
+        planner, raw = self.planner, it.raw
+        ex = planner.match(raw) if (planner is not None and raw is not None) else None
+        if ex is not None and raw is not None:  # a known shape: valid and extracted in one regex match
+            canonical = raw
         else:
             res = it.resource
             if res is None:
@@ -84,7 +87,7 @@ class Processor:
             rt = res.get("resourceType") if isinstance(res, dict) else None
             rid = res.get("id") if isinstance(res, dict) else None
             # the bytes the validator's shape cache keys on: the line as read, or a compact dump
-            canonical = it.raw if it.raw is not None else orjson.dumps(res)
+            canonical = raw if raw is not None else orjson.dumps(res)
             error = self.validator.validate(res, canonical)
             if error:
                 return Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error)
@@ -93,9 +96,12 @@ class Processor:
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten)"
                 return Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail)
-            if planner is not None and it.raw is not None:
-                planner.learn(res, it.raw, ex)
+            if planner is not None and raw is not None:
+                planner.learn(res, raw, ex)
         rt, rid = ex.resource_type, ex.resource_id
+        if rid is None and ex.kind in _KEYED:
+            detail = f"a {rt} without an id cannot key records (valid FHIR that clinsynth cannot flatten)"
+            return Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail)
         bad = self._unknown_system(ex)
         if bad:
             return Result(it.source, it.line, it.location, rt, rid, "unknown_code_system", bad)
@@ -111,7 +117,8 @@ class Processor:
         """The first coding whose system is unknown; a plan pins its systems, so once per plan."""
         plan: Any = ex.plan
         if plan is not None and plan.systems_verdict is not UNSET:
-            return plan.systems_verdict  # type: ignore[no-any-return]
+            verdict: str | None = plan.systems_verdict
+            return verdict
         extra = self.options.extra_code_systems
         bad = next((f"{p}: {s!r}" for p, s in ex.systems if not is_known_system(s, extra)), None)
         if plan is not None:

@@ -118,7 +118,8 @@ class Worker:
                     facts.append(row)
             elif kind == "patient":
                 row = ex.rows[0]
-                birth, death = ymd(row["birth_date"], False), ymd(row["deceased_date"], True)
+                born, died = row["birth_date"], row["deceased_date"]
+                birth, death = ymd(born, False) if born else None, ymd(died, True) if died else None
                 first = last = None  # a patient's own dates bound the others
                 rows["patients"].append({**row, "source": src, "seq": seq})
             elif kind == "encounter":

@@ -205,3 +205,16 @@ def test_worker_byte_ranges_keep_file_and_line(tmp_path):
     [bad] = quarantine(tmp_path / "out")
     assert (bad["source"], bad["line"], bad["reason"]) == ("Patient.ndjson", 5, "malformed_json")
     assert report["rows"]["patients"] == 5 and accounted(report)
+
+
+def test_patients_and_encounters_without_an_id_are_quarantined_not_fatal(tmp_path):
+    anonymous = [fs.patient("p-x"), fs.encounter("e-x", "p1")]
+    for r in anonymous:
+        r.pop("id")
+    src = write_ndjson(tmp_path / "in", [*fs.one_patient(), *anonymous])
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    q = quarantine(tmp_path / "out")
+    assert sorted(e["resource_type"] for e in q) == ["Encounter", "Patient"]
+    assert {e["reason"] for e in q} == {"extraction_failed"}
+    assert all("without an id" in e["detail"] for e in q)
+    assert report["rows"]["patients"] == 1 and accounted(report)
