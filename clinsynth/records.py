@@ -17,57 +17,54 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PATIENTS = pa.schema(
-    [
-        ("patient_id", pa.string()),
-        ("sex", pa.string()),
-        ("birth_date", pa.string()),
-        ("deceased", pa.bool_()),
-        ("deceased_date", pa.string()),
-        ("family", pa.string()),
-        ("given", pa.string()),
-        ("city", pa.string()),
-        ("postal_code", pa.string()),
-        ("source", pa.string()),
-    ]
-)
-ENCOUNTERS = pa.schema(
-    [
-        ("encounter_id", pa.string()),
-        ("patient_id", pa.string()),
-        ("start", pa.string()),
-        ("end", pa.string()),
-        ("status", pa.string()),
-        ("class_code", pa.string()),
-        ("kontaktart", pa.string()),
-        ("department_code", pa.string()),
-        ("department", pa.string()),
-        ("source", pa.string()),
-    ]
-)
-FACTS = pa.schema(
-    [
-        ("patient_id", pa.string()),
-        ("encounter_id", pa.string()),
-        ("resource_type", pa.string()),
-        ("resource_id", pa.string()),
-        ("category", pa.string()),
-        ("system", pa.string()),
-        ("code", pa.string()),
-        ("display", pa.string()),
-        ("text", pa.string()),
-        ("value_num", pa.float64()),
-        ("value_str", pa.string()),
-        ("unit", pa.string()),
-        ("date", pa.string()),
-        ("end_date", pa.string()),
-        ("status", pa.string()),
-        ("assertion", pa.string()),
-        ("role", pa.string()),
-        ("extra", pa.string()),
-        ("source", pa.string()),
-    ]
-)
+_PATIENTS_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("patient_id", pa.string()),
+    ("sex", pa.string()),
+    ("birth_date", pa.string()),
+    ("deceased", pa.bool_()),
+    ("deceased_date", pa.string()),
+    ("family", pa.string()),
+    ("given", pa.string()),
+    ("city", pa.string()),
+    ("postal_code", pa.string()),
+    ("source", pa.string()),
+]
+PATIENTS = pa.schema(_PATIENTS_COLUMNS)
+_ENCOUNTERS_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("encounter_id", pa.string()),
+    ("patient_id", pa.string()),
+    ("start", pa.string()),
+    ("end", pa.string()),
+    ("status", pa.string()),
+    ("class_code", pa.string()),
+    ("kontaktart", pa.string()),
+    ("department_code", pa.string()),
+    ("department", pa.string()),
+    ("source", pa.string()),
+]
+ENCOUNTERS = pa.schema(_ENCOUNTERS_COLUMNS)
+_FACTS_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("patient_id", pa.string()),
+    ("encounter_id", pa.string()),
+    ("resource_type", pa.string()),
+    ("resource_id", pa.string()),
+    ("category", pa.string()),
+    ("system", pa.string()),
+    ("code", pa.string()),
+    ("display", pa.string()),
+    ("text", pa.string()),
+    ("value_num", pa.float64()),
+    ("value_str", pa.string()),
+    ("unit", pa.string()),
+    ("date", pa.string()),
+    ("end_date", pa.string()),
+    ("status", pa.string()),
+    ("assertion", pa.string()),
+    ("role", pa.string()),
+    ("extra", pa.string()),
+    ("source", pa.string()),
+]
+FACTS = pa.schema(_FACTS_COLUMNS)
 TABLES = {"patients": PATIENTS, "encounters": ENCOUNTERS, "facts": FACTS}
 
 #: fact categories

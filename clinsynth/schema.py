@@ -14,6 +14,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Assertion = Literal["present", "negated", "historical", "suspected"]
+DiagnosisRole = Literal["main", "secondary"]
+TNMPrefix = Literal["c", "p", "yp", "r", "a"]
+Laterality = Literal["L", "R", "B", "M", "U"]
+MedicationContext = Literal["discharge", "inpatient", "admission", "therapy"]
+
+# the labels of a letter recipe (clinsynth.sampling.recipe) and of its dataset rows
+#: the kind of a fact: one per list of ClinicalExtraction, and its tumour
+FactKind = Literal["diagnosis", "procedure", "medication", "lab", "tumor"]
+#: patient-level dataset split
+Split = Literal["train", "val", "test"]
+LetterType = Literal["Entlassungsbrief", "Arztbrief", "Kurzarztbrief", "Verlegungsbrief"]
+#: the section keys a letter can have, in letter order
+LetterSection = Literal["diagnosen", "tumor", "anamnese", "befunde", "verlauf", "medikation", "epikrise"]
 
 # patterns as in the terminology tables (JSON Schema dialect: no look-arounds)
 ICD10GM = r"^[A-Z][0-9]{2}(\.[0-9]{1,2})?$"
@@ -38,12 +51,12 @@ class Fact(_Model):
 class Diagnosis(Fact):
     text: str = Field(min_length=1)
     icd10gm: Code | None = Field(default=None, pattern=ICD10GM)
-    role: Literal["main", "secondary"] | None = None
+    role: DiagnosisRole | None = None
     date: str | None = Field(default=None, pattern=ISO_DATE)
 
 
 class TNM(_Model):
-    prefix: Literal["c", "p", "yp", "r", "a"] | None = None
+    prefix: TNMPrefix | None = None
     t: str | None = Field(default=None, pattern=r"^T([0-4][a-d]?[0-9]?|is|X|a)(\(m\)|\(\d+\))?$")
     n: str | None = Field(default=None, pattern=r"^N([0-3][a-c]?|X)(\(\d+/\d+\))?$")
     m: str | None = Field(default=None, pattern=r"^M([01][a-d]?|X)$")
@@ -62,7 +75,7 @@ class Tumor(Fact):
     grading: str | None = Field(default=None, pattern=r"^(G[1-4X]|[1-4X]|L|M|H|B)$")
     tnm: TNM | None = None
     uicc_stage: str | None = Field(default=None, pattern=r"^(0|0a|0is|I{1,3}[ABC]?[1-3]?|IV[ABC]?)$")
-    laterality: Literal["L", "R", "B", "M", "U"] | None = None
+    laterality: Laterality | None = None
     markers: list[Marker] = Field(default_factory=list)
     ecog: int | None = Field(default=None, ge=0, le=5)
 
@@ -82,7 +95,7 @@ class Medication(Fact):
     schedule: list[float] | None = Field(default=None, min_length=4, max_length=4)
     frequency: str | None = None
     route: str | None = None
-    context: Literal["discharge", "inpatient", "admission", "therapy"] | None = None
+    context: MedicationContext | None = None
 
 
 class Lab(Fact):

@@ -8,25 +8,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clinsynth.core.atomic import atomic_path
 
-SPECS = pa.schema(
-    [
-        ("spec_id", pa.string()),
-        ("patient_id", pa.string()),
-        ("encounter_id", pa.string()),
-        ("split", pa.string()),
-        ("letter_type", pa.string()),
-        ("n_facts", pa.int32()),
-        ("recipe", pa.string()),  # JSON: clinsynth.sampling.recipe.Recipe
-        ("gold", pa.string()),  # JSON: clinsynth.schema.ClinicalExtraction
-    ]
-)
+_SPECS_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("spec_id", pa.string()),
+    ("patient_id", pa.string()),
+    ("encounter_id", pa.string()),
+    ("split", pa.string()),
+    ("letter_type", pa.string()),
+    ("n_facts", pa.int32()),
+    ("recipe", pa.string()),  # JSON: clinsynth.sampling.recipe.Recipe
+    ("gold", pa.string()),  # JSON: clinsynth.schema.ClinicalExtraction
+]
+SPECS = pa.schema(_SPECS_COLUMNS)
 
 
 def specs_path(stage_dir: Path) -> Path:
@@ -75,7 +74,8 @@ def read_specs(stage_dir: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def spec_ids(stage_dir: Path) -> list[str]:
-    return read_specs(stage_dir, columns=["spec_id"]).column("spec_id").to_pylist()
+    # to_pylist() allows nulls; the sample stage writes every spec_id
+    return cast(list[str], read_specs(stage_dir, columns=["spec_id"]).column("spec_id").to_pylist())
 
 
 def shard_recipes(stage_dir: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
@@ -89,6 +89,8 @@ def shard_recipes(stage_dir: Path, shard: int, num_shards: int, batch_size: int 
     for batch in pf.iter_batches(columns=["recipe"], batch_size=batch_size):
         col = batch.column(0)
         first = (shard - start) % num_shards
-        out += col.slice(first).to_pylist()[::num_shards] if first < len(col) else []
+        if first < len(col):
+            # to_pylist() allows nulls; the sample stage writes every recipe
+            out += cast(list[str], col.slice(first).to_pylist()[::num_shards])
         start += len(col)
     return out

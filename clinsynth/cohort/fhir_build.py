@@ -314,6 +314,8 @@ def truth(p: Person) -> dict[str, Any]:
         if st.tumor:
             t = st.tumor
             if t.t is not None:
+                # the generator stages T, N, M and UICC together
+                assert t.n is not None and t.m is not None and t.uicc is not None
                 cats["tnm_t"].append(t.t)
                 cats["tnm_n"].append(t.n)
                 cats["tnm_m"].append(t.m)

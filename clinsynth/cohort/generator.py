@@ -205,7 +205,9 @@ class CohortGenerator:
                     t,
                     n,
                     m,
-                    cat.stage_group(entity.key, t, n, m) if t is not None else stage,
+                    cat.stage_group(entity.key, t, n, m)
+                    if t is not None and n is not None and m is not None  # drawn together
+                    else stage,
                     s2.start + timedelta(days=3),
                     staging,
                 )
@@ -262,7 +264,7 @@ class CohortGenerator:
                             st.start,
                             None,
                             "inpatient",
-                            tuple(d.schedule),
+                            d.schedule,
                         )
                     )
                 st.labs = self._labs(rng, p, st, entity, burden=0.7, cycle=cycle)
@@ -299,17 +301,17 @@ class CohortGenerator:
                 Lab(test.loinc, test.name_de, _positive(value, mid, test.decimals), test.unit, when, lo, hi)
             )
         for loinc in entity.markers:
-            test = self.cat.labs.get(loinc)
-            if test is None:
+            marker = self.cat.labs.get(loinc)
+            if marker is None:
                 continue
-            lo, hi = _bounds(test, p.sex)
+            lo, hi = _bounds(marker, p.sex)
             value = hi * rng.uniform(1.2, 8.0) * burden if rng.random() < 0.6 else rng.uniform(lo, hi)
             out.append(
                 Lab(
-                    test.loinc,
-                    test.name_de,
-                    _positive(value, hi, test.decimals),
-                    test.unit,
+                    marker.loinc,
+                    marker.name_de,
+                    _positive(value, hi, marker.decimals),
+                    marker.unit,
                     when,
                     lo,
                     hi,

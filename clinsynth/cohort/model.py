@@ -35,7 +35,8 @@ class Med:
     start: date
     end: date | None = None
     context: str = "inpatient"  # inpatient (given during the stay) | discharge (continue at home)
-    schedule: tuple[int, int, int, int] | None = None
+    #: morning-noon-evening-night; whole tablets for discharge drugs, the catalogue's for supportive ones
+    schedule: tuple[float, float, float, float] | None = None
     therapy: bool = False  # part of the systemic tumour therapy
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+#: wandb.init's run modes
+WandbMode = Literal["online", "offline", "disabled", "shared"]
 
 
 class Tracker(Protocol):
@@ -47,7 +50,7 @@ class WandbTracker:
         name: str,
         group: str,
         project: str,
-        mode: str,
+        mode: WandbMode,
         directory: Path,
         config: Mapping[str, Any],
         entity: str | None = None,

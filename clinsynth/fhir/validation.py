@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 # keys are kept (group 1); string and number values are cut out
 _STR = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string, unrolled (no per-character alternation)
@@ -122,7 +122,7 @@ class _Uncacheable(Exception):
     """The shape holds something the leaf walk cannot type (a contained resource)."""
 
 
-def _model_class(resource_type: str) -> type:
+def _model_class(resource_type: str) -> type[BaseModel]:
     from fhir.resources.R4B import get_fhir_model_class
 
     return get_fhir_model_class(resource_type)
@@ -145,7 +145,7 @@ class FastValidator:
     _leaf_sets: dict[int, set[bytes]] = field(default_factory=dict)
     _leaf_check: dict[int, Callable[[Any], Any]] = field(default_factory=dict)
     _set_owner: dict[int, int] = field(default_factory=dict)
-    _fields: dict[type, dict[str, Any]] = field(default_factory=dict)
+    _fields: dict[type[BaseModel], dict[str, Any]] = field(default_factory=dict)
     _regex_shapes: dict[str, list[re.Pattern[bytes]]] = field(default_factory=dict)
     _set_kind: dict[int, str | None] = field(default_factory=dict)
     _kinds: list[tuple[Any, str]] = field(default_factory=list)
@@ -246,13 +246,13 @@ class FastValidator:
         slots = [b"(?>" + _SLOT_PATTERNS[k] + b")" if k else None for k in kinds]
         shapes.append(re.compile(skeleton_regex(canonical, slots), re.DOTALL))
 
-    def _plan(self, model: type, data: dict[str, Any], rt: str) -> list[set[bytes]]:
+    def _plan(self, model: type[BaseModel], data: dict[str, Any], rt: str) -> list[set[bytes]]:
         plan: list[set[bytes]] = []
         self._walk_model(model, data, plan, top_rt=rt)
         return plan
 
     def _walk_model(
-        self, model: type, data: dict[str, Any], plan: list[set[bytes]], top_rt: str | None
+        self, model: type[BaseModel], data: dict[str, Any], plan: list[set[bytes]], top_rt: str | None
     ) -> None:
         fields = self._field_map(model)
         for key, value in data.items():
@@ -280,7 +280,7 @@ class FastValidator:
             return
         plan.append(self._leaf_set(base))
 
-    def _field_map(self, model: type) -> dict[str, Any]:
+    def _field_map(self, model: type[BaseModel]) -> dict[str, Any]:
         fm = self._fields.get(model)
         if fm is None:
             fm = {}
@@ -336,7 +336,7 @@ def _list_item(annotation: Any) -> Any:
     return base
 
 
-def _complex_model(annotation: Any) -> type | None:
+def _complex_model(annotation: Any) -> type[BaseModel] | None:
     get = getattr(annotation, "get_model_klass", None)
     if get is None:
         return None

@@ -20,6 +20,7 @@ from rapidfuzz import fuzz
 
 from clinsynth.sampling.phrases import CUE_WORDS
 from clinsynth.sampling.recipe import Recipe, RecipeFact
+from clinsynth.schema import Assertion
 
 #: codes as letters write them; LOINC needs 2+ digits before the dash (OPS has one) and not "CA 19-9"
 CODE_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -97,7 +98,7 @@ class _Text:
         return self.n[start:end], pos - start, length
 
 
-def _has_cue(sentence: str, offset: int, length: int, assertion: str, window: int = 60) -> bool:
+def _has_cue(sentence: str, offset: int, length: int, assertion: Assertion, window: int = 60) -> bool:
     before = sentence[max(0, offset - window) : offset]
     after = sentence[offset + length : offset + length + window]
     for cue in CUE_WORDS[assertion]:

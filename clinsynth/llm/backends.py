@@ -209,7 +209,7 @@ class VLLMBackend:
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
         self.engine_args = dict(kwargs)
         t0 = time.perf_counter()
-        self._llm = vllm.LLM(**kwargs)
+        self._llm: vllm.LLM | None = vllm.LLM(**kwargs)  # None once closed
         self.start_s = time.perf_counter() - t0
         logger.info("vllm engine for %s ready in %.1f s (%s)", model_path, self.start_s, kwargs)
 
@@ -225,9 +225,13 @@ class VLLMBackend:
         )
 
     def _run(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if self._llm is None:
+            raise RuntimeError("the vllm engine is closed")
+        # plain dicts: vLLM types messages as its own TypedDicts, which these satisfy
+        conversations: list[Any] = [list(r.messages) for r in requests]
         t0 = time.perf_counter()
         outs = self._llm.chat(
-            [list(r.messages) for r in requests],
+            conversations,
             [self._params(r) for r in requests],
             use_tqdm=False,
             chat_template=self._chat_template,
@@ -506,9 +510,9 @@ class HFBackend:
         tpl = _chat_template(model_cfg)
         if tpl:
             self.tokenizer.chat_template = tpl
-        self._model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, trust_remote_code=trust
-        ).to(self.device)
+        # Any: transformers types PreTrainedModel.to's wrapper as if the device were the model
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust)
+        self._model = model.to(self.device)
         self._model.eval()
         self.start_s = time.perf_counter() - t0
         logger.info("hf model %s on %s (%s) ready in %.1f s", model_path, self.device, dtype, self.start_s)
@@ -519,7 +523,9 @@ class HFBackend:
 
     def _prompt(self, req: GenRequest) -> str:
         msgs = list(req.messages)
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert isinstance(prompt, str)  # tokenize=False: the rendered text
+        return prompt
 
     def _run(self, batch: Sequence[GenRequest]) -> list[GenResult]:
         torch = self.torch
@@ -561,10 +567,12 @@ class HFBackend:
                 new, reason = new[: stop_at + 1], "stop"  # EOS counts as an output token, as in vLLM
             else:
                 reason = "length"
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            assert isinstance(text, str)  # one sequence in, one string out
             results.append(
                 GenResult(
                     key=req.key,
-                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    text=text,
                     tokens_in=int(enc["attention_mask"][i].sum()),
                     tokens_out=len(new),
                     finish_reason=reason,

@@ -8,7 +8,13 @@ templates, the prompts and the verifier all see the same words.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import date
+from typing import TypeVar
+
+from clinsynth.schema import Assertion, LetterSection, LetterType
+
+_T = TypeVar("_T")
 
 MONTHS = (
     "Januar", "Februar", "März", "April", "Mai", "Juni",
@@ -115,7 +121,7 @@ LAB_SHORT: dict[str, tuple[str, ...]] = {
 }
 
 #: assertion -> phrase patterns around the fact's text; `{x}` is the text
-CUES: dict[str, tuple[str, ...]] = {
+CUES: dict[Assertion, tuple[str, ...]] = {
     "negated": (
         "kein Hinweis auf {x}",
         "{x} ausgeschlossen",
@@ -128,7 +134,7 @@ CUES: dict[str, tuple[str, ...]] = {
 }
 
 #: words that signal each assertion to the verifier (lower case)
-CUE_WORDS: dict[str, tuple[str, ...]] = {
+CUE_WORDS: dict[Assertion, tuple[str, ...]] = {
     "negated": (
         "kein", "keine", "keiner", "keinen", "ausgeschlossen", "nicht nachweisbar", "ohne nachweis",
         "kein anhalt", "nicht", "ohne", "negativ", "unauffällig",
@@ -155,9 +161,9 @@ RULE_OUT: dict[str, str] = {
 }
 
 #: letter types and the department phrases of the head
-LETTER_TYPES = ("Entlassungsbrief", "Arztbrief", "Kurzarztbrief", "Verlegungsbrief")
+LETTER_TYPES: tuple[LetterType, ...] = ("Entlassungsbrief", "Arztbrief", "Kurzarztbrief", "Verlegungsbrief")
 
-SECTION_HEADINGS: dict[str, tuple[str, ...]] = {
+SECTION_HEADINGS: dict[LetterSection, tuple[str, ...]] = {
     "diagnosen": ("Diagnosen", "Diagnose(n)", "Haupt- und Nebendiagnosen"),
     "anamnese": ("Anamnese", "Aufnahmegrund und Anamnese", "Aktuelle Anamnese"),
     "befunde": ("Befunde", "Befunde/Labor", "Labor und Befunde"),
@@ -168,10 +174,18 @@ SECTION_HEADINGS: dict[str, tuple[str, ...]] = {
 }
 
 #: the order sections appear in (a letter may skip some)
-SECTION_ORDER = ("diagnosen", "tumor", "anamnese", "befunde", "verlauf", "medikation", "epikrise")
+SECTION_ORDER: tuple[LetterSection, ...] = (
+    "diagnosen",
+    "tumor",
+    "anamnese",
+    "befunde",
+    "verlauf",
+    "medikation",
+    "epikrise",
+)
 
 #: narrative sections the hybrid mode gives to the LLM (the study's Anamnese and Epikrise)
-NARRATIVE_SECTIONS = ("anamnese", "epikrise")
+NARRATIVE_SECTIONS: tuple[LetterSection, ...] = ("anamnese", "epikrise")
 
 ROUTE_DISPLAY = {"Oral use": "p.o.", "Intravenous use": "i.v.", "Subcutaneous use": "s.c.", "": ""}
 
@@ -180,5 +194,5 @@ LATERALITY = {"L": "links", "R": "rechts", "B": "beidseits"}
 GRADING_TEXT = {"1": "G1", "2": "G2", "3": "G3", "4": "G4", "X": "GX", "L": "low grade", "H": "high grade"}
 
 
-def pick(rng: random.Random, options: tuple[str, ...] | list[str]) -> str:
+def pick(rng: random.Random, options: Sequence[_T]) -> _T:
     return options[rng.randrange(len(options))]

@@ -11,17 +11,17 @@ from typing import Any
 
 import orjson
 
-from clinsynth.schema import ClinicalExtraction
+from clinsynth.schema import Assertion, ClinicalExtraction, FactKind, LetterSection, LetterType, Split
 
-KINDS = ("diagnosis", "procedure", "medication", "lab", "tumor")
+KINDS: tuple[FactKind, ...] = ("diagnosis", "procedure", "medication", "lab", "tumor")
 
 
 @dataclass
 class RecipeFact:
     id: str
-    kind: str  # diagnosis | procedure | medication | lab | tumor
-    section: str
-    assertion: str  # present | negated | historical | suspected
+    kind: FactKind
+    section: LetterSection
+    assertion: Assertion
     #: the schema fact (Diagnosis, Procedure, Medication, Lab or Tumor as a dict): the gold
     gold: dict[str, Any]
     #: the strings the letter writes: phrase (text with its cue), code, date, value, unit, dose ...
@@ -35,8 +35,8 @@ class Recipe:
     spec_id: str
     patient_id: str
     encounter_id: str
-    split: str
-    letter_type: str
+    split: Split
+    letter_type: LetterType
     #: head of the letter: clinic, department, stay, patient line, signatures
     header: dict[str, Any]
     #: ordered section keys with the heading and layout the letter uses
@@ -53,7 +53,7 @@ class Recipe:
 
     def gold(self) -> ClinicalExtraction:
         out: dict[str, Any] = {"diagnoses": [], "procedures": [], "medications": [], "labs": []}
-        plural = {
+        plural: dict[FactKind, str] = {
             "diagnosis": "diagnoses",
             "procedure": "procedures",
             "medication": "medications",

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import Iterator, Mapping
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from faker import Faker
 from pydantic import model_validator
@@ -21,9 +21,10 @@ from clinsynth.core.config import StageConfig, identity
 from clinsynth.records import PatientRecord
 from clinsynth.sampling import phrases as P
 from clinsynth.sampling.recipe import Recipe, RecipeFact
+from clinsynth.schema import Assertion, LetterSection, LetterType, MedicationContext, Split
 from clinsynth.terminology import load_catalog
 
-SPLITS = ("train", "val", "test")
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
 HOSPITAL_KINDS = ("Klinikum", "Universitätsklinikum", "Krankenhaus")
 #: ICD title endings that are qualifiers, not names ("Ohne Angabe ...", "Nicht als entgleist ...")
 _SITE_HINT = re.compile(r"\s+C\d{2}(?:\.[\d-])?\s*$")
@@ -37,7 +38,7 @@ class SamplerConfig(StageConfig):
     splits: dict[str, float] = identity()
     #: at most this many stays per patient become letters (None: all)
     stays_per_patient: int | None = identity(ge=1)
-    letter_types: dict[str, float] = identity()
+    letter_types: dict[LetterType, float] = identity()
     #: probability that each optional section is written (Diagnosen always is)
     sections: dict[str, float] = identity()
     #: probability that a fact of the stay is written at all, and the most per letter
@@ -70,7 +71,7 @@ def _u64(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
 
 
-def split_of(patient_id: str, seed: int, splits: Mapping[str, float]) -> str:
+def split_of(patient_id: str, seed: int, splits: Mapping[str, float]) -> Split:
     """Patient-level split: every letter of a patient lands in the same split."""
     u = _u64("split", seed, patient_id) / 2**64
     acc = 0.0
@@ -81,13 +82,21 @@ def split_of(patient_id: str, seed: int, splits: Mapping[str, float]) -> str:
     return SPLITS[-1] if splits.get(SPLITS[-1]) else next(n for n in reversed(SPLITS) if splits.get(n))
 
 
-def _weighted(rng: random.Random, weights: Mapping[str, float]) -> str:
+_K = TypeVar("_K", bound=str)
+
+
+def _weighted(rng: random.Random, weights: Mapping[_K, float]) -> _K:
     keys = list(weights)
     return rng.choices(keys, weights=[weights[k] for k in keys])[0]
 
 
 def _d(s: str | None) -> date | None:
-    return date.fromisoformat(s[:10]) if s else None
+    return _day(s) if s else None
+
+
+def _day(s: str) -> date:
+    """The date of a non-empty ISO date or timestamp."""
+    return date.fromisoformat(s[:10])
 
 
 class Sampler:
@@ -128,15 +137,16 @@ class Sampler:
             "target_words": rng.randint(*cfg.target_words),
             "code_style": _weighted(rng, {"paren": 3, "prefix": 1, "bracket": 1}),
         }
-        sections = ["diagnosen"] + [s for s in P.SECTION_ORDER[1:] if rng.random() < cfg.sections.get(s, 1.0)]
+        sections: list[LetterSection] = ["diagnosen"]
+        sections += [s for s in P.SECTION_ORDER[1:] if rng.random() < cfg.sections.get(s, 1.0)]
         facts: list[RecipeFact] = []
         own = rec.encounters[encounter_id].facts
-        known = [f for f in own if not f.get("date") or _d(f["date"]) <= end]
+        known = [f for f in own if not f.get("date") or _day(f["date"]) <= end]
         self.stats["future_facts_dropped"] += len(own) - len(known)
         earlier = [
             f
             for e in rec.encounters.values()
-            if e.row["encounter_id"] != encounter_id and e.row.get("end") and _d(e.row["end"]) < start
+            if e.row["encounter_id"] != encounter_id and e.row.get("end") and _day(e.row["end"]) < start
             for f in e.facts
         ]
         facts += self._diagnoses(rng, known, sections, style)
@@ -181,7 +191,7 @@ class Sampler:
     def _code(self, rng: random.Random, kind: str, code: str | None) -> str:
         return code if code and rng.random() < self.cfg.code_written.get(kind, 0.0) else ""
 
-    def _phrase(self, rng: random.Random, assertion: str, text: str) -> str:
+    def _phrase(self, rng: random.Random, assertion: Assertion, text: str) -> str:
         return text if assertion == "present" else P.pick(rng, P.CUES[assertion]).format(x=text)
 
     def _dx_text(
@@ -211,7 +221,11 @@ class Sampler:
         return [first] + [n for n in seen if n != first]
 
     def _diagnoses(
-        self, rng: random.Random, facts: list[dict[str, Any]], sections: list[str], style: dict[str, Any]
+        self,
+        rng: random.Random,
+        facts: list[dict[str, Any]],
+        sections: list[LetterSection],
+        style: dict[str, Any],
     ) -> list[RecipeFact]:
         out = []
         dx = [f for f in facts if f["category"] == "diagnosis" and f.get("code")]
@@ -226,7 +240,7 @@ class Sampler:
                 bool(extra.get("primary_tumor")),
                 extra.get("laterality"),
             )
-            section = "diagnosen"
+            section: LetterSection = "diagnosen"
             if (
                 i > 0
                 and f.get("role") == "secondary"
@@ -260,7 +274,7 @@ class Sampler:
         rng: random.Random,
         facts: list[dict[str, Any]],
         rec: PatientRecord,
-        sections: list[str],
+        sections: list[LetterSection],
         style: dict[str, Any],
     ) -> list[RecipeFact]:
         latest: dict[str, dict[str, Any]] = {}
@@ -287,11 +301,11 @@ class Sampler:
             tnm = {"prefix": prefix, "t": latest["tnm_t"]["code"]}
             parts = [f"{prefix}{latest['tnm_t']['code']}"]
             for axis in ("n", "m"):
-                f = latest.get(f"tnm_{axis}")
-                if f:
-                    tnm[axis] = f["code"]
-                    p = (PatientRecord.extra(f).get("prefix") or prefix).lower()
-                    parts.append(f"{p}{f['code']}")
+                axis_fact = latest.get(f"tnm_{axis}")
+                if axis_fact:
+                    tnm[axis] = axis_fact["code"]
+                    p = (PatientRecord.extra(axis_fact).get("prefix") or prefix).lower()
+                    parts.append(f"{p}{axis_fact['code']}")
             gold["tnm"] = tnm
             # "cT1c cN3 cM1c" or "cT1c N3 M1c" (the prefix written once)
             say["tnm"] = " ".join(
@@ -341,7 +355,7 @@ class Sampler:
             marker_say.append(f"{f.get('display') or f['code']} {value} {unit}".strip())
         if marker_say:
             say["markers"] = "; ".join(marker_say)
-        section = "tumor" if "tumor" in sections else "diagnosen"
+        section: LetterSection = "tumor" if "tumor" in sections else "diagnosen"
         return [RecipeFact("", "tumor", section, "present", gold, say, [])]
 
     def _is_marker(self, loinc: str) -> bool:
@@ -353,11 +367,13 @@ class Sampler:
         rng: random.Random,
         own: list[dict[str, Any]],
         earlier: list[dict[str, Any]],
-        sections: list[str],
+        sections: list[LetterSection],
         style: dict[str, Any],
     ) -> list[RecipeFact]:
-        out = []
-        target = "verlauf" if "verlauf" in sections else "epikrise" if "epikrise" in sections else "diagnosen"
+        out: list[RecipeFact] = []
+        target: LetterSection = (
+            "verlauf" if "verlauf" in sections else "epikrise" if "epikrise" in sections else "diagnosen"
+        )
         procs = [f for f in own if f["category"] == "procedure" and f.get("code")]
         seen_codes: set[str] = set()
         for f in procs:
@@ -367,7 +383,7 @@ class Sampler:
                 continue
             seen_codes.add(f["code"])
             out.append(self._procedure_fact(rng, f, "present", target, style))
-        hist_section = "anamnese" if "anamnese" in sections else "diagnosen"
+        hist_section: LetterSection = "anamnese" if "anamnese" in sections else "diagnosen"
         n_hist = 0
         for f in sorted(
             (f for f in earlier if f["category"] == "procedure" and f.get("code")),
@@ -381,7 +397,12 @@ class Sampler:
         return out
 
     def _procedure_fact(
-        self, rng: random.Random, f: dict[str, Any], assertion: str, section: str, style: dict[str, Any]
+        self,
+        rng: random.Random,
+        f: dict[str, Any],
+        assertion: Assertion,
+        section: LetterSection,
+        style: dict[str, Any],
     ) -> RecipeFact:
         display = f.get("display") or f["code"]
         parts = [x.strip() for x in display.split(": ") if x.strip()]
@@ -405,7 +426,11 @@ class Sampler:
         return RecipeFact("", "procedure", section, assertion, gold, say, [n for n in names if n != text])
 
     def _medications(
-        self, rng: random.Random, facts: list[dict[str, Any]], sections: list[str], style: dict[str, Any]
+        self,
+        rng: random.Random,
+        facts: list[dict[str, Any]],
+        sections: list[LetterSection],
+        style: dict[str, Any],
     ) -> list[RecipeFact]:
         out: list[RecipeFact] = []
         seen: set[tuple[str, str]] = set()
@@ -417,14 +442,14 @@ class Sampler:
             ):
                 continue
             extra = PatientRecord.extra(f)
-            context = (
+            context: MedicationContext = (
                 "discharge"
                 if f.get("role") == "community"
                 else "therapy"
                 if extra.get("therapy")
                 else "inpatient"
             )
-            section = "medikation" if context == "discharge" else "verlauf"
+            section: LetterSection = "medikation" if context == "discharge" else "verlauf"
             if section not in sections:
                 continue  # not written: not in the letter, not in the gold
             if (f["code"], context) in seen or rng.random() >= self.cfg.keep["medication"]:
@@ -464,7 +489,7 @@ class Sampler:
         self,
         rng: random.Random,
         facts: list[dict[str, Any]],
-        sections: list[str],
+        sections: list[LetterSection],
         style: dict[str, Any],
         sex: str,
     ) -> list[RecipeFact]:
@@ -513,7 +538,11 @@ class Sampler:
         return out
 
     def _ruled_out(
-        self, rng: random.Random, facts: list[RecipeFact], sections: list[str], style: dict[str, Any]
+        self,
+        rng: random.Random,
+        facts: list[RecipeFact],
+        sections: list[LetterSection],
+        style: dict[str, Any],
     ) -> list[RecipeFact]:
         """Negated and suspected findings: codes the patient does not have in this recipe."""
         held = {f.gold.get("icd10gm") for f in facts if f.kind == "diagnosis"}
@@ -521,12 +550,13 @@ class Sampler:
         rng.shuffle(pool)
         n_neg = rng.choices(range(len(self.cfg.negated_counts)), weights=self.cfg.negated_counts)[0]
         n_susp = 1 if rng.random() < self.cfg.suspected else 0
-        out = []
-        where_neg = [s for s in ("befunde", "verlauf", "epikrise") if s in sections] or ["diagnosen"]
+        out: list[RecipeFact] = []
+        narrative: tuple[LetterSection, ...] = ("befunde", "verlauf", "epikrise")
+        where_neg: list[LetterSection] = [s for s in narrative if s in sections] or ["diagnosen"]
         for k, code in enumerate(pool[: n_neg + n_susp]):
-            assertion = "negated" if k < n_neg else "suspected"
+            assertion: Assertion = "negated" if k < n_neg else "suspected"
             noun = P.RULE_OUT[code]
-            section = P.pick(rng, where_neg) if assertion == "negated" else "diagnosen"
+            section: LetterSection = P.pick(rng, where_neg) if assertion == "negated" else "diagnosen"
             c = self.cat.icd10gm.lookup(code)
             gold = {"text": noun, "icd10gm": code, "role": "secondary" if assertion == "suspected" else None}
             say = {
@@ -551,12 +581,12 @@ class Sampler:
         return {
             "clinic": f"Klinik für {enc.get('department') or 'Innere Medizin'}",
             "hospital": f"{P.pick(rng, HOSPITAL_KINDS)} {self.faker.city()}",
-            "date": P.format_date(_d(enc["end"]), ds),
+            "date": P.format_date(_day(enc["end"]), ds),
             "patient": f"{p.get('given') or ''} {p.get('family') or ''}".strip() or "Patient/in",
             "sex": p.get("sex") or "",
             "birth": P.format_date(birth, ds) if birth else "",
-            "start": P.format_date(_d(enc["start"]), ds),
-            "end": P.format_date(_d(enc["end"]), ds),
+            "start": P.format_date(_day(enc["start"]), ds),
+            "end": P.format_date(_day(enc["end"]), ds),
             "doctors": [
                 f"Dr. med. {self.faker.last_name()}",
                 f"{self.faker.first_name()} {self.faker.last_name()}",

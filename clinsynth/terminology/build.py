@@ -201,7 +201,7 @@ def topography_rows(reference: Path) -> list[dict[str, object]]:
 def morphology_rows(reference: Path) -> list[dict[str, object]]:
     """In situ and malignant codes with a term: what a tumour diagnosis can carry."""
     source = _read(reference / RKI / "morphologie.csv")
-    rows = []
+    rows: list[dict[str, object]] = []
     for r in source:
         if r["dignität"] in ("2", "3") and r["name"].strip():
             rows.append(

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from clinsynth.terminology._io import (
     data_text,
@@ -524,9 +524,10 @@ def _regimens(rows: list[dict[str, str]]) -> dict[str, Regimen]:
                 atc=r["atc"],
                 name_de=r["name_de"],
                 dose=float(r["dose"]),
-                unit=r["unit"],  # type: ignore[arg-type]
-                route=r["route"],
-                days=tuple(int(d) for d in r["days"].split("|")),  # type: ignore[arg-type]
+                # CSV strings: _problems() reports any unit or route outside DOSE_UNITS / ROUTES
+                unit=cast(DoseUnit, r["unit"]),
+                route=cast(Route, r["route"]),
+                days=tuple(int(d) for d in r["days"].split("|")),
                 verified=parse_bool(r["dose_verified"]),
                 times_per_day=int(r["times_per_day"]),
                 max_mg=parse_optional_float(r["max_mg"]),
@@ -685,15 +686,15 @@ def _problems(cat: Catalog) -> list[str]:
                 out.append(f"regimen {r.key}: {d.name_de} has unit {d.unit!r} / route {d.route!r}")
             if not d.days or min(d.days) < 1 or max(d.days) > max(r.cycle_days, 1):
                 out.append(f"regimen {r.key}: {d.name_de} days {d.days} outside the {r.cycle_days}-day cycle")
-    for c in cat.comorbidities:
-        need(cat.icd10gm, c.icd, "comorbidity")
-        concept = cat.icd10gm.lookup(c.icd)
-        if concept is not None and concept.display != c.title:
-            out.append(f"comorbidity {c.icd}: title differs from the ICD table")
-        for d in c.drugs:
-            need(cat.atc, d.atc, f"comorbidity {c.icd}")
-    for d in cat.supportive:
-        need(cat.atc, d.atc, "supportive")
+    for como in cat.comorbidities:
+        need(cat.icd10gm, como.icd, "comorbidity")
+        concept = cat.icd10gm.lookup(como.icd)
+        if concept is not None and concept.display != como.title:
+            out.append(f"comorbidity {como.icd}: title differs from the ICD table")
+        for use in como.drugs:
+            need(cat.atc, use.atc, f"comorbidity {como.icd}")
+    for use in cat.supportive:
+        need(cat.atc, use.atc, "supportive")
     for loinc in cat.labs:
         need(cat.loinc, loinc, "labs")
     return out
