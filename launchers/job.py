@@ -1,21 +1,39 @@
-"""The function every Slurm/local/debug task runs: build the context, run the stage, mark it."""
+"""What every Slurm/local/debug task runs: build the context, run the stage, mark it.
+
+`StageTask(spec)` is submitit-checkpointable: on the time-limit warning, on preemption
+and on `scancel --signal=USR2` the stage is asked to stop through its context, saves to
+`ctx.checkpoint_dir`, and the job requeues itself under the same stage id and folder;
+`tasks/NNNNN.json` lists every attempt (running, done, failed, requeued).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import submitit
+import submitit.helpers
 
-from clinsynth.core.atomic import write_json
-from clinsynth.core.context import StageContext
+from clinsynth.core.atomic import read_json, write_json
+from clinsynth.core.context import (
+    StageContext,
+    StopRequested,
+    StopSignal,
+    latest_checkpoint,
+    unit_checkpoint_dir,
+)
 from clinsynth.core.registry import get_stage, load_stage_modules
 from clinsynth.core.tracking import NullTracker, Tracker, WandbTracker
 from launchers.config import redact
@@ -113,7 +131,124 @@ def _export_distributed(world_size: int) -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def run_task(spec: TaskSpec) -> dict[str, Any]:
+class StageTask(submitit.helpers.Checkpointable):
+    """What every Slurm/local/debug task runs: `StageTask(spec)()`. Checkpointable, so that
+    submitit requeues it on the warning signal before the time limit, on preemption and on
+    `scancel --signal=USR2`: `checkpoint()` re-pickles only the spec (no stage state; the
+    stage keeps that in `ctx.checkpoint_dir`)."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> dict[str, Any]:
+        return _run(self.spec)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(StageTask(self.spec))
+
+
+class _RunTask(submitit.helpers.Checkpointable):
+    """`ex.submit(run_task, spec)`: the same as `ex.submit(StageTask(spec))`."""
+
+    def __call__(self, spec: TaskSpec) -> dict[str, Any]:
+        return _run(spec)
+
+    def checkpoint(self, spec: TaskSpec) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(StageTask(spec))
+
+
+run_task = _RunTask()
+
+
+def _stop_signal() -> int:
+    """The signal submitit treats as preemption / time-out warning (USR2 unless overridden)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return int(getattr(signal, f"SIG{name}", signal.SIGUSR2))
+
+
+class _StopHandler:
+    """Replaces submitit's USR2 handler while the stage runs, and keeps it for later.
+
+    The signal only sets the context's flag. A stage that asks `ctx.should_stop()` stops at
+    its next step boundary, saves, and raises StopRequested; then rank 0 calls submitit's
+    handler (checkpoint() + `scontrol requeue` + SystemExit) outside any collective. A stage
+    that never asked is handed to submitit's handler at once, as without this wrapper.
+    """
+
+    def __init__(self, stop: StopSignal, rank: int, logger: logging.Logger) -> None:
+        self.stop, self.rank, self.logger = stop, rank, logger
+        self.signum = _stop_signal()
+        self.previous: Any = None
+        self.installed = False
+        #: submitit's requeue path was entered: a SystemExit from now on is a requeue
+        self.requeue_started = False
+
+    def __enter__(self) -> _StopHandler:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(self.signum)
+            signal.signal(self.signum, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(self.signum, self.previous)
+            self.installed = False
+
+    @property
+    def can_requeue(self) -> bool:
+        return callable(self.previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.stop.requested
+        self.stop.request(signum)
+        if self.stop.polled:
+            if first:
+                self.logger.warning("got %s: stopping at the next step boundary", signal.Signals(signum).name)
+            return
+        if self.can_requeue:
+            self.logger.warning(
+                "got %s; the stage does not check ctx.should_stop(): submitit requeues now",
+                signal.Signals(signum).name,
+            )
+            self.requeue_started = self.rank == 0
+            self.previous(signum, frame)
+
+    def disarm(self) -> None:
+        """The stage returned: a late signal changes nothing any more (the unit is done)."""
+        self.stop.polled = True
+
+    def requeue(self) -> None:
+        """Rank 0, after the stage stopped: submitit's handler dumps checkpoint(), runs
+        `scontrol requeue` and raises SystemExit; it raises UncompletedJobError when the job
+        timed out too often (max_num_timeout)."""
+        self.requeue_started = True
+        self.previous(self.stop.signum or self.signum, None)
+
+
+def _leave_process_group() -> None:
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def _previous_attempts(record_path: Path) -> list[dict[str, Any]]:
+    """Earlier attempts of this unit; one still marked running ended without a word (SIGKILL,
+    node loss, a requeue that took this rank down mid-step): it becomes "interrupted"."""
+    if not record_path.exists():
+        return []
+    try:
+        attempts = list(read_json(record_path).get("attempts", []))
+    except Exception:
+        return []
+    for a in attempts:
+        if a.get("status") == "running":
+            a["status"] = "interrupted"
+    return attempts
+
+
+def _run(spec: TaskSpec) -> dict[str, Any]:
     os.umask(0o077)  # design §10: everything a task writes is private to its owner
     load_stage_modules(spec.stage_modules)
     stage_spec = get_stage(spec.stage)
@@ -122,24 +257,26 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     unit = spec.shard if spec.shard is not None else rank
     folder = StageFolder(Path(spec.stage_dir))
     logger = _logger(spec.stage, rank)
-    if folder.unit_complete(unit):
+    multi_rank = spec.shard is None and world > 1
+    unit_was_complete = folder.unit_complete(unit)
+    # a multi-rank job runs all its ranks or none: a rank whose unit is complete still joins
+    # the collectives of a rerun (only when every rank is complete is there nothing to do)
+    if (multi_rank and not folder.missing_units(spec.n_units)) or (not multi_rank and unit_was_complete):
         logger.info("unit %d of %s is already complete; nothing to do", unit, spec.stage)
         return {"unit": unit, "skipped": True}
     _export_distributed(world)
 
     record_path = folder.task_record_path(unit)
-    attempts = []
-    if record_path.exists():
-        from clinsynth.core.atomic import read_json
-
-        try:
-            attempts = list(read_json(record_path).get("attempts", []))
-        except Exception:
-            attempts = []
-    attempt = {**info, "start": time.time(), "status": "running"}
+    attempts = _previous_attempts(record_path)
+    attempt: dict[str, Any] = {**info, "start": time.time(), "status": "running"}
     attempts.append(attempt)
-    write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
 
+    def save_record() -> None:
+        write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
+
+    save_record()
+    checkpoint_dir = unit_checkpoint_dir(folder.path, spec.shard)
+    stop = StopSignal()
     tracker = _tracker(spec, rank, folder)
     ctx = StageContext(
         stage=spec.stage,
@@ -153,25 +290,49 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         num_shards=spec.num_shards,
         run_id=spec.run_id,
         cache_dir=Path(spec.cache_dir) if spec.cache_dir else None,
+        checkpoint_dir=checkpoint_dir,
+        attempt=len(attempts),
+        unit_was_complete=unit_was_complete,
         logger=logger,
         tracker=tracker,
+        stop_signal=stop,
     )
-    logger.info("start unit %d/%d on %s (job %s)", unit, spec.n_units, info["host"], info["job_id"])
+    logger.info(
+        "start unit %d/%d on %s (job %s, attempt %d%s)",
+        unit,
+        spec.n_units,
+        info["host"],
+        info["job_id"],
+        ctx.attempt,
+        ", resuming from a checkpoint" if ctx.resuming else "",
+    )
     t0 = time.time()
-    try:
-        result = stage_spec.fn(stage_spec.parse_config(spec.config), ctx)
-    except BaseException as exc:
-        attempt.update(
-            status="failed",
-            end=time.time(),
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=20),
-        )
-        write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
-        tracker.finish(exit_code=1)
-        raise
+    with _StopHandler(stop, rank, logger) as handler:
+        try:
+            result = stage_spec.fn(stage_spec.parse_config(spec.config), ctx)
+            handler.disarm()
+        except StopRequested as exc:
+            handler.disarm()
+            return _requeue(spec, ctx, handler, attempt, save_record, t0, str(exc) or "asked to stop")
+        except BaseException as exc:
+            handler.disarm()
+            if isinstance(exc, SystemExit) and handler.requeue_started:
+                # the stage did not check should_stop(): submitit requeued the job under it
+                _end_attempt(attempt, "requeued", t0, ctx, reason="requeued by submitit on the signal")
+                save_record()
+                tracker.finish(exit_code=1)
+                raise
+            attempt.update(
+                status="failed",
+                end=time.time(),
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(limit=20),
+            )
+            save_record()
+            tracker.finish(exit_code=1)
+            raise
     attempt.update(status="done", end=time.time(), seconds=round(time.time() - t0, 3), **_peak_rss())
-    write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
+    save_record()
     tracker.summary({"seconds": attempt["seconds"]})
     tracker.finish()
     folder.mark_unit_complete(unit)
@@ -184,6 +345,61 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         "seconds": attempt["seconds"],
         "result": result if isinstance(result, (dict, list, str, int, float, type(None))) else repr(result),
     }
+
+
+def _end_attempt(attempt: dict[str, Any], status: str, t0: float, ctx: StageContext, **extra: Any) -> None:
+    attempt.update(status=status, end=time.time(), seconds=round(time.time() - t0, 3), **extra)
+    if ctx.stop_signal.signum is not None:
+        attempt.update(signal=signal.Signals(ctx.stop_signal.signum).name, signal_time=ctx.stop_signal.time)
+    last = latest_checkpoint(ctx.checkpoint_dir) if ctx.checkpoint_dir else None
+    if last is not None:
+        attempt["checkpoint"] = {"time": last[0], "path": str(last[1])}
+
+
+def _requeue(
+    spec: TaskSpec,
+    ctx: StageContext,
+    handler: _StopHandler,
+    attempt: dict[str, Any],
+    save_record: Callable[[], None],
+    t0: float,
+    reason: str,
+) -> dict[str, Any]:
+    """The stage stopped at a step boundary and saved: record it, then (rank 0) requeue the job."""
+    unit = spec.shard if spec.shard is not None else ctx.rank
+    _end_attempt(attempt, "requeued", t0, ctx, reason=reason)
+    save_record()
+    ctx.tracker.finish(exit_code=1)
+    _leave_process_group()
+    if ctx.rank != 0:
+        # rank 0 requeues the whole job; this rank ends quietly (a non-zero exit could make
+        # srun kill rank 0 before it requeued, where KillOnBadExit is set)
+        ctx.logger.info("unit %d stopped; rank 0 requeues the job", unit)
+        return {"unit": unit, "requeued": True}
+    if not handler.can_requeue:
+        attempt.update(status="stopped", error="stopped on request; this executor cannot requeue")
+        save_record()
+        raise RuntimeError(
+            f"stage {spec.stage} unit {unit} stopped and saved a checkpoint, but this executor "
+            "cannot requeue: launch the same command again to resume"
+        )
+    ctx.logger.info("unit %d stopped after %.1fs; requeueing the job", unit, attempt["seconds"])
+    try:
+        handler.requeue()  # SystemExit once `scontrol requeue` went through
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        attempt.update(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=20),
+        )
+        save_record()
+        raise
+    # a handler that returns did not requeue (it should not happen with submitit 1.5)
+    attempt.update(status="stopped", error="submitit's handler returned without requeueing")
+    save_record()
+    raise RuntimeError(f"stage {spec.stage} unit {unit} stopped but the job was not requeued")
 
 
 def finalize_meta(folder: StageFolder) -> None:

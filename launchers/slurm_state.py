@@ -1,4 +1,4 @@
-"""What Slurm says about jobs a stage folder lists (only the launcher asks; status does not)."""
+"""What Slurm says about the jobs a stage folder lists (asked by the launcher, waiting and status)."""
 
 from __future__ import annotations
 

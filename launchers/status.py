@@ -1,7 +1,14 @@
-"""`python -m launch status RUN_FOLDER`: stage and shard state read from the folders alone."""
+"""`python -m launch status RUN_FOLDER`: stage and unit state from the folders, plus squeue.
+
+The folders say what is done, running, failed or requeued (tasks/NNNNN.json lists every
+attempt) and where the last checkpoint is; squeue says which submitted jobs still wait
+(on a dependency, for their begin time after a requeue, for resources). Without Slurm,
+or when squeue cannot be asked, the folders alone are shown.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +18,33 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from clinsynth.core.context import latest_checkpoint, unit_checkpoint_dir
+from launchers import slurm_state
 from launchers.folders import StageFolder
+
+#: unit states, in the order a stage's state is picked from its units' states (the words are
+#: launchers.states.StageState's values)
+STAGE_STATES = ("failed", "stopped", "running", "requeued", "queued")
+
+
+class StatusError(ValueError):
+    """The folder given to `status` is not a run folder; the one-line message says what to pass."""
+
+
+@dataclass
+class UnitStatus:
+    unit: int
+    #: done | running | requeued | queued | failed | stopped | not started; stopped: the unit
+    #: saved a checkpoint and was requeued (or could not be), but no job is left to resume it
+    state: str
+    #: status of every attempt, oldest first (running, done, failed, requeued, stopped)
+    attempts: list[str] = field(default_factory=list)
+    host: str | None = None
+    job_id: str | None = None
+    #: (modification time, path) of the newest checkpoint, if any
+    checkpoint: tuple[float, Path] | None = None
+    #: Slurm's view of the unit's live job: (job id, state, reason)
+    slurm: tuple[str, str, str] | None = None
 
 
 @dataclass
@@ -19,11 +52,15 @@ class StageStatus:
     stage: str
     stage_id: str
     path: Path
-    state: str  # done | running | failed | incomplete | not started
+    state: str  # done | failed | stopped | running | requeued | queued | incomplete | not started
     n_units: int
     complete: list[int] = field(default_factory=list)
     running: list[int] = field(default_factory=list)
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stopped: list[int] = field(default_factory=list)
+    queued: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    units: dict[int, UnitStatus] = field(default_factory=dict)
 
 
 def tail(path: str | Path | None, lines: int = 20) -> str:
@@ -36,35 +73,142 @@ def tail(path: str | Path | None, lines: int = 20) -> str:
         return "".join(deque(fh, maxlen=lines))
 
 
-def stage_status(folder: StageFolder) -> StageStatus:
+def _live_jobs_of(
+    folder: StageFolder, live: dict[str, tuple[str, str]] | None
+) -> dict[int, tuple[str, str, str]]:
+    """unit -> (task id, state, reason) for the units whose latest submitted job Slurm still lists."""
+    if not live:
+        return {}
+    latest: dict[int, str] = {}
+    for rec in folder.jobs():  # oldest first: later submissions of a unit win
+        if rec.get("executor") != "slurm":
+            continue
+        for unit, tid in zip(rec.get("units", []), rec.get("task_ids", []), strict=False):
+            latest[int(unit)] = str(tid)
+    return {u: (tid, *live[tid]) for u, tid in latest.items() if tid in live}
+
+
+def _checkpoint_of(folder: StageFolder, unit: int, array: bool) -> tuple[float, Path] | None:
+    """Array shards keep one checkpoint each; all ranks of a single or multi-rank job share one."""
+    return latest_checkpoint(unit_checkpoint_dir(folder.path, unit if array else None))
+
+
+def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = None) -> StageStatus:
+    """State of one stage folder; `live` (from `slurm_state.live_slurm_tasks()`) adds queued jobs."""
     meta = folder.read_meta()
     n_units = int(meta.get("n_units", 1))
+    array = int(meta.get("num_shards", 1) or 1) > 1
     complete = sorted(folder.completed_units())
     records = folder.task_records()
-    failed = {u: r for u, r in records.items() if r.get("status") == "failed" and u not in complete}
-    # started, not complete, not failed: running, or killed without a word (scancel -9, node loss)
-    running = sorted(u for u, r in records.items() if r.get("status") == "running" and u not in complete)
+    jobs = _live_jobs_of(folder, live)
+    units: dict[int, UnitStatus] = {}
+    for unit in sorted(set(range(n_units)) | set(records) | set(jobs)):
+        rec = records.get(unit, {})
+        attempts = [str(a.get("status", "?")) for a in rec.get("attempts", [])]
+        last = rec.get("status")
+        job = jobs.get(unit)
+        if unit in complete:
+            state = "done"
+        elif job is not None and job[1] in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"):
+            state = "requeued" if last == "requeued" or job[1].startswith("REQUEUE") else "queued"
+        elif job is not None:
+            state = "running"
+        elif last == "requeued" and live is not None:
+            state = "stopped"  # requeued, but Slurm no longer lists its job: nothing will resume it
+        elif last in ("running", "failed", "requeued", "stopped"):
+            # "running" without a live job: killed without a word (scancel -9, node loss)
+            state = str(last)
+        else:
+            state = "not started"
+        units[unit] = UnitStatus(
+            unit=unit,
+            state=state,
+            attempts=attempts,
+            host=rec.get("node") or rec.get("host"),
+            job_id=str(rec["job_id"]) if rec.get("job_id") is not None else None,
+            checkpoint=_checkpoint_of(folder, unit, array),
+            slurm=job,
+        )
+    by_state: dict[str, list[int]] = {}
+    for u in units.values():
+        by_state.setdefault(u.state, []).append(u.unit)
+    failed = {u: records[u] for u in by_state.get("failed", []) if u in records}
     if folder.is_done():
         state = "done"
-    elif failed:
-        state = "failed"
-    elif running:
-        state = "running"
-    elif complete:
-        state = "incomplete"
     else:
-        state = "not started"
-    return StageStatus(folder.name, folder.stage_id, folder.path, state, n_units, complete, running, failed)
-
-
-def run_status(run_dir: Path) -> list[StageStatus]:
-    links = run_dir / "stages"
-    if not links.is_dir():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run folder (no stages/ inside); pass runs/<experiment>/<run_id>"
+        state = next(
+            (s for s in STAGE_STATES if by_state.get(s)), "incomplete" if complete else "not started"
         )
+    return StageStatus(
+        folder.name,
+        folder.stage_id,
+        folder.path,
+        state,
+        n_units,
+        complete,
+        running=by_state.get("running", []),
+        failed=failed,
+        stopped=by_state.get("stopped", []),
+        queued=by_state.get("queued", []),
+        requeued=by_state.get("requeued", []),
+        units=units,
+    )
+
+
+def _is_run_folder(path: Path) -> bool:
+    return (path / "stages").is_dir() and (path / "config.yaml").is_file()
+
+
+def check_run_folder(run_dir: Path) -> Path:
+    """`run_dir` itself when it is a run folder; else StatusError saying what to pass instead."""
+    run_dir = Path(run_dir)
+    hint = "pass runs/<experiment>/<run_id> (the launcher prints it as 'run folder: ...')"
+    if not run_dir.exists():
+        raise StatusError(f"{run_dir} does not exist; {hint}")
+    if not run_dir.is_dir():
+        raise StatusError(f"{run_dir} is a file, not a run folder; {hint}")
+    if _is_run_folder(run_dir):
+        return run_dir
+    if (run_dir / "completions").is_dir() or (run_dir / "tasks").is_dir():
+        raise StatusError(f"{run_dir} is a stage folder, not a run folder; {hint}")
+    found = sorted(p.parent for p in run_dir.glob("*/*/stages") if _is_run_folder(p.parent))
+    found += sorted(p.parent for p in run_dir.glob("*/stages") if _is_run_folder(p.parent))
+    if found:
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        raise StatusError(
+            f"{run_dir} is not a run folder; run folders under it: "
+            + ", ".join(str(p) for p in found[:3])
+            + more
+        )
+    raise StatusError(f"{run_dir} is not a run folder (no stages/ and config.yaml inside); {hint}")
+
+
+def _live(folders: list[StageFolder]) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
+    """squeue's live jobs when any of these stages went to Slurm; (None, why) when it cannot be asked."""
+    if not any(r.get("executor") == "slurm" for f in folders for r in f.jobs()):
+        return None, None
+    try:
+        return slurm_state.live_slurm_tasks(), None
+    except (slurm_state.SlurmUnavailable, OSError) as exc:
+        return None, f"Slurm was not asked ({exc}); states come from the folders alone"
+
+
+def run_status(run_dir: Path, live: dict[str, tuple[str, str]] | None = None) -> list[StageStatus]:
+    return _run_status(run_dir, live, ask_slurm=live is None)[0]
+
+
+def _run_status(
+    run_dir: Path, live: dict[str, tuple[str, str]] | None, ask_slurm: bool
+) -> tuple[list[StageStatus], str | None]:
+    run_dir = check_run_folder(run_dir)
+    links = run_dir / "stages"
     names = sorted(p.name for p in links.iterdir() if not p.name.startswith("."))
-    return [stage_status(StageFolder((links / n).resolve())) for n in _topo(names, links)]
+    order = _topo(names, links)
+    folders = [StageFolder((links / n).resolve()) for n in order]
+    note = None
+    if ask_slurm:
+        live, note = _live(folders)
+    return [stage_status(f, live) for f in folders], note
 
 
 def _topo(names: list[str], links: Path) -> list[str]:
@@ -87,12 +231,36 @@ def _topo(names: list[str], links: Path) -> list[str]:
     return out
 
 
-def print_status(run_dir: Path, console: Console | None = None, log_lines: int = 15) -> list[StageStatus]:
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _short(path: Path, stage_dir: Path) -> str:
+    """A checkpoint path relative to its stage folder (the table's stage id names the folder)."""
+    try:
+        return str(path.relative_to(stage_dir))
+    except ValueError:
+        return str(path)
+
+
+def _attempts(u: UnitStatus) -> str:
+    n = len(u.attempts)
+    return f"{n} attempt{'s' if n != 1 else ''}" + (f" ({', '.join(u.attempts)})" if n else "")
+
+
+def _interesting(u: UnitStatus) -> bool:
+    """Units worth a line: anything but a single clean attempt that is done."""
+    return u.state != "done" or len(u.attempts) > 1 or u.checkpoint is not None
+
+
+def print_status(
+    run_dir: Path, console: Console | None = None, log_lines: int = 15, max_units: int = 40
+) -> list[StageStatus]:
     console = console or Console()
-    statuses = run_status(run_dir)
+    statuses, note = _run_status(run_dir, None, ask_slurm=True)
     table = Table(title=f"run {run_dir}")
-    for col in ("stage", "stage id", "state", "units done", "running", "failed"):
-        table.add_column(col)
+    for col in ("stage", "stage id", "state", "done", "running", "queued", "requeued", "failed"):
+        table.add_column(col, overflow="fold")
     for s in statuses:
         table.add_row(
             s.stage,
@@ -100,12 +268,34 @@ def print_status(run_dir: Path, console: Console | None = None, log_lines: int =
             s.state,
             f"{len(s.complete)}/{s.n_units}",
             _ranges(s.running) or "-",
+            _ranges(s.queued) or "-",
+            _ranges(s.requeued) or "-",
             _ranges(sorted(s.failed)) or "-",
         )
     console.print(table)
+    if note:
+        console.print(note, markup=False)
+    rows = [(s, u) for s in statuses for u in s.units.values() if _interesting(u)]
+    if rows:
+        units = Table(title="units")
+        for col in ("stage", "unit", "state", "attempts", "host / job", "last checkpoint"):
+            units.add_column(col, overflow="fold")
+        for s, u in rows[:max_units]:
+            where = " / ".join(x for x in (u.host, u.job_id) if x) or "-"
+            if u.slurm is not None:
+                tid, state, reason = u.slurm
+                where += f" [{tid} {state}" + (f" {reason}" if reason not in ("", "None") else "") + "]"
+            ckpt = f"{_when(u.checkpoint[0])} {_short(u.checkpoint[1], s.path)}" if u.checkpoint else "-"
+            units.add_row(s.stage, str(u.unit), u.state, _attempts(u), where, ckpt)
+        console.print(units)
+        if len(rows) > max_units:
+            console.print(f"... and {len(rows) - max_units} more units", markup=False)
     for s in statuses:
-        for unit, rec in s.failed.items():
-            console.rule(f"{s.stage} unit {unit} failed on {rec.get('host')} (job {rec.get('job_id')})")
+        records = StageFolder(s.path).task_records() if (s.failed or s.stopped) else {}
+        for unit in sorted({*s.failed, *s.stopped}):
+            rec = records.get(unit, {})
+            what = "failed" if unit in s.failed else "was requeued but no job is left to resume it"
+            console.rule(f"{s.stage} unit {unit} {what} ({rec.get('host')}, job {rec.get('job_id')})")
             console.print(rec.get("error", ""), markup=False)
             console.print(
                 tail(rec.get("log_err"), log_lines) or tail(rec.get("log_out"), log_lines), markup=False

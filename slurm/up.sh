@@ -184,6 +184,8 @@ SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it may start again (default 120 s): short for tests
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 # no cgroups: /proc based process tracking, no task containment or binding
