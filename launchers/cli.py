@@ -28,10 +28,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     if args and args[0] == "status":
+        from launchers.status import StatusError
+
+        status_usage = "usage: python -m launch status RUN_FOLDER"
         if len(args) != 2:
-            console.print(USAGE)
+            got = "no RUN_FOLDER" if len(args) < 2 else f"{len(args) - 1} arguments"
+            print(f"error: status takes one RUN_FOLDER, got {got}\n{status_usage}", file=sys.stderr)
             return 2
-        statuses = print_status(Path(args[1]), Console())
+        try:
+            statuses = print_status(Path(args[1]), Console())
+        except StatusError as exc:
+            print(f"error: {exc}\n{status_usage}", file=sys.stderr)
+            return 2
         return 0 if all(s.state == "done" for s in statuses) else 1
     if args and args[0] == "--cfg":
         from omegaconf import OmegaConf
