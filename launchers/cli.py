@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from launchers.status import print_status
+from launchers.summary import console_for
 
 USAGE = """\
 usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and submit
@@ -23,7 +24,7 @@ tracking=offline|wandb|disabled, wait=true, dry_run=true. See README.md and conf
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    console = Console(stderr=True)
+    console = console_for(stderr=True)  # errors and progress; results go to stdout
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -77,16 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = [list(p) for batch in BasicSweeper.split_arguments(parsed, None) for p in batch]
     else:
         points = [args]
+    out = console_for()
     ok = True
     for point in points:
         if multirun:
             console.rule(" ".join(point))
         try:
-            result = launch(point, console=console)
+            result = launch(point, console=out, err=console)
         except (*user_errors, FileNotFoundError) as exc:
             console.print(f"error: {type(exc).__name__}: {exc}", style="red", markup=False, highlight=False)
             return 1
         plain = result.plan.plain
         if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
-            ok &= wait_for(result, console)
+            ok &= wait_for(result, console, out=out)
     return 0 if ok else 1

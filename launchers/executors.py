@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +69,20 @@ def slurm_parameters(
 
 
 def sbatch_script(
-    stage: PlannedStage, cluster: dict[str, Any], dependency: str | None, run_id: str, n_array: int
+    stage: PlannedStage, cluster: dict[str, Any], dependency: str | None, run_id: str, n_tasks: int
 ) -> str:
-    """The sbatch file submitit would write for this stage (for dry runs)."""
-    params = slurm_parameters(stage, cluster, dependency, run_id)
-    map_count = n_array if stage.shards > 1 else None
+    """The sbatch file submitit writes when this stage's `n_tasks` tasks are submitted (dry runs).
+
+    Built the way `submitit.SlurmExecutor` builds it: this interpreter, the stage's logs folder
+    (absolute), and `--array` only when more than one task goes in one batch.
+    """
+    folder = Path(stage.folder.logs).expanduser().absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(
-        command="<python> -u -m submitit.core._submit <stage>/logs",
-        folder=stage.folder.logs,
-        map_count=map_count,
-        **params,
+        command=command,
+        folder=folder,
+        map_count=n_tasks if stage.shards > 1 and n_tasks > 1 else None,
+        **slurm_parameters(stage, cluster, dependency, run_id),
     )
 
 
@@ -93,9 +98,9 @@ def make_executor(
                 "cluster=slurm but sbatch/srun are not on PATH: run on a Slurm login node, "
                 "or use cluster=local (dry_run=true shows the sbatch files without Slurm)"
             )
-        ex = submitit.SlurmExecutor(folder=folder)
-        ex.update_parameters(**slurm_parameters(stage, cluster, dependency, run_id))
-        return ex
+        slurm = submitit.SlurmExecutor(folder=folder)
+        slurm.update_parameters(**slurm_parameters(stage, cluster, dependency, run_id))
+        return slurm
     if kind == "local":
         ex = submitit.LocalExecutor(folder=folder)
         # one machine: all ranks of a multi-node stage become local processes

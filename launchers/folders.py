@@ -6,11 +6,18 @@ runs/<experiment>/<run_id>/       config.yaml overrides.yaml stages/<stage> -> .
 A unit is an array shard or, for multi-rank stages, a rank. A unit is complete when
 `completions/<unit:05d>` exists; the stage is complete when `DONE` exists, written
 once all units are.
+
+Everything under runs/ is private to its owner (dirs 0700, files 0600): run folders hold
+patient data. The launcher writes the tree under `private_files()`, so that what submitit
+writes (pickles, sbatch files, local logs) and what Slurm writes for the job (sbatch passes
+the umask on) is private too; tasks set the same umask (launchers.job).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +28,35 @@ import yaml
 from clinsynth.core.atomic import read_json, touch_marker, write_bytes, write_json
 
 PRIVATE = 0o700
+PRIVATE_FILE = 0o600
+#: the umask under which dirs are 0700 and files 0600
+PRIVATE_UMASK = 0o077
 
 
 def make_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) readable by the owner only: run folders hold patient data."""
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE)
+    """Create `path` and every missing parent readable by the owner only.
+
+    (`Path.mkdir(parents=True, mode=...)` gives the parents the default 0755.)
+    """
+    missing = []
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=PRIVATE, exist_ok=True)
+        os.chmod(d, PRIVATE)  # mkdir's mode is masked by the umask; never wider than 0700 here
     return path
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """Run the block under umask 077 (dirs 0700, files 0600), then restore the caller's umask."""
+    old = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @dataclass(frozen=True)
@@ -106,7 +136,8 @@ class StageFolder:
 
     def append_job(self, record: dict[str, Any]) -> None:
         """One line per submission: launcher-side, so a relaunch knows which jobs may be live."""
-        with open(self.path / "jobs.jsonl", "ab") as fh:
+        fd = os.open(self.path / "jobs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+        with os.fdopen(fd, "ab") as fh:
             fh.write(orjson.dumps(record) + b"\n")
 
     def jobs(self) -> list[dict[str, Any]]:

@@ -1,45 +1,68 @@
-"""Plan, skip what is done, submit what is missing, and say where everything went."""
+"""Plan, decide, then do: submit what is missing, and say where everything went.
+
+`launch` composes the config and plans the stages; `launchers.decide` says what to do with
+each (reuse, leave running, cancel, submit which units); this module only carries that out
+and prints the summary. A submission that fails takes back everything this launch created.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import io
+import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from clinsynth.core.atomic import write_bytes
 from launchers import slurm_state
 from launchers.config import compose_config, redact, to_plain
-from launchers.executors import make_executor, sbatch_script, world_size
-from launchers.folders import link_stage, make_private_dir
+from launchers.decide import Decision, Reuse, decide, dependency, observe
+from launchers.executors import make_executor, sbatch_script
+from launchers.folders import StageFolder, link_stage, make_private_dir, private_files
 from launchers.job import TaskSpec, run_task
 from launchers.plan import Plan, PlannedStage, build_plan
 from launchers.provenance import environment
+from launchers.states import StageState
+from launchers.summary import console_for, print_summary
 
 
 class LaunchError(RuntimeError):
-    """A stage failed while the launcher waited for it; the message names stage, unit and log."""
+    """A stage failed while the launcher waited for it, or a submission failed; the message
+    names stage, unit and log."""
 
 
 @dataclass
 class StageAction:
+    """A stage's decision and what became of it in this launch."""
+
     stage: str
     stage_id: str
     folder: Path
-    status: str  # done | running | submitted | planned
+    status: StageState
     n_units: int
     units: list[int] = field(default_factory=list)  # units submitted (or planned) now
     live_units: list[int] = field(default_factory=list)
-    job_ids: list[str] = field(default_factory=list)
+    live_ids: list[str] = field(default_factory=list)  # still-live jobs of earlier launches
+    job_ids: list[str] = field(default_factory=list)  # jobs this launch submitted
     cancelled: list[str] = field(default_factory=list)
     sbatch: str | None = None
+    reuse: Reuse | None = None
+    reason: str = ""
+
+    @classmethod
+    def of(cls, st: PlannedStage, d: Decision) -> StageAction:
+        return cls(
+            d.stage, st.stage_id, st.folder.path, d.state, d.n_units, list(d.units), list(d.live_units),
+            list(d.live_ids), reuse=d.reuse, reason=d.reason,
+        )  # fmt: skip
 
 
 @dataclass
@@ -56,7 +79,12 @@ class LaunchResult:
 
     @property
     def submitted(self) -> dict[str, list[int]]:
-        return {a.stage: a.units for a in self.actions if a.status == "submitted"}
+        """Stage -> units this launch submitted (queued on Slurm or ran here)."""
+        return {
+            a.stage: a.units
+            for a in self.actions
+            if a.status in (StageState.SUBMITTED, StageState.RAN, StageState.FAILED) and a.units
+        }
 
 
 def _redact_overrides(overrides: Sequence[str]) -> list[str]:
@@ -66,34 +94,6 @@ def _redact_overrides(overrides: Sequence[str]) -> list[str]:
         red = redact({key.rsplit(".", 1)[-1].lstrip("+~"): value}) if sep else {}
         out.append(f"{key}={next(iter(red.values()))}" if sep else o)
     return out
-
-
-def _live(stage: PlannedStage, executor: str) -> tuple[set[int], list[str]]:
-    """Units of this stage that a still-living job will run, and those jobs' ids."""
-    records = stage.folder.jobs()
-    live_units: set[int] = set()
-    live_ids: list[str] = []
-    if executor == "slurm":
-        if not any(r.get("executor") == "slurm" for r in records):
-            return live_units, live_ids
-        live = slurm_state.live_slurm_tasks()
-        for r in records:
-            if r.get("executor") != "slurm":
-                continue
-            for unit, tid in zip(r["units"], r["task_ids"], strict=True):
-                if tid in live:
-                    live_units.add(unit)
-                    if tid not in live_ids:
-                        live_ids.append(tid)
-    elif executor == "local":
-        here = socket.gethostname()
-        for r in records:
-            if r.get("executor") == "local" and r.get("host") == here:
-                for unit, tid in zip(r["units"], r["task_ids"], strict=True):
-                    if slurm_state.pid_alive(int(tid)):
-                        live_units.add(unit)
-                        live_ids.append(tid)
-    return live_units, live_ids
 
 
 def _task_spec(plan: Plan, st: PlannedStage, n_units: int, shard: int | None) -> TaskSpec:
@@ -114,8 +114,75 @@ def _task_spec(plan: Plan, st: PlannedStage, n_units: int, shard: int | None) ->
     )
 
 
-def _write_stage_files(plan: Plan, st: PlannedStage, n_units: int, kind: str) -> None:
-    folder = st.folder.create()
+class _Undo:
+    """What this launch created, so that a failed submission leaves no half run behind."""
+
+    def __init__(self) -> None:
+        self.created: list[Path] = []  # topmost new dirs and new links, in creation order
+        self.meta: dict[Path, bytes | None] = {}  # meta.json before this launch touched it
+        self.logs: dict[Path, set[str]] = {}  # files in pre-existing logs/ before submitting
+        self.slurm_jobs: list[str] = []
+
+    def mkdir(self, path: Path) -> Path:
+        top = None
+        for p in (path, *path.parents):
+            if p.exists() or p.is_symlink():
+                break
+            top = p
+        make_private_dir(path)
+        if top is not None:
+            self.created.append(top)
+        return path
+
+    def stage_folder(self, folder: StageFolder) -> None:
+        self.mkdir(folder.path)
+        for p in (folder.logs, folder.completions, folder.tasks):
+            self.mkdir(p)
+        self.keep_meta(folder)
+        self.logs.setdefault(folder.logs, {p.name for p in folder.logs.iterdir()})
+
+    def keep_meta(self, folder: StageFolder) -> None:
+        """Remember meta.json as it was before this launch wrote to it."""
+        meta = folder.path / "meta.json"
+        self.meta.setdefault(meta, meta.read_bytes() if meta.exists() else None)
+
+    def link(self, run_dir: Path, stage: str, folder: StageFolder) -> None:
+        link = run_dir / "stages" / stage
+        if not link.is_symlink():
+            self.mkdir(run_dir / "stages")
+            self.created.append(link)
+        link_stage(run_dir, stage, folder)
+
+    def rollback(self, keep: Sequence[Path]) -> None:
+        """Cancel this launch's Slurm jobs and remove what it created, except `keep` and above."""
+        slurm_state.scancel(self.slurm_jobs)
+        kept = [k.resolve() for k in keep]
+        for path in reversed(self.created):
+            real = path.parent.resolve() / path.name
+            if any(k == real or real in k.parents for k in kept):
+                continue
+            if path.is_symlink() or path.is_file():
+                path.unlink(missing_ok=True)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+        for meta, old in self.meta.items():
+            if meta.parent.is_dir() and old is not None:
+                write_bytes(meta, old)
+        for logs, before in self.logs.items():
+            if logs.is_dir():  # submitit's pickles and sbatch files of the failed submission
+                for p in logs.iterdir():
+                    if p.name not in before and p.is_file():
+                        p.unlink(missing_ok=True)
+
+
+class _SubmissionFailed(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"submitting stage {stage} failed: {message}")
+
+
+def _write_stage_files(plan: Plan, st: PlannedStage, n_units: int, kind: str, units: Sequence[int]) -> None:
+    """config.yaml and meta.json before a submission; meta records who ran it where (producers)."""
+    folder = st.folder
     folder.write_config(
         {
             "stage": st.name,
@@ -131,132 +198,163 @@ def _write_stage_files(plan: Plan, st: PlannedStage, n_units: int, kind: str) ->
     meta.setdefault("runs", [])
     if plan.run_id not in meta["runs"]:
         meta["runs"].append(plan.run_id)
+    resources = redact(st.resources)
+    meta.setdefault("producers", []).append(
+        {
+            "run_id": plan.run_id,
+            "experiment": plan.experiment,
+            "run_dir": str(plan.run_dir),
+            "executor": kind,
+            "resources": resources,
+            "units": list(units),
+            "time": time.time(),
+        }
+    )
     meta.update(
-        n_units=n_units, num_shards=st.shards, executor=kind, world_size=n_units if st.shards == 1 else 1
+        n_units=n_units,
+        num_shards=st.shards,
+        executor=kind,
+        resources=resources,
+        world_size=n_units if st.shards == 1 else 1,
     )
     folder.write_meta(meta)
-    link_stage(plan.run_dir, st.name, folder)
 
 
-def _write_run_files(plan: Plan, overrides: Sequence[str]) -> None:
-    make_private_dir(plan.runs_root)
-    make_private_dir(plan.run_dir)
+def _note_reuse(plan: Plan, st: PlannedStage) -> None:
+    """A done stage this run reuses lists the run in its meta.json."""
+    meta = st.folder.read_meta()
+    runs = meta.setdefault("runs", [])
+    if plan.run_id not in runs:
+        runs.append(plan.run_id)
+        st.folder.write_meta(meta)
+
+
+def _write_run_files(plan: Plan, overrides: Sequence[str], undo: _Undo) -> None:
+    undo.mkdir(plan.run_dir)
     write_bytes(plan.run_dir / "config.yaml", yaml.safe_dump(redact(plan.plain), sort_keys=False).encode())
     write_bytes(plan.run_dir / "overrides.yaml", yaml.safe_dump(_redact_overrides(overrides)).encode())
     write_bytes(plan.run_dir / "delta.yaml", yaml.safe_dump(redact(plan.delta)).encode())
 
 
 def launch(
-    overrides: Sequence[str] = (), console: Console | None = None, cwd: Path | None = None
+    overrides: Sequence[str] = (),
+    console: Console | None = None,
+    cwd: Path | None = None,
+    *,
+    err: Console | None = None,
 ) -> LaunchResult:
-    console = console or Console(stderr=True)
+    """Compose, plan, decide, then carry the decisions out.
+
+    `console` gets the results (tables, summary, dry-run sbatch files; default stdout),
+    `err` the progress bars (default stderr).
+    """
+    console = console or console_for()
+    err = err or console_for(stderr=True)
     cfg = compose_config(overrides)
     plain = to_plain(cfg)
     base = to_plain(compose_config([]))
     plan = build_plan(plain, base, cwd=cwd)
     cluster = dict(plain.get("cluster") or {})
     kind = str(cluster.get("executor"))
-    dry = bool(plain.get("dry_run"))
-    if not dry:
-        _write_run_files(plan, overrides)
-
-    actions: list[StageAction] = []
-    deps: dict[str, list[str]] = {}
-    resubmitted: set[str] = set()
-    for st in plan.stages:
-        n_units = st.shards if st.shards > 1 else world_size(st, kind)
-        act = StageAction(st.name, st.stage_id, st.folder.path, "planned", n_units)
-        actions.append(act)
-        if st.folder.is_done() or (st.folder.path.exists() and not st.folder.missing_units(n_units)):
-            if not dry:
-                _write_stage_files(plan, st, n_units, kind)
-                st.folder.try_mark_done(n_units)
-            act.status, deps[st.name] = "done", []
-            continue
-        live_units, live_ids = _live(st, kind) if st.folder.path.exists() else (set(), [])
-        if live_ids and any(d in resubmitted for d in st.needs):
-            # its parents run again: the old job waits on jobs that will never succeed
-            act.cancelled = live_ids
-            if not dry:
-                slurm_state.scancel(live_ids)
-            live_units, live_ids = set(), []
-        if st.shards > 1:
-            to_run = [u for u in st.folder.missing_units(n_units) if u not in live_units]
-        else:
-            to_run = [] if live_units else list(range(n_units))
-        act.live_units, act.units = sorted(live_units), to_run
-        dependency = _dependency(st, deps)
-        if dry:
-            act.status = "planned" if to_run else "running"
-            if kind == "slurm" and to_run:
-                act.sbatch = sbatch_script(
-                    st, cluster, _dry_dependency(st, deps, plan), plan.run_id, len(to_run)
-                )
-            deps[st.name] = live_ids + ([f"<{st.name}>"] if to_run else [])
-            continue
-        _write_stage_files(plan, st, n_units, kind)
-        if not to_run:
-            act.status, act.job_ids, deps[st.name] = "running", live_ids, live_ids
-            continue
-        if st.shards == 1:
-            st.folder.clear_completions()  # a multi-rank stage reruns all its ranks together
-        new_ids = _submit(plan, st, cluster, kind, dependency, to_run, n_units, console)
-        act.status, act.job_ids = "submitted", new_ids
-        deps[st.name] = live_ids + _dependency_ids(new_ids, kind)
-        resubmitted.add(st.name)
-
-    _print_actions(console, plan, actions, kind, dry)
-    if dry:
-        for act in actions:
-            if act.sbatch:
-                console.rule(f"sbatch for {act.stage} ({len(act.units)} task(s))")
-                console.print(act.sbatch, markup=False, highlight=False)
-    return LaunchResult(plan, actions)
+    decisions = decide(plan, observe(plan, kind), kind)
+    actions = [StageAction.of(plan.stage(d.stage), d) for d in decisions]
+    result = LaunchResult(plan, actions)
+    if plain.get("dry_run"):
+        _dry_run(console, plan, decisions, actions, cluster, kind)
+        return result
+    with private_files():
+        undo = _Undo()
+        try:
+            _write_run_files(plan, overrides, undo)
+            _execute(plan, decisions, actions, cluster, kind, undo, err)
+        except _SubmissionFailed as exc:
+            ran = [a.folder for a in actions if a.status in (StageState.RAN, StageState.FAILED)]
+            undo.rollback(keep=[*ran, plan.run_dir] if ran else [])
+            raise LaunchError(f"{exc}; nothing of this launch was left behind") from None
+        except LaunchError:
+            print_summary(console, plan, actions, kind)
+            raise
+    print_summary(console, plan, actions, kind)
+    return result
 
 
-def _dependency(st: PlannedStage, deps: dict[str, list[str]]) -> str | None:
-    ids = [i for d in st.needs for i in deps.get(d, [])]
-    return "afterok:" + ":".join(ids) if ids else None
-
-
-def _dry_dependency(st: PlannedStage, deps: dict[str, list[str]], plan: Plan) -> str | None:
-    return _dependency(st, deps)
-
-
-def _dependency_ids(new_ids: list[str], kind: str) -> list[str]:
-    if kind != "slurm":
-        return []
-    # a whole fresh array is one dependency on its base id
-    bases = []
-    for i in new_ids:
-        b = i.split("_")[0]
-        if b not in bases:
-            bases.append(b)
-    return bases
-
-
-def _submit(
+def _execute(
     plan: Plan,
-    st: PlannedStage,
+    decisions: list[Decision],
+    actions: list[StageAction],
     cluster: dict[str, Any],
     kind: str,
-    dependency: str | None,
-    units: list[int],
-    n_units: int,
-    console: Console,
+    undo: _Undo,
+    err: Console,
+) -> None:
+    by_stage = {d.stage: d for d in decisions}
+    new_ids: dict[str, list[str]] = {}
+    for d, act in zip(decisions, actions, strict=True):
+        st = plan.stage(d.stage)
+        if d.state is StageState.DONE:
+            if d.mark_done:
+                st.folder.try_mark_done(d.n_units)
+            undo.keep_meta(st.folder)
+            _note_reuse(plan, st)
+            undo.link(plan.run_dir, st.name, st.folder)
+        elif d.state is StageState.RUNNING:
+            undo.link(plan.run_dir, st.name, st.folder)
+        elif d.state is StageState.PLANNED:
+            if d.cancel:
+                slurm_state.scancel(list(d.cancel))
+                act.cancelled = list(d.cancel)
+            undo.stage_folder(st.folder)
+            _write_stage_files(plan, st, d.n_units, kind, d.units)
+            if kind == "slurm":
+                ids = _submit_slurm(plan, st, cluster, dependency(d, by_stage, new_ids), d, undo)
+                act.status, act.job_ids = StageState.SUBMITTED, ids
+                new_ids[st.name] = _array_bases(ids)
+                undo.link(plan.run_dir, st.name, st.folder)
+            else:
+                undo.link(plan.run_dir, st.name, st.folder)
+                try:
+                    _run_here(plan, st, cluster, kind, d, err, act.job_ids)
+                except LaunchError:
+                    act.status = StageState.FAILED
+                    for later in actions[actions.index(act) + 1 :]:
+                        if later.status is StageState.PLANNED:
+                            later.status = StageState.NOT_STARTED
+                    raise
+                act.status = StageState.RAN
+
+
+def _array_bases(ids: list[str]) -> list[str]:
+    """A whole fresh array is one dependency on its base id."""
+    return list(dict.fromkeys(i.split("_")[0] for i in ids))
+
+
+@contextlib.contextmanager
+def _submission(stage: str) -> Iterator[None]:
+    """Any error while submitting becomes one message (submitit also prints sbatch's stderr: muted)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    except Exception as exc:
+        raise _SubmissionFailed(stage, str(exc).strip() or type(exc).__name__) from exc
+
+
+def _submit_slurm(
+    plan: Plan, st: PlannedStage, cluster: dict[str, Any], dep: str | None, d: Decision, undo: _Undo
 ) -> list[str]:
-    ex = make_executor(st, cluster, dependency, plan.run_id)
-    if st.shards > 1:
-        specs = [_task_spec(plan, st, n_units, shard=u) for u in units]
-    else:
-        specs = [_task_spec(plan, st, n_units, shard=None)]
-    if kind == "slurm":
+    units = list(d.units)
+    with _submission(st.name):
+        ex = make_executor(st, cluster, dep, plan.run_id)
+        if st.shards > 1:
+            specs = [_task_spec(plan, st, d.n_units, shard=u) for u in units]
+        else:
+            specs = [_task_spec(plan, st, d.n_units, shard=None)]
         with ex.batch():
             jobs = [ex.submit(run_task, s) for s in specs]
-        task_ids = [j.job_id for j in jobs] if st.shards > 1 else [jobs[0].job_id] * len(units)
-        _record(st, kind, jobs[0].job_id.split("_")[0], units, task_ids, dependency, plan.run_id)
-        return [j.job_id for j in jobs]
-    return _run_here(plan, st, cluster, kind, ex, specs, units, n_units, console)
+    ids = [str(j.job_id) for j in jobs]
+    undo.slurm_jobs.extend(ids)
+    task_ids = ids if st.shards > 1 else ids * len(units)
+    _record(st, "slurm", ids[0].split("_")[0], units, task_ids, dep, plan.run_id)
+    return ids
 
 
 def _record(
@@ -288,38 +386,37 @@ def _run_here(
     st: PlannedStage,
     cluster: dict[str, Any],
     kind: str,
-    ex: Any,
-    specs: list[TaskSpec],
-    units: list[int],
-    n_units: int,
-    console: Console,
-) -> list[str]:
-    """local/debug: run the stage's tasks now (at most cluster.max_parallel_tasks at once)."""
+    d: Decision,
+    err: Console,
+    ids: list[str],
+) -> None:
+    """local/debug: run the stage's tasks now (at most cluster.max_parallel_tasks at once);
+    `ids` gets each job id as it starts, so a failure still says which jobs ran."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    n_units = d.n_units
+    units = list(d.units)
+    with _submission(st.name):
+        ex = make_executor(st, cluster, None, plan.run_id)
+    if st.shards > 1:
+        pending = [(u, _task_spec(plan, st, n_units, shard=u)) for u in units]
+    else:
+        pending = [(0, _task_spec(plan, st, n_units, shard=None))]
     limit = 1 if kind == "debug" else max(1, int(cluster.get("max_parallel_tasks", 4)))
-    pending = list(zip(units if st.shards > 1 else [0], specs, strict=False))
     running: list[tuple[int, Any]] = []
-    ids: list[str] = []
     failures: list[str] = []
     columns = (TextColumn(f"[bold]{st.name}[/] {st.stage_id}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, disable=kind == "debug") as progress:
-        bar = progress.add_task(st.name, total=n_units, completed=n_units - len(units))
+    with Progress(*columns, TimeElapsedColumn(), console=err, disable=kind == "debug") as progress:
+        bar = progress.add_task(st.name, total=n_units, completed=n_units - len(d.missing))
         while pending or running:
             while pending and len(running) < limit:
                 unit, spec = pending.pop(0)
-                job = ex.submit(run_task, spec)
+                with _submission(st.name):  # debug: the task runs later, in .results()
+                    job = ex.submit(run_task, spec)
                 ids.append(str(job.job_id))
                 task_units = [unit] if st.shards > 1 else list(range(n_units))
-                _record(
-                    st,
-                    kind,
-                    str(job.job_id),
-                    task_units,
-                    [str(job.job_id)] * len(task_units),
-                    None,
-                    plan.run_id,
-                )
+                _record(st, kind, str(job.job_id), task_units, [str(job.job_id)] * len(task_units), None,
+                        plan.run_id)  # fmt: skip
                 running.append((unit, job))
             still = []
             for unit, job in running:
@@ -340,35 +437,35 @@ def _run_here(
             + "\n".join(failures)
             + f"\nlogs: {st.folder.logs}; status: python -m launch status {plan.run_dir}"
         )
-    return ids
 
 
-def _print_actions(console: Console, plan: Plan, actions: list[StageAction], kind: str, dry: bool) -> None:
-    title = f"{'DRY RUN ' if dry else ''}{plan.experiment} run {plan.run_id} on {kind}"
-    table = Table(title=title)
-    for col in ("stage", "stage id", "status", "units", "job id(s)", "folder"):
-        table.add_column(col, overflow="fold")
-    for a in actions:
-        units = f"{len(a.units)} of {a.n_units}" if a.units else ("all" if a.status == "done" else "-")
-        jobs = ", ".join(_compact_ids(a.job_ids)) or "-"
-        if a.cancelled:
-            jobs += f" (cancelled {', '.join(a.cancelled)})"
-        table.add_row(a.stage, a.stage_id, a.status, units, jobs, str(a.folder))
-    console.print(table)
-    if not dry:
-        console.print(f"run folder: {plan.run_dir}")
-
-
-def _compact_ids(ids: list[str]) -> list[str]:
-    """123_0 123_1 123_2 -> 123_[0-2]."""
-    groups: dict[str, list[str]] = {}
-    for i in ids:
-        base, _, idx = i.partition("_")
-        groups.setdefault(base, []).append(idx)
-    out = []
-    for base, idxs in groups.items():
-        idxs = [x for x in idxs if x]
-        out.append(
-            f"{base}_[{idxs[0]}-{idxs[-1]}]" if len(idxs) > 1 else (f"{base}_{idxs[0]}" if idxs else base)
-        )
-    return out
+def _dry_run(
+    console: Console,
+    plan: Plan,
+    decisions: list[Decision],
+    actions: list[StageAction],
+    cluster: dict[str, Any],
+    kind: str,
+) -> None:
+    """The decisions, then per stage to submit: the exact sbatch file and the config its task gets."""
+    by_stage = {d.stage: d for d in decisions}
+    placeholders = {d.stage: [f"<{d.stage}>"] for d in decisions if d.units}
+    for d, act in zip(decisions, actions, strict=True):
+        if d.units and kind == "slurm":
+            st = plan.stage(d.stage)
+            dep = dependency(d, by_stage, placeholders)
+            act.sbatch = sbatch_script(st, cluster, dep, plan.run_id, len(d.units))
+        if d.cancel:
+            act.cancelled = list(d.cancel)
+    print_summary(console, plan, actions, kind, dry_run=True)
+    for d, act in zip(decisions, actions, strict=True):
+        if not d.units:
+            continue
+        st = plan.stage(d.stage)
+        if act.sbatch is not None:
+            console.out(f"--- sbatch for {d.stage} ({len(d.units)} task(s)) ---", highlight=False)
+            console.out(act.sbatch, highlight=False)
+        head = f"--- config for {d.stage} (what its task receives; secrets redacted) ---"
+        console.out(head, highlight=False)
+        console.out(yaml.safe_dump(redact(st.config), sort_keys=False).rstrip(), highlight=False)
+    console.out("dry run: nothing was written or submitted", highlight=False)
