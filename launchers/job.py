@@ -415,7 +415,7 @@ def finalize_meta(folder: StageFolder) -> None:
         if r.get("slurm_array_job_id")
     }
     meta.update(
-        hosts=sorted({r.get("node") or r.get("host") for r in latest if r.get("node") or r.get("host")}),
+        hosts=sorted({str(r.get("node") or r.get("host")) for r in latest if r.get("node") or r.get("host")}),
         job_ids=sorted({str(r["job_id"]) for r in latest if r.get("job_id")}),
         slurm={
             "job_ids": sorted({str(r["slurm_job_id"]) for r in latest if r.get("slurm_job_id")}),

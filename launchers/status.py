@@ -260,7 +260,8 @@ def print_status(
     statuses, note = _run_status(run_dir, None, ask_slurm=True)
     table = Table(title=f"run {run_dir}")
     for col in ("stage", "stage id", "state", "done", "running", "queued", "requeued", "failed"):
-        table.add_column(col, overflow="fold")
+        # names and ids stay whole (tests and scripts grep them); unit ranges fold
+        table.add_column(col, no_wrap=col in ("stage", "stage id", "state"), overflow="fold")
     for s in statuses:
         table.add_row(
             s.stage,
@@ -279,7 +280,7 @@ def print_status(
     if rows:
         units = Table(title="units")
         for col in ("stage", "unit", "state", "attempts", "host / job", "last checkpoint"):
-            units.add_column(col, overflow="fold")
+            units.add_column(col, no_wrap=col in ("stage", "unit", "state"), overflow="fold")
         for s, u in rows[:max_units]:
             where = " / ".join(x for x in (u.host, u.job_id) if x) or "-"
             if u.slurm is not None:
@@ -304,14 +305,11 @@ def print_status(
 
 
 def _ranges(units: list[int]) -> str:
-    if not units:
-        return ""
-    out, start, prev = [], units[0], units[0]
-    for u in units[1:] + [None]:  # type: ignore[list-item]
-        if u is not None and u == prev + 1:
-            prev = u
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if u is not None:
-            start = prev = u
-    return ",".join(out)
+    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8"."""
+    spans: list[list[int]] = []
+    for u in units:
+        if spans and u == spans[-1][1] + 1:
+            spans[-1][1] = u
+        else:
+            spans.append([u, u])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
