@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from launchers import slurm_state
+from launchers.config import redact
 from launchers.executors import world_size
 from launchers.folders import StageFolder
 from launchers.plan import Plan, PlannedStage
@@ -96,7 +97,7 @@ def _decide_stage(
             base,
             state=StageState.DONE,
             mark_done=not folder.done,
-            reuse=reuse_of(folder, plan.run_id, executor, st.resources),
+            reuse=reuse_of(folder, plan.run_id, executor, placement(st, plan.plain, executor)),
         )
     live = dict(seen.live.get(st.name, {}))
     live_ids = tuple(dict.fromkeys(live[u] for u in sorted(live)))
@@ -122,6 +123,17 @@ def _decide_stage(
     return replace(
         base, state=state, units=units, live_units=tuple(sorted(live)), live_ids=live_ids, cancel=cancel
     )
+
+
+def placement(st: PlannedStage, plain: Mapping[str, Any], executor: str) -> dict[str, Any]:
+    """Where a stage's tasks run, as recorded in meta.json and compared on reuse: its resources
+    (secrets redacted), with Slurm's partition/account filled in from the cluster config."""
+    res = redact(dict(st.resources))
+    if executor == "slurm":
+        cluster = plain.get("cluster") or {}
+        for key in ("partition", "account", "qos"):
+            res[key] = res.get(key) or cluster.get(key)
+    return res
 
 
 def reuse_of(folder: FolderState, run_id: str, executor: str, resources: Mapping[str, Any]) -> Reuse:

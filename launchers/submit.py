@@ -12,6 +12,7 @@ import getpass
 import io
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from rich.console import Console
 from clinsynth.core.atomic import write_bytes
 from launchers import slurm_state
 from launchers.config import compose_config, redact, to_plain
-from launchers.decide import Decision, Reuse, decide, dependency, observe
+from launchers.decide import Decision, Reuse, decide, dependency, observe, placement
 from launchers.executors import make_executor, sbatch_script
 from launchers.folders import StageFolder, link_stage, make_private_dir, private_files
 from launchers.job import TaskSpec, run_task
@@ -198,7 +199,7 @@ def _write_stage_files(plan: Plan, st: PlannedStage, n_units: int, kind: str, un
     meta.setdefault("runs", [])
     if plan.run_id not in meta["runs"]:
         meta["runs"].append(plan.run_id)
-    resources = redact(st.resources)
+    resources = placement(st, plan.plain, kind)
     meta.setdefault("producers", []).append(
         {
             "run_id": plan.run_id,
@@ -422,7 +423,9 @@ def _run_here(
             for unit, job in running:
                 if kind == "debug" or job.done():
                     try:
-                        job.results()
+                        # debug runs the task here: what it prints is a log, not a result (stdout)
+                        with contextlib.redirect_stdout(sys.stderr if kind == "debug" else sys.stdout):
+                            job.results()
                     except Exception as exc:
                         failures.append(f"unit {unit}: {str(exc).strip()[-2000:]}")
                 else:

@@ -14,6 +14,7 @@ from launchers.decide import (
     decide,
     dependency,
     observe,
+    placement,
     reuse_of,
 )
 from launchers.folders import stage_folder
@@ -159,6 +160,21 @@ def test_reuse_names_other_executor_and_resources():
     same = reuse_of(folder(done=True, producers=producers[1:]), "r1", "local", RES)
     assert same.this_run and same.differences == ()
     assert reuse_of(folder(done=True), "r1", "local", RES).runs == ()  # made before producers were recorded
+
+
+def test_placement_names_the_slurm_partition_and_account_and_hides_secrets():
+    st = _stage("toy_rows", shards=4)
+    st.resources.update(partition=None, account="proj", sbatch={"api_token": "x"})
+    plain = {"cluster": {"partition": "gpu", "account": "other", "executor": "slurm"}}
+    slurm = placement(st, plain, "slurm")
+    assert slurm["partition"] == "gpu" and slurm["account"] == "proj"  # the stage's own account wins
+    assert slurm["sbatch"] == {"api_token": "***redacted***"}
+    assert placement(st, plain, "local")["partition"] is None  # no Slurm, no partition
+    # produced on partition gpu, reused from partition cpu: said
+    done = folder(done=True, producers=({"run_id": "r0", "executor": "slurm", "resources": slurm},))
+    plain["cluster"]["partition"] = "cpu"
+    notes = reuse_of(done, "r1", "slurm", placement(st, plain, "slurm")).differences
+    assert notes == ("partition: 'gpu' (this launch: 'cpu')",)
 
 
 def test_decide_is_pure():
