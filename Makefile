@@ -1,4 +1,4 @@
-# make test     dev install, the test Slurm cluster (when root can start it), ruff, pytest;
+# make test     dev install, the test Slurm cluster (when root can start it), ruff, mypy, pytest;
 #               says at the end how to stop the cluster (make slurm-down)
 # make smoke    install and run the smoke experiment on this machine
 PYTHON ?= python3
@@ -32,6 +32,7 @@ slurm-hint:
 
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 
 test: install slurm-up lint
 	$(PYTHON) -m pytest || { rc=$$?; $(SLURM_HINT); exit $$rc; }
