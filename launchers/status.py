@@ -21,10 +21,12 @@ from rich.table import Table
 from clinsynth.core.context import latest_checkpoint, unit_checkpoint_dir
 from launchers import slurm_state
 from launchers.folders import StageFolder
+from launchers.states import StageState
 
-#: unit states, in the order a stage's state is picked from its units' states (the words are
-#: launchers.states.StageState's values)
-STAGE_STATES = ("failed", "stopped", "running", "requeued", "queued")
+S = StageState  # short for the many state comparisons below
+
+#: unit states, in the order a stage's state is picked from its units' states
+STAGE_STATES = (S.FAILED, S.STOPPED, S.RUNNING, S.REQUEUED, S.QUEUED)
 
 
 class StatusError(ValueError):
@@ -36,7 +38,7 @@ class UnitStatus:
     unit: int
     #: done | running | requeued | queued | failed | stopped | not started; stopped: the unit
     #: saved a checkpoint and was requeued (or could not be), but no job is left to resume it
-    state: str
+    state: StageState
     #: status of every attempt, oldest first (running, done, failed, requeued, stopped)
     attempts: list[str] = field(default_factory=list)
     host: str | None = None
@@ -52,7 +54,7 @@ class StageStatus:
     stage: str
     stage_id: str
     path: Path
-    state: str  # done | failed | stopped | running | requeued | queued | incomplete | not started
+    state: StageState
     n_units: int
     complete: list[int] = field(default_factory=list)
     running: list[int] = field(default_factory=list)
@@ -107,19 +109,20 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
         attempts = [str(a.get("status", "?")) for a in rec.get("attempts", [])]
         last = rec.get("status")
         job = jobs.get(unit)
+        state: StageState
         if unit in complete:
-            state = "done"
+            state = S.DONE
         elif job is not None and job[1] in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"):
-            state = "requeued" if last == "requeued" or job[1].startswith("REQUEUE") else "queued"
+            state = S.REQUEUED if last == "requeued" or job[1].startswith("REQUEUE") else S.QUEUED
         elif job is not None:
-            state = "running"
+            state = S.RUNNING
         elif last == "requeued" and live is not None:
-            state = "stopped"  # requeued, but Slurm no longer lists its job: nothing will resume it
+            state = S.STOPPED  # requeued, but Slurm no longer lists its job: nothing will resume it
         elif last in ("running", "failed", "requeued", "stopped"):
             # "running" without a live job: killed without a word (scancel -9, node loss)
-            state = str(last)
+            state = S(last)
         else:
-            state = "not started"
+            state = S.NOT_STARTED
         units[unit] = UnitStatus(
             unit=unit,
             state=state,
@@ -129,28 +132,29 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
             checkpoint=_checkpoint_of(folder, unit, array),
             slurm=job,
         )
-    by_state: dict[str, list[int]] = {}
+    by_state: dict[StageState, list[int]] = {}
     for u in units.values():
         by_state.setdefault(u.state, []).append(u.unit)
-    failed = {u: records[u] for u in by_state.get("failed", []) if u in records}
+    failed = {u: records[u] for u in by_state.get(S.FAILED, []) if u in records}
+    stage_state: StageState
     if folder.is_done():
-        state = "done"
+        stage_state = S.DONE
     else:
-        state = next(
-            (s for s in STAGE_STATES if by_state.get(s)), "incomplete" if complete else "not started"
+        stage_state = next(
+            (s for s in STAGE_STATES if by_state.get(s)), S.INCOMPLETE if complete else S.NOT_STARTED
         )
     return StageStatus(
         folder.name,
         folder.stage_id,
         folder.path,
-        state,
+        stage_state,
         n_units,
         complete,
-        running=by_state.get("running", []),
+        running=by_state.get(S.RUNNING, []),
         failed=failed,
-        stopped=by_state.get("stopped", []),
-        queued=by_state.get("queued", []),
-        requeued=by_state.get("requeued", []),
+        stopped=by_state.get(S.STOPPED, []),
+        queued=by_state.get(S.QUEUED, []),
+        requeued=by_state.get(S.REQUEUED, []),
         units=units,
     )
 
@@ -250,7 +254,7 @@ def _attempts(u: UnitStatus) -> str:
 
 def _interesting(u: UnitStatus) -> bool:
     """Units worth a line: anything but a single clean attempt that is done."""
-    return u.state != "done" or len(u.attempts) > 1 or u.checkpoint is not None
+    return u.state != S.DONE or len(u.attempts) > 1 or u.checkpoint is not None
 
 
 def print_status(
