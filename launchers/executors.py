@@ -98,7 +98,8 @@ def make_executor(
                 "cluster=slurm but sbatch/srun are not on PATH: run on a Slurm login node, "
                 "or use cluster=local (dry_run=true shows the sbatch files without Slurm)"
             )
-        slurm = submitit.SlurmExecutor(folder=folder)
+        # time-limit warnings a job may answer with a requeue before submitit calls it failed
+        slurm = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(cluster["max_num_timeout"]))
         slurm.update_parameters(**slurm_parameters(stage, cluster, dependency, run_id))
         return slurm
     if kind == "local":

@@ -70,6 +70,7 @@ class SlurmCluster(_Strict):
     env_sh: str | None
     setup: list[str]
     signal_delay_s: int = Field(ge=0)
+    max_num_timeout: int = Field(ge=0)
     kill_on_invalid_dep: bool
     use_srun: bool
 
