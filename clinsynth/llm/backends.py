@@ -9,6 +9,7 @@ reproducible on its own, independent of the batch it happened to be in.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -123,6 +124,15 @@ def _chat_template(model_cfg: Mapping[str, Any]) -> str | None:
     return Path(tpl).read_text()
 
 
+def _model_max_len(model_path: str) -> int | None:
+    """The positions a local model folder holds (config.json), or None when unknown (a hub id)."""
+    cfg = Path(model_path) / "config.json"
+    if not cfg.is_file():
+        return None
+    value = json.loads(cfg.read_text()).get("max_position_embeddings")
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def make_backend(
     backend_cfg: Mapping[str, Any],
     model_cfg: Mapping[str, Any],
@@ -201,6 +211,11 @@ class VLLMBackend:
         for key in ("max_num_seqs", "max_model_len", "gpu_memory_utilization"):
             if backend_cfg.get(key) is not None:
                 kwargs[key] = backend_cfg[key]
+        own = _model_max_len(model_path)
+        if own is not None and int(kwargs.get("max_model_len") or 0) > own:
+            # max_model_len is a cap on KV per sequence; a model that holds fewer positions caps it lower
+            logger.info("max_model_len %s > the model's %d positions: capped", kwargs["max_model_len"], own)
+            kwargs["max_model_len"] = own
         if kv_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
         if backend_cfg.get("batch_invariant"):
