@@ -130,8 +130,9 @@ def test_workers_give_the_same_result_as_one_process(tmp_path):
     src = write_ndjson(tmp_path / "in", resources)
     one = ingest(read_ndjson(src), tmp_path / "one", OPTS, workers=1, chunk=7)
     files = sorted(p.name for p in (tmp_path / "one" / "records").iterdir())
-    for name, workers in (("two", 2), ("inline", 0)):  # 0: in this process
-        other = ingest(read_ndjson(src), tmp_path / name, OPTS, workers=workers, chunk=7)
+    # ingest.workers and ingest.chunk are operational (not in the stage id): the records must not change
+    for name, workers, chunk in (("two", 2, 7), ("inline", 0, 7), ("big-chunks", 2, 1000)):  # 0: in-process
+        other = ingest(read_ndjson(src), tmp_path / name, OPTS, workers=workers, chunk=chunk)
         for key in ("read_by_type", "ok_by_type", "quarantined_by_reason", "rows"):
             assert one[key] == other[key]
         for f in files:  # byte for byte: records do not depend on which worker took which chunk
