@@ -151,10 +151,18 @@ def missing_packages(spec: StageSpec, model: Any) -> list[str]:
         return []
     out = []
     for module, extra in spec.requires(model):
-        if importlib.util.find_spec(module) is None:
+        if not _importable(module):
             extras = " or ".join(f"pip install -e '.[{e.strip()}]'" for e in _extras(extra))
             out.append(f"stage {spec.name} needs the package {module!r}: {extras}")
     return out
+
+
+def _importable(module: str) -> bool:
+    """Whether the package is installed, without importing it (vLLM takes seconds to import)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install or a blocked import counts as missing
+        return False
 
 
 def _extras(text: str) -> list[str]:
