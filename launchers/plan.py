@@ -48,6 +48,8 @@ class Plan:
     plain: dict[str, Any]
     delta: dict[str, Any]
     stages: list[PlannedStage] = field(default_factory=list)
+    #: things a dry run should say but not stop at (missing optional packages)
+    warnings: list[str] = field(default_factory=list)
 
     def stage(self, name: str) -> PlannedStage:
         for s in self.stages:
@@ -103,7 +105,14 @@ def _identity_config(plain: dict[str, Any], models: dict[str, Any]) -> dict[str,
     return out
 
 
-def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = None) -> Plan:
+def build_plan(
+    plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = None, *, check_packages: bool = True
+) -> Plan:
+    """Validate, order and identify the stages of one launch.
+
+    `check_packages`: a stage whose config needs a package this environment lacks stops a real
+    launch; a dry run (often on a login node without the GPU extras) only warns.
+    """
     load_stage_modules(plain.get("stage_modules") or [])
     pipeline = list(plain.get("pipeline") or [])
     if not pipeline:
@@ -114,7 +123,7 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
     if errors:
         raise PlanError("invalid config:\n  " + "\n  ".join(errors))
     missing = [m for spec in ordered for m in missing_packages(spec, models.get(spec.name))]
-    if missing:
+    if missing and check_packages and not plain.get("dry_run"):
         raise PlanError("\n".join(missing))
     runs_root = Path(plain["paths"]["runs"])
     if not runs_root.is_absolute():
@@ -125,6 +134,7 @@ def build_plan(plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = N
     experiment = str(plain.get("name") or "default")
     sem_delta = delta(semantic(plain), semantic(base))
     plan = Plan(experiment, rid, runs_root, runs_root / experiment / rid, plain, sem_delta)
+    plan.warnings = [f"{m} (on the nodes that run it)" for m in missing] if check_packages else []
 
     ids: dict[str, str] = {}
     for spec in ordered:

@@ -471,4 +471,6 @@ def _dry_run(
         head = f"--- config for {d.stage} (what its task receives; secrets redacted) ---"
         console.out(head, highlight=False)
         console.out(yaml.safe_dump(redact(st.config), sort_keys=False).rstrip(), highlight=False)
+    for warning in plan.warnings:
+        console.out(f"warning: {warning}", highlight=False)
     console.out("dry run: nothing was written or submitted", highlight=False)

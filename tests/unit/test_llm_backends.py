@@ -109,6 +109,7 @@ def test_config_errors_are_plain(tmp_path: Path, tiny_model_cfg: dict[str, Any])
         make_backend({"kind": "tgi"}, tiny_model_cfg, SAMPLING, cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"set model\.path"):
         resolve_model_path({"name": "smollm2_135m", "kind": "pretrained", "path": None}, tmp_path)
+    pytest.importorskip("torch", reason="the tiny model is built with torch (pip install -e '.[hf]')")
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "vllm", None)  # as on a machine without the extra
         with pytest.raises(ImportError, match=r"clinsynth\[gen\]'.*'clinsynth\[gen-cpu\]'"):
@@ -305,6 +306,7 @@ def test_hf_contract_and_seeds_independent_of_batch(hf_backend: Any) -> None:
 
 def test_hf_stops_at_eos_per_row(llm_cache_dir: Path, tiny_model_cfg: dict[str, Any]) -> None:
     """A tiny model whose EOS row is scaled up stops now and then: rows of a batch end apart."""
+    pytest.importorskip("torch", reason="the hf backend needs torch (pip install -e '.[hf]')")
     model_cfg = {**tiny_model_cfg, "tiny": {"eos_scale": 8.0}}
     backend = make_backend({"kind": "hf", "device": "cpu", "batch_size": 8}, model_cfg, SAMPLING,
                            cache_dir=llm_cache_dir)
