@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clinsynth.ingest.pipeline import Options, ingest
-from clinsynth.ingest.sources import ServerSource, SourceError
+from clinsynth.ingest.server import ServerSource
+from clinsynth.ingest.sources import SourceError
 from clinsynth.records import iter_patients
 from tests import fhir_samples as fs
 from tests.fhir_server.fixture import fhir_server  # noqa: F401 - pytest fixture
