@@ -217,7 +217,7 @@ def live_jobs(stages: Sequence[PlannedStage], executor: str) -> dict[str, dict[i
                 if kind == "slurm":
                     alive = tid in slurm_live
                 elif kind == "local" and executor != "slurm" and r.get("host") == here and tid.isdigit():
-                    alive = slurm_state.pid_alive(int(tid))
+                    alive = slurm_state.local_task_alive(int(tid), r.get("process"))
                 else:
                     alive = False
                 if alive:

@@ -6,6 +6,7 @@ import getpass
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 
 class SlurmUnavailable(RuntimeError):
@@ -49,3 +50,29 @@ def pid_alive(pid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def process_identity(pid: int) -> str | None:
+    """`<boot id>:<start tick>` of a live process; None when it is gone or /proc is missing.
+
+    A PID alone is no identity: PIDs wrap within minutes under load, and a dead task's PID may
+    belong to an unrelated process by the time a launcher asks.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
+    return f"{boot}:{fields[19]}"  # field 22 of proc(5): start time in clock ticks after boot
+
+
+#: recorded when a local task had ended before its identity could be read
+EXITED = "exited"
+
+
+def local_task_alive(pid: int, identity: str | None) -> bool:
+    """Whether the local task recorded as (pid, identity) still runs: the same process, not its PID."""
+    if identity is None and not Path("/proc").is_dir():  # no /proc here: the PID is all there is
+        return pid_alive(pid)
+    return identity not in (None, EXITED) and process_identity(pid) == identity

@@ -367,19 +367,21 @@ def _record(
     dependency: str | None,
     run_id: str,
 ) -> None:
-    st.folder.append_job(
-        {
-            "time": time.time(),
-            "executor": kind,
-            "job_id": job_id,
-            "units": units,
-            "task_ids": task_ids,
-            "dependency": dependency,
-            "run_id": run_id,
-            "host": socket.gethostname(),
-            "user": getpass.getuser(),
-        }
-    )
+    record: dict[str, Any] = {
+        "time": time.time(),
+        "executor": kind,
+        "job_id": job_id,
+        "units": units,
+        "task_ids": task_ids,
+        "dependency": dependency,
+        "run_id": run_id,
+        "host": socket.gethostname(),
+        "user": getpass.getuser(),
+    }
+    if kind == "local" and job_id.isdigit():
+        # PID + start time: a later launch tells this task from an unrelated process with its PID
+        record["process"] = slurm_state.process_identity(int(job_id)) or slurm_state.EXITED
+    st.folder.append_job(record)
 
 
 def _run_here(
