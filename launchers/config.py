@@ -99,8 +99,14 @@ def delta(plain: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 _MISSING = object()
 
 
+#: `scheme://user:password@host` -> `scheme://user:***@host`
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@")
+
+
 def redact(data: Any) -> Any:
-    """Replace values of secret-looking keys, so saved configs never hold credentials."""
+    """Replace values of secret-looking keys and passwords in URLs, so saved configs hold no credentials."""
+    if isinstance(data, str):
+        return _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}{REDACTED}@", data)
     if isinstance(data, dict):
         return {
             k: (

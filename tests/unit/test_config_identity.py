@@ -121,3 +121,11 @@ def test_run_folders_are_private(tmp_path):
     result = launch(toy_overrides(tmp_path / "runs", "debug", n_items=4, shards=1, nodes=1))
     for p in (tmp_path / "runs", result.run_dir, result.plan.stage("toy_rows").folder.path):
         assert p.stat().st_mode & 0o077 == 0, f"{p} is readable by others"
+
+
+def test_redact_hides_passwords_in_urls():
+    data = {"source": {"url": "https://bob:s3cr3t@fhir.example/fhir"}, "urls": ["http://a:pw@h:8080/x", "plain"]}
+    out = redact(data)
+    assert "s3cr3t" not in str(out) and "pw@" not in str(out)
+    assert out["source"]["url"] == f"https://bob:{REDACTED}@fhir.example/fhir"
+    assert out["urls"][1] == "plain"
