@@ -124,7 +124,7 @@ def test_run_folders_are_private(tmp_path):
 
 
 def test_redact_hides_passwords_in_urls():
-    data = {"source": {"url": "https://bob:s3cr3t@fhir.example/fhir"}, "urls": ["http://a:pw@h:80/x", "plain"]}
+    data = {"source": {"url": "https://bob:s3cr3t@fhir.example/fhir"}, "urls": ["http://a:pw@h/x", "plain"]}
     out = redact(data)
     assert "s3cr3t" not in str(out) and "pw@" not in str(out)
     assert out["source"]["url"] == f"https://bob:{REDACTED}@fhir.example/fhir"
