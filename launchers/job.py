@@ -35,7 +35,7 @@ from clinsynth.core.context import (
     unit_checkpoint_dir,
 )
 from clinsynth.core.registry import get_stage, load_stage_modules
-from clinsynth.core.tracking import NullTracker, Tracker, WandbTracker
+from clinsynth.core.tracking import NullTracker, Tracker, WandbTracker, start_tracker
 from launchers.config import redact
 from launchers.folders import StageFolder
 
@@ -72,10 +72,14 @@ def _logger(stage: str, rank: int) -> logging.Logger:
     return logger
 
 
-def _tracker(spec: TaskSpec, rank: int, folder: StageFolder) -> Tracker:
+def _tracker(spec: TaskSpec, rank: int, folder: StageFolder, logger: logging.Logger) -> Tracker:
     trk = spec.tracking or {}
     if rank != 0 or trk.get("backend") != "wandb" or trk.get("mode") == "disabled":
         return NullTracker()
+    return start_tracker(lambda: _wandb(spec, trk, folder), logger)
+
+
+def _wandb(spec: TaskSpec, trk: dict[str, Any], folder: StageFolder) -> Tracker:
     return WandbTracker(
         run_id=f"{spec.run_id}-{spec.stage}" + (f"-{spec.shard:05d}" if spec.shard is not None else ""),
         name=f"{spec.experiment}/{spec.stage}" + (f"/{spec.shard}" if spec.shard is not None else ""),
@@ -277,7 +281,7 @@ def _run(spec: TaskSpec) -> dict[str, Any]:
     save_record()
     checkpoint_dir = unit_checkpoint_dir(folder.path, spec.shard)
     stop = StopSignal()
-    tracker = _tracker(spec, rank, folder)
+    tracker = _tracker(spec, rank, folder, logger)
     ctx = StageContext(
         stage=spec.stage,
         stage_id=spec.stage_id,

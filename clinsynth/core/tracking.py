@@ -6,8 +6,9 @@ data and are sent only when the user opts in with `tracking.log_samples=true`.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -87,3 +88,48 @@ class WandbTracker:
 
     def finish(self, exit_code: int = 0) -> None:
         self._run.finish(exit_code=exit_code)
+
+
+class GuardedTracker:
+    """Tracking never fails a stage's work: each call is retried once, then tracking turns off.
+
+    W&B's service process can die or its disk fill up; the letters a stage wrote are still good.
+    """
+
+    def __init__(self, inner: Tracker, logger: logging.Logger) -> None:
+        self._inner: Tracker = inner
+        self._logger = logger
+        self.log_samples = inner.log_samples
+
+    def _call(self, what: str, fn: Callable[[], None]) -> None:
+        for attempt in (1, 2):
+            try:
+                fn()
+                return
+            except Exception as exc:  # any tracking failure: never the stage's
+                if attempt == 2:
+                    self._logger.warning("tracking %s failed twice (%s: %s); tracking is off for this task",
+                                         what, type(exc).__name__, exc)  # fmt: skip
+                    self._inner = NullTracker()
+                    self.log_samples = False
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self._call("log", lambda: self._inner.log(metrics, step=step))
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        self._call("summary", lambda: self._inner.summary(values))
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._call("finish", lambda: self._inner.finish(exit_code=exit_code))
+
+
+def start_tracker(factory: Callable[[], Tracker], logger: logging.Logger) -> Tracker:
+    """The tracker `factory` builds, guarded; a tracker that cannot start (twice) is replaced by none."""
+    for attempt in (1, 2):
+        try:
+            return GuardedTracker(factory(), logger)
+        except Exception as exc:
+            if attempt == 2:
+                logger.warning("tracking could not start (%s: %s); the stage runs without it",
+                               type(exc).__name__, exc)  # fmt: skip
+    return NullTracker()
