@@ -29,6 +29,7 @@ from launchers.decide import Decision, Reuse, decide, dependency, observe, place
 from launchers.executors import make_executor, sbatch_script
 from launchers.folders import StageFolder, link_stage, make_private_dir, private_files
 from launchers.job import TaskSpec, run_task
+from launchers.locks import stage_locks
 from launchers.plan import Plan, PlannedStage, build_plan
 from launchers.provenance import environment
 from launchers.states import StageState
@@ -257,14 +258,18 @@ def launch(
     plan = build_plan(plain, base, cwd=cwd)
     cluster = dict(plain.get("cluster") or {})
     kind = str(cluster.get("executor"))
-    decisions = decide(plan, observe(plan, kind), kind)
-    actions = [StageAction.of(plan.stage(d.stage), d) for d in decisions]
-    result = LaunchResult(plan, actions)
     if plain.get("dry_run"):
+        decisions = decide(plan, observe(plan, kind), kind)
+        actions = [StageAction.of(plan.stage(d.stage), d) for d in decisions]
         _dry_run(console, plan, decisions, actions, cluster, kind)
-        return result
-    with private_files():
-        undo = _Undo()
+        return LaunchResult(plan, actions)
+    undo = _Undo()
+    with private_files(), stage_locks(plan, err, undo.mkdir):
+        # decided under the locks: a concurrent launch of the same stages has finished deciding
+        # (and, on local/debug, running) by now, so what it did is seen, never done twice
+        decisions = decide(plan, observe(plan, kind), kind)
+        actions = [StageAction.of(plan.stage(d.stage), d) for d in decisions]
+        result = LaunchResult(plan, actions)
         try:
             _write_run_files(plan, overrides, undo)
             _execute(plan, decisions, actions, cluster, kind, undo, err)
