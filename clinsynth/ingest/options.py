@@ -29,6 +29,7 @@ class Options:
     extra_code_systems: frozenset[str] = frozenset()
     strict: bool = False
     plans: bool = True  # extraction plans for repeating shapes (see ingest/plans.py)
+    allow_empty: bool = False  # a source with no resources at all is an error unless this is set
 
 
 class IngestError(RuntimeError):

@@ -11,6 +11,7 @@ and none is dropped silently. This module only orchestrates and reports.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from clinsynth.ingest.buckets import write_records
 from clinsynth.ingest.checks import global_checks
 from clinsynth.ingest.index import INDEX, KIND, SIDE
 from clinsynth.ingest.options import REASONS, IngestError, Options, default_as_of
-from clinsynth.ingest.sources import Item
+from clinsynth.ingest.sources import BundleSource, Item, NdjsonSource, SourceError
 from clinsynth.ingest.worker import ChunkResult
 
 __all__ = ["REASONS", "IngestError", "Options", "default_as_of", "ingest"]
@@ -108,6 +109,19 @@ def _report(
     }
 
 
+def _empty_message(items: Iterable[Item]) -> str:
+    where = str(getattr(items, "path", None) or getattr(items, "base_url", None) or type(items).__name__)
+    msg = f"no FHIR resources found in {where}"
+    if isinstance(items, (NdjsonSource, BundleSource)):
+        skipped = items.files_skipped
+        msg += f": {len(items.files_read)} file(s) read (empty or blank), {len(skipped)} skipped"
+        if skipped:
+            msg += " (" + "; ".join(f"{e['file']}: {e['reason']}" for e in skipped[:5])
+            msg += "; ..." if len(skipped) > 5 else ""
+            msg += ")"
+    return msg + " (set ingest.allow_empty=true if an empty source is expected)"
+
+
 def ingest(
     items: Iterable[Item],
     out_dir: Path,
@@ -123,6 +137,8 @@ def ingest(
     `workers` processes validate and extract (0: all in this process, for debuggers);
     GC tuning happens inside them only, never in the calling process."""
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    if isinstance(items, (NdjsonSource, BundleSource)) and opts.strict != items.strict:
+        items = dataclasses.replace(items, strict=opts.strict)  # stop at the first unreadable file
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = out_dir / "_parts"
     shutil.rmtree(parts, ignore_errors=True)
@@ -133,6 +149,8 @@ def ingest(
         got = _Gathered(opts, progress)
         pool.run(items, parts, opts, workers, chunk, got)
         phases["read_validate_extract"] = time.perf_counter() - t1
+        if not got.seen and not opts.allow_empty:
+            raise SourceError(_empty_message(items))
         t1 = time.perf_counter()
         idx = pa.Table.from_batches(got.batches, schema=INDEX)
         side = {
@@ -157,6 +175,9 @@ def ingest(
             e.pop("seq", None)
             fh.write(orjson.dumps(e) + b"\n")
     report = _report(idx, keep, bad, unreadable, repeats, rows, time.perf_counter() - t0)
+    if isinstance(items, (NdjsonSource, BundleSource)):
+        report["files_read"] = items.files_read
+        report["files_skipped"] = items.files_skipped
     report["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}
     # this process and its (joined) workers: throughput per core is what survives a busy machine
     report["cpu_seconds"] = round(_cpu_seconds() - cpu0, 3)

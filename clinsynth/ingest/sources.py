@@ -6,16 +6,21 @@ first, so references to them can be checked as the stream goes by (bounded memor
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import re
+import stat
+import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
 from clinsynth.ingest.extract import REFERENCE_TARGETS
+from clinsynth.ingest.options import IngestError
 
 
 @dataclass
@@ -41,67 +46,256 @@ def _priority(resource_type: str) -> tuple[int, str]:
 
 _TYPE_RE = re.compile(r"^([A-Z][A-Za-z]+)")
 
+#: file names an NDJSON source reads (case-insensitive), in any sub-folder
+NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
+BOM = b"\xef\xbb\xbf"
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
-def ndjson_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise SourceError(f"NDJSON source {path} does not exist: point source.path at a bulk-export folder")
-    files = [p for p in path.iterdir() if p.name.endswith((".ndjson", ".ndjson.gz"))]
-    if not files:
-        raise SourceError(f"no *.ndjson files in {path}")
 
-    def key(p: Path) -> tuple[tuple[int, str], str]:
-        m = _TYPE_RE.match(p.name)
-        return _priority(m.group(1) if m else "~"), p.name
+def _text(s: str) -> str:
+    """JSON-safe text: a file name's non-UTF-8 bytes (surrogate escapes) become \\xNN."""
+    try:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return s.encode("utf-8", "backslashreplace").decode()
 
-    return sorted(files, key=key)
+
+def _kind_of(mode: int) -> str | None:
+    """What a non-regular, non-folder file is; None for a regular file or a folder."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
 
 
 @dataclass
-class NdjsonSource:
-    """A bulk-export folder (or one file). Iterating yields one Item per non-blank line; `ranges()`
-    lets worker processes read byte ranges themselves instead of the main process shipping lines."""
+class FileScan:
+    """The files of a folder a source reads, and every other entry with the reason it is skipped.
+
+    `problems` marks the skips that a strict run stops at (unreadable or special files), as
+    opposed to files that are merely not named like the source's files."""
+
+    files: list[tuple[Path, str]] = field(default_factory=list)  # (path, name in reports)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    problems: list[bool] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str, problem: bool) -> None:
+        self.skipped.append({"file": name, "reason": _text(reason)})
+        self.problems.append(problem)
+
+
+def scan_files(path: Path, suffixes: tuple[str, ...], what: str) -> FileScan:
+    """Every entry under `path`, recursively, without opening any (a FIFO must never block).
+
+    Folders are listed in name order; symbolic links to files are followed, links to folders are
+    not (no cycles); special files, dangling links and link loops are skipped with a reason."""
+    scan = FileScan()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SourceError(f"{what} source {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"{what} source {path} cannot be read: {exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        special = _kind_of(st.st_mode)
+        if special:
+            scan.skip(_text(path.name), f"{special}, not a file", True)
+        else:
+            scan.files.append((path, _text(path.name)))
+        return scan
+    names = " ".join(suffixes)
+
+    def walk(folder: Path, rel: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            scan.skip(rel or ".", f"folder cannot be listed: {exc.strerror or exc}", True)
+            return
+        for e in entries:
+            name = _text(f"{rel}{e.name}")
+            matches = e.name.lower().endswith(suffixes)
+            try:
+                link = e.is_symlink()
+                st = os.stat(e.path) if link else e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                scan.skip(name, "dangling symbolic link", True)
+                continue
+            except OSError as exc:
+                why = f"cannot be read: {exc.strerror or exc}"
+                scan.skip(name, "symbolic link loop" if exc.errno == errno.ELOOP else why, True)
+                continue
+            special = _kind_of(st.st_mode)
+            if stat.S_ISDIR(st.st_mode):
+                if link:
+                    scan.skip(name, "symbolic link to a folder (not followed)", matches)
+                    continue
+                if matches:
+                    scan.skip(name, "a folder, not a file (searched like any sub-folder)", True)
+                walk(Path(e.path), f"{rel}{e.name}/")
+            elif special:
+                scan.skip(name, f"{special}, not a file", True)
+            elif matches:
+                scan.files.append((Path(e.path), name))
+            else:
+                scan.skip(name, f"not a {what} file name ({names})", False)
+
+    walk(path, "")
+    return scan
+
+
+def ndjson_files(path: Path) -> list[Path]:
+    """The NDJSON files under `path` (recursively), reference targets' types first."""
+    return [f for f, _ in _ndjson_scan(path).files]
+
+
+def _ndjson_scan(path: Path) -> FileScan:
+    scan = scan_files(path, NDJSON_SUFFIXES, "NDJSON")
+
+    def key(f: tuple[Path, str]) -> tuple[tuple[int, str], str]:
+        m = _TYPE_RE.match(f[0].name)
+        return _priority(m.group(1) if m else "~"), f[1]
+
+    scan.files.sort(key=key)
+    return scan
+
+
+def _line_blocks(fh: IO[bytes], block: int = 1 << 20) -> Iterator[list[bytes]]:
+    """The file's lines, stripped, a block at a time (consecutive: line numbers are counted by the
+    caller): \n, \r\n and a lone \r end a line; a UTF-8 BOM at the start of the file is dropped.
+    Memory is bounded by the block and the longest line."""
+    pending: list[bytes] = []
+    first = True
+    while chunk := fh.read(block):
+        if first:
+            first = False
+            if chunk.startswith(BOM):
+                chunk = chunk[len(BOM) :]
+        if pending and b"\n" not in chunk and b"\r" not in chunk:
+            pending.append(chunk)  # a long line: join once, when it ends
+            continue
+        data = b"".join([*pending, chunk]) if pending else chunk
+        pending = []
+        if not data:
+            continue
+        lines = data.splitlines(keepends=True)
+        if not lines[-1].endswith(b"\n"):  # unfinished, or a \r that may be half of \r\n
+            pending.append(lines.pop())
+        yield [ln.strip() for ln in lines]
+    if pending:
+        yield [b"".join(pending).strip()]
+
+
+def _read_error(exc: BaseException, after: int) -> str:
+    what = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        what = exc.strerror
+    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+        what = f"not a valid gzip file: {what}"
+    if after:
+        return f"{what} (after line {after}; the lines before it were read)"
+    return what
+
+
+@dataclass
+class _FileSource:
+    """A source of files under a folder: after a pass, `files_read` and `files_skipped` (file,
+    reason) account for every entry under it; `strict` stops at the first unreadable file."""
 
     path: Path
+    strict: bool = False
+    files_read: list[str] = field(default_factory=list, init=False)
+    files_skipped: list[dict[str, str]] = field(default_factory=list, init=False)
+
+    def _start(self, scan: FileScan) -> list[tuple[Path, str]]:
+        self.files_read, self.files_skipped = [], []
+        for entry, problem in zip(scan.skipped, scan.problems, strict=True):
+            self._skip(entry["file"], entry["reason"], problem)
+        return scan.files
+
+    def _skip(self, name: str, reason: str, problem: bool = True) -> None:
+        self.files_skipped.append({"file": name, "reason": reason})
+        if self.strict and problem:
+            raise IngestError(
+                f"{name}: {reason} (strict=true stops at the first unreadable file; set "
+                "ingest.strict=false to skip it and list it under files_skipped in ingest_report.json)"
+            )
+
+
+@dataclass
+class NdjsonSource(_FileSource):
+    """A bulk-export folder (searched recursively for NDJSON_SUFFIXES, any case) or one file.
+    Iterating yields one Item per non-blank line; `ranges()` lets worker processes read byte
+    ranges themselves instead of the main process shipping lines."""
+
+    def _scan(self) -> list[tuple[Path, str]]:
+        return self._start(_ndjson_scan(self.path))
+
+    def _file_items(self, f: Path, name: str) -> Iterator[Item]:
+        """One file's lines, read in this process; a read error ends the file, reported."""
+        n = 0
+        try:
+            gz = name.lower().endswith(".gz")
+            opener: Any = gzip.open if gz else open
+            with opener(f, "rb") as fh:  # small gzip blocks: a damaged file keeps more of its lines
+                for lines in _line_blocks(fh, 1 << 16 if gz else 1 << 20):
+                    for line in lines:
+                        n += 1
+                        if line:
+                            yield Item(source=name, line=n, raw=line)
+        except (OSError, EOFError, zlib.error) as exc:
+            self._skip(name, _read_error(exc, n))
+            return
+        self.files_read.append(name)
 
     def __iter__(self) -> Iterator[Item]:
-        for f in ndjson_files(self.path):
-            opener = gzip.open if f.name.endswith(".gz") else open
-            with opener(f, "rb") as fh:
-                for i, line in enumerate(fh, 1):
-                    line = line.strip()
-                    if line:
-                        yield Item(source=f.name, line=i, raw=line)
+        for f, name in self._scan():
+            yield from self._file_items(f, name)
 
-    def ranges(self, target_bytes: int) -> Iterator[tuple[tuple[Path, int, int, int], int] | list[Item]]:
-        """((file, start, end, first line number), lines in it), ranges ending on line boundaries,
-        in file order; gzip files cannot be seeked and come as lists of Items."""
-        for f in ndjson_files(self.path):
-            if f.name.endswith(".gz"):
-                yield from batched(NdjsonSource(f), 10_000)
+    def ranges(self, target_bytes: int) -> Iterator[tuple[tuple[Path, int, int, int, str], int] | list[Item]]:
+        """((file, start, end, first line number, name), lines in it), ranges ending on line
+        boundaries, in file order; gzip files cannot be seeked and come as lists of Items, as do
+        files whose lines end in a lone CR (rare: old Mac exports)."""
+        for f, name in self._scan():
+            if name.lower().endswith(".gz"):
+                yield from batched(self._file_items(f, name), 10_000)
                 continue
             line = 1
-            with open(f, "rb") as fh:
-                start = 0
-                while True:
-                    block = fh.read(target_bytes)
-                    if not block:
-                        break
-                    rest = fh.readline()  # finish the last line of the block
-                    block += rest
-                    end = start + len(block)
-                    n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-                    yield (f, start, end, line), n_lines
-                    line += n_lines
-                    start = end
+            try:
+                with open(f, "rb") as fh:
+                    head = fh.read(1 << 16)
+                    if b"\r" in head and b"\n" not in head:  # CR-only line ends (or a huge CRLF line: same)
+                        yield from batched(self._file_items(f, name), 10_000)
+                        continue
+                    start = len(BOM) if head.startswith(BOM) else 0
+                    fh.seek(start)
+                    while True:
+                        block = fh.read(target_bytes)
+                        if not block:
+                            break
+                        rest = fh.readline()  # finish the last line of the block
+                        block += rest
+                        end = start + len(block)
+                        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                        yield (f, start, end, line, name), n_lines
+                        line += n_lines
+                        start = end
+            except OSError as exc:
+                self._skip(name, _read_error(exc, line - 1))
+                continue
+            self.files_read.append(name)
 
 
-def read_range(path: Path, start: int, end: int, first_line: int) -> list[Item]:
+def read_range(path: Path, start: int, end: int, first_line: int, name: str | None = None) -> list[Item]:
+    source = name if name is not None else _text(path.name)
     with open(path, "rb") as fh:
         fh.seek(start)
         data = fh.read(end - start)
-    return [Item(source=path.name, line=first_line + i, raw=ln.strip())
+    return [Item(source=source, line=first_line + i, raw=ln.strip())
             for i, ln in enumerate(data.split(b"\n")) if ln.strip()]  # fmt: skip
 
 
@@ -122,16 +316,11 @@ def read_ndjson(path: Path) -> NdjsonSource:
 
 
 def _bundle_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise SourceError(
-            f"Bundle source {path} does not exist: point source.path at a folder of Bundle files"
-        )
-    files = sorted(p for p in path.rglob("*.json") if p.is_file())
-    if not files:
-        raise SourceError(f"no *.json files in {path}")
-    return files
+    return [f for f, _ in _bundle_scan(path).files]
+
+
+def _bundle_scan(path: Path) -> FileScan:
+    return scan_files(path, (".json",), "Bundle")
 
 
 def _entries(doc: Any) -> Iterator[tuple[str | None, Any]]:
@@ -142,22 +331,42 @@ def _entries(doc: Any) -> Iterator[tuple[str | None, Any]]:
         yield None, doc
 
 
-def read_bundles(path: Path) -> Iterator[Item]:
-    """Two passes over the files: reference targets first, then everything else."""
-    files = _bundle_files(path)
-    for first_pass in (True, False):
-        for f in files:
-            try:
-                doc = orjson.loads(f.read_bytes())
-            except orjson.JSONDecodeError as exc:
+@dataclass
+class BundleSource(_FileSource):
+    """Bundle (or single-resource) JSON files under a folder, searched recursively. Two passes
+    over the files: reference targets first, then everything else. A malformed file is
+    quarantined (it was read); an unreadable one is skipped with its reason."""
+
+    def __iter__(self) -> Iterator[Item]:
+        files = self._start(_bundle_scan(self.path))
+        bad: set[str] = set()
+        for first_pass in (True, False):
+            for f, name in files:
+                if name in bad:
+                    continue
+                try:
+                    doc = orjson.loads(f.read_bytes())
+                except orjson.JSONDecodeError as exc:
+                    if first_pass:
+                        self.files_read.append(name)
+                        yield Item(source=name, line=None, error=f"malformed JSON file: {exc}")
+                    continue
+                except OSError as exc:
+                    bad.add(name)
+                    self._skip(name, _read_error(exc, 0))
+                    continue
                 if first_pass:
-                    yield Item(source=f.name, line=None, error=f"malformed JSON file: {exc}")
-                continue
-            for loc, res in _entries(doc):
-                rt = res.get("resourceType") if isinstance(res, dict) else None
-                is_target = rt in REFERENCE_TARGETS
-                if is_target == first_pass or (rt is None and first_pass):
-                    yield Item(source=f.name, line=None, resource=res, location=loc)
+                    self.files_read.append(name)
+                for loc, res in _entries(doc):
+                    rt = res.get("resourceType") if isinstance(res, dict) else None
+                    is_target = rt in REFERENCE_TARGETS
+                    if is_target == first_pass or (rt is None and first_pass):
+                        yield Item(source=name, line=None, resource=res, location=loc)
+
+
+def read_bundles(path: Path) -> BundleSource:
+    """Bundle files under `path`: reference targets first, then everything else."""
+    return BundleSource(path)
 
 
 def open_source(kind: str, cfg: dict[str, Any], cohort_dir: Path | None = None) -> Iterable[Item]:
@@ -180,6 +389,7 @@ def open_source(kind: str, cfg: dict[str, Any], cohort_dir: Path | None = None) 
             retries=int(cfg.get("retries", 5)),
             backoff_s=float(cfg.get("backoff_s", 0.5)),
             types=tuple(cfg.get("types") or ()),
+            max_pages=int(cfg.get("max_pages", 100_000)),
         )
     raise SourceError(f"unknown source.kind {kind!r}: use synthetic, ndjson, bundles or server")
 

@@ -57,6 +57,9 @@ class IngestSection(StageConfig):
     buckets: int = identity(ge=1, why="records/*-NNNN.parquet files, grouped by patient")
     chunk: int = operational(ge=1, why="resources per worker task; the records are the same")
     extra_code_systems: list[str] = identity()
+    allow_empty: bool = operational(
+        why="whether a source without any resource fails the stage; the records are the same"
+    )
 
 
 class IngestConfig(StageConfig):
@@ -75,6 +78,7 @@ def run(cfg: IngestConfig, ctx: StageContext) -> dict[str, Any]:
         as_of=opts.as_of.isoformat(),
         extra_code_systems=frozenset(opts.extra_code_systems),
         strict=opts.strict,
+        allow_empty=opts.allow_empty,
     )
     ctx.logger.info("ingest from %s source with %d worker(s)", kind, workers)
     report = ingest(
