@@ -38,9 +38,10 @@ class ServerSource(StageConfig):
     url: str = identity(why="the server is the data; label its state with snapshot")
     token_env: str | None = operational(why="NAME of the variable with the token; never saved")
     page_size: int = operational(ge=1, why="_count per page: the same resources in other pages")
-    timeout_s: float = operational(gt=0, why="per request")
+    timeout_s: float = operational(gt=0, why="total per request (connect + body)")
     retries: int = operational(ge=0, why="on 429/5xx/timeouts")
     backoff_s: float = operational(ge=0, why="retry pacing")
+    max_pages: int = operational(ge=1, why="endless-paging guard: a walk it cuts stops with an error")
     types: list[str] = identity(why="[] = every type ingest understands")
     snapshot: str | None = identity(why="change it to re-ingest a server whose data changed")
 
