@@ -53,6 +53,10 @@ def slurm_parameters(
         "use_srun": bool(cluster.get("use_srun", True)),
         "setup": setup_lines(cluster, r),
     }
+    if stage.ranks > 1 and params["use_srun"]:
+        # one rank that dies (a port in use, OOM) ends the job instead of leaving the others
+        # waiting in a collective until the time limit
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if int(r.get("gpus_per_node", 0) or 0) > 0:
         params["gpus_per_node"] = int(r["gpus_per_node"])
     if r.get("exclusive"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -130,9 +131,17 @@ def _peak_rss() -> dict[str, float]:
     }
 
 
-def _export_distributed(world_size: int) -> None:
+#: MASTER_PORT range below Linux's ephemeral ports (32768-60999), which any outgoing connection
+#: on the node may hold: submitit's default range (20000-60000) collides with them now and then
+MASTER_PORTS = (20000, 32000)
+
+
+def _export_distributed(world_size: int, job_id: str) -> None:
     if world_size > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        env = submitit.helpers.TorchDistributedEnvironment()
+        if "MASTER_PORT" not in os.environ:  # the same on every rank and every attempt of the job
+            env.master_port = random.Random(f"master-port:{job_id}").randint(*MASTER_PORTS)
+        env.export(set_cuda_visible_devices=False)
 
 
 class StageTask(submitit.helpers.Checkpointable):
@@ -268,7 +277,7 @@ def _run(spec: TaskSpec) -> dict[str, Any]:
     if (multi_rank and not folder.missing_units(spec.n_units)) or (not multi_rank and unit_was_complete):
         logger.info("unit %d of %s is already complete; nothing to do", unit, spec.stage)
         return {"unit": unit, "skipped": True}
-    _export_distributed(world)
+    _export_distributed(world, str(info["job_id"]))
 
     record_path = folder.task_record_path(unit)
     attempts = _previous_attempts(record_path)
