@@ -280,7 +280,7 @@ class NdjsonSource(_FileSource):
                         rest = fh.readline()  # finish the last line of the block
                         block += rest
                         end = start + len(block)
-                        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                        n_lines = _count_lines(block)
                         yield (f, start, end, line, name), n_lines
                         line += n_lines
                         start = end
@@ -295,8 +295,18 @@ def read_range(path: Path, start: int, end: int, first_line: int, name: str | No
     with open(path, "rb") as fh:
         fh.seek(start)
         data = fh.read(end - start)
+    lines = data.splitlines() if b"\r" in data else data.split(b"\n")  # a lone \r ends a line too
     return [Item(source=source, line=first_line + i, raw=ln.strip())
-            for i, ln in enumerate(data.split(b"\n")) if ln.strip()]  # fmt: skip
+            for i, ln in enumerate(lines) if ln.strip()]  # fmt: skip
+
+
+def _count_lines(block: bytes) -> int:
+    """Lines in a byte range as `read_range` numbers them: \n, \r\n and a lone \r end one."""
+    n = block.count(b"\n")
+    if b"\r" in block:
+        n += block.count(b"\r") - block.count(b"\r\n")
+        return n + (0 if block.endswith((b"\n", b"\r")) else 1)
+    return n + (0 if block.endswith(b"\n") else 1)
 
 
 def batched(items: Iterable[Item], n: int) -> Iterator[list[Item]]:

@@ -101,6 +101,22 @@ def test_crlf_and_cr_only_line_ends_are_line_breaks(tmp_path, workers, sep):
     assert report["resources_ok"] == N + 1 and report["files_skipped"] == []
 
 
+def test_a_lone_cr_in_an_lf_file_numbers_lines_alike_for_any_worker_count(tmp_path):
+    src = write(tmp_path / "in")
+    pats = [orjson.dumps(fs.patient(f"p{i}")) for i in range(2, 400)]
+    body = (
+        b"\n".join(pats[:200]) + b"\r" + b"\r\n".join(pats[200:300]) + b"\n{broken\n" + b"\n".join(pats[300:])
+    )
+    (src / "Patient-2.ndjson").write_bytes(body + b"\n")
+    reports = [run(src, tmp_path / f"out{w}", w) for w in (0, 1)]
+    for w, report in zip((0, 1), reports, strict=True):
+        [bad] = quarantine(tmp_path / f"out{w}")
+        assert (bad["source"], bad["line"]) == ("Patient-2.ndjson", 301)
+        assert report["resources_ok"] == N + len(pats)
+    ingest(read_ndjson(src), tmp_path / "small", OPTS, workers=1, chunk=1)  # many small byte ranges
+    assert quarantine(tmp_path / "small")[0]["line"] == 301
+
+
 def test_a_gzip_bom_and_cr_only_file_is_read(tmp_path):
     report = run(write(tmp_path / "in", "{rt}.ndjson.gz", sep=b"\r", head=b"\xef\xbb\xbf"), tmp_path / "out")
     assert all_ok(report)
