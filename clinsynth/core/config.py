@@ -10,6 +10,7 @@ the models declare types and roles, not values (a field missing from the YAML is
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -94,6 +95,11 @@ def dump(value: BaseModel) -> dict[str, Any]:
     return value.model_dump(mode="json")
 
 
+#: inputs never echoed in an error: a password in a URL, the value of a secret-looking key
+_URL_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
+_SECRET_KEY = re.compile(r"(?:^|[_.-])(?:token|secret|password|passwd|api_?key|credentials?)$", re.I)
+
+
 class ConfigError(ValueError):
     """One message per bad key: `stage generate: unknown key generate.backend.tp (did you mean ...?)`."""
 
@@ -168,6 +174,7 @@ def explain(exc: ValidationError, model: type[BaseModel], stage: str, prefix: st
             lines.append(f"{key}: {err['msg']}")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            secret = isinstance(got, str) and (_URL_PASSWORD.search(got) or _SECRET_KEY.search(key))
+            shown = "" if isinstance(got, (dict, list)) or secret else f" (got {got!r})"
             lines.append(f"bad value for {key}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return ConfigError((f"{stage}: " if stage else "") + "; ".join(lines))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from datetime import date
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
@@ -44,6 +45,17 @@ class ServerSource(StageConfig):
     max_pages: int = operational(ge=1, why="endless-paging guard: a walk it cuts stops with an error")
     types: list[str] = identity(why="[] = every type ingest understands")
     snapshot: str | None = identity(why="change it to re-ingest a server whose data changed")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        # a password in the URL would be pickled into the job and written to every saved config
+        if urlsplit(url).password is not None:
+            raise ValueError(
+                "source.url must not hold credentials (user:password@): export the token in the "
+                "variable named by source.token_env instead"
+            )
+        return url
 
 
 Source = Annotated[

@@ -309,3 +309,9 @@ def _choices(overrides: list[str]) -> dict[str, str]:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     return dict(cfg.hydra.runtime.choices)
+
+
+def test_a_password_in_a_source_url_is_refused_and_never_echoed():
+    with pytest.raises(PlanError) as exc:
+        plan_for(["+experiment=smoke", "source=server", "source.url=https://bob:s3cr3t@fhir.example/fhir"])
+    assert "must not hold credentials" in str(exc.value) and "s3cr3t" not in str(exc.value)
