@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import os
 import queue
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -61,8 +62,27 @@ def _tasks(items: Iterable[Item], chunk: int) -> Iterator[tuple[tuple[Any, ...],
             yield pack(c), len(c)
 
 
-def _worker_main(parts: Path, name: str, opts: Options, tasks: Any, results: Any) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills this worker when the ingest process dies (kill -9, OOM), so no
+    worker is left blocked on a queue nobody reads."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the daemon flag still ends us with a clean parent exit
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(
+    parts: Path, name: str, opts: Options, tasks: Any, results: Any, parent_pid: int | None = None
+) -> None:
     """Entry point of a worker process: its own GC settings and its own Worker."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     tune_gc()
     w = Worker(parts, name, opts)
     try:
@@ -101,7 +121,9 @@ def run(
     ctx = mp.get_context("fork")
     tasks, results = ctx.Queue(maxsize=2 * workers), ctx.Queue()
     procs = [
-        ctx.Process(target=_worker_main, args=(parts, f"w{i}", opts, tasks, results), daemon=True)
+        ctx.Process(
+            target=_worker_main, args=(parts, f"w{i}", opts, tasks, results, os.getpid()), daemon=True
+        )
         for i in range(workers)
     ]
     for p in procs:
