@@ -50,6 +50,10 @@ def check_dates(ex: Extracted, opts: Options) -> str | None:
         if value[:10] > as_of:
             return f"{path}={value} lies after the reference date {opts.as_of}"
     if len(dates) > 1:
+        by_path = dict(dates)
+        born, died = by_path.get("birthDate"), by_path.get("deceasedDateTime")
+        if born and died and died[:10] < born[:10]:
+            return f"deceasedDateTime={died} lies before birthDate={born}"
         starts = {p[:-6]: v for p, v in dates if p.endswith(".start")}
         for p, v in dates:
             if p.endswith(".end"):

@@ -219,3 +219,14 @@ def test_patients_and_encounters_without_an_id_are_quarantined_not_fatal(tmp_pat
     assert {e["reason"] for e in q} == {"extraction_failed"}
     assert all("without an id" in e["detail"] for e in q)
     assert report["rows"]["patients"] == 1 and accounted(report)
+
+
+def test_a_death_before_birth_is_an_impossible_date(tmp_path):
+    ok = fs.patient("p-ok", deceasedDateTime="2020-01-01")
+    backwards = fs.patient("p-backwards", birth="1980-05-01", deceasedDateTime="1979-12-31")
+    src = write_ndjson(tmp_path / "in", [ok, backwards])
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    q = {e["id"]: e for e in quarantine(tmp_path / "out")}
+    assert set(q) == {"p-backwards"} and q["p-backwards"]["reason"] == "impossible_date"
+    assert "before birthDate" in q["p-backwards"]["detail"]
+    assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"] == 2
