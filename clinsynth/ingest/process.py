@@ -9,6 +9,7 @@ created inside the process that uses it: no module globals, nothing shared.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,10 @@ class Result:
     detail: str | None = None
     extracted: Extracted | None = None
     digest: int = 0  # of the resource's bytes: tells an identical repeat from a conflicting one
+
+
+#: FHIR R4 `id`: 1-64 of letters, digits, '-' and '.'
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def check_dates(ex: Extracted, opts: Options) -> str | None:
@@ -103,6 +108,9 @@ class Processor:
             if planner is not None and raw is not None:
                 planner.learn(res, raw, ex)
         rt, rid = ex.resource_type, ex.resource_id
+        if rid is not None and not _FHIR_ID.fullmatch(rid):
+            detail = f"id {rid[:80]!r} breaks FHIR's id rule [A-Za-z0-9-.]{{1,64}}; nothing can reference it"
+            return Result(it.source, it.line, it.location, rt, rid[:64], "invalid_resource", detail)
         if rid is None and ex.kind in _KEYED:
             detail = f"a {rt} without an id cannot key records (valid FHIR that clinsynth cannot flatten)"
             return Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail)

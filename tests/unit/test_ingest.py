@@ -230,3 +230,12 @@ def test_a_death_before_birth_is_an_impossible_date(tmp_path):
     assert set(q) == {"p-backwards"} and q["p-backwards"]["reason"] == "impossible_date"
     assert "before birthDate" in q["p-backwards"]["detail"]
     assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"] == 2
+
+
+def test_an_id_longer_than_fhir_allows_is_rejected_with_the_rule(tmp_path):
+    long_id = "p" * 65
+    src = write_ndjson(tmp_path / "in", [fs.patient("p-ok"), fs.patient(long_id)])
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    (entry,) = quarantine(tmp_path / "out")
+    assert entry["reason"] == "invalid_resource" and "id rule" in entry["detail"]
+    assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"] == 2
