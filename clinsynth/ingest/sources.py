@@ -333,12 +333,56 @@ def _bundle_scan(path: Path) -> FileScan:
     return scan_files(path, (".json",), "Bundle")
 
 
-def _entries(doc: Any) -> Iterator[tuple[str | None, Any]]:
-    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
-        for i, entry in enumerate(doc.get("entry") or []):
-            yield f"entry[{i}]", (entry or {}).get("resource") if isinstance(entry, dict) else entry
-    else:
-        yield None, doc
+def _entries(doc: Any, prefix: str = "") -> Iterator[tuple[str | None, Any]]:
+    """(location, resource) of every entry; nested Bundles are unpacked, and references to an
+    entry's `urn:uuid:`/`urn:oid:` fullUrl (the normal shape of transaction Bundles) become
+    `Type/id` — an entry without an id takes the uuid as its id."""
+    if not (isinstance(doc, dict) and doc.get("resourceType") == "Bundle"):
+        yield (prefix.rstrip(".") or None), doc
+        return
+    entries = doc.get("entry") or []
+    if not isinstance(entries, list):
+        yield (prefix.rstrip(".") or None), doc  # not a Bundle's shape: the validator says why
+        return
+    local = _local_urls(entries)
+    for i, entry in enumerate(entries):
+        res = entry.get("resource") if isinstance(entry, dict) else entry
+        loc = f"{prefix}entry[{i}]"
+        if isinstance(res, dict) and res.get("resourceType") == "Bundle":
+            yield from _entries(res, f"{loc}.resource.")
+            continue
+        if local and isinstance(res, dict):
+            full = entry.get("fullUrl") if isinstance(entry, dict) else None
+            res = _resolved(res, local)
+            if "id" not in res and isinstance(full, str) and full in local:
+                res["id"] = local[full].split("/", 1)[1]
+        yield loc, res
+
+
+def _local_urls(entries: list[Any]) -> dict[str, str]:
+    """fullUrl -> `Type/id` for the entries named by a urn (only they need resolving)."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        full, res = entry.get("fullUrl"), entry.get("resource")
+        if isinstance(full, str) and full.startswith(("urn:uuid:", "urn:oid:")) and isinstance(res, dict):
+            rt, rid = res.get("resourceType"), res.get("id") or full.rsplit(":", 1)[-1]
+            if isinstance(rt, str) and isinstance(rid, str):
+                out[full] = f"{rt}/{rid}"
+    return out
+
+
+def _resolved(value: Any, local: dict[str, str]) -> Any:
+    """A copy of `value` whose `reference` strings that name a local urn point to `Type/id`."""
+    if isinstance(value, dict):
+        return {
+            k: (local.get(v, v) if k == "reference" and isinstance(v, str) else _resolved(v, local))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_resolved(v, local) for v in value]
+    return value
 
 
 @dataclass
@@ -370,7 +414,8 @@ class BundleSource(_FileSource):
                 for loc, res in _entries(doc):
                     rt = res.get("resourceType") if isinstance(res, dict) else None
                     is_target = rt in REFERENCE_TARGETS
-                    if is_target == first_pass or (rt is None and first_pass):
+                    # an entry without a type is read (and quarantined) once, in the first pass
+                    if (rt is None and first_pass) or (rt is not None and is_target == first_pass):
                         yield Item(source=name, line=None, resource=res, location=loc)
 
 

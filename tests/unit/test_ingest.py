@@ -239,3 +239,43 @@ def test_an_id_longer_than_fhir_allows_is_rejected_with_the_rule(tmp_path):
     (entry,) = quarantine(tmp_path / "out")
     assert entry["reason"] == "invalid_resource" and "id rule" in entry["detail"]
     assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"] == 2
+
+
+def _urn_transaction() -> dict:
+    """A transaction Bundle as FHIR clients write it: no ids, references to urn:uuid fullUrls."""
+    pat, enc, cond = fs.patient("x"), fs.encounter("x", "x"), fs.condition("x", "x", "x")
+    enc.pop("diagnosis", None)
+    for r in (pat, enc, cond):
+        r.pop("id")
+    urls = {"Patient": "urn:uuid:6b0e4bde-0a3f-4f39-9d0c-2f1b1d2b0a01",
+            "Encounter": "urn:uuid:6b0e4bde-0a3f-4f39-9d0c-2f1b1d2b0a02"}  # fmt: skip
+    enc["subject"]["reference"] = cond["subject"]["reference"] = urls["Patient"]
+    cond["encounter"]["reference"] = urls["Encounter"]
+    entries = [{"fullUrl": urls.get(r["resourceType"], "urn:uuid:6b0e4bde-0a3f-4f39-9d0c-2f1b1d2b0a03"),
+                "resource": r, "request": {"method": "POST", "url": r["resourceType"]}}
+               for r in (pat, enc, cond)]  # fmt: skip
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def test_transaction_bundles_with_urn_uuid_references_are_resolved_inside_the_bundle(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tx.json").write_bytes(orjson.dumps(_urn_transaction()))
+    report = ingest(read_bundles(folder), tmp_path / "out", OPTS)
+    assert quarantine(tmp_path / "out") == []
+    assert report["resources_ok"] == 3 and report["resources_quarantined"] == 0
+
+
+def test_a_bundle_inside_a_bundle_is_unpacked_and_an_untyped_entry_is_quarantined_once(tmp_path):
+    entries = [{"resource": r} for r in fs.one_patient()]
+    inner = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    outer = {"resourceType": "Bundle", "type": "collection",
+             "entry": [{"resource": inner}, {"resource": {"id": "no-type"}}]}  # fmt: skip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "nested.json").write_bytes(orjson.dumps(outer))
+    report = ingest(read_bundles(folder), tmp_path / "out", OPTS)
+    q = quarantine(tmp_path / "out")
+    assert len(q) == 1 and "entry[1]" in str(q[0].get("location")), q
+    assert report["resources_ok"] == len(fs.one_patient())
+    assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"]
