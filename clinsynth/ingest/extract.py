@@ -66,11 +66,15 @@ class Extracted:
     plan: Any = field(default=None, repr=False, compare=False)
 
 
-_REF_RE = re.compile(r"^(?:.*/)?([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/.*)?$")
+_REF_RE = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/.*)?$")
 
 
 def ref_id(ref: dict[str, Any] | None, expected_type: str) -> str | None:
-    """'Patient/123' (also absolute URLs) -> '123'; urn:uuid refs -> the full urn."""
+    """'Patient/123' -> '123'; urn:uuid refs -> the full urn.
+
+    An absolute URL (`https://other.example/fhir/Patient/123`) names a resource on another
+    server: it is never linked to a local Patient/123, and so reported as dangling with the URL.
+    """
     if not ref or not isinstance(ref, dict):
         return None
     value = ref.get("reference")
@@ -78,6 +82,8 @@ def ref_id(ref: dict[str, Any] | None, expected_type: str) -> str | None:
         return None
     if value.startswith("urn:uuid:"):
         return value
+    if "://" in value:
+        return f"!{value}"  # external: dangling by construction, the detail names the URL
     m = _REF_RE.match(value)
     if not m or m.group(1) != expected_type:
         return f"!{value}"  # wrong type or unparseable: dangling by construction

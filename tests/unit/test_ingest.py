@@ -279,3 +279,14 @@ def test_a_bundle_inside_a_bundle_is_unpacked_and_an_untyped_entry_is_quarantine
     assert len(q) == 1 and "entry[1]" in str(q[0].get("location")), q
     assert report["resources_ok"] == len(fs.one_patient())
     assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"]
+
+
+def test_a_reference_to_another_server_is_never_linked_to_a_local_id(tmp_path):
+    foreign = fs.condition("c-foreign", eid=None)
+    foreign["subject"]["reference"] = "https://other.example/fhir/Patient/p1"
+    src = write_ndjson(tmp_path / "in", [*fs.one_patient(), foreign])
+    report = ingest(read_ndjson(src), tmp_path / "out", OPTS)
+    q = {e["id"]: e for e in quarantine(tmp_path / "out")}
+    assert set(q) == {"c-foreign"} and q["c-foreign"]["reason"] == "dangling_reference"
+    assert "https://other.example/fhir/Patient/p1" in q["c-foreign"]["detail"]
+    assert report["resources_read"] == report["resources_ok"] + report["resources_quarantined"]
