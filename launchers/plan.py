@@ -110,8 +110,9 @@ def build_plan(
 ) -> Plan:
     """Validate, order and identify the stages of one launch.
 
-    `check_packages`: a stage whose config needs a package this environment lacks stops a real
-    launch; a dry run (often on a login node without the GPU extras) only warns.
+    `check_packages`: a stage whose config needs a package this environment lacks, or input data
+    that is not there, stops a real launch; a dry run (often on a login node without the GPU
+    extras) only warns, and config tests turn the check off.
     """
     load_stage_modules(plain.get("stage_modules") or [])
     pipeline = list(plain.get("pipeline") or [])
@@ -155,6 +156,16 @@ def build_plan(
         else:  # a legacy stage that lists the keys it reads
             reads = identity.stage_inputs(plain, spec.reads)
             config = _nest(reads)
+        if spec.fingerprint is not None and model is not None:
+            # the data it reads from outside the runs folder: a changed export is read again
+            try:
+                inputs = spec.fingerprint(model)
+            except (OSError, ValueError) as exc:
+                if check_packages and not plain.get("dry_run"):
+                    raise PlanError(f"stage {spec.name}: {exc}") from None
+                plan.warnings.append(f"stage {spec.name}: {exc}")
+                inputs = {"unavailable": str(exc)}
+            reads = {"config": reads, "inputs": inputs}
         if spec.identity_resources:
             # its result describes where it ran: other nodes or GPUs are another result
             executor = (plain.get("cluster") or {}).get("executor")

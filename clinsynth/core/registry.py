@@ -47,6 +47,9 @@ class StageSpec:
     #: the stage's result describes where it ran (doctor): its resources enter its id
     identity_resources: bool = False
     requires: Requires | None = None
+    #: config -> a fingerprint of the data outside the runs folder the stage reads (a file
+    #: source's names, sizes and mtimes), computed at plan time and part of the stage id
+    fingerprint: Callable[[Any], Any] | None = None
     doc: str = field(default="", compare=False)
 
     @property
@@ -83,6 +86,7 @@ def stage(
     version: int = 1,
     identity_resources: bool = False,
     requires: Requires | None = None,
+    fingerprint: Callable[[Any], Any] | None = None,
 ) -> Callable[[StageFn], StageFn]:
     """Register `fn` as stage `name`. Re-registering the same function is a no-op."""
 
@@ -96,6 +100,7 @@ def stage(
             array=array,
             version=version,
             identity_resources=identity_resources,
+            fingerprint=fingerprint,
             requires=requires,
             doc=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import os
 import re
 import stat
@@ -454,3 +455,31 @@ def _required(cfg: dict[str, Any], key: str) -> str:
     if not value:
         raise SourceError(f"source.{key} is required for source.kind={cfg.get('kind')}")
     return str(value)
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """What a file source would read, without reading it: the resolved folder and a digest of
+    every file's relative name, size and mtime below it (symlinks not followed). Part of the
+    ingest stage id, so a re-export into the same folder is read again, and two relative
+    `source.path`s from different folders never share records."""
+    root = Path(path).resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"source.path {path} does not exist (resolved: {root})")
+    h = hashlib.sha256()
+    n = 0
+    entries: list[tuple[bytes, os.stat_result]] = []
+    if root.is_file():
+        entries.append((os.fsencode(root.name), root.stat()))
+    else:
+        for folder, dirs, files in os.walk(root, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                full = Path(folder) / name
+                try:
+                    entries.append((os.fsencode(full.relative_to(root)), full.lstat()))
+                except OSError:
+                    continue  # vanished while listing: the ingest reports what it finds
+    for rel, st in entries:
+        h.update(rel + b"\0" + f"{st.st_size}:{st.st_mtime_ns}".encode() + b"\n")
+        n += 1
+    return {"path": str(root), "files": n, "digest": h.hexdigest()[:16]}

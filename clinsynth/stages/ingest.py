@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.ingest.pipeline import Options, ingest
-from clinsynth.ingest.sources import open_source
+from clinsynth.ingest.sources import fingerprint, open_source
 
 
 def _needs(plain: dict[str, Any]) -> tuple[str, ...]:
@@ -80,7 +81,15 @@ class IngestConfig(StageConfig):
     ingest: IngestSection
 
 
-@stage("ingest", needs=_needs, config=IngestConfig, version=1)
+def _inputs(cfg: IngestConfig) -> Any:
+    """File sources: what they would read (names, sizes, mtimes) enters the stage id."""
+    src = cfg.source
+    if isinstance(src, (NdjsonSource, BundlesSource)):
+        return fingerprint(Path(src.path))
+    return None  # the cohort stage's id, or a server's url + snapshot, already say it
+
+
+@stage("ingest", needs=_needs, config=IngestConfig, version=1, fingerprint=_inputs)
 def run(cfg: IngestConfig, ctx: StageContext) -> dict[str, Any]:
     """Validate and flatten every resource; bad ones go to quarantine.ndjson with file, line and reason."""
     src, opts = cfg.source, cfg.ingest

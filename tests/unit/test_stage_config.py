@@ -315,3 +315,34 @@ def test_a_password_in_a_source_url_is_refused_and_never_echoed():
     with pytest.raises(PlanError) as exc:
         plan_for(["+experiment=smoke", "source=server", "source.url=https://bob:s3cr3t@fhir.example/fhir"])
     assert "must not hold credentials" in str(exc.value) and "s3cr3t" not in str(exc.value)
+
+
+def test_a_file_source_is_identified_by_what_it_reads(tmp_path, monkeypatch):
+    export = tmp_path / "export"
+    (export / "sub").mkdir(parents=True)
+    (export / "Patient.ndjson").write_bytes(b"{}\n")
+    args = ["+experiment=smoke", "source=ndjson", f"source.path={export}"]
+    first = build_plan(copy.deepcopy(_plain(tuple(args))), _base())
+    assert first.stage("ingest").stage_id == build_plan(copy.deepcopy(_plain(tuple(args))), _base()).stage(
+        "ingest"
+    ).stage_id
+    (export / "sub" / "Encounter.ndjson").write_bytes(b"{}\n")  # a re-export into the same folder
+    second = build_plan(copy.deepcopy(_plain(tuple(args))), _base())
+    assert second.stage("ingest").stage_id != first.stage("ingest").stage_id
+    assert second.stage("sample").stage_id != first.stage("sample").stage_id  # and what follows
+    # the same relative path from two folders names two different exports
+    for where in ("a", "b"):
+        (tmp_path / where / "export").mkdir(parents=True)
+        (tmp_path / where / "export" / "Patient.ndjson").write_bytes(b"{}\n")
+    rel = ["+experiment=smoke", "source=ndjson", "source.path=export"]
+    ids = set()
+    for where in ("a", "b"):
+        monkeypatch.chdir(tmp_path / where)
+        ids.add(build_plan(copy.deepcopy(_plain(tuple(rel))), _base()).stage("ingest").stage_id)
+    assert len(ids) == 2
+    # a path that is not there stops a launch, and only warns in a dry run
+    missing = ["+experiment=smoke", "source=ndjson", f"source.path={tmp_path / 'nope'}"]
+    with pytest.raises(PlanError, match="does not exist"):
+        build_plan(copy.deepcopy(_plain(tuple(missing))), _base())
+    dry = build_plan({**copy.deepcopy(_plain(tuple(missing))), "dry_run": True}, _base())
+    assert any("does not exist" in w for w in dry.warnings)
