@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clinsynth.artifacts.verdicts import REPORT, VERDICTS, read_report
 from clinsynth.core.atomic import read_json
 from launchers.states import StageState
 
@@ -153,14 +154,14 @@ def _generate(folder: Path) -> KeyResult:
 
 @summarizer("verify")
 def _verify(folder: Path) -> KeyResult:
-    r = read_json(folder / "verification_report.json")
+    r = read_report(folder)
     rate = r.get("pass_rate")
     line = f"{r['passed']} of {r['letters']} letters pass"
     if rate is not None:
         line += f" ({100 * rate:.1f}%)"
     if r.get("failing_by_reason"):
         line += f"; failing: {_top(r['failing_by_reason'])}"
-    return KeyResult(line, ("verification.jsonl", "verification_report.json"))
+    return KeyResult(line, (VERDICTS, REPORT))
 
 
 @summarizer("doctor")

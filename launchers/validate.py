@@ -16,11 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clinsynth.core.config import ConfigError, explain
 from clinsynth.core.registry import StageSpec
+from launchers.config import OPERATIONAL_KEYS
 
-#: top-level keys the launcher owns; all operational (they never enter a run or stage id)
-LAUNCHER_KEYS = frozenset(
-    {"name", "pipeline", "paths", "wait", "dry_run", "stage_modules", "cluster", "resources", "tracking"}
-)
+#: top-level keys the launcher owns: the operational ones, plus what to run
+LAUNCHER_KEYS = (OPERATIONAL_KEYS - {"hydra"}) | {"name", "pipeline"}
 
 
 class _Strict(BaseModel):
