@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def serve_command(model_dir: Path, port: int, served_name: str) -> list[str]:
     ]
 
 
-def _tail(path: Path, n: int = 40) -> str:
+def _tail(path: Path, n: int = 60) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
@@ -155,48 +156,130 @@ def _ready(base: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (API server, engine core, workers); SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+def _exit_words(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
+
+
+class VllmServerDied(RuntimeError):
+    """The test server process ended under a test: an infrastructure fault, reported with its log.
+
+    Tests that use `vllm_server` are re-run once on this error only (pytest-rerunfailures'
+    `only_rerun`), against a fresh server; any other failure of theirs fails at once.
+    """
+
+
+class ServeProcess:
+    """One `vllm serve` process in its own process group, with its log kept for the report."""
+
+    def __init__(self, model_dir: Path, workdir: Path) -> None:
+        self.model_dir = model_dir
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.port = 0
+        self.log_path = workdir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def death(self) -> str:
+        assert self.proc is not None
+        return (
+            f"vllm serve (pid {self.proc.pid}, start {self.starts}) ended: {_exit_words(self.proc.poll())}; "
+            f"its log ({self.log_path}) ends:\n{_tail(self.log_path)}"
+        )
+
+    def start(self) -> None:
+        self.starts += 1
+        self.port = free_port()
+        self.log_path = self.workdir / f"server-{self.starts}.log"
+        env = {**os.environ, **VLLM_ENV}
+        t0 = time.monotonic()
+        with open(self.log_path, "wb") as log_fh:
+            self.proc = subprocess.Popen(
+                serve_command(self.model_dir, self.port, "tiny"),
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,          # not the repo or site-packages: `-m` puts cwd first on sys.path
+                start_new_session=True,    # own process group: teardown reaches the engine's children too
+            )
+        base = f"http://127.0.0.1:{self.port}"
+        while not _ready(base):
+            if self.proc.poll() is not None:
+                skip_or_fail(self.death())
+            if time.monotonic() - t0 > SERVER_WAIT_S:
+                self.stop()
+                skip_or_fail(f"vllm serve not ready after {SERVER_WAIT_S:.0f} s:\n{_tail(self.log_path)}")
+            time.sleep(0.5)
+        print(f"\nvllm serve ready in {time.monotonic() - t0:.1f} s on port {self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group (API server, engine core, workers); SIGKILL what is left."""
+        proc = self.proc
+        if proc is None:
+            return
         with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
-        os.killpg(proc.pid, signal.SIGKILL)
+
+
+_SERVERS: list[ServeProcess] = []
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real OpenAI-compatible vLLM server on the tiny model, served as "tiny"; yields base_url (…/v1)."""
+def vllm_serve_process(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
+    """A real OpenAI-compatible vLLM server on the tiny model, served as "tiny"."""
     import_vllm_or_skip()
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("vllm-serve")
-    log_path = workdir / "server.log"
-    env = {**os.environ, **VLLM_ENV}
-    t0 = time.monotonic()
-    with open(log_path, "wb") as log_fh:
-        proc = subprocess.Popen(
-            serve_command(tiny_model_dir, port, "tiny"),
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=workdir,              # not the repo or site-packages: `-m` puts cwd first on sys.path
-            start_new_session=True,   # own process group: teardown reaches the engine's children too
-        )
-    base = f"http://127.0.0.1:{port}"
+    server = ServeProcess(tiny_model_dir, tmp_path_factory.mktemp("vllm-serve"))
+    _SERVERS.append(server)
     try:
-        while not _ready(base):
-            if proc.poll() is not None:
-                skip_or_fail(f"vllm serve exited with {proc.returncode}:\n{_tail(log_path)}")
-            if time.monotonic() - t0 > SERVER_WAIT_S:
-                skip_or_fail(f"vllm serve not ready after {SERVER_WAIT_S:.0f} s:\n{_tail(log_path)}")
-            time.sleep(0.5)
-        start_s = time.monotonic() - t0
-        print(f"\nvllm serve ready in {start_s:.1f} s on port {port}")
-        yield f"{base}/v1"
+        server.start()
+        yield server
     finally:
-        _stop(proc)
+        server.stop()
+        _SERVERS.remove(server)
+
+
+@pytest.fixture
+def vllm_server(vllm_serve_process: ServeProcess) -> str:
+    """The server's base_url (…/v1); a server that died under an earlier test is started afresh."""
+    if not vllm_serve_process.alive():
+        warnings.warn(f"{vllm_serve_process.death()}\nstarting a fresh one", stacklevel=1)
+        vllm_serve_process.start()
+    return vllm_serve_process.url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "vllm_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=["VllmServerDied"]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test that failed while the server died under it fails with the server's own words."""
+    try:
+        return (yield)
+    except Exception as exc:
+        dead = [s for s in _SERVERS if s.proc is not None and not s.alive()]
+        if dead and "vllm_server" in getattr(item, "fixturenames", ()):
+            raise VllmServerDied(dead[0].death()) from exc
+        raise
