@@ -17,6 +17,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clinsynth.artifacts.checks import parquet_rows, upstream_error
+
 _PATIENTS_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("patient_id", pa.string()),
     ("sex", pa.string()),
@@ -112,6 +114,88 @@ class PatientRecord:
     @staticmethod
     def extra(fact: dict[str, Any]) -> dict[str, Any]:
         return orjson.loads(fact["extra"]) if fact.get("extra") else {}
+
+
+#: ingest's report, next to records/: rows per table (`rows`), resources read/ok/quarantined
+INGEST_REPORT = "ingest_report.json"
+
+
+def records_dir(ingest_dir: Path) -> Path:
+    return Path(ingest_dir) / "records"
+
+
+def read_ingest_report(ingest_dir: Path, *, stage: str = "sample") -> dict[str, Any]:
+    """The ingest stage's report; missing, unreadable or without `rows` is an UpstreamError."""
+    path = Path(ingest_dir) / INGEST_REPORT
+    if not path.is_file():
+        raise upstream_error(
+            stage, "ingest", ingest_dir, "the ingest report", f"the file {path}", "no such file"
+        )
+    try:
+        report = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise upstream_error(
+            stage, "ingest", ingest_dir, "the ingest report", f"JSON in {path}", f"unreadable ({exc})"
+        ) from exc
+    rows = report.get("rows") if isinstance(report, dict) else None
+    if not isinstance(rows, dict) or any(not isinstance(rows.get(t), int) for t in TABLES):
+        raise upstream_error(
+            stage, "ingest", ingest_dir, f"{path}", f"rows per table for {', '.join(TABLES)}", rows
+        )
+    return dict(report)
+
+
+def check_records(ingest_dir: Path, *, stage: str = "sample") -> dict[str, int]:
+    """Hold records/ against the ingest report before reading it; return rows per table.
+
+    Every table has one file per bucket (the same buckets for every table), and the rows in
+    each table's files (Parquet footers: cheap) add up to the report's `rows`. A deleted,
+    truncated or extra bucket file is an UpstreamError naming it.
+    """
+    report = read_ingest_report(ingest_dir, stage=stage)
+    expected: dict[str, int] = {t: int(report["rows"][t]) for t in TABLES}
+    folder = records_dir(ingest_dir)
+    per_table = {
+        t: sorted(int(p.name[len(t) + 1 : -len(".parquet")]) for p in folder.glob(f"{t}-*.parquet"))
+        for t in TABLES
+    }
+    n_buckets = max((len(b) for b in per_table.values()), default=0)
+    want = list(range(n_buckets))
+    for table, got in per_table.items():
+        if got != want:
+            missing = sorted(set(want) - set(got))
+            raise upstream_error(
+                stage,
+                "ingest",
+                ingest_dir,
+                f"{folder}/{table}-NNNN.parquet",
+                f"{n_buckets} bucket file(s) like the other tables",
+                f"{len(got)}"
+                + (f", missing {', '.join(f'{table}-{b:04d}.parquet' for b in missing)}" if missing else ""),
+            )
+    found: dict[str, int] = {}
+    for table in TABLES:
+        found[table] = sum(
+            parquet_rows(
+                folder / f"{table}-{b:04d}.parquet",
+                stage=stage,
+                upstream="ingest",
+                folder=ingest_dir,
+                what=f"{table} records",
+            )
+            for b in want
+        )
+    if found != expected:
+        diff = {t: (expected[t], found[t]) for t in TABLES if expected[t] != found[t]}
+        raise upstream_error(
+            stage,
+            "ingest",
+            ingest_dir,
+            f"rows in {folder} vs {Path(ingest_dir) / INGEST_REPORT}",
+            {t: e for t, (e, _) in diff.items()},
+            {t: f for t, (_, f) in diff.items()},
+        )
+    return found
 
 
 def buckets(records_dir: Path) -> list[int]:

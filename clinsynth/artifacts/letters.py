@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from clinsynth.artifacts.checks import count_lines, shard_size, upstream_error
 from clinsynth.core.atomic import atomic_open, read_json, read_jsonl, write_json
 
 
@@ -61,23 +62,102 @@ def stats_path(stage_dir: Path, shard: int) -> Path:
     return Path(stage_dir) / "stats" / f"shard-{shard:05d}.json"
 
 
-def shard_stats(stage_dir: Path) -> list[dict[str, Any]]:
-    """Every shard's stats, checked to be one complete sharding."""
-    stats = [read_json(p) for p in sorted((Path(stage_dir) / "stats").glob("shard-*.json"))]
-    counts = {s.get("num_shards") for s in stats}
-    if len(counts) != 1 or None in counts:
-        raise RuntimeError(f"{stage_dir}/stats: shards disagree on the shard count {counts}; rerun generate")
-    n = counts.pop()
-    if sorted(s["shard"] for s in stats) != list(range(n)):
-        raise RuntimeError(f"{stage_dir}/stats: {len(stats)} of {n} shards are done; rerun generate")
+def shard_stats(stage_dir: Path, *, stage: str = "verify") -> list[dict[str, Any]]:
+    """Every shard's stats, checked to be one complete sharding: each names the same shard
+    count, and shards 0..N-1 are each there exactly once (none missing, none duplicated)."""
+    folder = Path(stage_dir) / "stats"
+    paths = sorted(folder.glob("shard-*.json"))
+    if not paths:
+        raise upstream_error(
+            stage, "generate", stage_dir, "letter shard stats", f"{folder}/shard-*.json", "none"
+        )
+    stats: list[dict[str, Any]] = []
+    for p in paths:
+        try:
+            s = read_json(p)
+        except Exception as exc:  # truncated, not JSON
+            raise upstream_error(
+                stage, "generate", stage_dir, "letter shard stats", f"JSON in {p}", f"unreadable ({exc})"
+            ) from exc
+        if (
+            not isinstance(s, dict)
+            or not isinstance(s.get("num_shards"), int)
+            or not isinstance(s.get("shard"), int)
+        ):
+            raise upstream_error(
+                stage,
+                "generate",
+                stage_dir,
+                f"{p}",
+                "'shard' and 'num_shards'",
+                "none (an old or damaged file)",
+            )
+        if p.name != f"shard-{s['shard']:05d}.json":
+            raise upstream_error(
+                stage, "generate", stage_dir, f"{p}", f"shard {p.stem[6:]}", f"shard {s['shard']}"
+            )
+        stats.append(s)
+    counts = sorted({s["num_shards"] for s in stats})
+    if len(counts) != 1:
+        raise upstream_error(
+            stage,
+            "generate",
+            stage_dir,
+            f"the shard count in {folder}/shard-*.json",
+            "one shard count",
+            counts,
+        )
+    n = counts[0]
+    got = [s["shard"] for s in stats]
+    missing = sorted(set(range(n)) - set(got))
+    extra = sorted({g for g in got if g >= n or got.count(g) > 1})
+    if missing or extra:
+        raise upstream_error(
+            stage,
+            "generate",
+            stage_dir,
+            f"letter shards in {folder}",
+            f"shards 0..{n - 1} of {n}, each once",
+            (f"missing {missing}" if missing else "") + (f" unexpected/duplicated {extra}" if extra else ""),
+        )
     return stats
 
 
-def letter_shards(stage_dir: Path) -> list[tuple[int, int, Path]]:
+def letter_shards(stage_dir: Path, *, stage: str = "verify") -> list[tuple[int, int, Path]]:
     """(shard, num_shards, path) of every letters shard file, in shard order."""
-    stats = shard_stats(stage_dir)
+    stats = shard_stats(stage_dir, stage=stage)
     n = stats[0]["num_shards"]
     return [(s, n, Path(stage_dir) / "letters" / f"shard-{s:05d}.jsonl") for s in range(n)]
+
+
+def check_letters(stage_dir: Path, total_specs: int, *, stage: str = "verify") -> list[tuple[int, int, Path]]:
+    """Hold the letters against the specs before reading them: every shard's stats are there
+    (`shard_stats`), shard i's stats count its share of the `total_specs` specs, and its
+    letters file has exactly that many lines. Returns `letter_shards`."""
+    stats = {s["shard"]: s for s in shard_stats(stage_dir, stage=stage)}
+    shards = letter_shards(stage_dir, stage=stage)
+    for shard, n, path in shards:
+        want = shard_size(total_specs, shard, n)
+        said = stats[shard].get("specs")
+        if said != want:
+            raise upstream_error(
+                stage,
+                "generate",
+                stage_dir,
+                f"specs of shard {shard} of {n} in {stats_path(stage_dir, shard)} ({total_specs} in all)",
+                want,
+                said,
+            )
+        if not path.is_file():
+            raise upstream_error(
+                stage, "generate", stage_dir, f"letters of shard {shard}", f"the file {path}", "no such file"
+            )
+        lines = count_lines(path)
+        if lines != want:
+            raise upstream_error(
+                stage, "generate", stage_dir, f"letters in {path}", f"{want} (one per spec)", lines
+            )
+    return shards
 
 
 def read_letters(path: Path) -> Iterator[dict[str, Any]]:

@@ -10,10 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clinsynth.core.atomic import atomic_path
+from clinsynth.artifacts.checks import parquet_rows, shard_size, upstream_error
+from clinsynth.core.atomic import atomic_path, write_json
 
 _SPECS_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("spec_id", pa.string()),
@@ -28,8 +30,71 @@ _SPECS_COLUMNS: list[tuple[str, pa.DataType]] = [
 SPECS = pa.schema(_SPECS_COLUMNS)
 
 
+#: the sample stage's report: `specs` (rows of specs.parquet), `patients`, counts, errors
+SAMPLE_REPORT = "sample_report.json"
+
+
 def specs_path(stage_dir: Path) -> Path:
     return Path(stage_dir) / "specs" / "specs.parquet"
+
+
+def sample_report_path(stage_dir: Path) -> Path:
+    return Path(stage_dir) / SAMPLE_REPORT
+
+
+def write_sample_report(stage_dir: Path, report: dict[str, Any]) -> None:
+    write_json(sample_report_path(stage_dir), report)
+
+
+def read_sample_report(stage_dir: Path, *, stage: str) -> dict[str, Any]:
+    """The sample stage's report; missing, unreadable or without a spec count is an UpstreamError."""
+    path = sample_report_path(stage_dir)
+    if not path.is_file():
+        raise upstream_error(
+            stage, "sample", stage_dir, "the sample report", f"the file {path}", "no such file"
+        )
+    try:
+        report = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise upstream_error(
+            stage, "sample", stage_dir, "the sample report", f"JSON in {path}", f"unreadable ({exc})"
+        ) from exc
+    if not isinstance(report, dict) or not isinstance(report.get("specs"), int):
+        raise upstream_error(stage, "sample", stage_dir, str(path), "a spec count ('specs')", "none")
+    return dict(report)
+
+
+def check_specs(stage_dir: Path, *, stage: str) -> int:
+    """Hold specs.parquet against the sample report before reading it; return the spec count."""
+    expected = int(read_sample_report(stage_dir, stage=stage)["specs"])
+    path = specs_path(stage_dir)
+    found = parquet_rows(path, stage=stage, upstream="sample", folder=stage_dir, what="the specs")
+    if found != expected:
+        raise upstream_error(
+            stage,
+            "sample",
+            stage_dir,
+            f"specs in {path} vs {sample_report_path(stage_dir)}",
+            f"{expected} spec(s)",
+            f"{found}",
+        )
+    return expected
+
+
+def check_shard_recipes(
+    stage_dir: Path, recipes: list[str], total: int, shard: int, num_shards: int, *, stage: str
+) -> None:
+    """A shard's recipes (`shard_recipes`) are exactly its share of the `total` specs."""
+    expected = shard_size(total, shard, num_shards)
+    if len(recipes) != expected:
+        raise upstream_error(
+            stage,
+            "sample",
+            stage_dir,
+            f"recipes of shard {shard} of {num_shards} in {specs_path(stage_dir)} ({total} specs in all)",
+            f"{expected}",
+            f"{len(recipes)}",
+        )
 
 
 class SpecsWriter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import IO, Any
@@ -41,33 +42,48 @@ def run(cfg: CohortStageConfig, ctx: StageContext) -> dict[str, Any]:
         )
     )
     out = ctx.stage_dir / "fhir"
+    truth_dir = ctx.stage_dir / "truth"
     out.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{ctx.shard:05d}"
+    # every attempt writes its own temp files (a zombie and a relaunch of the same shard never
+    # share one); renaming them onto the final names is the only step attempts share
     files: dict[str, tuple[Path, IO[bytes]]] = {}
-    truth_tmp = ctx.stage_dir / "truth" / f".shard-{tag}.jsonl.tmp"
-    truth_tmp.parent.mkdir(parents=True, exist_ok=True)
+    truth_tmp = _temp(truth_dir, f"shard-{tag}.jsonl")
     med_ids: dict[str, str] = {}
     counts: dict[str, int] = {}
     patients = ctx.items(range(c.patients))
     try:
-        with open(truth_tmp, "wb") as tfh:
-            for k, index in enumerate(patients, 1):
-                person = gen.person(index)
-                for res in resources(person, ctx.shard, med_ids):
-                    rt = res["resourceType"]
-                    if rt not in files:
-                        tmp = out / f".{rt}-{tag}.ndjson.tmp"
-                        files[rt] = (tmp, open(tmp, "wb"))  # noqa: SIM115 - closed below
-                    files[rt][1].write(orjson.dumps(res) + b"\n")
-                    counts[rt] = counts.get(rt, 0) + 1
-                tfh.write(orjson.dumps(truth(person)) + b"\n")
-                if k % 1000 == 0:
-                    ctx.logger.info("shard %d: %d of %d patients", ctx.shard, k, len(patients))
-    finally:
-        for _, fh in files.values():
-            fh.close()
-    for rt, (tmp, _) in files.items():
-        os.replace(tmp, out / f"{rt}-{tag}.ndjson")
-    os.replace(truth_tmp, ctx.stage_dir / "truth" / f"shard-{tag}.jsonl")
+        try:
+            with open(truth_tmp, "wb") as tfh:
+                for k, index in enumerate(patients, 1):
+                    person = gen.person(index)
+                    for res in resources(person, ctx.shard, med_ids):
+                        rt = res["resourceType"]
+                        if rt not in files:
+                            tmp = _temp(out, f"{rt}-{tag}.ndjson")
+                            files[rt] = (tmp, open(tmp, "wb"))  # noqa: SIM115 - closed below
+                        files[rt][1].write(orjson.dumps(res) + b"\n")
+                        counts[rt] = counts.get(rt, 0) + 1
+                    tfh.write(orjson.dumps(truth(person)) + b"\n")
+                    if k % 1000 == 0:
+                        ctx.logger.info("shard %d: %d of %d patients", ctx.shard, k, len(patients))
+        finally:
+            for _, fh in files.values():
+                fh.close()
+        for rt, (tmp, _) in files.items():
+            os.replace(tmp, out / f"{rt}-{tag}.ndjson")
+        os.replace(truth_tmp, truth_dir / f"shard-{tag}.jsonl")
+    except BaseException:
+        for tmp in [truth_tmp, *(t for t, _ in files.values())]:
+            tmp.unlink(missing_ok=True)
+        raise
     ctx.tracker.log({f"cohort/{rt}": n for rt, n in counts.items()})
     return {"patients": len(patients), "resources": sum(counts.values())}
+
+
+def _temp(folder: Path, name: str) -> Path:
+    """A fresh temp file for `folder/name`, unique to this attempt: `.name.<pid>.<random>.tmp`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return Path(tmp)

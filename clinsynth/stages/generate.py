@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from clinsynth.artifacts.letters import LetterShard
-from clinsynth.artifacts.specs import shard_recipes
+from clinsynth.artifacts.specs import check_shard_recipes, check_specs, shard_recipes
 from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
@@ -102,7 +102,10 @@ def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
     backend_kind = gc.backend.kind
     if mode == "template" and backend_kind != "template":
         ctx.logger.warning("letters=template ignores backend=%s", backend_kind)
-    my_recipes = shard_recipes(ctx.input_dir("sample"), ctx.shard, ctx.num_shards)
+    sample_dir = ctx.input_dir("sample")
+    total = check_specs(sample_dir, stage="generate")  # the sample report's count == specs.parquet's rows
+    my_recipes = shard_recipes(sample_dir, ctx.shard, ctx.num_shards)
+    check_shard_recipes(sample_dir, my_recipes, total, ctx.shard, ctx.num_shards, stage="generate")
     mine = list(range(len(my_recipes)))
     chunk = lc.chunk
     out = LetterShard(ctx.stage_dir, ctx.shard, ctx.num_shards)

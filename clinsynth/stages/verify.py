@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
-from clinsynth.artifacts.letters import letter_shards, read_letters, shard_stats
-from clinsynth.artifacts.specs import shard_recipes, spec_ids
+from clinsynth.artifacts.checks import upstream_error
+from clinsynth.artifacts.letters import check_letters, read_letters, shard_stats
+from clinsynth.artifacts.specs import check_shard_recipes, check_specs, shard_recipes, spec_ids
 from clinsynth.artifacts.verdicts import REPORT, STATS, verdicts_path
 from clinsynth.core.atomic import atomic_open, write_json
 from clinsynth.core.config import StageConfig, identity
@@ -36,6 +37,10 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
     """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json)."""
     gen_dir = ctx.input_dir("generate")
     sample_dir = ctx.input_dir("sample")
+    # before anything is written: specs == the sample report, and every spec has exactly one
+    # line in the letters (every generate shard's stats there, once, counting its share)
+    total = check_specs(sample_dir, stage="verify")
+    shards = check_letters(gen_dir, total, stage="verify")
     index = set(spec_ids(sample_dir))
     t0 = time.perf_counter()
     verdicts: list[dict[str, Any]] = []
@@ -43,9 +48,10 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
     seen: Counter[str] = Counter()
     include_failed = cfg.verify.include_failed
     with atomic_open(verdicts_path(ctx.stage_dir), "wb") as fh:
-        for shard, num_shards, path in letter_shards(gen_dir):
+        for shard, num_shards, path in shards:
             # shard i holds the letters of specs i::N in order: one shard's recipes in memory at a time
             recipes = shard_recipes(sample_dir, shard, num_shards)
+            check_shard_recipes(sample_dir, recipes, total, shard, num_shards, stage="verify")
             for line_no, letter in enumerate(read_letters(path), 1):
                 sid = letter["spec_id"]
                 seen[sid] += 1
@@ -81,13 +87,18 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                 row.pop("facts")  # per-fact verdicts stay in the file, not in memory
                 verdicts.append(row)
                 by_mode.setdefault(letter.get("mode") or "?", []).append(row)
-    missing = [sid for sid in index if sid not in seen]
-    duplicated = sorted(sid for sid, n in seen.items() if n > 1)
-    if missing or duplicated:
-        raise RuntimeError(
-            f"letters do not match the specs one to one: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(duplicated)} duplicated (e.g. {duplicated[:3]}); relaunch to regenerate the missing shards"
-        )
+        missing = [sid for sid in index if sid not in seen]
+        duplicated = sorted(sid for sid, n in seen.items() if n > 1)
+        if missing or duplicated:  # inside the block: no verdicts file
+            raise upstream_error(
+                "verify",
+                "generate",
+                gen_dir,
+                f"letters per spec of {sample_dir}",
+                "exactly one letter per spec",
+                f"{len(missing)} spec(s) without a letter (e.g. {missing[:3]}), "
+                f"{len(duplicated)} with more than one (e.g. {duplicated[:3]})",
+            )
     seconds = time.perf_counter() - t0
     report = {
         **summarize(verdicts),
