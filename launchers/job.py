@@ -3,7 +3,12 @@
 `StageTask(spec)` is submitit-checkpointable: on the time-limit warning, on preemption
 and on `scancel --signal=USR2` the stage is asked to stop through its context, saves to
 `ctx.checkpoint_dir`, and the job requeues itself under the same stage id and folder;
-`tasks/NNNNN.json` lists every attempt (running, done, failed, requeued).
+`tasks/NNNNN.json` lists every attempt (running, done, failed, requeued, stopped).
+
+Local and debug tasks also end on SIGTERM and SIGINT (submitit ignores SIGTERM in every
+task, as Slurm sends it next to the warning signal; a stopped launcher sends it to its local
+tasks): the attempt is recorded as "stopped", the unit stays incomplete, and a relaunch
+redoes or resumes it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import submitit
 import submitit.helpers
@@ -32,7 +37,9 @@ from clinsynth.core.context import (
     StageContext,
     StopRequested,
     StopSignal,
+    TaskStopped,
     latest_checkpoint,
+    signal_name,
     unit_checkpoint_dir,
 )
 from clinsynth.core.registry import get_stage, load_stage_modules
@@ -239,6 +246,59 @@ class _StopHandler:
         self.previous(self.stop.signum or self.signum, None)
 
 
+#: what ends a local or debug task (Slurm tasks keep submitit's handling: SIGTERM is ignored
+#: there, the warning signal before it requeues the job)
+TERMINATE_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Terminate:
+    """local/debug: SIGTERM and SIGINT end the task, promptly.
+
+    A stage that asks `ctx.should_stop()` is only flagged and stops at its next step boundary
+    (StopRequested); any other stage is unwound at once by TaskStopped raised from the
+    handler. After the stage returned (`disarm`), the signal only is noted: the unit's outputs
+    are in place and marking it complete takes a moment. Repeats of the signal change nothing
+    (the local controller forwards the launcher's SIGTERM once more); the launcher escalates to
+    SIGKILL when a task outlasts its grace period.
+    """
+
+    def __init__(self, stop: StopSignal, logger: logging.Logger, executor: str) -> None:
+        self.stop, self.logger = stop, logger
+        self.active = executor in ("local", "debug") and threading.current_thread() is threading.main_thread()
+        self.previous: dict[int, Any] = {}
+        self.signum: int | None = None
+        self.disarmed = False
+
+    def __enter__(self) -> _Terminate:
+        if self.active:
+            for sig in TERMINATE_SIGNALS:
+                self.previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        self.stop.request(signum)
+        if self.disarmed:
+            self.logger.warning("got %s after the stage returned: finishing the unit", signal_name(signum))
+            return
+        if self.stop.polled:
+            self.logger.warning("got %s: stopping at the next step boundary", signal_name(signum))
+            return
+        self.logger.warning("got %s: stopping the stage now", signal_name(signum))
+        raise TaskStopped(signum)
+
+    def disarm(self) -> None:
+        self.disarmed = True
+
+
 def _leave_process_group() -> None:
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
@@ -320,15 +380,21 @@ def _run(spec: TaskSpec) -> dict[str, Any]:
         ", resuming from a checkpoint" if ctx.resuming else "",
     )
     t0 = time.time()
-    with _StopHandler(stop, rank, logger) as handler:
+    terminate = _Terminate(stop, logger, str(info["executor"]))
+    with terminate, _StopHandler(stop, rank, logger) as handler:
         try:
             result = stage_spec.fn(stage_spec.parse_config(spec.config), ctx)
+            terminate.disarm()
             handler.disarm()
-        except StopRequested as exc:
-            handler.disarm()
-            return _requeue(spec, ctx, handler, attempt, save_record, t0, str(exc) or "asked to stop")
         except BaseException as exc:
+            terminate.disarm()
             handler.disarm()
+            if terminate.signum is not None:
+                # told to end (TaskStopped, or a step-boundary stop, or whatever the stage
+                # raised while it unwound): stopped, never requeued here
+                _stopped(spec, ctx, attempt, save_record, t0, terminate.signum, exc, str(info["executor"]))
+            if isinstance(exc, StopRequested):
+                return _requeue(spec, ctx, handler, attempt, save_record, t0, str(exc) or "asked to stop")
             if isinstance(exc, SystemExit) and handler.requeue_started:
                 # the stage did not check should_stop(): submitit requeued the job under it
                 _end_attempt(attempt, "requeued", t0, ctx, reason="requeued by submitit on the signal")
@@ -358,6 +424,37 @@ def _run(spec: TaskSpec) -> dict[str, Any]:
         "seconds": attempt["seconds"],
         "result": result if isinstance(result, (dict, list, str, int, float, type(None))) else repr(result),
     }
+
+
+def _stopped(
+    spec: TaskSpec,
+    ctx: StageContext,
+    attempt: dict[str, Any],
+    save_record: Callable[[], None],
+    t0: float,
+    signum: int,
+    exc: BaseException,
+    executor: str,
+) -> NoReturn:
+    """The task was told to end (local/debug): record "stopped", then end without a result.
+
+    A local task exits with 128 + the signal number (never submitit's requeue code); a debug
+    task raises TaskStopped into the launcher, which runs it in its own process.
+    """
+    unit = spec.shard if spec.shard is not None else ctx.rank
+    how = "at a step boundary" if isinstance(exc, StopRequested) else "while running"
+    extra: dict[str, Any] = {"reason": f"stopped by {signal_name(signum)} {how}"}
+    if not isinstance(exc, (StopRequested, TaskStopped)):
+        extra["stop_error"] = f"{type(exc).__name__}: {exc}"  # what the stage raised as it unwound
+    _end_attempt(attempt, "stopped", t0, ctx, error=f"stopped by {signal_name(signum)}", **extra)
+    attempt["signal"] = signal_name(signum)
+    save_record()
+    ctx.tracker.finish(exit_code=1)
+    _leave_process_group()
+    ctx.logger.warning("unit %d stopped by %s; it stays incomplete", unit, signal_name(signum))
+    if executor == "local":
+        raise SystemExit(128 + signum)
+    raise TaskStopped(signum, f"stage {spec.stage} unit {unit} stopped by {signal_name(signum)}")
 
 
 def _end_attempt(attempt: dict[str, Any], status: str, t0: float, ctx: StageContext, **extra: Any) -> None:

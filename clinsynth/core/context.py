@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -68,6 +69,28 @@ class StopRequested(BaseException):
 
     A BaseException, so `except Exception` blocks inside a stage do not swallow it.
     """
+
+
+class TaskStopped(BaseException):
+    """Raised inside a local or debug task when it is told to end (SIGTERM, SIGINT): the
+    launcher was stopped, or someone stopped the task. The stage unwinds at once (a stage
+    that asks `ctx.should_stop()` stops at its next step boundary instead); the unit stays
+    incomplete, so a relaunch redoes or resumes it.
+
+    A BaseException, so `except Exception` blocks inside a stage do not swallow it.
+    """
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum = signum
+        super().__init__(message or f"stopped by {signal_name(signum)}")
+
+
+def signal_name(signum: int) -> str:
+    """`SIGTERM` for 15; `signal 64` for a number without a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class StopSignal:
