@@ -12,6 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
+from clinsynth.core.secrets import Scrubber
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 #: Top-level keys that say where and how a run executes, never what it computes.
@@ -103,19 +105,23 @@ _MISSING = object()
 _URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@")
 
 
-def redact(data: Any) -> Any:
-    """Replace values of secret-looking keys and passwords in URLs, so saved configs hold no credentials."""
+def redact(data: Any, scrubber: Scrubber | None = None) -> Any:
+    """Replace values of secret-looking keys, passwords in URLs and the values of secret environment
+    variables (wherever they were pasted), so saved configs hold no credentials."""
+    scrubber = Scrubber.from_env() if scrubber is None else scrubber
+    return scrubber.data(_redact(data))
+
+
+def _redact(data: Any) -> Any:
     if isinstance(data, str):
         return _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}{REDACTED}@", data)
     if isinstance(data, dict):
-        return {
-            k: (
-                REDACTED if isinstance(k, str) and _SECRET_RE.search(k) and v not in (None, "") else redact(v)
-            )
-            for k, v in data.items()
+        secret = {
+            k for k, v in data.items() if isinstance(k, str) and _SECRET_RE.search(k) and v not in (None, "")
         }
+        return {k: REDACTED if k in secret else _redact(v) for k, v in data.items()}
     if isinstance(data, list):
-        return [redact(v) for v in data]
+        return [_redact(v) for v in data]
     return data
 
 

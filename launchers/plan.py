@@ -8,6 +8,7 @@ from typing import Any
 
 from clinsynth.core.config import dump, identity_view
 from clinsynth.core.registry import StageSpec, get_stage, load_stage_modules, registered
+from clinsynth.core.secrets import pasted_secrets
 from launchers import identity
 from launchers.config import delta, resources_for, semantic
 from launchers.folders import StageFolder, stage_folder
@@ -121,6 +122,11 @@ def build_plan(
     ordered = order_stages(pipeline, plain)
     models, errors = validate_stages(plain, registered(), {s.name for s in ordered})
     errors = validate_launcher(plain) + errors
+    errors += [
+        f"{key} holds the value of the secret variable {name}: configs are pickled into jobs and saved "
+        f"beside the results; name the variable instead (e.g. source.token_env={name})"
+        for key, name in pasted_secrets(plain)
+    ]
     if errors:
         raise PlanError("invalid config:\n  " + "\n  ".join(errors))
     missing = [m for spec in ordered for m in missing_packages(spec, models.get(spec.name))]

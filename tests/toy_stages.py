@@ -5,12 +5,14 @@ Registered through `stage_modules=[tests.toy_stages]`; nothing in the product us
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from clinsynth.core.atomic import read_jsonl, write_json, write_jsonl
-from clinsynth.core.config import StageConfig, identity, operational
+from clinsynth.core.config import StageConfig, identity, operational, secret_env
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 
@@ -25,6 +27,9 @@ class ToySection(StageConfig):
     api_key: str | None = operational(None, why="a planted secret")
     api_token: str | None = operational(None, why="a planted secret")
     server_token: str | None = operational(None, why="a planted secret")
+    # a stage that is careless with a real secret: prints, logs, returns and raises its value
+    leak_env: str | None = secret_env(None, why="names the variable whose value the stage leaks")
+    leak_fail: bool = operational(False, why="raise an error that quotes the secret")
 
 
 class ToyRowsConfig(StageConfig):
@@ -47,12 +52,19 @@ def toy_rows(cfg: ToyRowsConfig, ctx: StageContext) -> dict[str, Any]:
     flag = opts.fail_while_exists
     if ctx.shard in opts.fail_shards and flag and Path(flag).exists():
         raise ValueError(f"planted failure in shard {ctx.shard}")
+    leaked = os.environ.get(opts.leak_env, "") if opts.leak_env else ""
+    if leaked:
+        print(f"stdout: the token is {leaked}")
+        print(f"stderr: the token is {leaked}", file=sys.stderr)
+        ctx.logger.warning("log: the token is %s", leaked)
+        if opts.leak_fail:
+            raise ValueError(f"server said: bad token {leaked}")
     rows = []
     for item in ctx.items(range(opts.n_items)):
         time.sleep(opts.sleep_s)
         rows.append({"item": item, "value": item * item})
     n = write_jsonl(ctx.shard_path("rows", ".jsonl"), rows)
-    return {"rows": n}
+    return {"rows": n, **({"note": f"used {leaked}"} if leaked else {})}
 
 
 @stage("toy_sum", needs=("toy_rows",), config=ToySumConfig)

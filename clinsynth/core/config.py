@@ -41,6 +41,22 @@ def operational(default: Any = ..., *, why: str, **kwargs: Any) -> Any:
     return Field(default, json_schema_extra={_ROLE: "operational", _WHY: why}, **kwargs)
 
 
+_SECRET_ENV = "secret_env"
+#: what a secret_env field holds: the NAME of an environment variable, never the secret itself
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+def secret_env(default: Any = ..., *, why: str, **kwargs: Any) -> Any:
+    """An operational field naming the environment variable that holds a secret (token, API key).
+
+    The secret's value is read from the environment in the task, never enters a config, and is
+    scrubbed by value from everything written (`clinsynth.core.secrets`). A value that is not a
+    variable name (a token pasted by mistake) is refused without being echoed.
+    """
+    extra: dict[str, Any] = {_ROLE: "operational", _WHY: why, _SECRET_ENV: True}
+    return Field(default, json_schema_extra=extra, pattern=ENV_NAME_PATTERN, **kwargs)
+
+
 def role_of(model: type[BaseModel], name: str) -> Role | None:
     """A field's role; a nested config model without a role of its own is a plain container (None)."""
     extra = model.model_fields[name].json_schema_extra
@@ -148,6 +164,15 @@ def _dotted(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     return ".".join(keys).replace(".[", "[")
 
 
+def _is_secret_env(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    owner = _model_at(model, loc)
+    name = loc[-1] if loc else None
+    if owner is None or not isinstance(name, str) or name not in owner.model_fields:
+        return False
+    extra = owner.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(_SECRET_ENV))
+
+
 def explain(exc: ValidationError, model: type[BaseModel], stage: str, prefix: str = "") -> ConfigError:
     """A launch error that names every bad key, suggests the closest valid key and says what to do.
 
@@ -170,11 +195,18 @@ def explain(exc: ValidationError, model: type[BaseModel], stage: str, prefix: st
             lines.append(f"unknown key {key}{hint}; valid keys here: {', '.join(valid)}")
         elif kind == "missing":
             lines.append(f"missing value for {key}: set {key}=... on the command line or in conf/")
+        elif kind == "string_pattern_mismatch" and _is_secret_env(model, loc):
+            lines.append(
+                f"bad value for {key}: give the NAME of an environment variable that holds the secret "
+                f"(e.g. {key}=MY_TOKEN, then export MY_TOKEN=...), not the secret itself (not shown)"
+            )
         elif kind == "union_tag_invalid":
             lines.append(f"{key}: {err['msg']}")
         else:
             got = err.get("input")
-            secret = isinstance(got, str) and (_URL_PASSWORD.search(got) or _SECRET_KEY.search(key))
+            secret = isinstance(got, str) and (
+                _URL_PASSWORD.search(got) or _SECRET_KEY.search(key) or _is_secret_env(model, loc)
+            )
             shown = "" if isinstance(got, (dict, list)) or secret else f" (got {got!r})"
             lines.append(f"bad value for {key}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return ConfigError((f"{stage}: " if stage else "") + "; ".join(lines))

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from clinsynth.core.config import StageConfig, identity, operational
+from clinsynth.core.config import StageConfig, identity, operational, secret_env
 
 
 class TemplateBackend(StageConfig):
@@ -38,7 +38,7 @@ class OpenAIBackend(StageConfig):
     kind: Literal["openai"] = identity()
     base_url: str = operational(why="any server with the same model and sampling gives the same letters")
     served_model_name: str | None = operational(why="the server's name for generate.model")
-    api_key_env: str | None = operational(why="NAME of the variable with the key; the key is never saved")
+    api_key_env: str | None = secret_env(why="NAME of the variable with the key; its value is never saved")
     concurrency: int = operational(ge=1, why="requests in flight")
     max_retries: int = operational(ge=0, why="a request that keeps failing becomes an error result")
     backoff_s: float = operational(ge=0, why="retry pacing")

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from clinsynth.core.config import StageConfig, identity, operational
+from clinsynth.core.config import StageConfig, identity, operational, secret_env
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.ingest.pipeline import Options, ingest
@@ -38,7 +38,7 @@ class BundlesSource(StageConfig):
 class ServerSource(StageConfig):
     kind: Literal["server"] = identity()
     url: str = identity(why="the server is the data; label its state with snapshot")
-    token_env: str | None = operational(why="NAME of the variable with the token; never saved")
+    token_env: str | None = secret_env(why="NAME of the variable with the token; its value is never saved")
     page_size: int = operational(ge=1, why="_count per page: the same resources in other pages")
     timeout_s: float = operational(gt=0, why="total per request (connect + body)")
     retries: int = operational(ge=0, why="on 429/5xx/timeouts")

@@ -93,16 +93,20 @@ def test_secrets_never_reach_saved_configs(tmp_path, monkeypatch):
     from launchers.submit import launch
 
     monkeypatch.setenv("MY_SECRET_TOKEN", "s3cr3t-value")
+    # an interpolated secret would be pickled into the jobs: the launch refuses it, unechoed
+    with pytest.raises(PlanError, match="toy.server_token holds the value of the secret variable") as info:
+        launch(toy_overrides(tmp_path, "debug") + ["+toy.server_token=${oc.env:MY_SECRET_TOKEN}"])
+    assert "s3cr3t-value" not in str(info.value)
     result = launch(
         toy_overrides(tmp_path, "debug", n_items=4, shards=1, nodes=1)
-        + ["+toy.api_key=abc123", "+toy.server_token=${oc.env:MY_SECRET_TOKEN}"]
+        + ["+toy.api_key=abc123", "+toy.server_token=plain-token-xyz"]
     )
     texts = [p.read_text() for p in result.run_dir.rglob("*.yaml")]
     texts += [p.read_text() for p in result.plan.stage("toy_rows").folder.path.glob("*.yaml")]
     texts += [p.read_text() for p in result.plan.stage("toy_rows").folder.path.glob("*.json")]
     assert texts
     for t in texts:
-        assert "abc123" not in t and "s3cr3t-value" not in t
+        assert "abc123" not in t and "s3cr3t-value" not in t and "plain-token-xyz" not in t
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["toy"]["api_key"] == REDACTED and saved["toy"]["server_token"] == REDACTED
 

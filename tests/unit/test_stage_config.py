@@ -89,13 +89,13 @@ def _flipped(value: Any, annotation: Any) -> Any:
             return 2.5
         if bool in types:
             return True
-        return "changed"
+        return "CHANGED"
     if isinstance(value, int):
         return value + 1
     if isinstance(value, float):
         return value / 2
     if isinstance(value, str):
-        return value + "-changed"
+        return value + "_changed"  # still a valid variable name for secret_env fields
     raise AssertionError(f"no flip for {value!r}")
 
 
