@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from launchers.plan import PlanError
     from launchers.slurm_state import SlurmUnavailable
-    from launchers.submit import LaunchError, launch
-    from launchers.waiting import wait_for
+    from launchers.submit import LaunchError, LaunchStopped, launch, storage_error
+    from launchers.waiting import WaitStopped, wait_for
 
     user_errors = (
         PlanError,
@@ -85,10 +85,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.rule(" ".join(point))
         try:
             result = launch(point, console=out, err=console)
+            plain = result.plan.plain
+            if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
+                ok &= wait_for(result, console, out=out)
+        except (LaunchStopped, WaitStopped) as exc:
+            # one line: what was stopped (or what keeps running on Slurm) and how to go on
+            console.print(str(exc), style="yellow", markup=False, highlight=False, soft_wrap=True)
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            msg = "interrupted (SIGINT) before any task started; relaunch the same command"
+            console.print(msg, style="yellow", markup=False, highlight=False, soft_wrap=True)
+            return 130
         except (*user_errors, FileNotFoundError) as exc:
             console.print(f"error: {type(exc).__name__}: {exc}", style="red", markup=False, highlight=False)
             return 1
-        plain = result.plan.plain
-        if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
-            ok &= wait_for(result, console, out=out)
+        except OSError as exc:
+            why = storage_error(exc)
+            if why is None:
+                raise
+            console.print(f"error: {why}", style="red", markup=False, highlight=False, soft_wrap=True)
+            return 1
     return 0 if ok else 1

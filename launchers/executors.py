@@ -1,18 +1,33 @@
-"""Turn a stage's resources into a submitit executor (local, debug or Slurm)."""
+"""Turn a stage's resources into a submitit executor (local, debug or Slurm).
+
+Local jobs run through `LocalExecutor`, submitit's with two changes: each job's processes
+(its shell, the controller, the tasks and whatever they start) form their own session and
+process group, so a Ctrl-C at the terminal reaches only the launcher, which then stops its
+tasks in order (SIGTERM, a grace period, SIGKILL to the group); and the controller writes
+the exit code of every task to `logs/<job id>_exit.json`, so a task killed by a signal
+(kill -9, the OOM killer) is reported as such. `python -m launchers.executors FOLDER` is
+that controller.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string
+from submitit.local import local as submitit_local
 
-from launchers.plan import PlanError, PlannedStage
 from launchers.provenance import REPO_ROOT
+
+if TYPE_CHECKING:  # the controller (`python -m launchers.executors`) imports this module: keep it light
+    from launchers.plan import PlannedStage
 
 EXECUTORS = ("local", "debug", "slurm")
 
@@ -80,6 +95,8 @@ def sbatch_script(
     Built the way `submitit.SlurmExecutor` builds it: this interpreter, the stage's logs folder
     (absolute), and `--array` only when more than one task goes in one batch.
     """
+    from submitit.slurm.slurm import _make_sbatch_string
+
     folder = Path(stage.folder.logs).expanduser().absolute()
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(
@@ -93,6 +110,8 @@ def sbatch_script(
 def make_executor(
     stage: PlannedStage, cluster: dict[str, Any], dependency: str | None, run_id: str
 ) -> submitit.Executor:
+    from launchers.plan import PlanError
+
     kind = cluster.get("executor")
     folder: Path = stage.folder.logs
     r = stage.resources
@@ -107,7 +126,7 @@ def make_executor(
         slurm.update_parameters(**slurm_parameters(stage, cluster, dependency, run_id))
         return slurm
     if kind == "local":
-        ex = submitit.LocalExecutor(folder=folder)
+        ex = LocalExecutor(folder=folder)
         # one machine: all ranks of a multi-node stage become local processes
         ex.update_parameters(
             timeout_min=float(r.get("time_min", 60)),
@@ -124,3 +143,109 @@ def make_executor(
 def world_size(stage: PlannedStage, kind: str) -> int:
     """Ranks the stage gets on this executor: debug runs every stage as a single rank."""
     return 1 if kind == "debug" else stage.ranks
+
+
+# ---- local jobs: own process group, exit codes recorded
+
+#: the file where the controller of local job JOB writes its tasks' exit codes
+EXIT_FILE = "{job_id}_exit.json"
+
+
+def exit_file(logs: Path, job_id: str) -> Path:
+    return Path(logs) / EXIT_FILE.format(job_id=job_id)
+
+
+def read_exit_codes(logs: Path, job_id: str) -> list[int | None] | None:
+    """The exit codes the controller of local job `job_id` saw (a negative code: killed by that
+    signal; None: still running when the controller gave up), or None when it wrote none."""
+    try:
+        data = orjson.loads(exit_file(logs, job_id).read_bytes())
+    except (OSError, ValueError):
+        return None
+    codes = data.get("exit_codes") if isinstance(data, dict) else None
+    return [c if isinstance(c, int) else None for c in codes] if isinstance(codes, list) else None
+
+
+class LocalExecutor(submitit.LocalExecutor):
+    """submitit's LocalExecutor; each job in its own session, run by `RecordingController`."""
+
+    def _submit_command(self, command: str) -> submitit_local.LocalJob[Any]:
+        ntasks = self.parameters.get("tasks_per_node", 1)
+        n_gpus = self.parameters.get("gpus_per_node", 0)
+        visible_gpus = self.parameters.get("visible_gpus", ())
+        gpus = range(n_gpus) if visible_gpus == () else visible_gpus[:n_gpus]
+        process = start_controller(
+            folder=self.folder,
+            command=command,
+            tasks_per_node=ntasks,
+            cuda_devices=",".join(str(k) for k in gpus),
+            timeout_min=self.parameters.get("timeout_min", 2.0),
+            signal_delay_s=self.parameters.get("signal_delay_s", 30),
+            stderr_to_stdout=self.parameters.get("stderr_to_stdout", False),
+            setup=self.parameters.get("setup", ()),
+        )
+        return submitit_local.LocalJob(
+            folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks))
+        )
+
+
+def start_controller(
+    folder: Path,
+    command: str,
+    tasks_per_node: int = 1,
+    cuda_devices: str = "",
+    timeout_min: float = 5.0,
+    signal_delay_s: int = 30,
+    stderr_to_stdout: bool = False,
+    setup: Sequence[str] = (),
+) -> Any:
+    """`submitit.local.local.start_controller` (submitit 1.5), in a new session, with our controller.
+
+    The environment is the contract between this function and submitit's Controller and
+    JobEnvironment; it is submitit's, unchanged.
+    """
+    import subprocess
+
+    env = dict(os.environ)
+    env.update(
+        SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
+        SUBMITIT_LOCAL_COMMAND=command,
+        SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * timeout_min)),
+        SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(signal_delay_s)),
+        SUBMITIT_LOCAL_NODEID="0",
+        SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+        SUBMITIT_STDERR_TO_STDOUT="1" if stderr_to_stdout else "",
+        SUBMITIT_EXECUTOR="local",
+        CUDA_VISIBLE_DEVICES=cuda_devices,
+        SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
+    )
+    proc_cmd: Any = [sys.executable, "-m", "launchers.executors", str(folder)]
+    if setup:
+        proc_cmd = " && ".join([*setup, shlex.join(proc_cmd)])
+    else:  # the controller imports this module from the checkout
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    # start_new_session: the job is its own process group (pgid = this pid), out of the
+    # terminal's reach; the launcher signals it as a whole
+    return subprocess.Popen(proc_cmd, shell=bool(setup), env=env, start_new_session=True)
+
+
+class RecordingController(submitit_local.Controller):
+    """submitit's local controller, writing its tasks' exit codes to `<folder>/<job id>_exit.json`
+    (atomically) each time they have all ended."""
+
+    def wait(self, freq: int = 24) -> Sequence[int | None]:
+        codes = list(super().wait(freq))
+        path = exit_file(self.folder, self.pid)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_bytes(orjson.dumps({"job_id": self.pid, "exit_codes": codes, "time": time.time()}))
+            os.replace(tmp, path)
+        except OSError:  # a full or read-only disk: the codes are lost, the job goes on
+            pass
+        return codes
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m launchers.executors SUBMITIT_FOLDER (the local job controller)")
+    RecordingController(Path(sys.argv[1])).run()

@@ -8,11 +8,15 @@ and prints the summary. A submission that fails takes back everything this launc
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import io
+import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +26,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from clinsynth.core.atomic import write_bytes
+from clinsynth.core.atomic import read_json, write_bytes, write_json
+from clinsynth.core.context import TaskStopped, signal_name
 from launchers import slurm_state
 from launchers.config import compose_config, redact, to_plain
 from launchers.decide import Decision, Reuse, decide, dependency, observe, placement
-from launchers.executors import make_executor, sbatch_script
+from launchers.executors import make_executor, read_exit_codes, sbatch_script
 from launchers.folders import StageFolder, link_stage, make_private_dir, private_files
 from launchers.job import TaskSpec, run_task
 from launchers.locks import stage_locks
@@ -39,6 +44,87 @@ from launchers.summary import console_for, print_summary
 class LaunchError(RuntimeError):
     """A stage failed while the launcher waited for it, or a submission failed; the message
     names stage, unit and log."""
+
+
+class LaunchStopped(LaunchError):
+    """The launcher got SIGINT/SIGTERM/SIGHUP: its local tasks were stopped (Slurm jobs keep
+    running); the one-line message says what was stopped and that a relaunch resumes."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+#: what stops a launch: Ctrl-C, `kill`, a closed terminal
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: seconds a local task has to end after SIGTERM before its process group gets SIGKILL
+#: (`+cluster.stop_grace_s=N`; a second Ctrl-C/SIGTERM kills at once)
+STOP_GRACE_S = 20.0
+#: errors of the file system under the runs folder, in words
+STORAGE_ERRORS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "a part of the path is not a folder",
+}
+
+
+def storage_error(exc: OSError, runs_root: Path | None = None) -> str | None:
+    """One line for an OSError of the runs folder's file system (None for other errors): what
+    failed, where, and what to do."""
+    if exc.errno not in STORAGE_ERRORS:
+        return None
+    what = STORAGE_ERRORS[exc.errno]
+    name = errno.errorcode.get(exc.errno or 0, "?")
+    where = exc.filename or (f"a file under {runs_root}" if runs_root else "a file of the run")
+    runs = f"paths.runs={runs_root}" if runs_root else "paths.runs"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = f"free space there or point paths.runs at another file system ({runs}); a relaunch resumes"
+    else:
+        todo = f"make it writable, or point paths.runs at a folder you can write ({runs})"
+    return f"cannot write {where}: {what} ({name}); {todo}"
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM/SIGHUP while the launcher runs or submits stages: a flag the launch acts
+    on between steps (stop the local tasks; stop submitting), never an exception in the middle
+    of a write. A signal that was ignored when the launch began (nohup) stays ignored."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is not signal.SIG_IGN:
+                    self.previous[sig] = previous
+                    signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.count += 1
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def note(self, signum: int) -> None:
+        """A debug task got the signal (its own handler held it while it ran)."""
+        if self.signum is None:
+            self.signum = signum
+        self.count += 1
 
 
 @dataclass
@@ -271,8 +357,9 @@ def launch(
         actions = [StageAction.of(plan.stage(d.stage), d) for d in decisions]
         result = LaunchResult(plan, actions)
         try:
-            _write_run_files(plan, overrides, undo)
-            _execute(plan, decisions, actions, cluster, kind, undo, err)
+            with _StopSignals() as signals:
+                _write_run_files(plan, overrides, undo)
+                _execute(plan, decisions, actions, cluster, kind, undo, err, signals)
         except _SubmissionFailed as exc:
             ran = [a.folder for a in actions if a.status in (StageState.RAN, StageState.FAILED)]
             undo.rollback(keep=[*ran, plan.run_dir] if ran else [])
@@ -280,6 +367,14 @@ def launch(
         except LaunchError:
             print_summary(console, plan, actions, kind)
             raise
+        except OSError as exc:
+            why = storage_error(exc, plan.runs_root)
+            if why is None:
+                raise
+            ran = [a.folder for a in actions if a.status in (StageState.RAN, StageState.FAILED)]
+            with contextlib.suppress(OSError):
+                undo.rollback(keep=[*ran, plan.run_dir] if ran else [])
+            raise LaunchError(why) from None
     print_summary(console, plan, actions, kind)
     return result
 
@@ -292,11 +387,15 @@ def _execute(
     kind: str,
     undo: _Undo,
     err: Console,
+    signals: _StopSignals | None = None,
 ) -> None:
+    signals = signals or _StopSignals()
     by_stage = {d.stage: d for d in decisions}
     new_ids: dict[str, list[str]] = {}
     for d, act in zip(decisions, actions, strict=True):
         st = plan.stage(d.stage)
+        if signals.requested and d.state is StageState.PLANNED:
+            _stop_before(plan, actions, act, kind, signals)
         if d.state is StageState.DONE:
             if d.mark_done:
                 st.folder.try_mark_done(d.n_units)
@@ -319,14 +418,61 @@ def _execute(
             else:
                 undo.link(plan.run_dir, st.name, st.folder)
                 try:
-                    _run_here(plan, st, cluster, kind, d, err, act.job_ids)
-                except LaunchError:
-                    act.status = StageState.FAILED
-                    for later in actions[actions.index(act) + 1 :]:
-                        if later.status is StageState.PLANNED:
-                            later.status = StageState.NOT_STARTED
+                    _run_here(plan, st, cluster, kind, d, err, act.job_ids, signals)
+                except LaunchError as exc:
+                    act.status = StageState.STOPPED if isinstance(exc, LaunchStopped) else StageState.FAILED
+                    _not_started_after(actions, act)
                     raise
                 act.status = StageState.RAN
+
+    if kind == "slurm" and signals.requested:
+        submitted = [i for a in actions for i in a.job_ids]
+        signum = signals.signum or signal.SIGINT
+        if submitted:
+            raise LaunchStopped(
+                f"stopped by {signal_name(signum)} after every stage was submitted: "
+                + slurm_keep_running(submitted, plan.run_dir),
+                signum,
+            )
+
+
+def _not_started_after(actions: list[StageAction], act: StageAction) -> None:
+    for later in actions[actions.index(act) + 1 :]:
+        if later.status is StageState.PLANNED:
+            later.status = StageState.NOT_STARTED
+
+
+def _stop_before(
+    plan: Plan, actions: list[StageAction], act: StageAction, kind: str, signals: _StopSignals
+) -> None:
+    """A stop signal came between stages: submit or start nothing more."""
+    signum = signals.signum or signal.SIGINT
+    act.status = StageState.NOT_STARTED
+    _not_started_after(actions, act)
+    if kind == "slurm":
+        submitted = [i for a in actions for i in a.job_ids]
+        if submitted:
+            raise LaunchStopped(
+                f"stopped by {signal_name(signum)} while submitting: "
+                f"{slurm_keep_running(submitted, plan.run_dir)}; stage {act.stage} and later were not "
+                "submitted: relaunch the same command to submit them",
+                signum,
+            )
+    raise LaunchStopped(
+        f"stopped by {signal_name(signum)} before stage {act.stage} started; nothing of this launch is "
+        "running; relaunch the same command to resume",
+        signum,
+    )
+
+
+def slurm_keep_running(job_ids: Sequence[str], run_dir: Path) -> str:
+    """`the Slurm jobs 12, 13 keep running; watch: ...; cancel: scancel 12 13` (one line)."""
+    ids = list(dict.fromkeys(i.split("_")[0] for i in job_ids))
+    return (
+        f"the Slurm job(s) {', '.join(ids)} keep running (not cancelled); "
+        f"watch: python -m launch status {run_dir} or squeue -j {','.join(ids)}; "
+        f"cancel: scancel {' '.join(ids)}"
+    )
 
 
 def _array_bases(ids: list[str]) -> list[str]:
@@ -340,6 +486,10 @@ def _submission(stage: str) -> Iterator[None]:
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRORS:
+            raise  # the runs folder cannot be written: launch() says so in one line
+        raise _SubmissionFailed(stage, str(exc).strip() or type(exc).__name__) from exc
     except Exception as exc:
         raise _SubmissionFailed(stage, str(exc).strip() or type(exc).__name__) from exc
 
@@ -397,11 +547,16 @@ def _run_here(
     d: Decision,
     err: Console,
     ids: list[str],
+    signals: _StopSignals | None = None,
 ) -> None:
     """local/debug: run the stage's tasks now (at most cluster.max_parallel_tasks at once);
-    `ids` gets each job id as it starts, so a failure still says which jobs ran."""
+    `ids` gets each job id as it starts, so a failure still says which jobs ran.
+
+    A stop signal (see `_StopSignals`) stops the running tasks (`_stop_local`), records
+    them as stopped and raises LaunchStopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    signals = signals or _StopSignals()
     n_units = d.n_units
     units = list(d.units)
     with _submission(st.name):
@@ -413,40 +568,192 @@ def _run_here(
     limit = 1 if kind == "debug" else max(1, int(cluster.get("max_parallel_tasks", 4)))
     running: list[tuple[int, Any]] = []
     failures: list[str] = []
+    stopped: list[tuple[list[int], str]] = []  # debug: units a task stopped on a signal, job id
+
+    def units_of(unit: int) -> list[int]:
+        return [unit] if st.shards > 1 else list(range(n_units))
+
     columns = (TextColumn(f"[bold]{st.name}[/] {st.stage_id}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=err, disable=kind == "debug") as progress:
         bar = progress.add_task(st.name, total=n_units, completed=n_units - len(d.missing))
         while pending or running:
-            while pending and len(running) < limit:
+            if signals.requested:
+                break
+            while pending and len(running) < limit and not signals.requested:
                 unit, spec = pending.pop(0)
                 with _submission(st.name):  # debug: the task runs later, in .results()
                     job = ex.submit(run_task, spec)
                 ids.append(str(job.job_id))
-                task_units = [unit] if st.shards > 1 else list(range(n_units))
+                task_units = units_of(unit)
                 _record(st, kind, str(job.job_id), task_units, [str(job.job_id)] * len(task_units), None,
                         plan.run_id)  # fmt: skip
                 running.append((unit, job))
             still = []
             for unit, job in running:
-                if kind == "debug" or job.done():
+                if kind == "debug":
                     try:
                         # debug runs the task here: what it prints is a log, not a result (stdout)
-                        with contextlib.redirect_stdout(sys.stderr if kind == "debug" else sys.stdout):
+                        with contextlib.redirect_stdout(sys.stderr):
                             job.results()
+                    except TaskStopped as exc:
+                        signals.note(exc.signum)
+                        stopped.append((units_of(unit), str(job.job_id)))
                     except Exception as exc:
                         failures.append(f"unit {unit}: {str(exc).strip()[-2000:]}")
+                elif job.done():
+                    why = _local_job_failure(st, job, units_of(unit))
+                    if why is not None:
+                        failures.append(f"unit {unit}: {why}")
                 else:
                     still.append((unit, job))
             running = still
             progress.update(bar, completed=len(st.folder.completed_units()))
-            if running:
+            if running and not signals.requested:
                 time.sleep(0.2)
+    if signals.requested:
+        grace = float(cluster.get("stop_grace_s", STOP_GRACE_S))
+        killed = _stop_local([job for _, job in running], grace, signals) if running else set()
+        for unit, job in running:
+            stopped.append((units_of(unit), str(job.job_id)))
+        signum = signals.signum or signal.SIGINT
+        _stopped_records(st, stopped, killed, signum, grace)
+        raise LaunchStopped(_stop_message(plan, st, stopped, killed, [u for u, _ in pending], signum), signum)
     if failures:
         raise LaunchError(
             f"stage {st.name} ({st.folder.path}) failed:\n"
             + "\n".join(failures)
             + f"\nlogs: {st.folder.logs}; status: python -m launch status {plan.run_dir}"
         )
+
+
+def _local_job_failure(st: PlannedStage, job: Any, units: list[int]) -> str | None:
+    """None when a finished local job left its result; else why it failed, in words.
+
+    A task killed by a signal (kill -9, the OOM killer) leaves no result: its controller's exit
+    codes say which signal, and its task record, still "running", is amended to say so.
+    Without the codes, submitit's own error is the reason (after its wait for a result)."""
+    from submitit.core.utils import JobPaths
+
+    n_tasks = len(units) if st.shards == 1 else 1
+    results = all(JobPaths(st.folder.logs, str(job.job_id), k).result_pickle.exists() for k in range(n_tasks))
+    codes = read_exit_codes(st.folder.logs, str(job.job_id)) if not results else None
+    if codes is not None and any(c not in (0, None) for c in codes):
+        reasons = []
+        for k, code in enumerate(codes):
+            why = slurm_state.describe_exit(code)
+            if code is None or code == 0 or why is None:
+                continue
+            task_units = [units[k]] if st.shards == 1 and k < len(units) else units
+            for u in task_units:
+                _amend_record(st, u, str(job.job_id), "running", status="failed", error=why, exit_code=code,
+                              **({"signal": signal_name(-code)} if code < 0 else {}))  # fmt: skip
+            reasons.append(why if n_tasks == 1 else f"rank {k} {why}")
+        log = JobPaths(st.folder.logs, str(job.job_id), 0).stderr
+        return f"{'; '.join(reasons)} (job {job.job_id}; log {log})"
+    try:
+        job.results()
+    except Exception as exc:
+        for u in units:
+            _amend_record(st, u, str(job.job_id), "running", status="failed",
+                          error="ended without a result (no exit status recorded)")  # fmt: skip
+        return str(exc).strip()[-2000:]
+    return None
+
+
+def _amend_record(st: PlannedStage, unit: int, job_id: str, only_if: str | None, **fields: Any) -> bool:
+    """Update the last attempt of `unit`'s task record, when job `job_id` wrote it (and, with
+    `only_if`, its status is that one): the task could not say how it ended, the launcher can."""
+    path = st.folder.task_record_path(unit)
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return False
+    attempts = rec.get("attempts") or []
+    if not attempts or str(rec.get("job_id")) != job_id or (only_if and rec.get("status") != only_if):
+        return False
+    attempts[-1].update(fields, end=attempts[-1].get("end") or time.time())
+    rec.update(attempts[-1])
+    rec["attempts"] = attempts
+    try:
+        write_json(path, rec)
+    except OSError:
+        return False
+    return True
+
+
+def _stop_local(jobs: list[Any], grace_s: float, signals: _StopSignals) -> set[str]:
+    """SIGTERM to each local job's process group (its shell, controller, tasks and their
+    children: a job is its own group, see launchers.executors), then wait up to `grace_s`
+    (a second stop signal ends the wait), then SIGKILL whatever is left. Returns the ids of
+    the jobs that had to be killed."""
+    groups = {str(job.job_id): int(job.job_id) for job in jobs if str(job.job_id).isdigit()}
+    for pgid in groups.values():
+        slurm_state.signal_group(pgid, signal.SIGTERM)
+    count = signals.count
+    deadline = time.monotonic() + grace_s
+
+    def left() -> dict[str, int]:
+        for job in jobs:
+            job.done()  # reaps the job's shell
+        return {j: g for j, g in groups.items() if slurm_state.group_members(g)}
+
+    alive = left()
+    while alive and time.monotonic() < deadline and signals.count == count:
+        time.sleep(0.1)
+        alive = left()
+    for pgid in alive.values():
+        slurm_state.signal_group(pgid, signal.SIGKILL)
+    end = time.monotonic() + 10
+    while left() and time.monotonic() < end:
+        time.sleep(0.05)
+    return set(alive)
+
+
+def _stopped_records(
+    st: PlannedStage, stopped: list[tuple[list[int], str]], killed: set[str], signum: int, grace: float
+) -> None:
+    """Each stopped unit's record says who stopped it and how."""
+    by = f"the launcher (pid {os.getpid()}), which got {signal_name(signum)}"
+    for units, job_id in stopped:
+        for u in units:
+            if job_id in killed:
+                how = f"killed with SIGKILL by {by}, {grace:g}s after SIGTERM"
+                _amend_record(st, u, job_id, "running", status="stopped", error=how, signal="SIGKILL")
+                _amend_record(st, u, job_id, "stopped", error=how)
+            elif not _amend_record(st, u, job_id, "stopped", error=f"stopped by SIGTERM from {by}"):
+                _amend_record(st, u, job_id, "running", status="stopped", error=f"stopped by {by}")
+
+
+def _stop_message(
+    plan: Plan,
+    st: PlannedStage,
+    stopped: list[tuple[list[int], str]],
+    killed: set[str],
+    not_started: list[int],
+    signum: int,
+) -> str:
+    units = sorted({u for us, _ in stopped for u in us})
+    jobs = [j for _, j in stopped]
+    what = f"stage {st.name}: " + (f"stopped unit(s) {_ranges(units)}" if units else "nothing was running")
+    if jobs and all(j.isdigit() for j in jobs):
+        kills = f"; {len(killed)} killed with SIGKILL" if killed else ""
+        what += f" (local job(s) {', '.join(jobs)}{kills})"
+    if not_started:
+        what += f", unit(s) {_ranges(sorted(not_started))} not started"
+    return (
+        f"stopped by {signal_name(signum)}: {what}; nothing of this launch is left running; "
+        f"relaunch the same command to resume (status: python -m launch status {plan.run_dir})"
+    )
+
+
+def _ranges(units: list[int]) -> str:
+    spans: list[list[int]] = []
+    for u in units:
+        if spans and u == spans[-1][1] + 1:
+            spans[-1][1] = u
+        else:
+            spans.append([u, u])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _dry_run(

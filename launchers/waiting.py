@@ -1,8 +1,17 @@
-"""Block until a launched run is done or stuck, with one progress bar per stage."""
+"""Block until a launched run is done or stuck, with one progress bar per stage.
+
+Ctrl-C (or SIGTERM, SIGHUP) while waiting stops the waiting only: the Slurm jobs keep
+running, and the message says which, how to watch them and how to cancel them.
+"""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,7 +20,7 @@ from launchers import slurm_state
 from launchers.folders import StageFolder
 from launchers.states import StageState
 from launchers.status import print_status, stage_status
-from launchers.submit import LaunchResult
+from launchers.submit import STOP_SIGNALS, LaunchResult, slurm_keep_running
 from launchers.summary import console_for, print_summary
 
 
@@ -25,11 +34,51 @@ def wait_for(
     again at the end, now with each stage's result.
     """
     console = console or console_for(stderr=True)
-    ok = _wait(result, console, poll_s, out)
+    try:
+        with _stop_raises():
+            ok = _wait(result, console, poll_s, out)
+    except _Signalled as sig:
+        ids = [i for a in result.actions for i in (*a.job_ids, *a.live_ids)]
+        what = slurm_keep_running(ids, result.run_dir) if ids else "no Slurm job of this run was live"
+        name = signal.Signals(sig.signum).name
+        raise WaitStopped(f"stopped waiting ({name}): {what}", sig.signum) from None
     _settle(result)
     if out is not None:
         print_summary(out, result.plan, result.actions, str(result.plan.plain["cluster"]["executor"]))
     return ok
+
+
+class WaitStopped(RuntimeError):
+    """A stop signal ended the waiting; the Slurm jobs were left running (the message says so)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+@contextmanager
+def _stop_raises() -> Iterator[None]:
+    """While waiting (reads only), a stop signal ends the wait at once; never scancel."""
+    previous: dict[int, Any] = {}
+
+    def handle(signum: int, frame: Any) -> None:
+        raise _Signalled(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _settle(result: LaunchResult) -> None:
