@@ -21,8 +21,12 @@ class StageState(str, Enum):
     QUEUED = "queued"
     #: the job was requeued (time limit, preemption) and waits to resume from its checkpoint
     REQUEUED = "requeued"
-    #: a unit stopped on request and saved a checkpoint, with no job left to resume it
+    #: a unit stopped on request and saved a checkpoint, with no job left to resume it; or
+    #: (local/debug) a unit stopped because its launcher was stopped (SIGINT/SIGTERM)
     STOPPED = "stopped"
+    #: status: a unit whose record says running, but whose process or Slurm job is gone
+    #: (kill -9, out of memory, node loss); the reason is shown when it is known
+    DIED = "died"
     #: some units complete, none running or failed (status)
     INCOMPLETE = "incomplete"
     #: nothing ran yet (status), or the launch stopped before it (an upstream stage failed)

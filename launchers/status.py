@@ -8,6 +8,7 @@ or when squeue cannot be asked, the folders alone are shown.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from clinsynth.core.atomic import read_json, write_json
 from clinsynth.core.context import latest_checkpoint, unit_checkpoint_dir
 from launchers import slurm_state
 from launchers.folders import StageFolder
@@ -26,7 +28,7 @@ from launchers.states import StageState
 S = StageState  # short for the many state comparisons below
 
 #: unit states, in the order a stage's state is picked from its units' states
-STAGE_STATES = (S.FAILED, S.STOPPED, S.RUNNING, S.REQUEUED, S.QUEUED)
+STAGE_STATES = (S.FAILED, S.DIED, S.STOPPED, S.RUNNING, S.REQUEUED, S.QUEUED)
 
 
 class StatusError(ValueError):
@@ -47,6 +49,9 @@ class UnitStatus:
     checkpoint: tuple[float, Path] | None = None
     #: Slurm's view of the unit's live job: (job id, state, reason)
     slurm: tuple[str, str, str] | None = None
+    #: how the unit's last attempt ended, when it failed, stopped or died ("killed by signal 9
+    #: (SIGKILL)", "out of memory (Slurm: OUT_OF_MEMORY)", "stopped by SIGTERM ...")
+    reason: str | None = None
 
 
 @dataclass
@@ -60,6 +65,7 @@ class StageStatus:
     running: list[int] = field(default_factory=list)
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)
     stopped: list[int] = field(default_factory=list)
+    died: list[int] = field(default_factory=list)
     queued: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     units: dict[int, UnitStatus] = field(default_factory=dict)
@@ -90,6 +96,90 @@ def _live_jobs_of(
     return {u: (tid, *live[tid]) for u, tid in latest.items() if tid in live}
 
 
+def amend_record(folder: StageFolder, unit: int, job_id: str, only_if: str | None, **fields: Any) -> bool:
+    """Update the last attempt of `unit`'s task record, when job `job_id` wrote it (and, with
+    `only_if`, its status is that one): a task killed hard cannot say how it ended; whoever
+    learns it (the launcher, status) writes it down. False when nothing was written."""
+    path = folder.task_record_path(unit)
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return False
+    attempts = rec.get("attempts") or []
+    if not attempts or str(rec.get("job_id")) != str(job_id) or (only_if and rec.get("status") != only_if):
+        return False
+    attempts[-1].update(fields)
+    attempts[-1].setdefault("end", time.time())
+    rec.update(attempts[-1])
+    rec["attempts"] = attempts
+    try:
+        write_json(path, rec)
+    except OSError:  # a read-only view of someone else's run: say it, do not write it
+        return False
+    return True
+
+
+def _local_job_of(folder: StageFolder, unit: int, job_id: str) -> dict[str, Any] | None:
+    """The jobs.jsonl record of local job `job_id` that ran `unit` (its pid identity)."""
+    for rec in reversed(folder.jobs()):
+        local = rec.get("executor") == "local"
+        if local and str(rec.get("job_id")) == job_id and unit in rec.get("units", []):
+            return rec
+    return None
+
+
+def _slurm_task_of(folder: StageFolder, unit: int, rec: dict[str, Any]) -> str | None:
+    if rec.get("slurm_array_job_id") and rec.get("slurm_array_task_id") is not None:
+        return f"{rec['slurm_array_job_id']}_{rec['slurm_array_task_id']}"
+    if rec.get("slurm_job_id"):
+        return str(rec["slurm_job_id"])
+    latest = None
+    for job in folder.jobs():
+        if job.get("executor") == "slurm":
+            for u, tid in zip(job.get("units", []), job.get("task_ids", []), strict=False):
+                if int(u) == unit:
+                    latest = str(tid)
+    return latest
+
+
+def died(
+    folder: StageFolder, unit: int, rec: dict[str, Any], live: dict[str, tuple[str, str]] | None
+) -> tuple[bool, str | None]:
+    """(dead, why) for a unit whose record says running: is its process (local: PID + start
+    time; debug: the launcher's PID) or its Slurm job gone, and how did it end, if known.
+    (False, None) while it runs or when that cannot be told from here (another host; Slurm
+    was not asked)."""
+    from launchers.executors import read_exit_codes
+
+    executor = rec.get("executor")
+    job_id = str(rec.get("job_id"))
+    if executor == "slurm":
+        if live is None:
+            return False, None
+        tid = _slurm_task_of(folder, unit, rec)
+        if tid is not None and (tid in live or str(rec.get("slurm_job_id")) in live):
+            return False, None
+        why = slurm_state.slurm_job_end(tid) if tid else None
+        return True, why or "its Slurm job is gone (sacct has no word on how it ended)"
+    if rec.get("host") not in (None, socket.gethostname()):
+        return False, None
+    if executor == "local" and job_id.isdigit():
+        job = _local_job_of(folder, unit, job_id)
+        if job is not None and slurm_state.local_task_alive(int(job_id), job.get("process")):
+            return False, None
+        if job is None and slurm_state.pid_alive(int(job_id)):
+            return False, None
+        codes = read_exit_codes(folder.logs, job_id)
+        rank = int(rec.get("rank") or 0)
+        code = codes[rank] if codes and rank < len(codes) else None
+        return True, slurm_state.describe_exit(code) or "its process is gone (no exit status was recorded)"
+    if executor == "debug" and isinstance(rec.get("pid"), int):
+        if slurm_state.pid_alive(int(rec["pid"])):
+            return False, None
+        return True, "the launcher that ran it in-process is gone"
+    return False, None
+
+
 def _checkpoint_of(folder: StageFolder, unit: int, array: bool) -> tuple[float, Path] | None:
     """Array shards keep one checkpoint each; all ranks of a single or multi-rank job share one."""
     return latest_checkpoint(unit_checkpoint_dir(folder.path, unit if array else None))
@@ -110,6 +200,7 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
         last = rec.get("status")
         job = jobs.get(unit)
         state: StageState
+        reason: str | None = None
         if unit in complete:
             state = S.DONE
         elif job is not None and job[1] in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"):
@@ -118,9 +209,20 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
             state = S.RUNNING
         elif last == "requeued" and live is not None:
             state = S.STOPPED  # requeued, but Slurm no longer lists its job: nothing will resume it
-        elif last in ("running", "failed", "requeued", "stopped"):
-            # "running" without a live job: killed without a word (scancel -9, node loss)
+        elif last == "running":
+            # running without a live job: killed without a word (kill -9, OOM, node loss)
+            dead, why = died(folder, unit, rec, live)
+            state = S.DIED if dead else S.RUNNING
+            if dead:
+                reason = why
+                if why and amend_record(folder, unit, str(rec.get("job_id")), "running", status="died",
+                                        error=why):  # fmt: skip
+                    rec = folder.task_records().get(unit, rec)
+                    records[unit] = rec
+                    attempts = [str(a.get("status", "?")) for a in rec.get("attempts", [])]
+        elif last in ("failed", "requeued", "stopped", "died"):
             state = S(last)
+            reason = rec.get("error")
         else:
             state = S.NOT_STARTED
         units[unit] = UnitStatus(
@@ -131,6 +233,7 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
             job_id=str(rec["job_id"]) if rec.get("job_id") is not None else None,
             checkpoint=_checkpoint_of(folder, unit, array),
             slurm=job,
+            reason=reason,
         )
     by_state: dict[StageState, list[int]] = {}
     for u in units.values():
@@ -153,6 +256,7 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
         running=by_state.get(S.RUNNING, []),
         failed=failed,
         stopped=by_state.get(S.STOPPED, []),
+        died=by_state.get(S.DIED, []),
         queued=by_state.get(S.QUEUED, []),
         requeued=by_state.get(S.REQUEUED, []),
         units=units,
@@ -283,7 +387,7 @@ def print_status(
     rows = [(s, u) for s in statuses for u in s.units.values() if _interesting(u)]
     if rows:
         units = Table(title="units")
-        for col in ("stage", "unit", "state", "attempts", "host / job", "last checkpoint"):
+        for col in ("stage", "unit", "state", "attempts", "host / job", "last checkpoint", "why"):
             units.add_column(col, no_wrap=col in ("stage", "unit", "state"), overflow="fold")
         for s, u in rows[:max_units]:
             where = " / ".join(x for x in (u.host, u.job_id) if x) or "-"
@@ -291,17 +395,26 @@ def print_status(
                 tid, state, reason = u.slurm
                 where += f" [{tid} {state}" + (f" {reason}" if reason not in ("", "None") else "") + "]"
             ckpt = f"{_when(u.checkpoint[0])} {_short(u.checkpoint[1], s.path)}" if u.checkpoint else "-"
-            units.add_row(s.stage, str(u.unit), u.state, _attempts(u), where, ckpt)
+            units.add_row(s.stage, str(u.unit), u.state, _attempts(u), where, ckpt, u.reason or "-")
         console.print(units)
         if len(rows) > max_units:
             console.print(f"... and {len(rows) - max_units} more units", markup=False)
     for s in statuses:
-        records = StageFolder(s.path).task_records() if (s.failed or s.stopped) else {}
-        for unit in sorted({*s.failed, *s.stopped}):
+        records = StageFolder(s.path).task_records() if (s.failed or s.stopped or s.died) else {}
+        for unit in sorted({*s.failed, *s.stopped, *s.died}):
             rec = records.get(unit, {})
-            what = "failed" if unit in s.failed else "was requeued but no job is left to resume it"
+            unit_status = s.units.get(unit)
+            reason = (unit_status.reason if unit_status else None) or rec.get("error") or ""
+            if unit in s.failed:
+                what = "failed"
+            elif unit in s.died:
+                what = "died"
+            elif rec.get("status") == "stopped":
+                what = "was stopped; a relaunch resumes it"
+            else:
+                what = "was requeued but no job is left to resume it"
             console.rule(f"{s.stage} unit {unit} {what} ({rec.get('host')}, job {rec.get('job_id')})")
-            console.print(rec.get("error", ""), markup=False)
+            console.print(reason, markup=False)
             console.print(
                 tail(rec.get("log_err"), log_lines) or tail(rec.get("log_out"), log_lines), markup=False
             )

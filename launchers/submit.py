@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from clinsynth.core.atomic import read_json, write_bytes, write_json
+from clinsynth.core.atomic import write_bytes
 from clinsynth.core.context import TaskStopped, signal_name
 from launchers import slurm_state
 from launchers.config import compose_config, redact, to_plain
@@ -661,24 +661,9 @@ def _local_job_failure(st: PlannedStage, job: Any, units: list[int]) -> str | No
 
 
 def _amend_record(st: PlannedStage, unit: int, job_id: str, only_if: str | None, **fields: Any) -> bool:
-    """Update the last attempt of `unit`'s task record, when job `job_id` wrote it (and, with
-    `only_if`, its status is that one): the task could not say how it ended, the launcher can."""
-    path = st.folder.task_record_path(unit)
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError):
-        return False
-    attempts = rec.get("attempts") or []
-    if not attempts or str(rec.get("job_id")) != job_id or (only_if and rec.get("status") != only_if):
-        return False
-    attempts[-1].update(fields, end=attempts[-1].get("end") or time.time())
-    rec.update(attempts[-1])
-    rec["attempts"] = attempts
-    try:
-        write_json(path, rec)
-    except OSError:
-        return False
-    return True
+    from launchers.status import amend_record
+
+    return amend_record(st.folder, unit, job_id, only_if, **fields)
 
 
 def _stop_local(jobs: list[Any], grace_s: float, signals: _StopSignals) -> set[str]:

@@ -88,7 +88,7 @@ def _settle(result: LaunchResult) -> None:
             state = stage_status(StageFolder(a.folder)).state
             if state == StageState.DONE:
                 a.status = StageState.RAN
-            elif state == StageState.FAILED:
+            elif state in (StageState.FAILED, StageState.DIED):
                 a.status = StageState.FAILED
 
 
@@ -111,7 +111,7 @@ def _wait(result: LaunchResult, console: Console, poll_s: float, out: Console | 
                 progress.update(bars[name], completed=len(st.complete))
             if all(s == StageState.DONE for s in states.values()):
                 return True
-            failed = [n for n, s in states.items() if s == StageState.FAILED]
+            failed = [n for n, s in states.items() if s in (StageState.FAILED, StageState.DIED)]
             live = _anything_live(result)
             idle_polls = 0 if live else idle_polls + 1
             # a failed unit may be requeued by Slurm; give up when nothing of the run is live
