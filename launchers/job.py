@@ -43,6 +43,7 @@ from clinsynth.core.context import (
     unit_checkpoint_dir,
 )
 from clinsynth.core.registry import get_stage, load_stage_modules
+from clinsynth.core.secrets import Scrubber, scrubbed_output, secret_env_names
 from clinsynth.core.tracking import NullTracker, Tracker, WandbTracker, start_tracker
 from launchers.config import redact
 from launchers.folders import StageFolder
@@ -80,14 +81,16 @@ def _logger(stage: str, rank: int) -> logging.Logger:
     return logger
 
 
-def _tracker(spec: TaskSpec, rank: int, folder: StageFolder, logger: logging.Logger) -> Tracker:
+def _tracker(
+    spec: TaskSpec, rank: int, folder: StageFolder, logger: logging.Logger, scrubber: Scrubber | None = None
+) -> Tracker:
     trk = spec.tracking or {}
     if rank != 0 or trk.get("backend") != "wandb" or trk.get("mode") == "disabled":
         return NullTracker()
-    return start_tracker(lambda: _wandb(spec, trk, folder), logger)
+    return start_tracker(lambda: _wandb(spec, trk, folder, scrubber), logger)
 
 
-def _wandb(spec: TaskSpec, trk: dict[str, Any], folder: StageFolder) -> Tracker:
+def _wandb(spec: TaskSpec, trk: dict[str, Any], folder: StageFolder, scrubber: Scrubber | None) -> Tracker:
     return WandbTracker(
         run_id=f"{spec.run_id}-{spec.stage}" + (f"-{spec.shard:05d}" if spec.shard is not None else ""),
         name=f"{spec.experiment}/{spec.stage}" + (f"/{spec.shard}" if spec.shard is not None else ""),
@@ -96,7 +99,7 @@ def _wandb(spec: TaskSpec, trk: dict[str, Any], folder: StageFolder) -> Tracker:
         entity=trk.get("entity"),
         mode=trk.get("mode", "offline"),
         directory=folder.path / "wandb",
-        config=redact({"stage": spec.stage, "stage_id": spec.stage_id, **spec.config}),
+        config=redact({"stage": spec.stage, "stage_id": spec.stage_id, **spec.config}, scrubber),
         tags=[spec.experiment, spec.stage],
         log_samples=bool(trk.get("log_samples", False)),
     )
@@ -161,7 +164,7 @@ class StageTask(submitit.helpers.Checkpointable):
         self.spec = spec
 
     def __call__(self) -> dict[str, Any]:
-        return _run(self.spec)
+        return _scrubbed_run(self.spec)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(StageTask(self.spec))
@@ -171,7 +174,7 @@ class _RunTask(submitit.helpers.Checkpointable):
     """`ex.submit(run_task, spec)`: the same as `ex.submit(StageTask(spec))`."""
 
     def __call__(self, spec: TaskSpec) -> dict[str, Any]:
-        return _run(spec)
+        return _scrubbed_run(spec)
 
     def checkpoint(self, spec: TaskSpec) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(StageTask(spec))
@@ -321,7 +324,22 @@ def _previous_attempts(record_path: Path) -> list[dict[str, Any]]:
     return attempts
 
 
-def _run(spec: TaskSpec) -> dict[str, Any]:
+def _scrubbed_run(spec: TaskSpec) -> dict[str, Any]:
+    """Design §10: the values of secret variables (those the stage config names through its
+    `secret_env` fields, and the usual ones) never reach the task's stdout/stderr logs, its
+    record, its result or error pickle, or W&B, whatever the stage prints or raises."""
+    load_stage_modules(spec.stage_modules)
+    try:
+        names = secret_env_names(get_stage(spec.stage).parse_config(spec.config))
+    except Exception:  # a config the stage refuses fails inside _run, with its record
+        names = set()
+    scrubber = Scrubber.from_env(names)
+    with scrubbed_output(scrubber):
+        return scrubber.data(_run(spec, scrubber))
+
+
+def _run(spec: TaskSpec, scrubber: Scrubber | None = None) -> dict[str, Any]:
+    scrubber = scrubber or Scrubber()
     os.umask(0o077)  # design §10: everything a task writes is private to its owner
     load_stage_modules(spec.stage_modules)
     stage_spec = get_stage(spec.stage)
@@ -345,12 +363,12 @@ def _run(spec: TaskSpec) -> dict[str, Any]:
     attempts.append(attempt)
 
     def save_record() -> None:
-        write_json(record_path, {"unit": unit, "attempts": attempts, **attempt})
+        write_json(record_path, scrubber.data({"unit": unit, "attempts": attempts, **attempt}))
 
     save_record()
     checkpoint_dir = unit_checkpoint_dir(folder.path, spec.shard)
     stop = StopSignal()
-    tracker = _tracker(spec, rank, folder, logger)
+    tracker = _tracker(spec, rank, folder, logger, scrubber)
     ctx = StageContext(
         stage=spec.stage,
         stage_id=spec.stage_id,

@@ -128,13 +128,14 @@ def test_a_stage_that_prints_logs_and_returns_a_secret_leaves_none_under_runs(
     result = launch(toy_overrides(runs, executor, n_items=6, shards=2, nodes=1,
                                   extra=["+toy.leak_env=TOY_SERVICE_ACCESS"]))
     assert all(a.status == "ran" for a in result.actions)
-    logs = [p for p, data in walk_text_files(runs) if b"the token is ***" in data]
-    assert logs, "the stage's prints and log lines were written (scrubbed) somewhere under runs/"
+    if executor == "local":  # debug runs in this process: its prints reach only the console
+        logs = [p for p, data in walk_text_files(runs) if b"the token is ***" in data]
+        assert logs, "the stage's prints and log lines were written (scrubbed) under runs/"
     assert leaks(runs) == []
 
 
-@pytest.mark.parametrize("executor", ["local", "debug"])
-def test_a_failure_that_quotes_a_secret_is_recorded_scrubbed(tmp_path, monkeypatch, executor):
+def test_a_failure_that_quotes_a_secret_is_recorded_scrubbed(tmp_path, monkeypatch):
+    executor = "local"  # debug hands a failure to pdb, which cannot read stdin under pytest
     monkeypatch.setenv("TOY_SERVICE_ACCESS", SECRET)
     runs = tmp_path / "runs"
     overrides = toy_overrides(runs, executor, n_items=6, shards=2, nodes=1,
