@@ -20,39 +20,59 @@ from clinsynth.core.atomic import atomic_open, read_json, read_jsonl, write_json
 
 
 class LetterShard:
-    """The writer side of one generate task's shard."""
+    """The writer side of one generate task's shard.
 
-    def __init__(self, stage_dir: Path, shard: int, num_shards: int) -> None:
+    Chunk files carry the chunk size in their name (`chunk-000012.size8.jsonl`): the chunk
+    size is operational (not in the stage id), so a relaunch with another one must not take
+    chunks cut another way for its own; it ignores them and they go with the parts folder.
+    """
+
+    def __init__(self, stage_dir: Path, shard: int, num_shards: int, chunk_size: int = 0) -> None:
         self.stage_dir = Path(stage_dir)
         self.shard = shard
         self.num_shards = num_shards
+        self.chunk_size = chunk_size
         self.parts = self.stage_dir / "letters" / f"shard-{shard:05d}.parts"
         self.path = self.stage_dir / "letters" / f"shard-{shard:05d}.jsonl"
 
     def chunk_path(self, chunk: int) -> Path:
-        return self.parts / f"chunk-{chunk:06d}.jsonl"
+        size = f".size{self.chunk_size}" if self.chunk_size else ""
+        return self.parts / f"chunk-{chunk:06d}{size}.jsonl"
 
     def missing_chunks(self, n_chunks: int) -> list[int]:
         self.parts.mkdir(parents=True, exist_ok=True)
         return [c for c in range(n_chunks) if not self.chunk_path(c).exists()]
 
     def write_chunk(self, chunk: int, records: Iterable[dict[str, Any]]) -> None:
+        """Atomically: a unique temp file per call (mkstemp) renamed onto the chunk's name, so two
+        attempts of one shard (a zombie and a relaunch) never write into the same file."""
         with atomic_open(self.chunk_path(chunk), "wb") as fh:
             for rec in records:
                 fh.write(orjson.dumps(rec) + b"\n")
 
+    def _finished_elsewhere(self, expected: int) -> bool:
+        """Another attempt of this shard joined it (and removed the parts) while this one ran."""
+        stats = stats_path(self.stage_dir, self.shard)
+        return self.path.is_file() and stats.is_file() and count_lines(self.path) == expected
+
     def finish(self, n_chunks: int, expected: int, stats: dict[str, Any]) -> int:
         """Join the chunks in spec order; the parts go only after the shard file is in place."""
         n = 0
-        with atomic_open(self.path, "wb") as fh:
-            for c in range(n_chunks):
-                data = self.chunk_path(c).read_bytes()
-                n += data.count(b"\n")
-                fh.write(data)
-        if n != expected:
-            raise RuntimeError(
-                f"shard {self.shard}: {n} letters for {expected} specs; delete {self.parts} and relaunch"
-            )
+        try:
+            with atomic_open(self.path, "wb") as fh:
+                for c in range(n_chunks):
+                    data = self.chunk_path(c).read_bytes()
+                    n += data.count(b"\n")
+                    fh.write(data)
+                if n != expected:  # inside the block: no shard file appears
+                    raise RuntimeError(
+                        f"shard {self.shard}: {n} letters for {expected} specs; "
+                        f"delete {self.parts} and relaunch"
+                    )
+        except FileNotFoundError:
+            if self._finished_elsewhere(expected):
+                return expected
+            raise
         write_json(stats_path(self.stage_dir, self.shard), {**stats, "num_shards": self.num_shards})
         shutil.rmtree(self.parts, ignore_errors=True)
         return n

@@ -1,6 +1,6 @@
 """`generate`: specs -> letters, as a job array with one LLM engine per task.
 
-Task i takes specs i::N and writes them in chunks (`letters/shard-0000i.parts/chunk-000012.jsonl`),
+Task i takes specs i::N and writes them in chunks (`letters/shard-0000i.parts/chunk-000012.size8.jsonl`),
 each chunk atomically; a relaunch after SIGKILL, scancel or preemption skips the chunks that
 exist, so every spec ends up with exactly one letter. When all chunks are there they are joined
 into `letters/shard-0000i.jsonl` and the task's throughput goes to `stats/shard-0000i.json`.
@@ -108,7 +108,7 @@ def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
     check_shard_recipes(sample_dir, my_recipes, total, ctx.shard, ctx.num_shards, stage="generate")
     mine = list(range(len(my_recipes)))
     chunk = lc.chunk
-    out = LetterShard(ctx.stage_dir, ctx.shard, ctx.num_shards)
+    out = LetterShard(ctx.stage_dir, ctx.shard, ctx.num_shards, chunk)
     n_chunks = (len(mine) + chunk - 1) // chunk
     todo = out.missing_chunks(n_chunks)
     if len(todo) < n_chunks:

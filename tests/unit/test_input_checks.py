@@ -305,7 +305,7 @@ def test_cohort_temp_files_are_unique_per_attempt_and_never_left_behind(tmp_path
 
 
 def test_generate_chunks_are_written_through_unique_temp_names(tmp_path):
-    shard = LetterShard(tmp_path, 0, 1)
+    shard = LetterShard(tmp_path, 0, 1, chunk_size=1)
     assert shard.missing_chunks(2) == [0, 1]
     # two attempts writing the same chunk at once: each has its own temp file, the rename wins
     with atomic_open(shard.chunk_path(0), "wb") as one, atomic_open(shard.chunk_path(0), "wb") as two:
@@ -314,6 +314,22 @@ def test_generate_chunks_are_written_through_unique_temp_names(tmp_path):
         two.write(b'{"spec_id": "a"}\n')
     shard.write_chunk(1, [{"spec_id": "b"}])
     assert shard.missing_chunks(2) == []
-    assert sorted(p.name for p in shard.parts.iterdir()) == ["chunk-000000.jsonl", "chunk-000001.jsonl"]
+    assert sorted(p.name for p in shard.parts.iterdir()) == [
+        "chunk-000000.size1.jsonl",
+        "chunk-000001.size1.jsonl",
+    ]
+    # a relaunch with another (operational) chunk size does not take these chunks for its own
+    assert LetterShard(tmp_path, 0, 1, chunk_size=2).missing_chunks(1) == [0]
     assert shard.finish(2, 2, {"shard": 0}) == 2
     assert [r["spec_id"] for r in read_jsonl(shard.path)] == ["a", "b"]
+    assert not shard.parts.exists()
+    # a second attempt that finishes after the first removed the parts keeps the first's shard
+    assert shard.finish(2, 2, {"shard": 0}) == 2
+
+
+def test_generate_finish_with_a_wrong_count_leaves_no_shard_file(tmp_path):
+    shard = LetterShard(tmp_path, 0, 1, chunk_size=2)
+    shard.write_chunk(0, [{"spec_id": "a"}])
+    with pytest.raises(RuntimeError, match="1 letters for 2 specs"):
+        shard.finish(1, 2, {"shard": 0})
+    assert not shard.path.exists()
