@@ -242,6 +242,17 @@ def consistency(runs: Path) -> list[str]:
         check_records(d["ingest"], stage="kill_points")
         total = check_specs(d["sample"], stage="kill_points")
         check_letters(d["generate"], total, stage="kill_points")
+        truth = Counter(r["patient_id"] for r in _jsonl(sorted((d["cohort"] / "truth").glob("*.jsonl"))))
+        records = Counter(
+            pid
+            for path in sorted((d["ingest"] / "records").glob("patients-*.parquet"))
+            for pid in pq.read_table(path, columns=["patient_id"]).column("patient_id").to_pylist()
+        )
+        if records != truth:
+            problems.append(
+                f"ingest: {sum((truth - records).values())} cohort patient(s) lost in records, "
+                f"{sum((records - truth).values())} duplicated or unknown"
+            )
         verdicts = Counter(r["spec_id"] for r in _jsonl([d["verify"] / "verification.jsonl"]))
         if len(verdicts) != total or any(n != 1 for n in verdicts.values()):
             problems.append(f"verify: {sum(verdicts.values())} verdicts for {total} specs")

@@ -8,6 +8,8 @@ with bounded memory.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +231,8 @@ class BucketWriter:
 
     def __init__(self, out_dir: Path, n_buckets: int, flush_rows: int = 20_000) -> None:
         self.out_dir, self.n_buckets, self.flush_rows = out_dir, n_buckets, flush_rows
+        # temp names unique to this writer: two attempts writing one folder never share a file
+        self._tmp_tag = f"{os.getpid()}.{secrets.token_hex(4)}"
         out_dir.mkdir(parents=True, exist_ok=True)
         self._buf: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self._writers: dict[tuple[str, int], pq.ParquetWriter] = {}
@@ -242,6 +246,9 @@ class BucketWriter:
         if len(buf) >= self.flush_rows:
             self._flush(key)
 
+    def _tmp(self, table: str, b: int) -> Path:
+        return self.out_dir / f".{table}-{b:04d}.parquet.{self._tmp_tag}.tmp"
+
     def _flush(self, key: tuple[str, int]) -> None:
         rows = self._buf.get(key)
         if not rows:
@@ -251,7 +258,7 @@ class BucketWriter:
         batch = pa.Table.from_pylist(rows, schema=schema)
         w = self._writers.get(key)
         if w is None:
-            w = pq.ParquetWriter(self.out_dir / f".{table}-{b:04d}.parquet.tmp", schema, compression="zstd")
+            w = pq.ParquetWriter(self._tmp(table, b), schema, compression="zstd")
             self._writers[key] = w
         w.write_table(batch)
         self._buf[key] = []
@@ -263,7 +270,7 @@ class BucketWriter:
         for table, schema in TABLES.items():
             for b in range(self.n_buckets):
                 key = (table, b)
-                tmp = self.out_dir / f".{table}-{b:04d}.parquet.tmp"
+                tmp = self._tmp(table, b)
                 w = self._writers.pop(key, None)
                 if w is None:
                     pq.write_table(pa.Table.from_pylist([], schema=schema), tmp)
