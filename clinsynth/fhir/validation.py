@@ -32,6 +32,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from clinsynth.fhir.jsonio import deep_stack
+
 # keys are kept (group 1); string and number values are cut out
 _STR = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string, unrolled (no per-character alternation)
 _NUM = rb"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
@@ -118,6 +120,13 @@ def _leaves(canonical: bytes) -> list[bytes]:
 _LEAF_CACHE_MAX = 200_000
 
 
+class _Unset:
+    """`validate(dumped=...)` not given: the validator dumps the resource itself."""
+
+
+_UNSET = _Unset()
+
+
 class _Uncacheable(Exception):
     """The shape holds something the leaf walk cannot type (a contained resource)."""
 
@@ -151,8 +160,12 @@ class FastValidator:
     _kinds: list[tuple[Any, str]] = field(default_factory=list)
 
     # ---- public
-    def validate(self, resource: Any, canonical: bytes | None = None) -> str | None:
-        """None when valid, else fhir.resources' error text (for the quarantine)."""
+    def validate(
+        self, resource: Any, canonical: bytes | None = None, dumped: bytes | _Unset | None = _UNSET
+    ) -> str | None:
+        """None when valid, else fhir.resources' error text (for the quarantine). `dumped`: the
+        caller's `orjson.dumps(resource)` if it has one, None if orjson cannot write it (nested
+        too deeply: only the full model, under a raised recursion limit, judges it)."""
         if not isinstance(resource, dict):
             return f"not a JSON object but {type(resource).__name__}"
         rt = resource.get("resourceType")
@@ -169,7 +182,13 @@ class FastValidator:
                     return None
         # from here on, tokens must line up with the parsed dict (a duplicate key in the raw text
         # would shift them): work on the dict's own compact dump
-        dumped = orjson.dumps(resource)
+        if isinstance(dumped, _Unset):
+            try:
+                dumped = orjson.dumps(resource)
+            except TypeError:  # nested beyond orjson's writer
+                dumped = None
+        if dumped is None:
+            return self._full(rt, resource, None)
         if canonical != dumped:
             canonical = dumped
             if shapes:
@@ -201,7 +220,9 @@ class FastValidator:
             ok.add(tok)
         return True
 
-    def _full(self, rt: str, resource: dict[str, Any], canonical: bytes) -> str | None:
+    def _full(self, rt: str, resource: dict[str, Any], canonical: bytes | None) -> str | None:
+        """The full model's verdict; learns the shape unless `canonical` is None (a deep resource:
+        validated under a raised recursion limit, never cached)."""
         self.stats.full += 1
         try:
             model = _model_class(rt)
@@ -209,13 +230,22 @@ class FastValidator:
             self.stats.invalid += 1
             return f"unknown resourceType {rt!r}"
         try:
-            model.model_validate(resource)
+            if canonical is None:
+                with deep_stack():
+                    model.model_validate(resource)
+            else:
+                model.model_validate(resource)
         except ValidationError as exc:
             self.stats.invalid += 1
             return _short_errors(exc)
+        except RecursionError:
+            self.stats.invalid += 1
+            return "nested too deeply for fhir.resources to validate"
         except (ValueError, TypeError) as exc:  # validators that raise plain errors
             self.stats.invalid += 1
             return str(exc)
+        if canonical is None:
+            return None
         try:
             plan = self._plan(model, resource, rt)
         except _Uncacheable:

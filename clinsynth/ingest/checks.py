@@ -30,6 +30,7 @@ def _flag(idx: pa.Table, mask: pa.Array, reason: str, details: list[str]) -> lis
             "id": r["rid"],
             "reason": reason,
             "detail": d,
+            "exception": None,
         }
         for r, d in zip(rows, details, strict=True)
     ]

@@ -148,6 +148,11 @@ def _fact(res: dict[str, Any], category: str, **kw: Any) -> dict[str, Any]:
         "extra": extra or None,  # a dict here; the writer serialises it
     }
     row.update(kw)
+    v = row["value_num"]
+    if isinstance(v, int) and not isinstance(v, bool):
+        # a float column: an integer beyond 2**53 is kept as the nearest float (Arrow refuses it
+        # as an int), as a decimal with a fraction is
+        row["value_num"] = float(v)
     return row
 
 

@@ -19,6 +19,9 @@ REASONS = (
     "unknown_code_system",
     "impossible_date",
     "duplicate_id",
+    "duplicate_key",  # one JSON object names a key twice (see fhir/jsonio.py)
+    "too_deep",  # objects and arrays nested beyond jsonio.MAX_DEPTH
+    "internal_error",  # an exception ingest did not foresee; the detail names step and class
 )
 
 

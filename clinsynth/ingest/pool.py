@@ -14,12 +14,14 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from clinsynth.fhir.jsonio import PARSE_RECURSION_LIMIT, deep_stack, too_deep_detail
 from clinsynth.ingest.options import Options
 from clinsynth.ingest.sources import Item, NdjsonSource, batched, read_range
 from clinsynth.ingest.worker import ChunkResult, Worker
@@ -36,10 +38,26 @@ def tune_gc() -> None:
 
 
 def pack(items: list[Item]) -> tuple[Any, ...]:
-    """Raw NDJSON lines travel to workers as bytes, not as pickled objects (a third of the cost)."""
+    """Raw NDJSON lines travel to workers as bytes, not as pickled objects (a third of the cost).
+    Parsed items are pickled here, not by the queue's feeder thread: a pickling error there (a
+    resource nested too deeply) would only be printed, and the chunk lost without a trace."""
     if all(it.raw is not None and it.error is None for it in items):
         return ("raw", [it.source for it in items], [it.line for it in items], [it.raw for it in items])
-    return ("items", items)
+    try:
+        with deep_stack(PARSE_RECURSION_LIMIT):
+            return ("pickled", pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    except RecursionError:  # one of them is nested too deeply to travel: it goes as its verdict
+        kept = []
+        for it in items:
+            try:
+                with deep_stack(PARSE_RECURSION_LIMIT):
+                    pickle.dumps(it, protocol=pickle.HIGHEST_PROTOCOL)
+                kept.append(it)
+            except RecursionError:
+                kept.append(
+                    Item(it.source, it.line, location=it.location, error=too_deep_detail(), reason="too_deep")
+                )
+        return ("pickled", pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def unpack(packed: tuple[Any, ...]) -> list[Item]:
@@ -47,7 +65,8 @@ def unpack(packed: tuple[Any, ...]) -> list[Item]:
         return read_range(*packed[1:])
     if packed[0] == "raw":
         return [Item(s, n, r) for s, n, r in zip(packed[1], packed[2], packed[3], strict=True)]
-    items: list[Item] = packed[1]
+    with deep_stack(PARSE_RECURSION_LIMIT):
+        items: list[Item] = pickle.loads(packed[1])
     return items
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from clinsynth.fhir import jsonio
 from clinsynth.fhir.conventions import is_known_system
 from clinsynth.fhir.validation import FastValidator
 from clinsynth.ingest.extract import Extracted, extract
@@ -37,6 +38,16 @@ class Result:
     detail: str | None = None
     extracted: Extracted | None = None
     digest: int = 0  # of the resource's bytes: tells an identical repeat from a conflicting one
+    exception: str | None = None  # the exception class, when an exception put it in quarantine
+
+
+#: the end of an `internal_error` detail
+UNFORESEEN = "a clinsynth bug or an input it did not foresee"
+
+
+def _id(rid: Any) -> str | None:
+    """An id for the quarantine entry: a string, cut to 64 characters (the detail says why it is bad)."""
+    return rid[:64] if isinstance(rid, str) else None
 
 
 #: FHIR R4 `id`: 1-64 of letters, digits, '-' and '.'
@@ -80,33 +91,80 @@ class Processor:
         return [self.one(it) for it in items]
 
     def one(self, it: Item) -> Result:
+        """One item's verdict; any exception quarantines the item (reason `internal_error`, naming
+        the step and the exception class) instead of stopping the run."""
+        step = ["read"]
+        try:
+            return self._one(it, step)
+        except Exception as exc:
+            detail = f"{step[0]}: {type(exc).__name__}: {str(exc)[:500]} ({UNFORESEEN})"
+            rt = it.resource.get("resourceType") if isinstance(it.resource, dict) else None
+            rt = rt if isinstance(rt, str) else None
+            return Result(
+                it.source,
+                it.line,
+                it.location,
+                rt,
+                None,
+                "internal_error",
+                detail,
+                exception=type(exc).__name__,
+            )
+
+    def _one(self, it: Item, step: list[str]) -> Result:
         if it.error:
-            return Result(it.source, it.line, it.location, None, None, "malformed_json", it.error)
+            return Result(
+                it.source, it.line, it.location, None, None, it.reason or "malformed_json", it.error
+            )
         planner, raw = self.planner, it.raw
         ex = planner.match(raw) if (planner is not None and raw is not None) else None
         if ex is not None and raw is not None:  # a known shape: valid and extracted in one regex match
             canonical = raw
         else:
             res = it.resource
+            dumped: bytes | None
             if res is None:
+                step[0] = "parse"
+                try:  # duplicate keys and deep nesting are found here (see fhir/jsonio.py)
+                    res, dumped = jsonio.loads_line(it.raw or b"")
+                except jsonio.JsonProblem as exc:
+                    v = exc.value if isinstance(exc.value, dict) else {}
+                    rt = v.get("resourceType")
+                    rt = rt if isinstance(rt, str) else None
+                    return Result(
+                        it.source, it.line, it.location, rt, _id(v.get("id")), exc.reason, exc.detail
+                    )
+            else:
                 try:
-                    res = orjson.loads(it.raw or b"")
-                except orjson.JSONDecodeError as exc:
-                    return Result(it.source, it.line, it.location, None, None, "malformed_json", str(exc))
+                    dumped = orjson.dumps(res)
+                except TypeError:  # nested beyond orjson's writer
+                    dumped = None
             rt = res.get("resourceType") if isinstance(res, dict) else None
             rid = res.get("id") if isinstance(res, dict) else None
+            rt = rt if isinstance(rt, str) else None
+            if dumped is None and jsonio.depth(res, jsonio.MAX_DEPTH) > jsonio.MAX_DEPTH:
+                return Result(
+                    it.source, it.line, it.location, rt, _id(rid), "too_deep", jsonio.too_deep_detail()
+                )
             # the bytes the validator's shape cache keys on: the line as read, or a compact dump
-            canonical = raw if raw is not None else orjson.dumps(res)
-            error = self.validator.validate(res, canonical)
+            canonical = raw if raw is not None else (dumped if dumped is not None else jsonio.dumps(res))
+            step[0] = "validate"
+            error = self.validator.validate(res, canonical, dumped)
             if error:
-                return Result(it.source, it.line, it.location, rt, rid, "invalid_resource", error)
+                return Result(it.source, it.line, it.location, rt, _id(rid), "invalid_resource", error)
+            step[0] = "extract"
             try:
                 ex = extract(res)
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc} (valid FHIR that clinsynth cannot flatten)"
-                return Result(it.source, it.line, it.location, rt, rid, "extraction_failed", detail)
-            if planner is not None and raw is not None:
+                return Result(
+                    it.source, it.line, it.location, rt, _id(rid), "extraction_failed", detail,
+                    exception=type(exc).__name__,
+                )  # fmt: skip
+            if planner is not None and raw is not None and dumped == raw:
+                step[0] = "plan"
                 planner.learn(res, raw, ex)
+        step[0] = "check"
         rt, rid = ex.resource_type, ex.resource_id
         if rid is not None and not _FHIR_ID.fullmatch(rid):
             detail = f"id {rid[:80]!r} breaks FHIR's id rule [A-Za-z0-9-.]{{1,64}}; nothing can reference it"

@@ -22,8 +22,9 @@ from urllib.parse import urlencode
 
 import orjson
 
+from clinsynth.fhir.jsonio import JsonProblem, loads_document
 from clinsynth.ingest.extract import SUPPORTED
-from clinsynth.ingest.sources import Item, SourceError, _entries, _priority
+from clinsynth.ingest.sources import Item, Problem, SourceError, _entries, _priority
 
 RETRYABLE = (429, 500, 502, 503, 504)
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -203,9 +204,11 @@ class ServerSource:
 
     def _bundle(self, url: str, status: int, ctype: str, body: bytes) -> dict[str, Any]:
         where = f"GET {self._scrub(url)} (HTTP {status}, {self._scrub(ctype or 'no content-type', 60)})"
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
+        try:  # objects with a duplicate key are marked; their entries are quarantined (see __iter__)
+            doc, _ = loads_document(body)
+        except JsonProblem as exc:
+            if exc.reason == "too_deep":
+                raise SourceError(f"{where} answered a Bundle {exc.detail}") from None
             kind = "an HTML page" if "html" in ctype.lower() or body.lstrip()[:1] == b"<" else "not JSON"
             raise SourceError(f"{where} answered {kind}, not a FHIR Bundle") from None
         if not isinstance(doc, dict):
@@ -251,7 +254,11 @@ class ServerSource:
                     self._check_origin(url, "a next link" if page else "a request")
                     bundle = self._get(client, url)
                     page += 1
-                    for loc, res in _entries(bundle):
+                    for loc, res in _entries(bundle, dups=True):  # a page is small: look for marks always
+                        if isinstance(res, Problem):
+                            yield Item(source=f"{base}/{rt}", line=None, location=f"page {page} {loc}",
+                                       error=res.detail, reason=res.reason)  # fmt: skip
+                            continue
                         if isinstance(res, dict) and res.get("resourceType") == "OperationOutcome":
                             continue  # search warnings, not data
                         yield Item(

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
+from clinsynth.fhir.jsonio import JsonProblem, find_duplicate, loads_document
 from clinsynth.ingest.extract import REFERENCE_TARGETS
 from clinsynth.ingest.options import IngestError
 
@@ -32,6 +31,7 @@ class Item:
     resource: dict[str, Any] | None = None  # an already parsed Bundle entry / page entry
     location: str | None = None  # entry[3], page 2 entry 7, ...
     error: str | None = None  # the source could not even produce a resource (malformed file)
+    reason: str | None = None  # the quarantine reason of `error` (None: malformed_json)
 
 
 class SourceError(RuntimeError):
@@ -334,13 +334,27 @@ def _bundle_scan(path: Path) -> FileScan:
     return scan_files(path, (".json",), "Bundle")
 
 
-def _entries(doc: Any, prefix: str = "") -> Iterator[tuple[str | None, Any]]:
+@dataclass
+class Problem:
+    """What `_entries` yields instead of a resource that cannot be read (a duplicate key)."""
+
+    reason: str
+    detail: str
+
+
+def _entries(doc: Any, prefix: str = "", dups: bool = False) -> Iterator[tuple[str | None, Any]]:
     """(location, resource) of every entry; nested Bundles are unpacked, and references to an
     entry's `urn:uuid:`/`urn:oid:` fullUrl (the normal shape of transaction Bundles) become
-    `Type/id` — an entry without an id takes the uuid as its id."""
+    `Type/id` — an entry without an id takes the uuid as its id. `dups`: the document holds
+    objects marked by `jsonio.loads_document` as having a duplicate key; those entries (or the
+    Bundle's own fields) come as a `Problem`."""
     if not (isinstance(doc, dict) and doc.get("resourceType") == "Bundle"):
-        yield (prefix.rstrip(".") or None), doc
+        dup = find_duplicate(doc) if dups else None
+        yield (prefix.rstrip(".") or None), (Problem("duplicate_key", dup) if dup else doc)
         return
+    # a duplicate in the Bundle's own fields: reported once, its entries still count
+    if dups and (dup := find_duplicate(doc, shallow=True)):
+        yield (prefix.rstrip(".") or "Bundle"), Problem("duplicate_key", f"Bundle: {dup}")
     entries = doc.get("entry") or []
     if not isinstance(entries, list):
         yield (prefix.rstrip(".") or None), doc  # not a Bundle's shape: the validator says why
@@ -349,8 +363,14 @@ def _entries(doc: Any, prefix: str = "") -> Iterator[tuple[str | None, Any]]:
     for i, entry in enumerate(entries):
         res = entry.get("resource") if isinstance(entry, dict) else entry
         loc = f"{prefix}entry[{i}]"
+        if dups and (dup := find_duplicate(entry, shallow=True)):  # e.g. two fullUrls
+            yield loc, Problem("duplicate_key", f"entry: {dup}")
+            continue
         if isinstance(res, dict) and res.get("resourceType") == "Bundle":
-            yield from _entries(res, f"{loc}.resource.")
+            yield from _entries(res, f"{loc}.resource.", dups)
+            continue
+        if dups and (dup := find_duplicate(res)):
+            yield loc, Problem("duplicate_key", dup)
             continue
         if local and isinstance(res, dict):
             full = entry.get("fullUrl") if isinstance(entry, dict) else None
@@ -400,11 +420,12 @@ class BundleSource(_FileSource):
                 if name in bad:
                     continue
                 try:
-                    doc = orjson.loads(f.read_bytes())
-                except orjson.JSONDecodeError as exc:
+                    doc, dups = loads_document(f.read_bytes())
+                except JsonProblem as exc:
                     if first_pass:
                         self.files_read.append(name)
-                        yield Item(source=name, line=None, error=f"malformed JSON file: {exc}")
+                        what = exc.reason.replace("_", " ")
+                        yield Item(name, None, error=f"{what} file: {exc.detail}", reason=exc.reason)
                     continue
                 except OSError as exc:
                     bad.add(name)
@@ -412,7 +433,13 @@ class BundleSource(_FileSource):
                     continue
                 if first_pass:
                     self.files_read.append(name)
-                for loc, res in _entries(doc):
+                for loc, res in _entries(doc, dups=dups):
+                    if isinstance(res, Problem):
+                        if first_pass:
+                            yield Item(
+                                source=name, line=None, location=loc, error=res.detail, reason=res.reason
+                            )
+                        continue
                     rt = res.get("resourceType") if isinstance(res, dict) else None
                     is_target = rt in REFERENCE_TARGETS
                     # an entry without a type is read (and quarantined) once, in the first pass
