@@ -247,8 +247,9 @@ class ServerSource:
                         )
                     if page >= self.max_pages:
                         raise SourceError(
-                            f"{rt}: more than source.max_pages={self.max_pages} pages; raise it if the "
-                            "server really holds that many, else its paging is broken"
+                            f"{rt}: more than source.max_pages={self.max_pages} pages (next: "
+                            f"{self._scrub(url)}); raise it if the server really holds that many, else "
+                            "its paging is broken"
                         )
                     seen.add(url)
                     self._check_origin(url, "a next link" if page else "a request")
