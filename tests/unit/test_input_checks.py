@@ -37,14 +37,16 @@ OVERRIDES = ["+experiment=smoke", "cluster=debug", "tracking=disabled", "cohort.
 def done(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     result = launch([*OVERRIDES, f"paths.runs={runs}"])
-    return {name: result.plan.stage(name).folder.path for name in ("ingest", "sample", "generate")}
+    out = {name: result.plan.stage(name).folder.path for name in ("ingest", "sample", "generate")}
+    return {**out, "runs": runs}
 
 
 @pytest.fixture
 def up(done, tmp_path):
     """Fresh copies of the upstream folders (outputs only) for one test to damage."""
     out = {}
-    for name, src in done.items():
+    for name in ("ingest", "sample", "generate"):
+        src = done[name]
         dst = tmp_path / "up" / name
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("logs", "tasks", "meta.json"))
         out[name] = dst
@@ -268,6 +270,26 @@ def test_verify_with_specs_that_disagree_with_the_report_fails(tmp_path, up):
     run, out = _verify(tmp_path, up)
     _fails(run, SAMPLE_REPORT, str(up["sample"]))
     assert _written(out) == []
+
+
+# ---- through the launcher: the message reaches the user, and its advice works
+
+
+def test_a_damaged_done_upstream_stops_the_launch_and_deleting_it_repairs(done, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(done["runs"], runs, symlinks=True)
+    ingest = runs / "stages" / "ingest" / done["ingest"].name
+    (ingest / "records" / "facts-0003.parquet").unlink()
+    # a new sample id; local processes (the debug executor stops in pdb on an error)
+    overrides = [*OVERRIDES, "cluster=local", f"paths.runs={runs}", "sample.sampler.stays_per_patient=1"]
+    with pytest.raises(Exception, match=r"facts-0003\.parquet") as info:
+        launch(overrides)
+    msg = str(info.value)
+    assert "stage sample" in msg and str(ingest) in msg and f"delete {ingest} and relaunch" in msg
+    shutil.rmtree(ingest)  # what the message says to do
+    result = launch(overrides)
+    assert "ingest" in result.submitted and "cohort" not in result.submitted
+    assert read_json(result.plan.stage("verify").folder.path / "verification_report.json")["letters"] > 0
 
 
 # ---- temp files: unique per attempt, so two attempts of one shard never share one
