@@ -155,14 +155,17 @@ def exit_file(logs: Path, job_id: str) -> Path:
     return Path(logs) / EXIT_FILE.format(job_id=job_id)
 
 
-def read_exit_codes(logs: Path, job_id: str) -> list[int | None] | None:
+def read_exit_codes(logs: Path, job_id: str, since: float | None = None) -> list[int | None] | None:
     """The exit codes the controller of local job `job_id` saw (a negative code: killed by that
-    signal; None: still running when the controller gave up), or None when it wrote none."""
+    signal; None: still running when the controller gave up), or None when it wrote none
+    (or, with `since`, none after that time: a requeued job's tasks start again)."""
     try:
         data = orjson.loads(exit_file(logs, job_id).read_bytes())
     except (OSError, ValueError):
         return None
-    codes = data.get("exit_codes") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (since is not None and float(data.get("time") or 0) < since):
+        return None
+    codes = data.get("exit_codes")
     return [c if isinstance(c, int) else None for c in codes] if isinstance(codes, list) else None
 
 

@@ -65,6 +65,8 @@ def process_identity(pid: int) -> str | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
+    if fields[0] in ("Z", "X"):  # ended, not yet reaped (an orphan whose reaper is slow): gone
+        return None
     return f"{boot}:{fields[19]}"  # field 22 of proc(5): start time in clock ticks after boot
 
 

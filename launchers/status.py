@@ -164,14 +164,16 @@ def died(
     if rec.get("host") not in (None, socket.gethostname()):
         return False, None
     if executor == "local" and job_id.isdigit():
-        job = _local_job_of(folder, unit, job_id)
-        if job is not None and slurm_state.local_task_alive(int(job_id), job.get("process")):
-            return False, None
-        if job is None and slurm_state.pid_alive(int(job_id)):
-            return False, None
-        codes = read_exit_codes(folder.logs, job_id)
+        # the controller writes the exit codes once every task of the job has ended
+        codes = read_exit_codes(folder.logs, job_id, since=float(rec.get("start") or 0))
         rank = int(rec.get("rank") or 0)
         code = codes[rank] if codes and rank < len(codes) else None
+        if codes is None:
+            job = _local_job_of(folder, unit, job_id)
+            if job is not None and slurm_state.local_task_alive(int(job_id), job.get("process")):
+                return False, None
+            if job is None and slurm_state.pid_alive(int(job_id)):
+                return False, None
         return True, slurm_state.describe_exit(code) or "its process is gone (no exit status was recorded)"
     if executor == "debug" and isinstance(rec.get("pid"), int):
         if slurm_state.pid_alive(int(rec["pid"])):

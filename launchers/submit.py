@@ -58,8 +58,19 @@ class LaunchStopped(LaunchError):
 #: what stops a launch: Ctrl-C, `kill`, a closed terminal
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: seconds a local task has to end after SIGTERM before its process group gets SIGKILL
-#: (`+cluster.stop_grace_s=N`; a second Ctrl-C/SIGTERM kills at once)
+#: (`cluster.stop_grace_s` where the cluster config has it, else $CLINSYNTH_STOP_GRACE_S;
+#: a second Ctrl-C/SIGTERM kills at once)
 STOP_GRACE_S = 20.0
+
+
+def stop_grace_s(cluster: dict[str, Any]) -> float:
+    value = cluster.get("stop_grace_s") or os.environ.get("CLINSYNTH_STOP_GRACE_S") or STOP_GRACE_S
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return STOP_GRACE_S
+
+
 #: errors of the file system under the runs folder, in words
 STORAGE_ERRORS = {
     errno.EROFS: "read-only file system",
@@ -611,7 +622,7 @@ def _run_here(
             if running and not signals.requested:
                 time.sleep(0.2)
     if signals.requested:
-        grace = float(cluster.get("stop_grace_s", STOP_GRACE_S))
+        grace = stop_grace_s(cluster)
         killed = _stop_local([job for _, job in running], grace, signals) if running else set()
         for unit, job in running:
             stopped.append((units_of(unit), str(job.job_id)))
