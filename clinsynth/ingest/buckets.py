@@ -8,6 +8,7 @@ Compression and I/O release the GIL, so each lane of buckets gets its own writer
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -63,9 +64,12 @@ def write_records(
     buckets: int,
     n_seq: int,
     threads: int = 2,
+    tag: str = "",
 ) -> dict[str, int]:
     """Filter each part to the surviving seqs (`keep`), resolve roles and medications, write
-    `out/{table}-NNNN.parquet` for every table and bucket (empty ones too); rows per table."""
+    `out/{table}-NNNN.parquet` for every table and bucket (empty ones too); rows per table.
+    Each file is written as `.{table}-NNNN.parquet.{tag}.tmp` and renamed: `tag` names the attempt,
+    so two attempts writing the same folder never write into one temp file."""
     out.mkdir(parents=True, exist_ok=True)
     roles, meds = _side_lookups(side)
     alive = np.zeros(n_seq, dtype=bool)
@@ -96,7 +100,7 @@ def write_records(
                         continue
                     w = writers.get((table, bk))
                     if w is None:
-                        tmp = out / f".{table}-{bk:04d}.parquet.tmp"
+                        tmp = out / f".{table}-{bk:04d}.parquet.{tag or os.getpid()}.tmp"
                         w = writers[(table, bk)] = pq.ParquetWriter(tmp, schema, compression="zstd")
                     # one ordered writer thread per lane: a bucket's batches stay in order
                     pending.append(lanes[bk % len(lanes)].submit(w.write_table, t.slice(lo, hi - lo)))
@@ -108,7 +112,7 @@ def write_records(
             lane.shutdown()
     for table, schema in TABLES.items():
         for bk in range(buckets):
-            tmp = out / f".{table}-{bk:04d}.parquet.tmp"
+            tmp = out / f".{table}-{bk:04d}.parquet.{tag or os.getpid()}.tmp"
             w = writers.pop((table, bk), None)
             if w is None:
                 pq.write_table(pa.Table.from_pylist([], schema=schema), tmp)

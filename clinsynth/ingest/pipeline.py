@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -109,6 +111,49 @@ def _report(
     }
 
 
+#: the folder of one attempt's worker parts: `_parts-<host>-<pid>-<ns>`
+PARTS_PREFIX = "_parts-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
+
+
+def attempt_tag() -> str:
+    """`<host>-<pid>-<ns>`: unique per attempt, and says whose it is (see `remove_stale`)."""
+    return f"{_host()}-{os.getpid()}-{time.time_ns()}"
+
+
+def _dead_here(tag: str) -> bool:
+    """The attempt named by `tag` ran on this host and its process is gone. A pid that lives again
+    (reused) keeps its files: stale files are only ever left, never taken from a live attempt."""
+    host, _, rest = tag.partition("-")
+    pid, _, ns = rest.partition("-")
+    if host != _host() or not pid.isdigit() or not ns.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
+
+
+def remove_stale(out_dir: Path) -> list[Path]:
+    """Remove the parts folders and bucket temp files of dead attempts on this host; what it removed."""
+    gone = []
+    for p in out_dir.glob(f"{PARTS_PREFIX}*"):
+        if _dead_here(p.name[len(PARTS_PREFIX) :]):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    for f in (out_dir / "records").glob(".*.parquet.*.tmp"):
+        if _dead_here(f.name.split(".parquet.", 1)[1][: -len(".tmp")]):
+            f.unlink(missing_ok=True)
+            gone.append(f)
+    return gone
+
+
 def _empty_message(items: Iterable[Item]) -> str:
     where = str(getattr(items, "path", None) or getattr(items, "base_url", None) or type(items).__name__)
     msg = f"no FHIR resources found in {where}"
@@ -140,8 +185,10 @@ def ingest(
     if isinstance(items, (NdjsonSource, BundleSource)) and opts.strict != items.strict:
         items = dataclasses.replace(items, strict=opts.strict)  # stop at the first unreadable file
     out_dir.mkdir(parents=True, exist_ok=True)
-    parts = out_dir / "_parts"
-    shutil.rmtree(parts, ignore_errors=True)
+    # per attempt: a zombie attempt and its relaunch in the same folder never share temp files
+    tag = attempt_tag()
+    remove_stale(out_dir)
+    parts = out_dir / f"{PARTS_PREFIX}{tag}"
     parts.mkdir()
     phases: dict[str, float] = {}
     try:
@@ -166,10 +213,12 @@ def ingest(
             raise IngestError.at(bad[0])
         phases["global_checks"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        rows = write_records(parts, out_dir / "records", keep, side, buckets, n_seq, max(1, workers))
+        rows = write_records(parts, out_dir / "records", keep, side, buckets, n_seq, max(1, workers), tag)
         phases["write_records"] = time.perf_counter() - t1
-    finally:
+    finally:  # this attempt's own temp files only; a concurrent attempt's are its own business
         shutil.rmtree(parts, ignore_errors=True)
+        for f in (out_dir / "records").glob(f".*.parquet.{tag}.tmp"):
+            f.unlink(missing_ok=True)
     with atomic_open(out_dir / "quarantine.ndjson", "wb") as fh:
         for e in bad:
             e.pop("seq", None)
