@@ -93,6 +93,8 @@ def storage_error(exc: OSError, runs_root: Path | None = None) -> str | None:
     runs = f"paths.runs={runs_root}" if runs_root else "paths.runs"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         todo = f"free space there or point paths.runs at another file system ({runs}); a relaunch resumes"
+    elif exc.errno == errno.ENOTDIR:
+        todo = f"point paths.runs at a folder ({runs})"
     else:
         todo = f"make it writable, or point paths.runs at a folder you can write ({runs})"
     return f"cannot write {where}: {what} ({name}); {todo}"

@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -54,3 +56,21 @@ def test_the_launcher_does_not_take_a_reused_pid_for_a_running_task(tmp_path):
         proc.kill()
         proc.wait()
     assert live_jobs([stage], "local") == {}
+
+
+def test_an_ended_process_not_yet_reaped_is_not_alive():
+    # a task whose parent has not reaped it yet (an orphan under a slow reaper) is a zombie:
+    # its /proc entry is still there, but it runs no more
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    ident = None
+    for _ in range(600):
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        ident = slurm_state.process_identity(proc.pid) or ident
+        time.sleep(0.05)
+    try:
+        assert slurm_state.process_identity(proc.pid) is None
+        assert not slurm_state.local_task_alive(proc.pid, ident)
+    finally:
+        proc.wait()

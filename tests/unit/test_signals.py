@@ -233,6 +233,25 @@ def test_sigint_stops_a_stage_at_its_step_boundary_with_a_checkpoint(tmp_path):
         assert len(starts) == 2 and '"from_step":0' not in starts[1] and '"resuming":true' in starts[1]
 
 
+def test_a_stopped_launcher_leaves_no_child_of_its_tasks(tmp_path):
+    runs = tmp_path / "runs"
+    ov = ["name=child", "pipeline=[with_child]", "stage_modules=[tests.unit.signal_stages]", "cluster=local",
+          "tracking=disabled", f"paths.runs={runs}"]  # fmt: skip
+    proc, log = _start(runs, ov)
+    folder = _wait_until(lambda: _stage(runs, "with_child"), "the stage folder", proc)
+    note = folder.path / "child.json"
+    child = _wait_until(lambda: note.exists() and read_json(note), "the task started its child", proc)["pid"]
+    assert slurm_state.process_identity(child) is not None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
+    assert _last_line(log).startswith("stopped by SIGTERM: stage with_child: stopped unit(s) 0"), (
+        log.read_text()
+    )
+    _no_process_left(runs)
+    assert slurm_state.process_identity(child) is None, "the task's child outlived the stop"
+    assert folder.task_records()[0]["status"] == "stopped"
+
+
 def test_a_task_that_outlasts_its_grace_period_is_killed(tmp_path):
     # a step of 600 s: the stage only stops at a step boundary, far beyond the 1 s grace
     runs = tmp_path / "runs"

@@ -1,0 +1,33 @@
+"""Test-only stage for tests/unit/test_signals.py: a task with a child process of its own.
+
+Registered through `stage_modules=[tests.unit.signal_stages]`; nothing in the product uses it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+from clinsynth.core.atomic import write_json
+from clinsynth.core.config import StageConfig, operational
+from clinsynth.core.context import StageContext
+from clinsynth.core.registry import stage
+
+
+class ParentSection(StageConfig):
+    seconds: float = operational(600.0, why="test pacing: how long the child sleeps")
+
+
+class ParentConfig(StageConfig):
+    parent: ParentSection = ParentSection()
+
+
+@stage("with_child", config=ParentConfig)
+def with_child(cfg: ParentConfig, ctx: StageContext) -> dict[str, Any]:
+    """Starts `sleep` (no death signal: only the launcher's stop can end it), notes its pid, waits."""
+    child = subprocess.Popen(["sleep", str(cfg.parent.seconds)])
+    write_json(ctx.stage_dir / "child.json", {"pid": child.pid})
+    while child.poll() is None:
+        time.sleep(0.1)
+    return {"child_exit": child.returncode}
