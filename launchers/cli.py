@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(str(exc), style="yellow", markup=False, highlight=False, soft_wrap=True)
             return 128 + exc.signum
         except KeyboardInterrupt:
-            msg = "interrupted (SIGINT) before any task started; relaunch the same command"
+            msg = "interrupted (SIGINT); relaunch the same command to resume (finished work is kept)"
             console.print(msg, style="yellow", markup=False, highlight=False, soft_wrap=True)
             return 130
         except (*user_errors, FileNotFoundError) as exc:

@@ -713,6 +713,8 @@ def _stopped_records(
     """Each stopped unit's record says who stopped it and how."""
     by = f"the launcher (pid {os.getpid()}), which got {signal_name(signum)}"
     for units, job_id in stopped:
+        if not job_id.isdigit():
+            continue  # debug: the task got the signal itself, in this process, and said so
         for u in units:
             if job_id in killed:
                 how = f"killed with SIGKILL by {by}, {grace:g}s after SIGTERM"

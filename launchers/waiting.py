@@ -82,10 +82,14 @@ def _stop_raises() -> Iterator[None]:
 
 
 def _settle(result: LaunchResult) -> None:
-    """What became of the stages this launch submitted or found running: ran, failed, or still so."""
+    """What became of the stages this launch submitted or found running: ran, failed, or still so.
+
+    With Slurm's live jobs at hand, a unit whose job is gone while its record says running is
+    "died", and its record gets how the job ended (sacct)."""
+    live = _live_tasks()
     for a in result.actions:
         if a.status in (StageState.SUBMITTED, StageState.RUNNING):
-            state = stage_status(StageFolder(a.folder)).state
+            state = stage_status(StageFolder(a.folder), live).state
             if state == StageState.DONE:
                 a.status = StageState.RAN
             elif state in (StageState.FAILED, StageState.DIED):
@@ -105,14 +109,15 @@ def _wait(result: LaunchResult, console: Console, poll_s: float, out: Console | 
         idle_polls = 0
         while True:
             states = {}
+            slurm_live = _live_tasks()
             for name, folder, _ in stages:
-                st = stage_status(folder)
+                st = stage_status(folder, slurm_live)
                 states[name] = st.state
                 progress.update(bars[name], completed=len(st.complete))
             if all(s == StageState.DONE for s in states.values()):
                 return True
             failed = [n for n, s in states.items() if s in (StageState.FAILED, StageState.DIED)]
-            live = _anything_live(result)
+            live = _anything_live(result, slurm_live)
             idle_polls = 0 if live else idle_polls + 1
             # a failed unit may be requeued by Slurm; give up when nothing of the run is live
             if (failed and not live) or idle_polls >= 2:
@@ -128,10 +133,18 @@ def _wait(result: LaunchResult, console: Console, poll_s: float, out: Console | 
             time.sleep(poll_s)
 
 
-def _anything_live(result: LaunchResult) -> bool:
+def _live_tasks() -> dict[str, tuple[str, str]] | None:
+    try:
+        return slurm_state.live_slurm_tasks()
+    except (slurm_state.SlurmUnavailable, OSError):
+        return None
+
+
+def _anything_live(result: LaunchResult, live: dict[str, tuple[str, str]] | None = None) -> bool:
     ids = {i for a in result.actions for i in (*a.job_ids, *a.live_ids)}
     if not ids:
         return False
-    live = slurm_state.live_slurm_tasks()
+    if live is None:
+        live = slurm_state.live_slurm_tasks()
     bases = {k.split("_")[0] for k in live}
     return any(i in live or i.split("_")[0] in bases for i in ids)
