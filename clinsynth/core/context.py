@@ -15,6 +15,11 @@ looks at it between steps and hands over:
 The requeued job runs the same stage id in the same folder with `ctx.attempt` one higher
 and `ctx.resuming` true. A stage that never asks `should_stop()` is requeued at once when
 the signal comes (submitit's default) and redoes its unit from what it wrote atomically.
+
+Local and debug tasks also stop on SIGTERM/SIGINT (a stopped launcher sends SIGTERM): a
+stage that asks `should_stop()` stops at its next step boundary the same way (but the unit
+is recorded "stopped", not requeued: a relaunch resumes it); any other stage is unwound at
+once by `TaskStopped`.
 """
 
 from __future__ import annotations
