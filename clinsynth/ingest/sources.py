@@ -355,7 +355,8 @@ def _entries(doc: Any, prefix: str = "", dups: bool = False) -> Iterator[tuple[s
     # a duplicate in the Bundle's own fields: reported once, its entries still count
     if dups and (dup := find_duplicate(doc, shallow=True)):
         yield (prefix.rstrip(".") or "Bundle"), Problem("duplicate_key", f"Bundle: {dup}")
-    entries = doc.get("entry") or []
+    entries = doc.get("entry")
+    entries = [] if entries is None else entries
     if not isinstance(entries, list):
         yield (prefix.rstrip(".") or None), doc  # not a Bundle's shape: the validator says why
         return
@@ -365,6 +366,9 @@ def _entries(doc: Any, prefix: str = "", dups: bool = False) -> Iterator[tuple[s
         loc = f"{prefix}entry[{i}]"
         if dups and (dup := find_duplicate(entry, shallow=True)):  # e.g. two fullUrls
             yield loc, Problem("duplicate_key", f"entry: {dup}")
+            continue
+        if isinstance(entry, dict) and entry.get("resource") is None:
+            yield loc, Problem("invalid_resource", "a Bundle entry without a resource")
             continue
         if isinstance(res, dict) and res.get("resourceType") == "Bundle":
             yield from _entries(res, f"{loc}.resource.", dups)
