@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -46,6 +47,8 @@ def run(cfg: CohortStageConfig, ctx: StageContext) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{ctx.shard:05d}"
+    for folder in (out, truth_dir):
+        _clean_dead_temps(folder, tag)
     # every attempt writes its own temp files (a zombie and a relaunch of the same shard never
     # share one); renaming them onto the final names is the only step attempts share
     files: dict[str, tuple[Path, IO[bytes]]] = {}
@@ -82,8 +85,31 @@ def run(cfg: CohortStageConfig, ctx: StageContext) -> dict[str, Any]:
     return {"patients": len(patients), "resources": sum(counts.values())}
 
 
+def _owner() -> str:
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
 def _temp(folder: Path, name: str) -> Path:
-    """A fresh temp file for `folder/name`, unique to this attempt: `.name.<pid>.<random>.tmp`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    """A fresh temp file for `folder/name`, unique to this attempt: `.name.<host>-<pid>.<random>.tmp`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{_owner()}.", suffix=".tmp", dir=folder)
     os.close(fd)
     return Path(tmp)
+
+
+def _clean_dead_temps(folder: Path, tag: str) -> None:
+    """Remove this shard's temp files left by attempts killed on this host (SIGKILL skips cleanup).
+
+    A live attempt's files (a zombie still writing) and other hosts' files are left alone.
+    """
+    host = socket.gethostname().replace(".", "_")
+    for f in folder.glob(f".*-{tag}.*.tmp"):
+        owner = f.name.split(".")[-3] if f.name.count(".") >= 4 else ""
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except PermissionError:  # alive, someone else's
+            pass

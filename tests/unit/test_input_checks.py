@@ -8,8 +8,8 @@ to relaunch -- and that nothing was written. The untouched copies still pass.
 
 from __future__ import annotations
 
-import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import orjson
@@ -298,12 +298,28 @@ def test_a_damaged_done_upstream_stops_the_launch_and_deleting_it_repairs(done, 
 def test_cohort_temp_files_are_unique_per_attempt_and_never_left_behind(tmp_path, monkeypatch):
     a = cohort_stage._temp(tmp_path, "Patient-00000.ndjson")
     b = cohort_stage._temp(tmp_path, "Patient-00000.ndjson")
-    assert a != b and a.name.startswith(f".Patient-00000.ndjson.{os.getpid()}.") and a.suffix == ".tmp"
+    assert (
+        a != b and a.name.startswith(f".Patient-00000.ndjson.{cohort_stage._owner()}.") and a.suffix == ".tmp"
+    )
     a.unlink()
     b.unlink()
     cfg = stage_config("cohort", OVERRIDES)
     ctx = _ctx(tmp_path, "cohort", {}, shard=1, num_shards=2)
+    # left by an attempt killed on this host (its pid is gone), and by a live one (a zombie)
+    fhir = ctx.stage_dir / "fhir"
+    fhir.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = cohort_stage._owner().rpartition("-")[0]
+    stale = fhir / f".Patient-00001.ndjson.{host}-{gone.pid}.abc123.tmp"
+    live = fhir / f".Patient-00001.ndjson.{cohort_stage._owner()}.def456.tmp"
+    other_shard = fhir / f".Patient-00000.ndjson.{host}-{gone.pid}.abc123.tmp"
+    for f in (stale, live, other_shard):
+        f.write_bytes(b"half")
     cohort_stage.run(cfg, ctx)
+    assert not stale.exists() and live.exists() and other_shard.exists()
+    for f in (live, other_shard):
+        f.unlink()
     first = {p: p.read_bytes() for p in sorted(ctx.stage_dir.rglob("*")) if p.is_file()}
     assert first and not [p for p in first if p.name.startswith(".")]
     # an attempt that dies mid-shard leaves nothing behind; a second attempt writes the same files
