@@ -22,6 +22,7 @@ REASONS = (
     "duplicate_key",  # one JSON object names a key twice (see fhir/jsonio.py)
     "too_deep",  # objects and arrays nested beyond jsonio.MAX_DEPTH
     "internal_error",  # an exception ingest did not foresee; the detail names step and class
+    "unreadable",  # a block of a file that failed to read after the scan (vanished, I/O error)
 )
 
 

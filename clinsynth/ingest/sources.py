@@ -293,9 +293,15 @@ class NdjsonSource(_FileSource):
 
 def read_range(path: Path, start: int, end: int, first_line: int, name: str | None = None) -> list[Item]:
     source = name if name is not None else _text(path.name)
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        data = fh.read(end - start)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+    except OSError as exc:  # gone or failing since the scan: the block is one quarantined record
+        detail = (
+            f"lines from {first_line} on could not be read: {exc.strerror or exc} (changed after the scan?)"
+        )
+        return [Item(source=source, line=first_line, error=detail, reason="unreadable")]
     lines = data.splitlines() if b"\r" in data else data.split(b"\n")  # a lone \r ends a line too
     return [Item(source=source, line=first_line + i, raw=ln.strip())
             for i, ln in enumerate(lines) if ln.strip()]  # fmt: skip

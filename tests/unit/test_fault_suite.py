@@ -374,4 +374,5 @@ def test_fault(tmp_path, monkeypatch, kind):
 
 def test_the_table_is_broad():
     assert len(CASES) >= 30
-    assert {r for c in CASES.values() for r in c.reasons} >= set(REASONS) - {"internal_error"}
+    # internal_error and unreadable need a patched ingest: see test_ingest_hostile.py
+    assert {r for c in CASES.values() for r in c.reasons} >= set(REASONS) - {"internal_error", "unreadable"}

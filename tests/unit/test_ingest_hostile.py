@@ -271,3 +271,21 @@ def test_a_value_arrow_refuses_quarantines_its_record_not_the_chunk(tmp_path, mo
     assert entry["reason"] == "internal_error" and entry["id"] == "o-odd" and entry["exception"]
     assert entry["line"] == 2 and entry["source"] == "Observation.ndjson"
     assert report["resources_ok"] == len(fs.one_patient())
+
+
+def test_a_file_that_vanishes_after_the_scan_is_quarantined_and_the_run_goes_on(tmp_path, monkeypatch):
+    from clinsynth.ingest import pool
+
+    real = pool.read_range
+
+    def vanishing(path, *args):
+        if path.name == "Extra.ndjson":
+            path.unlink(missing_ok=True)
+        return real(path, *args)
+
+    monkeypatch.setattr(pool, "read_range", vanishing)  # forked workers inherit the patch
+    report, q = run_lines(tmp_path, {"Extra": [orjson.dumps(fs.patient("p-gone"))]}, workers=1)
+    [entry] = q
+    assert entry["reason"] == "unreadable" and entry["source"] == "Extra.ndjson" and entry["line"] == 1
+    assert "could not be read" in entry["detail"]
+    assert report["resources_ok"] == len(fs.one_patient())
