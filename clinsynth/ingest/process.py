@@ -50,6 +50,17 @@ def _id(rid: Any) -> str | None:
     return rid[:64] if isinstance(rid, str) else None
 
 
+#: what names a line too deep to parse: its type and id, read from its first bytes
+_HEAD = {
+    "resourceType": re.compile(rb'^\{\s*"resourceType"\s*:\s*"([A-Za-z]{1,64})"'),
+    "id": re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"'),
+}
+
+
+def _head(raw: bytes) -> dict[str, str]:
+    return {k: m.group(1).decode() for k, rx in _HEAD.items() if (m := rx.search(raw, 0, 4096))}
+
+
 #: FHIR R4 `id`: 1-64 of letters, digits, '-' and '.'
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -129,6 +140,8 @@ class Processor:
                     res, dumped = jsonio.loads_line(it.raw or b"")
                 except jsonio.JsonProblem as exc:
                     v = exc.value if isinstance(exc.value, dict) else {}
+                    if exc.reason == "too_deep" and not v:  # beyond orjson's reader: name it from its head
+                        v = _head(it.raw or b"")
                     rt = v.get("resourceType")
                     rt = rt if isinstance(rt, str) else None
                     return Result(

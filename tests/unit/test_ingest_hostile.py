@@ -143,7 +143,7 @@ def test_deep_extensions_are_read_and_too_deep_ones_quarantined(tmp_path, worker
         lines = {"Patient": [compact(ok), compact(ok_200), compact(too_deep)], "Observation": [compact(lab)]}
     report, q = run_lines(tmp_path, lines, workers)
     [entry] = q
-    assert entry["reason"] == "too_deep" and entry["line"] == 4  # beyond orjson: not even its id is read
+    assert entry["reason"] == "too_deep" and entry["line"] == 4 and entry["id"] == "deep2000"
     assert "500 levels" in entry["detail"]
     assert report["resources_ok"] == len(fs.one_patient()) + 3
     ids = {rec.patient["patient_id"] for rec in iter_patients(tmp_path / "out" / "records")}
