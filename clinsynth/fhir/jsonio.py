@@ -41,10 +41,11 @@ _I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
 class JsonProblem(ValueError):
     """A text that is not one JSON value ingest can take; `reason` goes to the quarantine."""
 
-    def __init__(self, reason: str, detail: str, value: Any = None) -> None:
+    def __init__(self, reason: str, detail: str, value: Any = None, exception: str | None = None) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
         self.value = value  # what orjson read, when it read something (names type and id)
+        self.exception = exception  # the class of the parser's exception behind it, if any
 
 
 class _Duplicate(ValueError):
@@ -143,8 +144,8 @@ def _duplicate_detail(key: str) -> str:
 
 def _orjson_problem(exc: orjson.JSONDecodeError) -> JsonProblem:
     if str(exc).startswith("depth limit exceeded"):
-        return JsonProblem("too_deep", too_deep_detail())
-    return JsonProblem("malformed_json", str(exc))
+        return JsonProblem("too_deep", too_deep_detail(), exception=type(exc).__name__)
+    return JsonProblem("malformed_json", str(exc), exception=type(exc).__name__)
 
 
 def loads_line(raw: bytes) -> tuple[Any, bytes | None]:
@@ -159,7 +160,7 @@ def loads_line(raw: bytes) -> tuple[Any, bytes | None]:
     except TypeError:  # nested beyond orjson's writer
         dumped = None
         if depth(obj, MAX_DEPTH) > MAX_DEPTH:
-            raise JsonProblem("too_deep", too_deep_detail(), obj) from None
+            raise JsonProblem("too_deep", too_deep_detail(), obj, "TypeError") from None
     if dumped != raw:  # not canonical: formatting, escapes, deep, or a duplicate key
         try:
             check_duplicates(raw)
@@ -176,9 +177,11 @@ def check_duplicates(raw: bytes) -> None:
     except _Duplicate as exc:
         raise JsonProblem("duplicate_key", _duplicate_detail(exc.key)) from None
     except RecursionError:
-        raise JsonProblem("too_deep", too_deep_detail()) from None
+        raise JsonProblem("too_deep", too_deep_detail(), exception="RecursionError") from None
     except (ValueError, OverflowError) as exc:  # orjson read it; say why json does not
-        raise JsonProblem("malformed_json", f"{type(exc).__name__}: {exc}") from None
+        raise JsonProblem(
+            "malformed_json", f"{type(exc).__name__}: {exc}", exception=type(exc).__name__
+        ) from None
 
 
 def dumps(obj: Any) -> bytes:
@@ -220,9 +223,11 @@ def loads_document(data: bytes) -> tuple[Any, bool]:
     try:
         marked = _stdlib(data.decode("utf-8"), mark)
     except RecursionError:
-        raise JsonProblem("too_deep", too_deep_detail("file nested")) from None
+        raise JsonProblem("too_deep", too_deep_detail("file nested"), exception="RecursionError") from None
     except (ValueError, OverflowError) as exc:
-        raise JsonProblem("malformed_json", f"{type(exc).__name__}: {exc}") from None
+        raise JsonProblem(
+            "malformed_json", f"{type(exc).__name__}: {exc}", exception=type(exc).__name__
+        ) from None
     if found or obj is None:
         return marked, bool(found)
     return obj, False

@@ -144,9 +144,9 @@ class Processor:
                         v = _head(it.raw or b"")
                     rt = v.get("resourceType")
                     rt = rt if isinstance(rt, str) else None
-                    return Result(
-                        it.source, it.line, it.location, rt, _id(v.get("id")), exc.reason, exc.detail
-                    )
+                    rid = _id(v.get("id"))
+                    where = (it.source, it.line, it.location)
+                    return Result(*where, rt, rid, exc.reason, exc.detail, exception=exc.exception)
             else:
                 try:
                     dumped = orjson.dumps(res)

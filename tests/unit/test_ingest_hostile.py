@@ -144,6 +144,7 @@ def test_deep_extensions_are_read_and_too_deep_ones_quarantined(tmp_path, worker
     report, q = run_lines(tmp_path, lines, workers)
     [entry] = q
     assert entry["reason"] == "too_deep" and entry["line"] == 4 and entry["id"] == "deep2000"
+    assert entry["exception"] == "JSONDecodeError"  # orjson's reader refused it
     assert "500 levels" in entry["detail"]
     assert report["resources_ok"] == len(fs.one_patient()) + 3
     ids = {rec.patient["patient_id"] for rec in iter_patients(tmp_path / "out" / "records")}
