@@ -230,10 +230,9 @@ class FastValidator:
             self.stats.invalid += 1
             return f"unknown resourceType {rt!r}"
         try:
-            if canonical is None:
-                with deep_stack():
-                    model.model_validate(resource)
-            else:
+            # fhir.resources recurses ~8 frames per nested extension: ~120 levels exhaust Python's
+            # default limit; callers bound the depth (jsonio.MAX_DEPTH)
+            with deep_stack():
                 model.model_validate(resource)
         except ValidationError as exc:
             self.stats.invalid += 1
@@ -247,7 +246,8 @@ class FastValidator:
         if canonical is None:
             return None
         try:
-            plan = self._plan(model, resource, rt)
+            with deep_stack():
+                plan = self._plan(model, resource, rt)
         except _Uncacheable:
             return None
         tokens = _leaves(canonical)

@@ -151,6 +151,19 @@ def test_deep_extensions_are_read_and_too_deep_ones_quarantined(tmp_path, worker
     assert {"deep130", "deep200"} <= ids
 
 
+@pytest.mark.parametrize("levels", [40, 121, 122, 125, 126, 200, 245])
+def test_every_depth_up_to_the_limit_is_valid_fhir_to_the_validator(levels):
+    """Around 122 nested extensions fhir.resources exhausts Python's default recursion limit; orjson's
+    writer gives up at 126: the generic path and the deep path must both say valid."""
+    from clinsynth.ingest.process import Processor
+    from clinsynth.ingest.sources import Item
+
+    res = fs.patient(f"d{levels}", extension=[nested_extension(levels)])
+    with jsonio.deep_stack():
+        r = Processor(OPTS).one(Item("x.ndjson", 1, compact(res)))
+    assert r.reason is None, r.detail
+
+
 def test_deep_entries_in_bundles_too(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
