@@ -5,6 +5,7 @@ Registered through `stage_modules=[tests.unit.signal_stages]`; nothing in the pr
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from typing import Any
@@ -31,3 +32,17 @@ def with_child(cfg: ParentConfig, ctx: StageContext) -> dict[str, Any]:
     while child.poll() is None:
         time.sleep(0.1)
     return {"child_exit": child.returncode}
+
+
+class DeafConfig(StageConfig):
+    pass
+
+
+@stage("deaf", config=DeafConfig, array=True)
+def deaf(cfg: DeafConfig, ctx: StageContext) -> dict[str, Any]:
+    """Ignores SIGTERM and SIGINT (as a stage stuck in C code would), says so, and sleeps."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    write_json(ctx.shard_path("deaf", ".json"), {"deaf": True})
+    time.sleep(3600)
+    return {}

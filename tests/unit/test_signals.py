@@ -253,18 +253,19 @@ def test_a_stopped_launcher_leaves_no_child_of_its_tasks(tmp_path):
 
 
 def test_a_task_that_outlasts_its_grace_period_is_killed(tmp_path):
-    # a step of 600 s: the stage only stops at a step boundary, far beyond the 1 s grace
+    # the stage ignores SIGTERM (as one stuck in C code would): the launcher kills it after 1 s
     runs = tmp_path / "runs"
-    ov = _ckpt(runs, "local", steps=3, step_s=600)
+    ov = ["name=deaf", "pipeline=[deaf]", "stage_modules=[tests.unit.signal_stages]", "cluster=local",
+          "tracking=disabled", f"paths.runs={runs}", "+resources.deaf.shards=2"]  # fmt: skip
     proc, log = _start(runs, ov, env={"CLINSYNTH_STOP_GRACE_S": "1"})
-    _wait_until(_running(runs, "ckpt_array", 2), "both shards run", proc)
-    time.sleep(1.0)  # let the stages reach their first (long) step; any moment would do
+    deaf = "stages/deaf/*/deaf/shard-*.json"
+    _wait_until(lambda: len(list(runs.glob(deaf))) == 2, "both shards ignore SIGTERM", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
     line = _last_line(log)
     assert "stopped unit(s) 0-1" in line and "2 killed with SIGKILL" in line, line
     _no_process_left(runs)
-    for rec in _records(runs, "ckpt_array").values():
+    for rec in _records(runs, "deaf").values():
         assert rec["status"] == "stopped" and rec["signal"] == "SIGKILL", rec
         assert "killed with SIGKILL by the launcher" in rec["error"] and "1s after SIGTERM" in rec["error"]
 
