@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from clinsynth.fhir.jsonio import JsonProblem, find_duplicate, loads_document
+from clinsynth.fhir.jsonio import (
+    PARSE_RECURSION_LIMIT,
+    JsonProblem,
+    deep_stack,
+    find_duplicate,
+    loads_document,
+    too_deep_detail,
+)
 from clinsynth.ingest.extract import REFERENCE_TARGETS
 from clinsynth.ingest.options import IngestError
 
@@ -384,7 +391,12 @@ def _entries(doc: Any, prefix: str = "", dups: bool = False) -> Iterator[tuple[s
             continue
         if local and isinstance(res, dict):
             full = entry.get("fullUrl") if isinstance(entry, dict) else None
-            res = _resolved(res, local)
+            try:
+                with deep_stack(PARSE_RECURSION_LIMIT):
+                    res = _resolved(res, local)
+            except RecursionError:
+                yield loc, Problem("too_deep", too_deep_detail())
+                continue
             if "id" not in res and isinstance(full, str) and full in local:
                 res["id"] = local[full].split("/", 1)[1]
         yield loc, res

@@ -179,6 +179,28 @@ def test_deep_entries_in_bundles_too(tmp_path):
     assert report["resources_ok"] == len(fs.one_patient()) + 1
 
 
+@pytest.mark.parametrize("levels", [130, 2000])
+def test_deep_entries_of_transaction_bundles_with_urn_references(tmp_path, levels):
+    """urn:uuid references are resolved by walking each entry: a deep one must not crash that walk."""
+    src = tmp_path / "in"
+    src.mkdir()
+    pid = "urn:uuid:6f1f5b1c-0000-4000-8000-000000000001"
+    pat = fs.patient("px", extension=[nested_extension(levels)])
+    enc = fs.encounter("ex", "px")
+    enc["subject"] = {"reference": pid}
+    entries = [{"fullUrl": pid, "resource": pat}, {"fullUrl": "urn:uuid:x2", "resource": enc}]
+    doc = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    with jsonio.deep_stack():
+        (src / "tx.json").write_bytes(compact(doc))
+    report = ingest(read_bundles(src), tmp_path / "out", OPTS, workers=1)
+    assert accounted(report)
+    q = quarantine(tmp_path / "out")
+    if levels == 130:
+        assert q == [] and report["resources_ok"] == 2
+    else:  # the Patient is too deep; the Encounter then dangles
+        assert [e["reason"] for e in q] == ["too_deep", "dangling_reference"], q
+
+
 def test_a_file_deeper_than_json_can_parse_is_quarantined_whole(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
