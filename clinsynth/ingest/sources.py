@@ -355,7 +355,13 @@ class Problem:
     detail: str
 
 
-def _entries(doc: Any, prefix: str = "", dups: bool = False) -> Iterator[tuple[str | None, Any]]:
+#: Bundles inside Bundles inside ...: deeper nests are quarantined (each level is a generator frame)
+MAX_BUNDLE_NESTING = 64
+
+
+def _entries(
+    doc: Any, prefix: str = "", dups: bool = False, level: int = 0
+) -> Iterator[tuple[str | None, Any]]:
     """(location, resource) of every entry; nested Bundles are unpacked, and references to an
     entry's `urn:uuid:`/`urn:oid:` fullUrl (the normal shape of transaction Bundles) become
     `Type/id` — an entry without an id takes the uuid as its id. `dups`: the document holds
@@ -384,7 +390,10 @@ def _entries(doc: Any, prefix: str = "", dups: bool = False) -> Iterator[tuple[s
             yield loc, Problem("invalid_resource", "a Bundle entry without a resource")
             continue
         if isinstance(res, dict) and res.get("resourceType") == "Bundle":
-            yield from _entries(res, f"{loc}.resource.", dups)
+            if level >= MAX_BUNDLE_NESTING:
+                yield loc, Problem("too_deep", f"a Bundle nested in more than {MAX_BUNDLE_NESTING} Bundles")
+                continue
+            yield from _entries(res, f"{loc}.resource.", dups, level + 1)
             continue
         if dups and (dup := find_duplicate(res)):
             yield loc, Problem("duplicate_key", dup)

@@ -201,6 +201,24 @@ def test_deep_entries_of_transaction_bundles_with_urn_references(tmp_path, level
         assert [e["reason"] for e in q] == ["too_deep", "dangling_reference"], q
 
 
+def test_bundles_nested_in_bundles_a_thousand_deep_are_quarantined_not_a_crash(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    doc: dict[str, Any] = bundle([{"resource": fs.patient("p-inner")}])
+    for _ in range(1000):
+        doc = bundle([{"resource": doc}])
+    with jsonio.deep_stack():
+        (src / "nest.json").write_bytes(compact(doc))
+    (src / "ok.json").write_bytes(orjson.dumps(bundle([{"resource": r} for r in fs.one_patient()])))
+    report = ingest(read_bundles(src), tmp_path / "out", OPTS, workers=1)
+    assert accounted(report)
+    [entry] = quarantine(tmp_path / "out")
+    assert (
+        entry["reason"] == "too_deep" and entry["source"] == "nest.json" and "64 Bundles" in entry["detail"]
+    )
+    assert report["resources_ok"] == len(fs.one_patient())
+
+
 def test_a_file_deeper_than_json_can_parse_is_quarantined_whole(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
