@@ -270,10 +270,11 @@ class _Terminate:
         self.active = executor in ("local", "debug") and threading.current_thread() is threading.main_thread()
         self.previous: dict[int, Any] = {}
         self.signum: int | None = None
+        self.armed = False
         self.disarmed = False
 
     def __enter__(self) -> _Terminate:
-        if self.active:
+        if self.active and not self.previous:
             for sig in TERMINATE_SIGNALS:
                 self.previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._handle)
@@ -289,6 +290,9 @@ class _Terminate:
             return
         self.signum = signum
         self.stop.request(signum)
+        if not self.armed:
+            self.logger.warning("got %s before the stage started: it will not start", signal_name(signum))
+            return
         if self.disarmed:
             self.logger.warning("got %s after the stage returned: finishing the unit", signal_name(signum))
             return
@@ -297,6 +301,12 @@ class _Terminate:
             return
         self.logger.warning("got %s: stopping the stage now", signal_name(signum))
         raise TaskStopped(signum)
+
+    def arm(self) -> None:
+        """The stage starts now: a signal that came while the task set up ends it here."""
+        self.armed = True
+        if self.signum is not None:
+            raise TaskStopped(self.signum)
 
     def disarm(self) -> None:
         self.disarmed = True
@@ -365,42 +375,48 @@ def _run(spec: TaskSpec, scrubber: Scrubber | None = None) -> dict[str, Any]:
     def save_record() -> None:
         write_json(record_path, scrubber.data({"unit": unit, "attempts": attempts, **attempt}))
 
-    save_record()
-    checkpoint_dir = unit_checkpoint_dir(folder.path, spec.shard)
     stop = StopSignal()
-    tracker = _tracker(spec, rank, folder, logger, scrubber)
-    ctx = StageContext(
-        stage=spec.stage,
-        stage_id=spec.stage_id,
-        stage_dir=folder.path,
-        inputs={k: Path(v) for k, v in spec.inputs.items()},
-        rank=rank,
-        local_rank=info["local_rank"],
-        world_size=world,
-        shard=spec.shard or 0,
-        num_shards=spec.num_shards,
-        run_id=spec.run_id,
-        cache_dir=Path(spec.cache_dir) if spec.cache_dir else None,
-        checkpoint_dir=checkpoint_dir,
-        attempt=len(attempts),
-        unit_was_complete=unit_was_complete,
-        logger=logger,
-        tracker=tracker,
-        stop_signal=stop,
-    )
-    logger.info(
-        "start unit %d/%d on %s (job %s, attempt %d%s)",
-        unit,
-        spec.n_units,
-        info["host"],
-        info["job_id"],
-        ctx.attempt,
-        ", resuming from a checkpoint" if ctx.resuming else "",
-    )
-    t0 = time.time()
     terminate = _Terminate(stop, logger, str(info["executor"]))
+    terminate.__enter__()  # from here SIGTERM/SIGINT are noted; they end the stage once it runs (arm)
+    try:
+        save_record()
+        checkpoint_dir = unit_checkpoint_dir(folder.path, spec.shard)
+        tracker = _tracker(spec, rank, folder, logger, scrubber)
+        ctx = StageContext(
+            stage=spec.stage,
+            stage_id=spec.stage_id,
+            stage_dir=folder.path,
+            inputs={k: Path(v) for k, v in spec.inputs.items()},
+            rank=rank,
+            local_rank=info["local_rank"],
+            world_size=world,
+            shard=spec.shard or 0,
+            num_shards=spec.num_shards,
+            run_id=spec.run_id,
+            cache_dir=Path(spec.cache_dir) if spec.cache_dir else None,
+            checkpoint_dir=checkpoint_dir,
+            attempt=len(attempts),
+            unit_was_complete=unit_was_complete,
+            logger=logger,
+            tracker=tracker,
+            stop_signal=stop,
+        )
+        logger.info(
+            "start unit %d/%d on %s (job %s, attempt %d%s)",
+            unit,
+            spec.n_units,
+            info["host"],
+            info["job_id"],
+            ctx.attempt,
+            ", resuming from a checkpoint" if ctx.resuming else "",
+        )
+        t0 = time.time()
+    except BaseException:
+        terminate.__exit__()
+        raise
     with terminate, _StopHandler(stop, rank, logger) as handler:
         try:
+            terminate.arm()
             result = stage_spec.fn(stage_spec.parse_config(spec.config), ctx)
             terminate.disarm()
             handler.disarm()
