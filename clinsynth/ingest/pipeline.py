@@ -7,6 +7,10 @@ Phase 2 (vectorised, `checks.py`): duplicates, dangling references and dates out
 patient's life are found on the index; surviving rows are resolved and split into
 per-patient buckets (`buckets.py`). One bad record never stops the run (unless `strict`),
 and none is dropped silently. This module only orchestrates and reports.
+
+Temp files are per attempt (`_parts-<host>-<pid>-<ns>/`, `records/.<table>-NNNN.parquet.<tag>.tmp`):
+a zombie attempt and its relaunch writing the same folder never touch each other's; an attempt
+removes its own on exit, and those of dead attempts on this host when it starts.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ items) and gathers what workers send back; each worker process builds its own `W
 (validator, plans, part writers) and tunes its own garbage collector. Nothing is tuned
 in the calling process: under `cluster=debug` that is the launcher itself.
 
-Messages on the result queue: ("chunk", ChunkResult), ("error", traceback text),
+Messages on the result queue: ("chunk", first seq, ChunkResult), ("error", traceback text),
 ("closed", worker name). A task is (first seq, packed chunk); None tells a worker to stop.
+Each worker notes the first seq of the block it takes in shared memory, so when one dies
+without a word (SIGKILL, OOM) the error names the file and lines it held.
 """
 
 from __future__ import annotations
