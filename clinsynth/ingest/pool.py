@@ -216,7 +216,7 @@ def run(
                 take(results.get(timeout=0.2))
             except queue.Empty:
                 break
-        for i in gone:
+        for i in sorted(gone, key=lambda i: (procs[i].exitcode or 0) >= 0):  # the killed ones first
             if f"w{i}" in closed:
                 continue
             seq0 = holding[i]
