@@ -58,17 +58,13 @@ class LaunchStopped(LaunchError):
 #: what stops a launch: Ctrl-C, `kill`, a closed terminal
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: seconds a local task has to end after SIGTERM before its process group gets SIGKILL
-#: (`cluster.stop_grace_s` where the cluster config has it, else $CLINSYNTH_STOP_GRACE_S;
-#: a second Ctrl-C/SIGTERM kills at once)
+#: (`cluster.stop_grace_s`, conf/cluster/local.yaml; a second Ctrl-C/SIGTERM kills at once)
 STOP_GRACE_S = 20.0
 
 
 def stop_grace_s(cluster: dict[str, Any]) -> float:
-    value = cluster.get("stop_grace_s") or os.environ.get("CLINSYNTH_STOP_GRACE_S") or STOP_GRACE_S
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return STOP_GRACE_S
+    value = cluster.get("stop_grace_s")
+    return STOP_GRACE_S if value is None else max(0.0, float(value))
 
 
 #: errors of the file system under the runs folder, in words

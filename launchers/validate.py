@@ -52,6 +52,7 @@ class LocalCluster(_Strict):
     account: str | None
     max_parallel_tasks: int = Field(ge=1)
     setup: list[str]
+    stop_grace_s: float = Field(ge=0)
 
 
 class DebugCluster(_Strict):
@@ -59,6 +60,7 @@ class DebugCluster(_Strict):
     partition: str | None
     account: str | None
     setup: list[str]
+    stop_grace_s: float = Field(ge=0)
 
 
 class SlurmCluster(_Strict):

@@ -256,8 +256,9 @@ def test_a_task_that_outlasts_its_grace_period_is_killed(tmp_path):
     # the stage ignores SIGTERM (as one stuck in C code would): the launcher kills it after 1 s
     runs = tmp_path / "runs"
     ov = ["name=deaf", "pipeline=[deaf]", "stage_modules=[tests.unit.signal_stages]", "cluster=local",
-          "tracking=disabled", f"paths.runs={runs}", "+resources.deaf.shards=2"]  # fmt: skip
-    proc, log = _start(runs, ov, env={"CLINSYNTH_STOP_GRACE_S": "1"})
+          "tracking=disabled", f"paths.runs={runs}", "+resources.deaf.shards=2",
+          "cluster.stop_grace_s=1"]  # fmt: skip
+    proc, log = _start(runs, ov)
     deaf = "stages/deaf/*/deaf/shard-*.json"
     _wait_until(lambda: len(list(runs.glob(deaf))) == 2, "both shards ignore SIGTERM", proc)
     proc.send_signal(signal.SIGTERM)
