@@ -94,7 +94,7 @@ def test_secrets_never_reach_saved_configs(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MY_SECRET_TOKEN", "s3cr3t-value")
     # an interpolated secret would be pickled into the jobs: the launch refuses it, unechoed
-    with pytest.raises(PlanError, match="toy.server_token holds the value of the secret variable") as info:
+    with pytest.raises(PlanError, match=r"toy\.server_token holds the value of the secret variable") as info:
         launch(toy_overrides(tmp_path, "debug") + ["+toy.server_token=${oc.env:MY_SECRET_TOKEN}"])
     assert "s3cr3t-value" not in str(info.value)
     result = launch(
