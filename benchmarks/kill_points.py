@@ -278,9 +278,17 @@ class Point:
     seconds: float = 0.0
 
 
-def run_to_completion(cmd: list[str], runs: Path, log: Path, tries: int = 3) -> tuple[str, list[int]]:
-    """Relaunch until a launch succeeds; between tries wait for leftover jobs to finish."""
+def complete(runs: Path) -> bool:
+    """Every stage of the pipeline is done (a launch can end with rc 0 while stages were
+    blocked by another launch's live jobs: that is not completion)."""
+    d = stage_dirs(runs)
+    return all(st in d and (d[st] / "DONE").exists() for st in STAGES)
+
+
+def run_to_completion(cmd: list[str], runs: Path, log: Path, tries: int = 4) -> tuple[str, list[int]]:
+    """Relaunch until the pipeline is complete; between tries wait for leftover jobs to finish."""
     groups = []
+    notes = []
     for k in range(1, tries + 1):
         with open(log, "ab") as fh:
             p = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=fh, stderr=fh)
@@ -290,10 +298,11 @@ def run_to_completion(cmd: list[str], runs: Path, log: Path, tries: int = 3) -> 
             except subprocess.TimeoutExpired:
                 kill_everything(runs, p.pid)
                 return f"timeout (try {k})", groups
-        if rc == 0:
-            return ("ok" if k == 1 else f"ok (try {k})"), groups
+        if rc == 0 and complete(runs):
+            return ("ok" if k == 1 else f"ok (try {k}: {', '.join(notes)})"), groups
+        notes.append(f"rc={rc}" if rc else "rc=0 but blocked")
         wait_quiet(runs, 300)
-    return f"failed rc={rc} x{tries}", groups
+    return f"failed x{tries} ({', '.join(notes)})", groups
 
 
 def run_point(
@@ -339,8 +348,11 @@ def run_point(
         outcome, more = run_to_completion(cmd, runs, log)
         groups += more
         pt.outcome = f"{outcome} (killed launch rc={first_rc})"
-        pt.lost, pt.dup = compare(base, snapshot(runs))
-        pt.problems = consistency(runs)
+        try:
+            pt.lost, pt.dup = compare(base, snapshot(runs))
+        except Exception as exc:  # a file missing: counted as a problem, never a crash
+            pt.problems.append(f"snapshot: {type(exc).__name__}: {exc}")
+        pt.problems += consistency(runs)
     finally:
         kill_everything(runs, *groups)
     pt.seconds = time.time() - t0
