@@ -385,7 +385,32 @@ def launch(
                 undo.rollback(keep=[*ran, plan.run_dir] if ran else [])
             raise LaunchError(why) from None
     print_summary(console, plan, actions, kind)
+    _raise_if_unfinished(plan, actions, kind)
     return result
+
+
+def _raise_if_unfinished(plan: Plan, actions: list[StageAction], kind: str) -> None:
+    """local/debug: a launch ends with its pipeline done, or says why not (exit non-zero).
+
+    A stage still run by an earlier launch's live task (its launcher was killed) is not waited
+    for; the stages after it were not started, and exit 0 would read as success."""
+    if kind == "slurm":
+        return  # submitted with dependencies: the jobs finish the pipeline
+    busy = [a for a in actions if a.status is StageState.RUNNING]
+    blocked = [a.stage for a in actions if a.status is StageState.BLOCKED]
+    if not busy and not blocked:
+        return
+    parts = [
+        f"stage {a.stage} is still being run by an earlier launch (unit(s) "
+        f"{', '.join(map(str, a.live_units)) or '?'}, job(s) {', '.join(a.live_ids) or '?'})"
+        for a in busy
+    ]
+    if blocked:
+        parts.append(f"not started: {', '.join(blocked)}")
+    raise LaunchError(
+        "; ".join(parts) + f"; launch the same command again once it has ended "
+        f"(watch: python -m launch status {plan.run_dir})"
+    )
 
 
 def _execute(

@@ -21,7 +21,7 @@ from clinsynth.sampling.sampler import Sampler, SamplerConfig
 class SampleSection(StageConfig):
     strict: bool = operational(why="a strict run that succeeds writes the same specs; it only stops sooner")
     allow_empty: bool = operational(
-        False, why="whether a record set without patients fails the stage; the specs are the same"
+        why="whether a record set without patients fails the stage; the specs are the same"
     )
     sampler: SamplerConfig
 

@@ -326,6 +326,32 @@ def test_status_tells_a_dead_local_task_from_a_running_one(tmp_path):
     _no_process_left(runs)
 
 
+def test_a_relaunch_beside_a_killed_launchers_live_task_says_so_and_exits_non_zero(tmp_path):
+    """kill -9 of the launcher leaves its local tasks running: a relaunch does not run them twice,
+    does not start the stages after them either, and never exits 0 as if the pipeline were done."""
+    runs = tmp_path / "runs"
+    overrides = toy_overrides(runs, "local", n_items=60, shards=2, nodes=1, sleep_s=0.1)
+    proc, _ = _start(runs, overrides)
+    tasks = _wait_until(_running(runs, "toy_rows", 2), "both toy_rows tasks run", proc)
+    proc.kill()
+    proc.wait()
+    try:
+        again, log = _start(runs, overrides, name="again")
+        assert again.wait(timeout=240) != 0, log.read_text()
+        text = log.read_text()
+        assert "stage toy_rows is still being run by an earlier launch" in text, text
+        assert "not started: toy_sum" in text and "launch the same command again" in text, text
+        _wait_until(lambda: all(slurm_state.process_identity(r["pid"]) is None for r in tasks.values()),
+                    "the orphaned tasks end")  # fmt: skip
+        last, log = _start(runs, overrides, name="last")
+        assert last.wait(timeout=240) == 0, log.read_text()
+        assert all(len(r["attempts"]) == 1 for r in _records(runs, "toy_rows").values())  # each unit ran once
+    finally:
+        for job in StageFolder(_stage(runs, "toy_rows").path).jobs():
+            slurm_state.signal_group(int(job["job_id"]), signal.SIGKILL)
+    _no_process_left(runs)
+
+
 # ---- Slurm: a stopped launcher leaves its jobs running
 
 
