@@ -8,7 +8,7 @@ from typing import Any
 
 from clinsynth.core.config import dump, identity_view
 from clinsynth.core.registry import StageSpec, get_stage, load_stage_modules, registered
-from clinsynth.core.secrets import pasted_secrets
+from clinsynth.core.secrets import pasted_secrets, secret_env_names
 from launchers import identity
 from launchers.config import delta, resources_for, semantic
 from launchers.folders import StageFolder, stage_folder
@@ -106,6 +106,11 @@ def _identity_config(plain: dict[str, Any], models: dict[str, Any]) -> dict[str,
     return out
 
 
+def _secret_names(models: dict[str, Any]) -> set[str]:
+    """The variables the stage configs name through their secret_env fields (source.token_env, ...)."""
+    return {n for m in models.values() for n in secret_env_names(m)}
+
+
 def build_plan(
     plain: dict[str, Any], base: dict[str, Any], cwd: Path | None = None, *, check_packages: bool = True
 ) -> Plan:
@@ -125,7 +130,7 @@ def build_plan(
     errors += [
         f"{key} holds the value of the secret variable {name}: configs are pickled into jobs and saved "
         f"beside the results; name the variable instead (e.g. source.token_env={name})"
-        for key, name in pasted_secrets(plain)
+        for key, name in pasted_secrets(plain, names=_secret_names(models))
     ]
     if errors:
         raise PlanError("invalid config:\n  " + "\n  ".join(errors))

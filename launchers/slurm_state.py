@@ -14,7 +14,10 @@ class SlurmUnavailable(RuntimeError):
     """Slurm cannot be asked (no controller, no commands); the message says what failed."""
 
 
-LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+LIVE_STATES = {
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+    "RESIZING", "SUSPENDED", "PREEMPTED", "STAGE_OUT", "SIGNALING",
+}
 
 
 def live_slurm_tasks() -> dict[str, tuple[str, str]]:

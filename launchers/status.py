@@ -8,6 +8,7 @@ or when squeue cannot be asked, the folders alone are shown.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections import deque
@@ -297,6 +298,8 @@ def _live(folders: list[StageFolder]) -> tuple[dict[str, tuple[str, str]] | None
     """squeue's live jobs when any of these stages went to Slurm; (None, why) when it cannot be asked."""
     if not any(r.get("executor") == "slurm" for f in folders for r in f.jobs()):
         return None, None
+    if shutil.which("squeue") is None:  # a login-less host: no answer is not "every job is gone"
+        return None, "squeue not found here; states come from the folders alone"
     try:
         return slurm_state.live_slurm_tasks(), None
     except (slurm_state.SlurmUnavailable, OSError) as exc:

@@ -610,40 +610,47 @@ def _run_here(
     columns = (TextColumn(f"[bold]{st.name}[/] {st.stage_id}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=err, disable=kind == "debug") as progress:
         bar = progress.add_task(st.name, total=n_units, completed=n_units - len(d.missing))
-        while pending or running:
-            if signals.requested:
-                break
-            while pending and len(running) < limit and not signals.requested:
-                unit, spec = pending.pop(0)
-                with _submission(st.name):  # debug: the task runs later, in .results()
-                    job = ex.submit(run_task, spec)
-                ids.append(str(job.job_id))
-                task_units = units_of(unit)
-                _record(st, kind, str(job.job_id), task_units, [str(job.job_id)] * len(task_units), None,
-                        plan.run_id)  # fmt: skip
-                running.append((unit, job))
-            still = []
-            for unit, job in running:
-                if kind == "debug":
-                    try:
-                        # debug runs the task here: what it prints is a log, not a result (stdout)
-                        with contextlib.redirect_stdout(sys.stderr):
-                            job.results()
-                    except TaskStopped as exc:
-                        signals.note(exc.signum)
-                        stopped.append((units_of(unit), str(job.job_id)))
-                    except Exception as exc:
-                        failures.append(f"unit {unit}: {str(exc).strip()[-2000:]}")
-                elif job.done():
-                    why = _local_job_failure(st, job, units_of(unit))
-                    if why is not None:
-                        failures.append(f"unit {unit}: {why}")
-                else:
-                    still.append((unit, job))
-            running = still
-            progress.update(bar, completed=len(st.folder.completed_units()))
-            if running and not signals.requested:
-                time.sleep(0.2)
+        try:
+            while pending or running:
+                if signals.requested:
+                    break
+                while pending and len(running) < limit and not signals.requested:
+                    unit, spec = pending.pop(0)
+                    with _submission(st.name):  # debug: the task runs later, in .results()
+                        job = ex.submit(run_task, spec)
+                    ids.append(str(job.job_id))
+                    task_units = units_of(unit)
+                    _record(st, kind, str(job.job_id), task_units, [str(job.job_id)] * len(task_units), None,
+                            plan.run_id)  # fmt: skip
+                    running.append((unit, job))
+                still = []
+                for unit, job in running:
+                    if kind == "debug":
+                        try:
+                            # debug runs the task here: what it prints is a log, not a result (stdout)
+                            with contextlib.redirect_stdout(sys.stderr):
+                                job.results()
+                        except TaskStopped as exc:
+                            signals.note(exc.signum)
+                            stopped.append((units_of(unit), str(job.job_id)))
+                        except Exception as exc:
+                            failures.append(f"unit {unit}: {str(exc).strip()[-2000:]}")
+                    elif job.done():
+                        why = _local_job_failure(st, job, units_of(unit))
+                        if why is not None:
+                            failures.append(f"unit {unit}: {why}")
+                    else:
+                        still.append((unit, job))
+                running = still
+                progress.update(bar, completed=len(st.folder.completed_units()))
+                if running and not signals.requested:
+                    time.sleep(0.2)
+        except BaseException:
+            # an unexpected error mid-stage (a failed submission, a full disk): the local jobs
+            # started so far run in their own sessions, so stop them before the caller rolls back
+            if kind == "local" and running:
+                _stop_local([job for _, job in running], stop_grace_s(cluster), signals)
+            raise
     if signals.requested:
         grace = stop_grace_s(cluster)
         killed = _stop_local([job for _, job in running], grace, signals) if running else set()

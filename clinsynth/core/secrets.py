@@ -16,6 +16,7 @@ import io
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
@@ -71,14 +72,14 @@ def secret_values(names: Iterable[str] = (), environ: Mapping[str, str] | None =
 
 
 def pasted_secrets(
-    data: Any, environ: Mapping[str, str] | None = None, path: str = ""
+    data: Any, environ: Mapping[str, str] | None = None, path: str = "", names: Iterable[str] = ()
 ) -> list[tuple[str, str]]:
     """(config key, variable) for every config string that contains a secret variable's value.
 
     A launch refuses these: the config is pickled into jobs and saved beside the results, so a
     secret belongs in the environment, named by a `*_env` key."""
     found: list[tuple[str, str]] = []
-    secrets = secret_env((), environ)
+    secrets = secret_env(names, environ)
     if not secrets:
         return found
 
@@ -151,11 +152,21 @@ def scrubbed_output(scrubber: Scrubber) -> Iterator[Scrubber]:
     sys.stdout, sys.stderr = scrubber.stream(old_out), scrubber.stream(old_err)
     try:
         yield scrubber
-    except BaseException as exc:
+    except Exception as exc:
         scrubber.exception(exc)
+        text = "".join(traceback.format_exception(exc))
+        if scrubber.text(text) != text:
+            # still in the text after its args were scrubbed (a message built from other fields,
+            # e.g. CalledProcessError.cmd, pydantic's input_value, notes, sub-exceptions): what
+            # submitit pickles and logs is a scrubbed copy of the whole formatted traceback
+            raise ScrubbedError(scrubber.text(text)) from None
         raise
     finally:
         sys.stdout, sys.stderr = old_out, old_err
+
+
+class ScrubbedError(RuntimeError):
+    """An error whose own text held a secret: its formatted traceback, secret values replaced."""
 
 
 class ScrubbedStream(io.TextIOBase):

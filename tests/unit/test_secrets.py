@@ -146,3 +146,24 @@ def test_a_failure_that_quotes_a_secret_is_recorded_scrubbed(tmp_path, monkeypat
     records = [p for p, data in walk_text_files(runs) if b"bad token ***" in data and p.endswith(".json")]
     assert records, "the task record holds the (scrubbed) error"
     assert leaks(runs) == []
+
+
+def test_an_error_whose_text_comes_from_other_fields_leaves_as_a_scrubbed_copy():
+    import subprocess
+
+    with pytest.raises(Exception) as info, scrubbed_output(Scrubber([SECRET])):
+        raise subprocess.CalledProcessError(1, ["curl", "-H", f"Authorization: Bearer {SECRET}"])
+    text = "".join(__import__("traceback").format_exception(info.value))
+    assert type(info.value).__name__ == "ScrubbedError" and "CalledProcessError" in str(info.value)
+    assert SECRET not in text and SCRUBBED in text
+
+
+def test_a_config_named_secret_pasted_into_another_key_stops_the_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FHIR_ACCESS", SECRET)  # a name no rule guesses: secret because token_env names it
+    overrides = ["+experiment=smoke", "source=server", "source.token_env=FHIR_ACCESS",
+                 "source.url=http://127.0.0.1:9/fhir", f"source.snapshot=export-{SECRET}",
+                 f"paths.runs={tmp_path}"]
+    match = r"source\.snapshot holds the value of the secret variable FHIR_ACCESS"
+    with pytest.raises(PlanError, match=match) as info:
+        launch(overrides)
+    assert SECRET not in str(info.value) and leaks(tmp_path) == []
