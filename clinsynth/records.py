@@ -19,7 +19,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clinsynth.artifacts.checks import parquet_rows, upstream_error
+from clinsynth.artifacts.checks import parquet_rows, read_report, upstream_error
 
 _PATIENTS_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("patient_id", pa.string()),
@@ -129,16 +129,7 @@ def records_dir(ingest_dir: Path) -> Path:
 def read_ingest_report(ingest_dir: Path, *, stage: str = "sample") -> dict[str, Any]:
     """The ingest stage's report; missing, unreadable or without `rows` is an UpstreamError."""
     path = Path(ingest_dir) / INGEST_REPORT
-    if not path.is_file():
-        raise upstream_error(
-            stage, "ingest", ingest_dir, "the ingest report", f"the file {path}", "no such file"
-        )
-    try:
-        report = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise upstream_error(
-            stage, "ingest", ingest_dir, "the ingest report", f"JSON in {path}", f"unreadable ({exc})"
-        ) from exc
+    report = read_report(path, stage=stage, upstream="ingest", folder=ingest_dir, what="the ingest report")
     rows = report.get("rows") if isinstance(report, dict) else None
     if not isinstance(rows, dict) or any(not isinstance(rows.get(t), int) for t in TABLES):
         raise upstream_error(

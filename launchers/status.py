@@ -381,10 +381,10 @@ def print_status(
             s.stage_id,
             s.state,
             f"{len(s.complete)}/{s.n_units}",
-            _ranges(s.running) or "-",
-            _ranges(s.queued) or "-",
-            _ranges(s.requeued) or "-",
-            _ranges(sorted(s.failed)) or "-",
+            unit_ranges(s.running) or "-",
+            unit_ranges(s.queued) or "-",
+            unit_ranges(s.requeued) or "-",
+            unit_ranges(sorted(s.failed)) or "-",
         )
     console.print(table)
     if note:
@@ -426,7 +426,7 @@ def print_status(
     return statuses
 
 
-def _ranges(units: list[int]) -> str:
+def unit_ranges(units: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8"."""
     spans: list[list[int]] = []
     for u in units:

@@ -38,6 +38,7 @@ from launchers.locks import stage_locks
 from launchers.plan import Plan, PlannedStage, build_plan
 from launchers.provenance import environment
 from launchers.states import StageState
+from launchers.status import unit_ranges
 from launchers.summary import console_for, print_summary
 
 
@@ -762,26 +763,17 @@ def _stop_message(
 ) -> str:
     units = sorted({u for us, _ in stopped for u in us})
     jobs = [j for _, j in stopped]
-    what = f"stage {st.name}: " + (f"stopped unit(s) {_ranges(units)}" if units else "nothing was running")
+    what = f"stopped unit(s) {unit_ranges(units)}" if units else "nothing was running"
+    what = f"stage {st.name}: {what}"
     if jobs and all(j.isdigit() for j in jobs):
         kills = f"; {len(killed)} killed with SIGKILL" if killed else ""
         what += f" (local job(s) {', '.join(jobs)}{kills})"
     if not_started:
-        what += f", unit(s) {_ranges(sorted(not_started))} not started"
+        what += f", unit(s) {unit_ranges(sorted(not_started))} not started"
     return (
         f"stopped by {signal_name(signum)}: {what}; nothing of this launch is left running; "
         f"relaunch the same command to resume (status: python -m launch status {plan.run_dir})"
     )
-
-
-def _ranges(units: list[int]) -> str:
-    spans: list[list[int]] = []
-    for u in units:
-        if spans and u == spans[-1][1] + 1:
-            spans[-1][1] = u
-        else:
-            spans.append([u, u])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _dry_run(

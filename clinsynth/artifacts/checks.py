@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.parquet as pq
 
 
@@ -60,3 +61,13 @@ def count_lines(path: Path) -> int:
 def shard_size(total: int, shard: int, num_shards: int) -> int:
     """How many of `total` items shard `shard` of `num_shards` takes (items shard, shard+N, ...)."""
     return len(range(shard, total, num_shards))
+
+
+def read_report(path: Path, *, stage: str, upstream: str, folder: Path | str, what: str) -> Any:
+    """An upstream stage's JSON report; missing or unreadable is an UpstreamError naming it."""
+    if not path.is_file():
+        raise upstream_error(stage, upstream, folder, what, f"the file {path}", "no such file")
+    try:
+        return orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise upstream_error(stage, upstream, folder, what, f"JSON in {path}", f"unreadable ({exc})") from exc

@@ -10,11 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clinsynth.artifacts.checks import parquet_rows, shard_size, upstream_error
+from clinsynth.artifacts.checks import parquet_rows, read_report, shard_size, upstream_error
 from clinsynth.core.atomic import atomic_path, write_json
 
 _SPECS_COLUMNS: list[tuple[str, pa.DataType]] = [
@@ -49,16 +48,7 @@ def write_sample_report(stage_dir: Path, report: dict[str, Any]) -> None:
 def read_sample_report(stage_dir: Path, *, stage: str) -> dict[str, Any]:
     """The sample stage's report; missing, unreadable or without a spec count is an UpstreamError."""
     path = sample_report_path(stage_dir)
-    if not path.is_file():
-        raise upstream_error(
-            stage, "sample", stage_dir, "the sample report", f"the file {path}", "no such file"
-        )
-    try:
-        report = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise upstream_error(
-            stage, "sample", stage_dir, "the sample report", f"JSON in {path}", f"unreadable ({exc})"
-        ) from exc
+    report = read_report(path, stage=stage, upstream="sample", folder=stage_dir, what="the sample report")
     if not isinstance(report, dict) or not isinstance(report.get("specs"), int):
         raise upstream_error(stage, "sample", stage_dir, str(path), "a spec count ('specs')", "none")
     return dict(report)
