@@ -1,7 +1,41 @@
-"""A letter recipe: which facts a letter states, where, and in which words — and its gold label.
+"""A letter recipe: which facts a letter states, where, with which assertion and in which words —
+and its gold label.
 
 The gold extraction is built from the recipe alone (`Recipe.gold()`), never from the letter:
-what the recipe says is negated is gold-negated, whatever a generator wrote.
+what the recipe says is negated is gold-negated, whatever a generator wrote. "Gold follows the
+text" is the sampler's duty: it chooses the words (`say`) first and derives each gold value from
+them (a code only at the specificity the written name or code supports).
+
+Contract between the sampler (what is said) and the renderer (how it is written):
+
+* `RecipeFact.say` holds the strings the letter writes **verbatim** for the fact; the renderer
+  places them in sentence frames, tables or lists of its choosing, adds the assertion's cue
+  (before or after the noun, `assertion` decides which cues fit) and may merge facts of one
+  kind into one sentence ("Kein Nachweis von Leber- oder Lungenmetastasen" is two facts only
+  if both names are written in full). It never invents another value, unit, date or code.
+  Keys by kind (absent or "" = not written):
+    - every kind: `name` (the fact's name as written; gold text/name/entity/target),
+      `code` (a code as written, e.g. "C50.4", "5-870.a2"), `date` (as written)
+    - diagnosis: `role` (main | secondary), `mark` († * !)
+    - tumor: `entity`, `histology`, `morphology` (ICD-O code as written), `grading`, `tnm`
+      (as written: "ypT3c ypN0 (0/14) cM0 L0 V0 Pn0 R0"), `stage` ("UICC IIIB", "Ann Arbor IIB",
+      "Gleason-Score 3+4=7"), `laterality` ("links"), `markers` (list of strings, each a marker
+      or receptor with its value: "ER 90 %", "HER2 negativ", "CEA 4,1 ng/ml"), `ecog`
+      ("ECOG 1"), `status` ("partielle Remission"), `staging` (initial | current), `date`
+    - procedure: `name`, `code`, `date`
+    - radiotherapy: `name` (target), `total` ("50,4 Gy"), `fraction` ("1,8 Gy"),
+      `fractions` ("28"), `start`, `end`, `intent`
+    - medication: `name` (brand or INN as written), `dose` ("85"), `unit` ("mg/m²"),
+      `schedule` ("1-0-1" or "1-0-1-0"), `frequency`, `as_needed` ("bei Bedarf"), `route`,
+      `regimen` ("FOLFOX"), `cycle` ("3"), `day` ("1")
+    - lab / vital: `name`, `value` ("10,2"), `unit` ("g/dl", may be "" when the block omits
+      units), `flag` ("↓", "H", ""), `date`
+    - risk_factor: `name` ("Nikotinabusus"), `pack_years` ("30")
+* `Recipe.header` holds the head (clinic, stay, patient line, signatures) as written;
+  `Recipe.encounter` and `Recipe.patient` are their gold parts.
+* `Recipe.untagged` lists strings the letter writes on purpose without gold (the letter's own
+  date, a follow-up appointment, a phone number): the verifier's reverse check accepts them.
+* `Recipe.style` holds letter-wide choices (date style, abbreviations, target words, noise ...).
 """
 
 from __future__ import annotations
@@ -11,9 +45,9 @@ from typing import Any
 
 import orjson
 
-from clinsynth.schema import Assertion, ClinicalExtraction, FactKind, LetterSection, LetterType, Split
+from clinsynth.schema import LISTS, Assertion, ClinicalExtraction, FactKind, LetterSection, LetterType, Split
 
-KINDS: tuple[FactKind, ...] = ("diagnosis", "procedure", "medication", "lab", "tumor")
+KINDS: tuple[FactKind, ...] = tuple(LISTS)
 
 
 @dataclass
@@ -22,10 +56,10 @@ class RecipeFact:
     kind: FactKind
     section: LetterSection
     assertion: Assertion
-    #: the schema fact (Diagnosis, Procedure, Medication, Lab or Tumor as a dict): the gold
+    #: the schema fact (Diagnosis, Tumor, Procedure ... as a dict, without assertion): the gold
     gold: dict[str, Any]
-    #: the strings the letter writes: phrase (text with its cue), code, date, value, unit, dose ...
-    say: dict[str, str] = field(default_factory=dict)
+    #: the strings the letter writes verbatim (see the module docstring for the keys per kind)
+    say: dict[str, Any] = field(default_factory=dict)
     #: other ways to name the fact that count as expressing it (for LLM-written text)
     synonyms: list[str] = field(default_factory=list)
 
@@ -37,13 +71,18 @@ class Recipe:
     encounter_id: str
     split: Split
     letter_type: LetterType
-    #: head of the letter: clinic, department, stay, patient line, signatures
+    #: head of the letter as written: clinic, department, stay, patient line, signatures
     header: dict[str, Any]
-    #: ordered section keys with the heading and layout the letter uses
+    #: ordered sections: key, heading, layout, variant (the renderer may merge neighbours)
     sections: list[dict[str, Any]]
     facts: list[RecipeFact]
-    #: letter-wide style choices (date style, abbreviations, target length ...)
+    #: letter-wide style choices (date style, abbreviations, target length, noise ...)
     style: dict[str, Any]
+    #: gold of the stay and the patient (schema Encounter / Patient as dicts)
+    encounter: dict[str, Any] = field(default_factory=dict)
+    patient: dict[str, Any] = field(default_factory=dict)
+    #: strings written on purpose without gold (see the module docstring)
+    untagged: list[str] = field(default_factory=list)
 
     def section_facts(self, section: str) -> list[RecipeFact]:
         return [f for f in self.facts if f.section == section]
@@ -52,23 +91,17 @@ class Recipe:
         return any(s["key"] == section for s in self.sections)
 
     def gold(self) -> ClinicalExtraction:
-        out: dict[str, Any] = {"diagnoses": [], "procedures": [], "medications": [], "labs": []}
-        plural: dict[FactKind, str] = {
-            "diagnosis": "diagnoses",
-            "procedure": "procedures",
-            "medication": "medications",
-            "lab": "labs",
-        }
+        out: dict[str, Any] = {name: [] for name in LISTS.values()}
+        if self.encounter:
+            out["encounter"] = self.encounter
+        if self.patient:
+            out["patient"] = self.patient
         for f in self.facts:
-            fact = dict(f.gold, assertion=f.assertion)
-            if f.kind == "tumor":
-                out["tumor"] = fact
-            else:
-                out[plural[f.kind]].append(fact)
+            out[LISTS[f.kind]].append(dict(f.gold, assertion=f.assertion))
         return ClinicalExtraction.model_validate(out)
 
     def codes(self) -> set[str]:
-        """Every code the recipe holds (a letter may write these and no others)."""
+        """Every code the gold holds (a letter may write these and no others)."""
         out: set[str] = set()
         for f in self.facts:
             for key in ("icd10gm", "ops", "atc", "loinc", "topography", "morphology"):
