@@ -15,6 +15,10 @@ class Dx:
     primary_tumor: bool = False
     topography: str | None = None
     laterality: str | None = None
+    #: FHIR Condition.verificationStatus: provisional on a diagnostic stay before histology ("V.a.")
+    verification: str = "confirmed"  # confirmed | provisional | refuted
+    #: the tumour (Tumor.key) this diagnosis belongs to, for metastases and second primaries
+    tumor_key: str | None = None
 
 
 @dataclass
@@ -38,6 +42,46 @@ class Med:
     #: morning-noon-evening-night; whole tablets for discharge drugs, the catalogue's for supportive ones
     schedule: tuple[float, float, float, float] | None = None
     therapy: bool = False  # part of the systemic tumour therapy
+    as_needed: bool = False
+    #: when no 4-slot scheme fits ("über 46 h", "alle 3 Wochen")
+    frequency: str | None = None
+    regimen: str | None = None  # regimen key of the catalogue (therapy drugs)
+    cycle: int | None = None
+    day: int | None = None
+    intent: str | None = None  # curative | palliative | neoadjuvant | adjuvant | ...
+
+
+@dataclass
+class Radiotherapy:
+    target: str  # German target text ("Rektum", "Mamma links", "LWK 3")
+    total_gy: float
+    fraction_gy: float
+    fractions: int
+    start: date
+    end: date
+    intent: str | None = None
+    ops: str | None = None
+
+
+@dataclass
+class Vital:
+    loinc: str
+    name: str
+    value: float
+    unit: str
+    when: date
+
+
+@dataclass
+class Marker:
+    """A receptor / mutation status or IHC result (ER 90 % positive, HER2 negative, EGFR del19)."""
+
+    name: str
+    result: str  # positive | negative | equivocal | mutated | wildtype | amplified
+    loinc: str | None = None
+    value: float | None = None
+    unit: str | None = None
+    text: str | None = None  # "Exon-19-Deletion", "3+", "IRS 12"
 
 
 @dataclass
@@ -66,6 +110,24 @@ class Tumor:
     uicc: str | None  # UICC stage; for other systems see `staging`
     when: date
     staging: str = "UICC"
+    key: str = "t1"
+    #: per-axis prefixes where they differ from `prefix` (e.g. pT2 pN1 cM0)
+    n_prefix: str | None = None
+    m_prefix: str | None = None
+    nodes: str | None = None  # "2/18" positive/examined
+    l: str | None = None  # noqa: E741 - the TNM suffix is called L
+    v: str | None = None
+    pn: str | None = None
+    r: str | None = None
+    kind: str = "initial"  # initial | current: the staging at first diagnosis or now
+    #: entity-specific stages: ("Ann Arbor", "IIB"), ("Gleason", "3+4=7"), ("ISUP", "2") ...
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
+    ecog: int | None = None
+    status: str | None = (
+        None  # new | complete_remission | partial_remission | stable | progression | recurrence
+    )
+    metastasis_sites: list[str] = field(default_factory=list)  # ICD-O topography or ICD C77-C79 codes
 
 
 @dataclass
@@ -80,6 +142,11 @@ class Stay:
     medications: list[Med] = field(default_factory=list)
     labs: list[Lab] = field(default_factory=list)
     tumor: Tumor | None = None
+    #: further tumours known at this stay (an earlier second primary), besides `tumor`
+    other_tumors: list[Tumor] = field(default_factory=list)
+    radiotherapy: list[Radiotherapy] = field(default_factory=list)
+    vitals: list[Vital] = field(default_factory=list)
+    kind: str = "therapy"  # diagnostic | surgery | therapy | complication | palliative
 
 
 @dataclass
@@ -93,6 +160,8 @@ class Person:
     postal_code: str
     height_cm: float
     weight_kg: float
+    smoking: str | None = None  # never | former | current
+    pack_years: float | None = None
     stays: list[Stay] = field(default_factory=list)
 
     @property
