@@ -3,6 +3,76 @@
 records/patients-0003.parquet, encounters-0003.parquet, facts-0003.parquet hold every
 patient whose id hashes to bucket 3, so a reader can walk patients bucket by bucket
 with bounded memory.
+
+Facts (one row per FHIR resource, `category` says what it is)
+--------------------------------------------------------------
+Columns every fact has: `system` + `code` are the code ingest took, *with its own system*:
+ingest prefers the schema's system (ICD-10-GM for diagnoses, OPS for procedures, ATC for
+medications, LOINC for labs and vitals) and otherwise keeps the resource's first coding
+with that coding's system (SNOMED CT, PZN, ...). A reader must check `system` before it
+puts a code into a schema slot (`icd10gm`, `ops`, `atc`, `loinc`): a SNOMED code is not
+an OPS code. `date`/`end_date` are ISO dates, `assertion` is present | negated |
+historical | suspected (| entered-in-error), `extra` is a JSON object (`PatientRecord.extra`).
+
+Tumour facts (every category from `histology` to `metastasis` below, and diagnoses that
+belong to a tumour) carry `extra.tumor`: the id of the primary-tumour Condition they
+describe (FHIR Observation.focus / the condition-related extension), so the facts of two
+tumours of one patient stay apart. On the primary-tumour Condition itself `extra.tumor`
+is its own resource id. Staging facts (tnm_*, uicc_stage, stage_other, lymph_nodes) carry
+`extra.staging` = initial | current where the source says which, and `date` = the date
+the staging refers to.
+
+category      code / value columns                           extra keys
+------------  ---------------------------------------------  --------------------------------------
+diagnosis     code = ICD-10-GM (else the source's system);    topography (ICD-O-3), laterality,
+              date = onset; status = clinical status;         primary_tumor (bool), tumor;
+              assertion: provisional/unconfirmed/differential
+              -> suspected, refuted -> negated, clinical
+              status inactive/resolved/remission -> historical
+procedure     code = OPS (else e.g. SNOMED, system says so)    laterality, intention
+radiotherapy  code = OPS 8-52x or None (else SNOMED);          total_gy, fraction_gy, fractions,
+              value_num = total dose, unit = Gy;              target (text as written), intent,
+              date = start, end_date = end                    end_date, tumor
+medication    code = ATC (else PZN/SNOMED/ASK with system);   dose, dose_unit, route, schedule
+              value_num/unit = dose; role = MedicationState-  ([m, n, e, night]), frequency (text),
+              ment category (inpatient | community ...)       dosage_text, therapy ("systemic"),
+                                                              as_needed (bool), regimen, cycle (int),
+                                                              day (int), intent
+lab           code = LOINC (else the source's system);        ref_low, ref_high, interpretation
+              value_num/unit or value_str
+vital         code = LOINC (8480-6 systolic, 8462-4           -
+              diastolic, 8867-4 pulse, 8310-5 temperature,
+              29463-7 weight, 8302-2 height, 59408-5 SpO2,
+              9279-1 respiratory rate); value_num, unit
+smoking       code = SNOMED status code; value_str = never |  pack_years
+              former | current (None when not one of these)
+histology     code = ICD-O-3 morphology (8140/3)              histology_text, topography, tumor
+grading       code = grade (1, 2, 3, 4, X, L, M, H, B)        tumor
+tnm_t/n/m     code = T3c / N1 / M1b (UICC)                    prefix (c/p/yp/r/a/u: per axis), staging,
+                                                              tumor
+tnm_l/v/pn    code = L1 / V0 / Pn0                            tumor, staging
+tnm_r         code = R0 / R1 / R2 / RX (residual status)      tumor, staging
+lymph_nodes   value_num = count; code = LOINC 21893-3         nodes = positive | examined, tumor,
+              (positive) or 21894-1 (examined)                staging
+uicc_stage    code = IIA (UICC)                               prefix, tumor, staging
+stage_other   code = the stage as written (IIB, 3+4=7, 2, A)  system (Ann Arbor | ISS | R-ISS | Binet |
+                                                              Rai | FIGO | Gleason | ISUP | other),
+                                                              tumor, staging
+marker_status code = LOINC (else the source's system, or      result (positive | negative | equivocal |
+              None and the name in `text`); text = marker     mutated | wildtype | amplified), text
+              name; value_num/unit = a number if stated;       ("Exon-19-Deletion", "3+"), tumor
+              value_str = result code of foreign sources
+ecog          code = the grade 0-5                            tumor
+tumor_status  code = new | complete_remission |               tumor
+              partial_remission | stable | progression |
+              recurrence | mixed (foreign sources: their
+              code, with their system)
+metastasis    code = the site: ICD-O-3 topography or          tumor
+              ICD-10-GM C77-C79 (system says which), else
+              the MII site code (HEP, PUL, OSS ...)
+observation   any other Observation: code/value as given      -
+
+Encounters keep their rows as before (`kontaktart`, `class_code`, department).
 """
 
 from __future__ import annotations
@@ -71,20 +141,35 @@ _FACTS_COLUMNS: list[tuple[str, pa.DataType]] = [
 FACTS = pa.schema(_FACTS_COLUMNS)
 TABLES = {"patients": PATIENTS, "encounters": ENCOUNTERS, "facts": FACTS}
 
-#: fact categories
+#: fact categories (see the module docstring for their columns and `extra` keys)
 CATEGORIES = (
     "diagnosis",
     "procedure",
+    "radiotherapy",
     "medication",
     "lab",
+    "vital",
+    "smoking",
+    "histology",
+    "grading",
     "tnm_t",
     "tnm_n",
     "tnm_m",
+    "tnm_l",
+    "tnm_v",
+    "tnm_pn",
+    "tnm_r",
+    "lymph_nodes",
     "uicc_stage",
-    "grading",
-    "histology",
+    "stage_other",
+    "marker_status",
+    "ecog",
+    "tumor_status",
+    "metastasis",
     "observation",
 )
+#: categories that describe one tumour: they carry `extra.tumor`
+TUMOR_CATEGORIES = frozenset(CATEGORIES[CATEGORIES.index("histology") : CATEGORIES.index("observation")])
 
 
 def bucket_of(patient_id: str, n_buckets: int) -> int:
