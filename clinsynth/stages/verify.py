@@ -20,6 +20,7 @@ from clinsynth.core.atomic import atomic_open, write_json
 from clinsynth.core.config import StageConfig, identity
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
+from clinsynth.letters.report import LettersReport, write_report
 from clinsynth.letters.verify import summarize, verify
 from clinsynth.sampling.recipe import Recipe
 
@@ -34,7 +35,8 @@ class VerifyConfig(StageConfig):
 
 @stage("verify", needs=("generate", "sample"), config=VerifyConfig, version=1)
 def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
-    """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json)."""
+    """Verdict per letter (verification.jsonl), rates (verification_report.json), throughput (stats.json),
+    the data report (letters_report.json, letters_report.md)."""
     gen_dir = ctx.input_dir("generate")
     sample_dir = ctx.input_dir("sample")
     # before anything is written: specs == the sample report, and every spec has exactly one
@@ -47,6 +49,7 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
     by_mode: dict[str, list[dict[str, Any]]] = {}
     seen: Counter[str] = Counter()
     include_failed = cfg.verify.include_failed
+    letters_report = LettersReport()  # the data report (letters_report.json/.md), streamed
     with atomic_open(verdicts_path(ctx.stage_dir), "wb") as fh:
         for shard, num_shards, path in shards:
             # shard i holds the letters of specs i::N in order: one shard's recipes in memory at a time
@@ -84,6 +87,7 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                     "use_for_training": v.ok or include_failed,
                 }
                 fh.write(orjson.dumps(row) + b"\n")
+                letters_report.add(recipe, letter["text"], row)
                 row.pop("facts")  # per-fact verdicts stay in the file, not in memory
                 verdicts.append(row)
                 by_mode.setdefault(letter.get("mode") or "?", []).append(row)
@@ -113,6 +117,7 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
         "letters_per_s": round(len(verdicts) / seconds, 1) if seconds else None,
     }
     write_json(ctx.stage_dir / REPORT, report)
+    write_report(ctx.stage_dir, letters_report)
     stats = _throughput(gen_dir)
     stats["verification"] = {k: report[k] for k in ("letters", "passed", "pass_rate")}
     write_json(ctx.stage_dir / STATS, stats)

@@ -1,0 +1,747 @@
+"""The data report of a letter run: what a model trained on these letters would learn from them.
+
+Counted over (recipe, letter text, verdict) records as they stream past (bounded memory: word
+counts as histograms, frames capped per fact kind and assertion) and written by the verify
+stage as `letters_report.json` and a readable `letters_report.md`:
+
+* words per letter type (median, IQR) beside the development letters' median;
+* distinct sentence frames per fact kind and assertion: the sentence holding the fact with the
+  fact's own strings, the other facts' strings, dates and digits masked. Few frames = a
+  template a model learns instead of the language;
+* how well the section alone predicts a fact's assertion (per section the majority assertion,
+  learnt on these letters) against the majority-class rate: a shortcut when clearly better;
+* facts per kind × assertion; gold codes more specific than the text supports; written codes
+  by system (ATC and LOINC must not appear); the share of letters with each text feature
+  (`clinsynth.letters.features`) beside the same shares on the development letters.
+
+The development letters' numbers come from `benchmarks/data/dev_letter_stats.json`
+(aggregates only, computed by `benchmarks/dev_letter_stats.py` with the same text counters), so
+the report works where the letters themselves are absent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import importlib
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from clinsynth.core.atomic import write_bytes, write_json
+from clinsynth.letters import features as feat
+from clinsynth.sampling.recipe import Recipe, RecipeFact
+from clinsynth.schema import Assertion, FactKind
+
+REPORT_JSON = "letters_report.json"
+REPORT_MD = "letters_report.md"
+#: committed aggregates of the six development letters (benchmarks/dev_letter_stats.py)
+DEV_STATS = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "dev_letter_stats.json"
+
+ASSERTIONS: tuple[Assertion, ...] = ("present", "negated", "historical", "suspected")
+#: the assertions a letter can sensibly give each fact kind (a vital sign is measured or not
+#: written; nobody "suspects" a drug or a radiotherapy; a lab value may be a prior value)
+APPLICABLE: dict[FactKind, tuple[Assertion, ...]] = {
+    "diagnosis": ("present", "negated", "historical", "suspected"),
+    "tumor": ("present", "negated", "historical", "suspected"),
+    "procedure": ("present", "negated", "historical"),
+    "radiotherapy": ("present", "negated", "historical"),
+    "medication": ("present", "negated", "historical"),
+    "lab": ("present", "historical"),
+    "vital": ("present",),
+    "risk_factor": ("present", "negated", "historical"),
+}
+#: the letter types the length target applies to (Kurzarztbrief is short by design)
+DISCHARGE_TYPES = ("Entlassungsbrief", "Arztbrief")
+WORDS_TOLERANCE = 0.25
+SECTION_MARGIN = 0.05
+MIN_NEGATED_DIAGNOSIS_FRAMES = 50
+#: distinct frames kept per kind × assertion (about 100 bytes each); more is reported as "at least"
+FRAME_CAP = 10_000
+TOP_FRAMES = 5
+#: code fields checked for specificity, by kind, with the `say` key holding the code as written
+CODE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "diagnosis": (("icd10gm", "code"),),
+    "tumor": (("icd10gm", "code"), ("topography", "topography"), ("morphology", "morphology")),
+    "procedure": (("ops", "code"),),
+}
+_SYSTEM_OF_FIELD = {
+    "icd10gm": "icd10gm",
+    "ops": "ops",
+    "topography": "icdo3_topography",
+    "morphology": "icdo3_morphology",
+}
+
+
+def _load_pinning() -> Callable[..., str | None] | None:
+    """The sampler's name -> code pinning ("Harnblasenkarzinom" -> C67), where it exists; without
+    it codes the letter does not write are counted as unchecked, never as fine."""
+    try:
+        module = importlib.import_module("clinsynth.terminology.names")
+    except ImportError:
+        return None
+    fn = getattr(module, "pinned_code", None)
+    return fn if callable(fn) else None
+
+
+PINNED = _load_pinning()
+
+
+# ---------------------------------------------------------------- distributions over histograms
+
+
+def _order_statistic(values: Sequence[int], hist: Mapping[int, int], k: int) -> int:
+    """The k-th smallest value (0-based) of the values a histogram counts."""
+    seen = 0
+    for v in values:
+        seen += hist[v]
+        if seen > k:
+            return v
+    return values[-1]
+
+
+def quantile(hist: Mapping[int, int], p: float) -> float | None:
+    """The p-quantile of the values a histogram counts, interpolated linearly between order
+    statistics (as `statistics.quantiles(method="inclusive")`)."""
+    n = sum(hist.values())
+    if not n:
+        return None
+    values = sorted(hist)
+    pos = p * (n - 1)
+    lo = int(pos)
+    a = _order_statistic(values, hist, lo)
+    b = _order_statistic(values, hist, min(lo + 1, n - 1))
+    return a + (b - a) * (pos - lo)
+
+
+def distribution(hist: Mapping[int, int]) -> dict[str, Any]:
+    n = sum(hist.values())
+    if not n:
+        return {"n": 0, "median": None, "q1": None, "q3": None, "min": None, "max": None}
+    return {
+        "n": n,
+        "median": quantile(hist, 0.5),
+        "q1": quantile(hist, 0.25),
+        "q3": quantile(hist, 0.75),
+        "min": min(hist),
+        "max": max(hist),
+    }
+
+
+# ---------------------------------------------------------------- text-only counts (also for the dev letters)
+
+
+class TextStats:
+    """Words, features and written codes of letters, as histograms and counters (no text kept)."""
+
+    def __init__(self) -> None:
+        self.letters = 0
+        self.words: Counter[int] = Counter()
+        self.features: Counter[str] = Counter({k: 0 for k in feat.feature_names()})
+        self.codes: Counter[str] = Counter({k: 0 for k in feat.CODE_PATTERNS})
+
+    def add(self, text: str) -> None:
+        self.letters += 1
+        self.words[feat.word_count(text)] += 1
+        for name, has in feat.features(text).items():
+            self.features[name] += has
+        self.codes.update(feat.written_codes(text))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "letters": self.letters,
+            "words": distribution(self.words),
+            "feature_letters": dict(self.features),
+            "feature_shares": feat.shares(self.features, self.letters),
+            "written_codes": dict(self.codes),
+        }
+
+
+# ---------------------------------------------------------------- sentences, names, frames
+
+#: a period after one of these (or after a day/ordinal number) does not end a sentence
+_ABBREVIATIONS = frozenset(
+    (
+        "dr",
+        "med",
+        "ca",
+        "ggf",
+        "bzw",
+        "vs",
+        "geb",
+        "tel",
+        "nr",
+        "pat",
+        "re",
+        "li",
+        "bds",
+        "evtl",
+        "inkl",
+        "tbl",
+        "std",
+        "mind",
+        "max",
+        "min",
+        "prof",
+        "zzgl",
+        "ggü",
+        "usw",
+        "etc",
+        "z.n",
+        "v.a",
+        "z.b",
+        "i.v",
+        "p.o",
+        "s.c",
+        "o.b",
+        "b.b",
+        "d.h",
+        "u.a",
+        "a.e",
+        "st.p",
+        "o.n.a",
+        "i.m",
+    )
+)
+_STOP = re.compile(r"[.;!?](?=\s|$)|\n")
+_MONTHS = "januar|februar|märz|april|mai|juni|juli|august|september|oktober|november|dezember"
+_DATE = re.compile(
+    rf"\b[0-9]{{1,2}}\.\s?(?:[0-9]{{1,2}}\.(?:[0-9]{{2,4}})?|(?:{_MONTHS})\s[0-9]{{2,4}})"
+    r"|\b[0-9]{1,2}/[0-9]{2,4}\b|\b[0-9]{4}-[0-9]{2}(?:-[0-9]{2})?\b",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
+_SPACE = re.compile(r"\s+")
+
+
+def sentence_stops(text: str) -> list[int]:
+    """Positions that end a sentence, a table row or a list line."""
+    out = []
+    for m in _STOP.finditer(text):
+        i = m.start()
+        if text[i] == ".":
+            token = text[text.rfind(" ", 0, i) + 1 : i].lstrip("(").lower()
+            if (token.isdigit() and len(token) <= 2) or token.rstrip(".") in _ABBREVIATIONS:
+                continue
+        out.append(i)
+    return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _needle(s: str) -> re.Pattern[str]:
+    """`s` as whole words, any whitespace between words, any case."""
+    body = r"\s+".join(re.escape(w) for w in s.split())
+    head = r"(?<!\w)" if s[:1].isalnum() else ""
+    tail = r"(?!\w)" if s[-1:].isalnum() else ""
+    return re.compile(head + body + tail, re.IGNORECASE)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def fact_names(f: RecipeFact) -> list[str]:
+    """The names a letter writes a fact under: `say` name/entity first, then the gold's."""
+    out = _strings(f.say.get("name")) + _strings(f.say.get("entity"))
+    for key in ("text", "name", "entity", "target"):
+        out += _strings(f.gold.get(key))
+    return list(dict.fromkeys(out))
+
+
+def own_strings(f: RecipeFact) -> dict[str, list[str]]:
+    """What `frame` masks of the fact itself: every `say` string by key, its names as `name`."""
+    out = {k: _strings(v) for k, v in f.say.items()}
+    out["name"] = list(dict.fromkeys(_strings(f.say.get("name")) + fact_names(f)))
+    return {k: v for k, v in out.items() if v}
+
+
+def frame(sentence: str, own: Mapping[str, Sequence[str]], others: Iterable[str] = ()) -> str:
+    """The sentence as a template: the fact's own strings -> §key§, other facts' strings -> §f§,
+    dates -> §date§, numbers -> 0, lower case, whitespace collapsed. Longer strings are masked
+    first; a string that is both the fact's own and another's counts as its own."""
+    masks = [(s, f"§{k}§") for k, ss in own.items() for s in ss] + [(s, "§f§") for s in others]
+    masks.sort(key=lambda m: (-len(m[0]), m[1] == "§f§"))
+    return _masked(sentence, masks)
+
+
+def _masked(sentence: str, masks: Sequence[tuple[str, str]]) -> str:
+    low = sentence.lower()
+    for s, placeholder in masks:
+        if s.lower() in low:
+            sentence = _needle(s).sub(placeholder, sentence)
+            low = sentence.lower()
+    sentence = _DATE.sub("§date§", sentence)
+    sentence = _NUMBER.sub("0", sentence)
+    return _SPACE.sub(" ", sentence).strip(" \t-•*:,;").lower()
+
+
+def _maskable(s: str) -> bool:
+    """Another fact's string worth masking: a word (numbers become 0 anyway; "H" is too short)."""
+    return len(s) >= 3 and any(c.isalpha() for c in s)
+
+
+# ---------------------------------------------------------------- where each fact sits
+
+#: cues of each non-present assertion, to choose among several mentions of one name
+_CUES: dict[str, re.Pattern[str]] = {
+    "negated": feat.FEATURES["negation"],
+    "suspected": feat.FEATURES["suspicion"],
+    "historical": feat.FEATURES["history"],
+}
+
+
+@dataclass
+class Located:
+    fact: RecipeFact
+    #: the section the fact is counted under (the recipe's; where the verifier binds facts, its)
+    section: str
+    #: (start, end) of the fact's name and of its sentence in the NFC text; None: not found
+    span: tuple[int, int] | None
+    sentence: tuple[int, int] | None
+
+
+class _Letter:
+    def __init__(self, text: str) -> None:
+        self.text = unicodedata.normalize("NFC", text)
+        self.stops = sentence_stops(self.text)
+
+    def sentence(self, start: int, end: int) -> tuple[int, int]:
+        i = bisect.bisect_left(self.stops, start)
+        s = self.stops[i - 1] + 1 if i > 0 else 0
+        j = bisect.bisect_left(self.stops, end)
+        e = self.stops[j] + 1 if j < len(self.stops) else len(self.text)
+        return s, e
+
+    def section_spans(self, sections: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+        """Where each recipe section's heading starts a line, up to the next heading found."""
+        found: list[tuple[int, str]] = []
+        for sec in sections:
+            heading = str(sec.get("heading") or "").strip().rstrip(":")
+            if not heading:
+                continue
+            pat = re.compile(
+                r"^[ \t]*" + _needle(heading).pattern + r"[ \t]*:?", re.IGNORECASE | re.MULTILINE
+            )
+            m = pat.search(self.text)
+            if m:
+                found.append((m.start(), str(sec["key"])))
+        found.sort()
+        return {
+            key: (pos, found[i + 1][0] if i + 1 < len(found) else len(self.text))
+            for i, (pos, key) in enumerate(found)
+        }
+
+
+def locate(recipe: Recipe, text: str) -> tuple[str, list[Located]]:
+    """Each fact's mention: a mention of one of its names, preferably inside its own section and
+    in a sentence whose cues fit its assertion. Returns the NFC text the spans refer to."""
+    letter = _Letter(text)
+    sections = letter.section_spans(recipe.sections)
+    out = []
+    for f in recipe.facts:
+        hits = [m.span() for name in fact_names(f) for m in _needle(name).finditer(letter.text)]
+        if not hits:
+            out.append(Located(f, f.section, None, None))
+            continue
+        own = sections.get(f.section)
+        cue = _CUES.get(f.assertion)
+
+        def score(h: tuple[int, int], own: tuple[int, int] | None = own, cue: Any = cue) -> tuple[int, int]:
+            s, e = letter.sentence(*h)
+            has_cue = (
+                bool(cue.search(letter.text, s, e))
+                if cue
+                else not any(c.search(letter.text, s, e) for c in _CUES.values())
+            )
+            return (bool(own and own[0] <= h[0] < own[1]), has_cue)
+
+        best = max(sorted(hits), key=score)
+        out.append(Located(f, f.section, best, letter.sentence(*best)))
+    return letter.text, out
+
+
+# ---------------------------------------------------------------- code specificity
+
+
+def _bare(code: str) -> str:
+    """A code without spaces and ICD marks (C50.4† -> C50.4)."""
+    return re.sub(r"[\s†*!]", "", code)
+
+
+def code_support(f: RecipeFact, text: str) -> list[dict[str, Any]]:
+    """Per gold code of the fact: the code the letter supports (a written code, else the code its
+    name pins down) and whether gold is more specific than that. Outcomes: ok, more_specific,
+    differs (gold and text name different codes), less_specific (allowed), unchecked (nothing
+    written and no name->code pinning available)."""
+    out = []
+    for field, say_key in CODE_FIELDS.get(f.kind, ()):
+        gold = f.gold.get(field)
+        if not gold:
+            continue
+        gold = _bare(str(gold))
+        written = next((c for c in _strings(f.say.get(say_key)) if _needle(c).search(text)), None)
+        source = "written"
+        supported: str | None = None
+        if written:
+            supported = _bare(written)
+        elif PINNED is not None:
+            source = "pinned"
+            names = fact_names(f)
+            supported = _pinned(_SYSTEM_OF_FIELD[field], names[0] if names else "")
+        else:
+            out.append(
+                {"field": field, "gold": gold, "supported": None, "source": None, "outcome": "unchecked"}
+            )
+            continue
+        if supported == gold:
+            outcome = "ok"
+        elif supported is None or (gold.startswith(supported) and len(gold) > len(supported)):
+            outcome = "more_specific"
+        elif supported.startswith(gold):
+            outcome = "less_specific"
+        else:
+            outcome = "differs"
+        out.append(
+            {"field": field, "gold": gold, "supported": supported, "source": source, "outcome": outcome}
+        )
+    return out
+
+
+def _pinned(system: str, name: str) -> str | None:
+    assert PINNED is not None
+    code = PINNED(system, name)
+    return _bare(code) if code else None
+
+
+# ---------------------------------------------------------------- the report
+
+
+class FrameCounter:
+    """Distinct frames (exact up to FRAME_CAP) and how often each of them occurs."""
+
+    def __init__(self, cap: int = FRAME_CAP) -> None:
+        self.cap = cap
+        self.counts: Counter[str] = Counter()
+        self.facts = 0
+        self.capped = False
+
+    def add(self, frame: str) -> None:
+        self.facts += 1
+        if frame in self.counts or len(self.counts) < self.cap:
+            self.counts[frame] += 1
+        else:
+            self.capped = True
+
+    def summary(self, top: int = TOP_FRAMES) -> dict[str, Any]:
+        common = self.counts.most_common(top)
+        return {
+            "facts": self.facts,
+            "distinct": len(self.counts),
+            "at_least": self.capped,
+            "top_share": round(common[0][1] / self.facts, 4) if common else None,
+            "top": [{"frame": f, "facts": n} for f, n in common],
+        }
+
+
+def section_rule(counts: Mapping[tuple[str, str], int]) -> dict[str, Any]:
+    """Accuracy of "per section, its majority assertion" vs always the overall majority assertion."""
+    n = sum(counts.values())
+    if not n:
+        return {"facts": 0, "section_rule_accuracy": None, "majority_rate": None, "majority": None}
+    by_section: dict[str, Counter[str]] = {}
+    by_assertion: Counter[str] = Counter()
+    for (section, assertion), c in counts.items():
+        by_section.setdefault(section, Counter())[assertion] += c
+        by_assertion[assertion] += c
+    correct = sum(max(c.values()) for c in by_section.values())
+    majority, m = by_assertion.most_common(1)[0]
+    return {
+        "facts": n,
+        "sections": len(by_section),
+        "section_rule_accuracy": round(correct / n, 4),
+        "majority": majority,
+        "majority_rate": round(m / n, 4),
+        "rule": {s: c.most_common(1)[0][0] for s, c in sorted(by_section.items())},
+    }
+
+
+class LettersReport:
+    """Streaming counts over (recipe, text, verdict): `add` each letter, then `to_dict`."""
+
+    def __init__(self, frame_cap: int = FRAME_CAP) -> None:
+        self.frame_cap = frame_cap
+        self.text = TextStats()
+        self.words_by_type: dict[str, Counter[int]] = {}
+        self.passed = 0
+        self.verdicts = 0
+        self.facts: Counter[tuple[str, str]] = Counter()
+        self.unlocated: Counter[str] = Counter()
+        self.frames: dict[tuple[str, str], FrameCounter] = {}
+        self.sections: Counter[tuple[str, str, str]] = Counter()
+        self.codes: Counter[tuple[str, str, str]] = Counter()
+        self.code_examples: list[dict[str, Any]] = []
+        self.failed = 0
+        self.errors: list[str] = []
+
+    def add(self, recipe: Recipe, text: str, verdict: Mapping[str, Any] | None = None) -> None:
+        """Count one letter. A record the counters cannot read is reported, never fatal: the
+        report is a view on the run, and one odd recipe must not stop the verify stage."""
+        try:
+            self._add(recipe, text, verdict)
+        except Exception as exc:  # reported under "letters_not_counted"
+            self.failed += 1
+            if len(self.errors) < 20:
+                sid = getattr(recipe, "spec_id", "?")
+                self.errors.append(f"{sid}: {type(exc).__name__}: {exc} (counted only up to there)")
+
+    def _add(self, recipe: Recipe, text: str, verdict: Mapping[str, Any] | None) -> None:
+        self.text.add(text)
+        self.words_by_type.setdefault(recipe.letter_type, Counter())[feat.word_count(text)] += 1
+        if verdict is not None:
+            self.verdicts += 1
+            self.passed += bool(verdict.get("ok"))
+        nfc, located = locate(recipe, text)
+        # every fact's strings, longest first, tagged with the fact: masked per fact as own or §f§
+        strings = [
+            (s, loc.fact.id, f"§{k}§")
+            for loc in located
+            for k, ss in own_strings(loc.fact).items()
+            for s in ss
+        ]
+        strings += [(s, "", "§f§") for v in recipe.header.values() for s in _strings(v)]
+        strings += [(s, "", "§f§") for s in _strings(recipe.untagged)]
+        for loc in located:
+            f = loc.fact
+            self.facts[f.kind, f.assertion] += 1
+            self.sections[f.kind, loc.section, f.assertion] += 1
+            for check in code_support(f, nfc):
+                self.codes[f.kind, check["field"], check["outcome"]] += 1
+                if check["outcome"] in ("more_specific", "differs") and len(self.code_examples) < 20:
+                    example = {"spec_id": recipe.spec_id, "fact": f.id, "name": fact_names(f)[:1], **check}
+                    self.code_examples.append(example)
+            if loc.sentence is None:
+                self.unlocated[f.kind] += 1
+                continue
+            masks = [
+                (s, ph if fid == f.id else "§f§") for s, fid, ph in strings if fid == f.id or _maskable(s)
+            ]
+            masks.sort(key=lambda m: (-len(m[0]), m[1] == "§f§"))
+            fr = _masked(nfc[loc.sentence[0] : loc.sentence[1]], masks)
+            self.frames.setdefault((f.kind, f.assertion), FrameCounter(self.frame_cap)).add(fr)
+
+    def to_dict(self, dev: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        kinds = list(APPLICABLE)
+        per_kind = {
+            k: section_rule({(s, a): c for (kk, s, a), c in self.sections.items() if kk == k}) for k in kinds
+        }
+        overall: Counter[tuple[str, str]] = Counter()
+        for (_, s, a), c in self.sections.items():
+            overall[s, a] += c
+        codes: dict[str, Counter[str]] = {}
+        for (kind, field, outcome), c in self.codes.items():
+            codes.setdefault(f"{kind}.{field}", Counter())[outcome] += c
+        out: dict[str, Any] = {
+            "letters": self.text.letters,
+            "verified": {"letters": self.verdicts, "passed": self.passed},
+            "text": self.text.summary(),
+            "words_by_letter_type": {t: distribution(h) for t, h in sorted(self.words_by_type.items())},
+            "facts": {k: {a: self.facts[k, a] for a in ASSERTIONS} for k in kinds},
+            "facts_not_located": dict(self.unlocated),
+            "frames": {
+                k: {a: self.frames[k, a].summary() for a in ASSERTIONS if (k, a) in self.frames}
+                for k in kinds
+            },
+            "section_predicts_assertion": {"overall": section_rule(overall), "by_kind": per_kind},
+            "gold_code_specificity": {
+                "pinning": "clinsynth.terminology.names.pinned_code" if PINNED else None,
+                "by_field": {k: dict(v) for k, v in sorted(codes.items())},
+                "examples": self.code_examples,
+            },
+            "dev_letters": dict(dev) if dev else None,
+            "letters_not_counted": {"letters": self.failed, "errors": self.errors},
+        }
+        out["acceptance"] = acceptance(out)
+        return out
+
+
+def acceptance(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 10's acceptance numbers, each with its target and whether it is met (None: not measurable)."""
+    rows: list[dict[str, Any]] = []
+    dev = report.get("dev_letters") or {}
+    dev_median = (dev.get("words") or {}).get("median")
+    for t in DISCHARGE_TYPES:
+        d = report["words_by_letter_type"].get(t)
+        if not d or not d["n"]:
+            continue
+        ratio = d["median"] / dev_median if dev_median else None
+        rows.append({
+            "check": f"median words, {t} vs development letters",
+            "value": d["median"],
+            "target": f"{dev_median} ± {WORDS_TOLERANCE:.0%}" if dev_median else "no development stats",
+            "ratio": round(ratio, 3) if ratio else None,
+            "met": abs(ratio - 1) <= WORDS_TOLERANCE if ratio else None,
+        })  # fmt: skip
+    spa = report["section_predicts_assertion"]
+    for name, r in [("overall", spa["overall"]), *spa["by_kind"].items()]:
+        if not r["facts"]:
+            continue
+        rows.append({
+            "check": f"section alone predicts assertion ({name})",
+            "value": r["section_rule_accuracy"],
+            "target": f"≤ majority {r['majority_rate']} + {SECTION_MARGIN}",
+            "met": r["section_rule_accuracy"] <= r["majority_rate"] + SECTION_MARGIN + 1e-9,
+        })  # fmt: skip
+    missing = [f"{k}/{a}" for k, aa in APPLICABLE.items() for a in aa if not report["facts"][k][a]]
+    cells = sum(len(a) for a in APPLICABLE.values())
+    rows.append({
+        "check": "every fact kind with every assertion that applies",
+        "value": f"{cells - len(missing)} of {cells} cells" + (f"; missing {missing}" if missing else ""),
+        "target": "all",
+        "met": not missing,
+    })  # fmt: skip
+    neg = report["frames"]["diagnosis"].get("negated") or {"distinct": 0}
+    rows.append({
+        "check": "distinct frames of negated diagnoses",
+        "value": neg["distinct"],
+        "target": f"≥ {MIN_NEGATED_DIAGNOSIS_FRAMES}",
+        "met": neg["distinct"] >= MIN_NEGATED_DIAGNOSIS_FRAMES,
+    })  # fmt: skip
+    spec = report["gold_code_specificity"]["by_field"]
+    more = sum(v.get("more_specific", 0) for v in spec.values())
+    unchecked = sum(v.get("unchecked", 0) for v in spec.values())
+    rows.append({
+        "check": "gold codes more specific than their text",
+        "value": more,
+        "target": "0",
+        "unchecked": unchecked,
+        "met": (more == 0) if not unchecked else None,
+    })  # fmt: skip
+    codes = report["text"]["written_codes"]
+    rows.append({
+        "check": "ATC/LOINC codes in letter text",
+        "value": codes.get("atc", 0) + codes.get("loinc", 0),
+        "target": "0",
+        "met": codes.get("atc", 0) + codes.get("loinc", 0) == 0,
+    })  # fmt: skip
+    return rows
+
+
+def load_dev_stats(path: Path | None = None) -> dict[str, Any] | None:
+    """The development letters' aggregates, or None where the file is absent (an installed wheel)."""
+    p = path or DEV_STATS
+    if not p.is_file():
+        return None
+    return dict(orjson.loads(p.read_bytes()))
+
+
+# ---------------------------------------------------------------- the readable summary
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    dev = report.get("dev_letters") or {}
+    lines = [f"# Letters report ({report['letters']} letters)", ""]
+    ver = report["verified"]
+    if ver["letters"]:
+        lines += [f"Verified: {ver['passed']} of {ver['letters']} pass.", ""]
+    lines += ["## Acceptance (issue 10)", "", "| check | value | target | met |", "|---|---|---|---|"]
+    for r in report["acceptance"]:
+        met = {True: "yes", False: "**no**", None: "not measurable"}[r["met"]]
+        extra = f" ({r['unchecked']} unchecked)" if r.get("unchecked") else ""
+        lines.append(f"| {r['check']} | {r['value']}{extra} | {r['target']} | {met} |")
+    dw = dev.get("words") or {}
+    lines += [
+        "",
+        "## Words per letter",
+        "",
+        "| letter type | letters | median | IQR | min–max |",
+        "|---|---|---|---|---|",
+    ]
+    rows = list(report["words_by_letter_type"].items())
+    if dw:
+        rows.append((f"development letters ({dev.get('letters')})", dw))
+    for t, d in rows:
+        if d["n"]:
+            lines.append(
+                f"| {t} | {d['n']} | {d['median']:g} | {d['q1']:g}–{d['q3']:g} | {d['min']}–{d['max']} |"
+            )
+    lines += ["", "## Facts per kind and assertion (distinct frames; share of the most common frame)", ""]
+    lines += ["| kind | " + " | ".join(ASSERTIONS) + " |", "|---" * (len(ASSERTIONS) + 1) + "|"]
+    for k, by in report["facts"].items():
+        cells = []
+        for a in ASSERTIONS:
+            fr = report["frames"][k].get(a)
+            n = by[a]
+            if not n:
+                cells.append("–" if a in APPLICABLE[k] else "n/a")
+                continue
+            more = "≥" if fr and fr["at_least"] else ""
+            cells.append(f"{n} ({more}{fr['distinct']}; {_pct(fr['top_share'])})" if fr else f"{n}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    if report["facts_not_located"]:
+        lines += ["", f"Facts whose name was not found in their letter: {report['facts_not_located']}"]
+    neg = report["frames"]["diagnosis"].get("negated")
+    if neg and neg["top"]:
+        lines += ["", "Most common frames of negated diagnoses:", ""]
+        lines += [f"- `{t['frame']}` ({t['facts']})" for t in neg["top"]]
+    spa = report["section_predicts_assertion"]
+    lines += ["", "## Does the section alone predict the assertion?", ""]
+    lines += ["| kind | facts | section rule | majority class | gap |", "|---|---|---|---|---|"]
+    for name, r in [("all", spa["overall"]), *spa["by_kind"].items()]:
+        if r["facts"]:
+            gap = r["section_rule_accuracy"] - r["majority_rate"]
+            lines.append(
+                f"| {name} | {r['facts']} | {_pct(r['section_rule_accuracy'])} | "
+                f"{_pct(r['majority_rate'])} ({r['majority']}) | {100 * gap:+.1f} pt |"
+            )
+    spec = report["gold_code_specificity"]
+    lines += ["", "## Gold codes against the text", ""]
+    if not spec["pinning"]:
+        lines.append("No name→code pinning available: codes not written in the letter are unchecked.")
+    for k, v in spec["by_field"].items():
+        lines.append(f"- {k}: " + ", ".join(f"{o} {c}" for o, c in sorted(v.items())))
+    text = report["text"]
+    lines += [
+        "",
+        "## Letters with each feature",
+        "",
+        "| feature | these letters | development letters |",
+        "|---|---|---|",
+    ]
+    dev_shares = dev.get("feature_shares") or {}
+    for name, share in text["feature_shares"].items():
+        lines.append(f"| {name} | {_pct(share)} | {_pct(dev_shares.get(name))} |")
+    lines += [
+        "",
+        "## Written codes (occurrences)",
+        "",
+        "| system | these letters | development letters |",
+        "|---|---|---|",
+    ]
+    dev_codes = dev.get("written_codes") or {}
+    for system, n in text["written_codes"].items():
+        lines.append(f"| {system} | {n} | {dev_codes.get(system, '–')} |")
+    if not dev:
+        lines += ["", "Development letter statistics not found (benchmarks/data/dev_letter_stats.json)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(stage_dir: Path, report: LettersReport, dev_stats: Path | None = None) -> dict[str, Any]:
+    """Write letters_report.json and letters_report.md into `stage_dir`; return the report."""
+    out = report.to_dict(load_dev_stats(dev_stats))
+    write_json(Path(stage_dir) / REPORT_JSON, out)
+    write_bytes(Path(stage_dir) / REPORT_MD, render_markdown(out).encode())
+    return out
