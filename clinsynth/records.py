@@ -30,9 +30,11 @@ diagnosis     code = ICD-10-GM (else the source's system);    topography (ICD-O-
               -> suspected, refuted -> negated, clinical
               status inactive/resolved/remission -> historical
 procedure     code = OPS (else e.g. SNOMED, system says so)    laterality, intention
-radiotherapy  code = OPS 8-52x or None (else SNOMED);          total_gy, fraction_gy, fractions,
-              value_num = total dose, unit = Gy;              target (text as written), intent,
-              date = start, end_date = end                    end_date, tumor
+radiotherapy  code = OPS 8-52x, else SNOMED (33195004 for a      total_gy, fraction_gy, fractions,
+              course without OPS): check `system`;            target (text as written), intent
+              value_num = total dose, unit = Gy;              (curative | palliative | adjuvant ...),
+              date = start, end_date = end                    intention (MII K | P ...), end_date,
+                                                              tumor
 medication    code = ATC (else PZN/SNOMED/ASK with system);   dose, dose_unit, route, schedule
               value_num/unit = dose; role = MedicationState-  ([m, n, e, night]), frequency (text),
               ment category (inpatient | community ...)       dosage_text, therapy ("systemic"),
@@ -55,13 +57,14 @@ tnm_r         code = R0 / R1 / R2 / RX (residual status)      tumor, staging
 lymph_nodes   value_num = count; code = LOINC 21893-3         nodes = positive | examined, tumor,
               (positive) or 21894-1 (examined)                staging
 uicc_stage    code = IIA (UICC)                               prefix, tumor, staging
-stage_other   code = the stage as written (IIB, 3+4=7, 2, A)  system (Ann Arbor | ISS | R-ISS | Binet |
-                                                              Rai | FIGO | Gleason | ISUP | other),
-                                                              tumor, staging
-marker_status code = LOINC (else the source's system, or      result (positive | negative | equivocal |
-              None and the name in `text`); text = marker     mutated | wildtype | amplified), text
-              name; value_num/unit = a number if stated;       ("Exon-19-Deletion", "3+"), tumor
-              value_str = result code of foreign sources
+stage_other   code = the stage as written (IIB, 3+4=7, 2, A);  system (Ann Arbor | ISS | R-ISS | Binet |
+              system column: one code system per staging      Rai | FIGO | Gleason | ISUP | ELN |
+              system (conventions.STAGE_SYSTEMS), or None      Durie-Salmon | other), tumor, staging
+marker_status code = LOINC; without one: system = clinsynth's    result (positive | negative | equivocal |
+              marker code system and code = the name (Ki-67);   mutated | wildtype | amplified), text
+              text = marker name; value_num/unit = a number     ("Exon-19-Deletion", "3+"), tumor;
+              if stated (ER 90 %); value_str = the value code   foreign sources: value_display
+              of foreign sources (LA6576-8)
 ecog          code = the grade 0-5                            tumor
 tumor_status  code = new | complete_remission |               tumor
               partial_remission | stable | progression |
@@ -72,7 +75,8 @@ metastasis    code = the site: ICD-O-3 topography or          tumor
               the MII site code (HEP, PUL, OSS ...)
 observation   any other Observation: code/value as given      -
 
-Encounters keep their rows as before (`kontaktart`, `class_code`, department).
+Encounters keep their rows as before (`kontaktart`, `class_code`, department). Smoking is
+a patient-level fact written once, in the patient's first encounter.
 """
 
 from __future__ import annotations

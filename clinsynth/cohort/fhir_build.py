@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-from clinsynth.cohort.model import Dx, Lab, Med, Person, Proc, Stay, Tumor
+from clinsynth.cohort.model import Dx, Lab, Marker, Med, Person, Proc, Radiotherapy, Stay, Tumor, Vital
 from clinsynth.fhir import conventions as fc
 from clinsynth.records import CATEGORIES
 
@@ -54,6 +54,73 @@ def _d(x: date) -> str:
     return x.isoformat()
 
 
+#: SNOMED CT smoking status answers (the MII and HL7 use these for LOINC 72166-2)
+_SMOKING = {
+    "never": ("266919005", "Never smoked tobacco"),
+    "former": ("8517006", "Ex-smoker"),
+    "current": ("77176002", "Smoker"),
+}
+#: MII oncology: therapy intention (K kurativ, P palliativ) where our intent maps onto it
+_MII_INTENTION = {"curative": ("K", "kurativ"), "palliative": ("P", "palliativ")}
+#: MII Verlauf (Gesamtbeurteilung) beside our own status code
+_MII_STATUS = {
+    "complete_remission": ("V", "Vollremission"),
+    "partial_remission": ("T", "Teilremission"),
+    "stable": ("K", "keine Änderung"),
+    "progression": ("P", "Progression"),
+    "recurrence": ("Y", "Rezidiv"),
+    "mixed": ("D", "divergentes Geschehen"),
+}
+#: ICD-10-GM metastasis code -> MII site code (mii-cs-onko-fernmetastasen)
+_MII_SITE = {
+    "C78.0": ("PUL", "Lunge"),
+    "C78.2": ("PLE", "Pleura"),
+    "C78.6": ("PER", "Peritoneum"),
+    "C78.7": ("HEP", "Leber"),
+    "C79.3": ("BRA", "Hirn"),
+    "C79.5": ("OSS", "Knochen"),
+    "C79.2": ("SKI", "Haut"),
+    "C79.7": ("ADR", "Nebennieren"),
+    "C77": ("LYM", "Lymphknoten"),
+}
+_LYMPH_NODES = {
+    "positive": ("21893-3", "Regional lymph nodes positive [#] Specimen"),
+    "examined": ("21894-1", "Regional lymph nodes examined [#] Specimen"),
+}
+#: receptor markers with an MII profile of their own, by LOINC
+_MARKER_PROFILE = {"40556-3": "Observation.er", "85339-0": "Observation.pr", "48676-1": "Observation.her2"}
+
+
+def _tumor_conditions(p: Person) -> dict[tuple[str, str], str]:
+    """(stay key, tumour key) -> the primary-tumour Condition id its observations point to.
+
+    A tumour's own diagnosis is the stay's primary-tumour Dx with its `tumor_key`; a Dx marked
+    primary without a key belongs to the stay's main tumour. A tumour without a diagnosis in the
+    stay points to the latest earlier one (a Condition of the same patient).
+    """
+    out: dict[tuple[str, str], str] = {}
+    latest: dict[str, str] = {}
+    for st in p.stays:
+        main_key = st.tumor.key if st.tumor is not None else None
+        for i, dx in enumerate(st.diagnoses):
+            key = dx.tumor_key or main_key
+            if dx.primary_tumor and key is not None and (st.key, key) not in out:
+                out[(st.key, key)] = latest[key] = f"cond-{st.key}-{i}"
+        for t in _tumors(st):
+            if (st.key, t.key) not in out:
+                if t.key not in latest:
+                    raise ValueError(
+                        f"patient {p.key}, stay {st.key}: tumour {t.key!r} has no primary-tumour diagnosis "
+                        "(a Dx with primary_tumor=True and tumor_key) in this or an earlier stay"
+                    )
+                out[(st.key, t.key)] = latest[t.key]
+    return out
+
+
+def _tumors(st: Stay) -> list[Tumor]:
+    return ([st.tumor] if st.tumor is not None else []) + list(st.other_tumors)
+
+
 def resources(p: Person, shard: int, med_ids: dict[str, str]) -> Iterator[dict[str, Any]]:
     """Patient first, then per stay: Encounter, Conditions, Procedures, Medications, Observations.
 
@@ -71,11 +138,16 @@ def resources(p: Person, shard: int, med_ids: dict[str, str]) -> Iterator[dict[s
         "address": [{"type": "both", "city": p.city, "postalCode": p.postal_code, "country": "DE"}],
     }
     yield patient
-    for stay in p.stays:
-        yield from _stay(p, pid, stay, shard, med_ids)
+    tumor_cond = _tumor_conditions(p)
+    for i, stay in enumerate(p.stays):
+        yield from _stay(p, pid, stay, shard, med_ids, tumor_cond)
+        if i == 0 and p.smoking is not None:
+            yield _smoking(p, stay, _ref("Patient", pid), _ref("Encounter", f"enc-{stay.key}"))
 
 
-def _stay(p: Person, pid: str, st: Stay, shard: int, med_ids: dict[str, str]) -> Iterator[dict[str, Any]]:
+def _stay(
+    p: Person, pid: str, st: Stay, shard: int, med_ids: dict[str, str], tumor_cond: dict[tuple[str, str], str]
+) -> Iterator[dict[str, Any]]:
     eid = f"enc-{st.key}"
     subject, enc = _ref("Patient", pid), _ref("Encounter", eid)
     cond_ids = [f"cond-{st.key}-{i}" for i in range(len(st.diagnoses))]
@@ -83,6 +155,7 @@ def _stay(p: Person, pid: str, st: Stay, shard: int, med_ids: dict[str, str]) ->
         "resourceType": "Encounter",
         "id": eid,
         "meta": _meta("Encounter"),
+        "extension": [{"url": fc.EXT_STAY_KIND, "valueCode": st.kind}],
         "status": "finished",
         "class": _coding(fc.ENCOUNTER_CLASS, "IMP", "inpatient encounter"),
         "type": [
@@ -109,10 +182,16 @@ def _stay(p: Person, pid: str, st: Stay, shard: int, med_ids: dict[str, str]) ->
             for i, (cid, dx) in enumerate(zip(cond_ids, st.diagnoses, strict=True))
         ],
     }
+    main_key = st.tumor.key if st.tumor is not None else None
     for cid, dx in zip(cond_ids, st.diagnoses, strict=True):
-        yield _condition(cid, dx, subject, enc, st)
+        key = dx.tumor_key or (main_key if dx.primary_tumor else None)
+        primary = tumor_cond.get((st.key, key)) if key is not None else None
+        yield _condition(cid, dx, subject, enc, st, None if primary == cid else primary)
     for i, pr in enumerate(st.procedures):
         yield _procedure(f"proc-{st.key}-{i}", pr, subject, enc)
+    main_cond = tumor_cond.get((st.key, main_key)) if main_key is not None else None
+    for i, rt in enumerate(st.radiotherapy):
+        yield _radiotherapy(f"rt-{st.key}-{i}", rt, subject, enc, main_cond)
     for i, med in enumerate(st.medications):
         if med.therapy and med.atc not in med_ids:
             med_ids[med.atc] = f"med-s{shard}-{med.atc}"
@@ -127,26 +206,31 @@ def _stay(p: Person, pid: str, st: Stay, shard: int, med_ids: dict[str, str]) ->
         )
     for i, lab in enumerate(st.labs):
         yield _lab(f"lab-{st.key}-{i}", lab, subject, enc)
-    if st.tumor is not None:
-        yield from _tumor(st, st.tumor, subject, enc, cond_ids[0])
+    for i, vital in enumerate(st.vitals):
+        yield _vital(f"vital-{st.key}-{i}", vital, subject, enc)
+    for t in _tumors(st):
+        yield from _tumor(st, t, subject, enc, tumor_cond[(st.key, t.key)])
 
 
-def _condition(cid: str, dx: Dx, subject: dict, enc: dict, st: Stay) -> dict[str, Any]:
+def _condition(cid: str, dx: Dx, subject: dict, enc: dict, st: Stay, primary: str | None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "Condition",
         "id": cid,
         "meta": _meta("Condition.primary_tumor" if dx.primary_tumor else "Condition"),
         "clinicalStatus": {"coding": [_coding(fc.CONDITION_CLINICAL, "active")]},
-        "verificationStatus": {"coding": [_coding(fc.CONDITION_VERIFICATION, "confirmed")]},
+        "verificationStatus": {"coding": [_coding(fc.CONDITION_VERIFICATION, dx.verification)]},
         "code": {"coding": [_coding(fc.ICD10GM, dx.icd, dx.display, "2025")]},
         "subject": subject,
         "encounter": enc,
         "onsetDateTime": _d(dx.onset),
         "recordedDate": _d(st.start),
     }
+    if primary is not None:
+        # a metastasis or other diagnosis of a tumour: which primary tumour it belongs to
+        res["extension"] = [{"url": fc.CONDITION_RELATED, "valueReference": _ref("Condition", primary)}]
     site = []
     if dx.laterality:
-        site.append(_coding(fc.LATERALITY, dx.laterality, {"L": "Links", "R": "Rechts"}[dx.laterality]))
+        site.append(_coding(fc.LATERALITY, dx.laterality, {"L": "Links", "R": "Rechts"}.get(dx.laterality)))
     if dx.topography:
         site.append(_coding(fc.ICDO3, dx.topography))
     if site:
@@ -167,6 +251,49 @@ def _procedure(rid: str, pr: Proc, subject: dict, enc: dict) -> dict[str, Any]:
     }
 
 
+def _gy(value: float) -> dict[str, Any]:
+    return {"value": value, "unit": "Gy", "system": fc.UCUM, "code": "Gy"}
+
+
+def _radiotherapy(rid: str, rt: Radiotherapy, subject: dict, enc: dict, cond: str | None) -> dict[str, Any]:
+    """MII Strahlentherapie with the Bestrahlung's dose extensions on the one resource."""
+    ext: list[dict[str, Any]] = [
+        {"url": fc.MII_RADIOTHERAPY_TOTAL, "valueQuantity": _gy(rt.total_gy)},
+        {"url": fc.MII_RADIOTHERAPY_FRACTION, "valueQuantity": _gy(rt.fraction_gy)},
+        {"url": fc.EXT_FRACTIONS, "valuePositiveInt": rt.fractions},
+    ]
+    if rt.intent:
+        if rt.intent in _MII_INTENTION:
+            code, display = _MII_INTENTION[rt.intent]
+            ext.append(
+                {
+                    "url": fc.MII_RADIOTHERAPY_INTENTION,
+                    "valueCodeableConcept": {"coding": [_coding(fc.MII_INTENTION, code, display)]},
+                }
+            )
+        ext.append({"url": fc.EXT_INTENT, "valueCode": rt.intent})
+    coding = (
+        _coding(fc.OPS, rt.ops, None, "2025")
+        if rt.ops
+        else _coding(fc.SNOMED, "33195004", "External beam radiation therapy procedure")
+    )
+    res: dict[str, Any] = {
+        "resourceType": "Procedure",
+        "id": rid,
+        "meta": _meta("Procedure.radiotherapy"),
+        "extension": ext,
+        "status": "completed",
+        "code": {"coding": [coding]},
+        "subject": subject,
+        "encounter": enc,
+        "performedPeriod": {"start": _d(rt.start), "end": _d(rt.end)},
+        "bodySite": [{"text": rt.target}],
+    }
+    if cond is not None:
+        res["reasonReference"] = [_ref("Condition", cond)]
+    return res
+
+
 def _medication_statement(rid: str, med: Med, subject: dict, enc: dict, med_id: str | None) -> dict[str, Any]:
     route = _ROUTE.get(med.route)
     dosage: dict[str, Any] = {
@@ -182,12 +309,31 @@ def _medication_statement(rid: str, med: Med, subject: dict, enc: dict, med_id: 
             }
         ],
     }
+    if med.as_needed:
+        dosage["asNeededBoolean"] = True
     if route:
         dosage["route"] = {"coding": [_coding(fc.EDQM, route[0], route[1])]}
+    timing: dict[str, Any] = {}
     if med.schedule:
         when = [w for w, n in zip(_WHEN, med.schedule, strict=True) if n]
         if when:
-            dosage["timing"] = {"repeat": {"when": when}}
+            timing["repeat"] = {"when": when}
+    if med.frequency:
+        timing["code"] = {"text": med.frequency}
+    if timing:
+        dosage["timing"] = timing
+    ext: list[dict[str, Any]] = []
+    if med.regimen:
+        ext.append({"url": fc.EXT_REGIMEN, "valueString": med.regimen})
+    if med.cycle is not None:
+        ext.append({"url": fc.EXT_CYCLE, "valuePositiveInt": med.cycle})
+    if med.day is not None:
+        ext.append({"url": fc.EXT_DAY, "valuePositiveInt": med.day})
+    if med.intent:
+        ext.append({"url": fc.EXT_INTENT, "valueCode": med.intent})
+    period = {"start": _d(med.start)}
+    if med.end is not None:
+        period["end"] = _d(med.end)
     res: dict[str, Any] = {
         "resourceType": "MedicationStatement",
         "id": rid,
@@ -200,14 +346,20 @@ def _medication_statement(rid: str, med: Med, subject: dict, enc: dict, med_id: 
         },
         "subject": subject,
         "context": enc,
-        "effectivePeriod": {"start": _d(med.start)},
+        "effectivePeriod": period,
         "dosage": [dosage],
     }
+    if ext:
+        res["extension"] = ext
     if med_id:
         res["medicationReference"] = _ref("Medication", med_id)
     else:
         res["medicationCodeableConcept"] = {"coding": [_coding(fc.ATC, med.atc, med.name)]}
     return res
+
+
+def _quantity(value: float, unit: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": fc.UCUM, "code": _UCUM.get(unit, unit)}
 
 
 def _lab(rid: str, lab: Lab, subject: dict, enc: dict) -> dict[str, Any]:
@@ -233,12 +385,61 @@ def _lab(rid: str, lab: Lab, subject: dict, enc: dict) -> dict[str, Any]:
     return res
 
 
+def _vital(rid: str, v: Vital, subject: dict, enc: dict) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "meta": _meta("Observation.vital"),
+        "status": "final",
+        "category": [{"coding": [_coding(fc.OBSERVATION_CATEGORY, fc.VITAL_CATEGORY_CODE, "Vital Signs")]}],
+        "code": {"coding": [_coding(fc.LOINC, v.loinc, v.name)], "text": v.name},
+        "subject": subject,
+        "encounter": enc,
+        "effectiveDateTime": _d(v.when),
+        "valueQuantity": _quantity(v.value, v.unit),
+    }
+
+
+def _smoking(p: Person, st: Stay, subject: dict, enc: dict) -> dict[str, Any]:
+    assert p.smoking is not None
+    snomed, display = _SMOKING[p.smoking]
+    res: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": f"smoking-{p.key}",
+        "meta": _meta("Observation.smoking"),
+        "status": "final",
+        "category": [{"coding": [_coding(fc.OBSERVATION_CATEGORY, "social-history")]}],
+        "code": {"coding": [_coding(fc.LOINC, "72166-2", "Tobacco smoking status")]},
+        "subject": subject,
+        "encounter": enc,
+        "effectiveDateTime": _d(st.start),
+        "valueCodeableConcept": {
+            "coding": [_coding(fc.SNOMED, snomed, display), _coding(fc.SMOKING_CS, p.smoking)]
+        },
+    }
+    if p.pack_years is not None:
+        res["component"] = [
+            {
+                "code": {"coding": [_coding(fc.LOINC, "8664-5", "Cigarettes smoked total (pack per year)")]},
+                "valueQuantity": {
+                    "value": p.pack_years,
+                    "unit": "pack-years",
+                    "system": fc.UCUM,
+                    "code": "{PackYears}",
+                },
+            }
+        ]
+    return res
+
+
 def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterator[dict[str, Any]]:
+    """One tumour's observations, each pointing to its primary-tumour Condition (`focus`)."""
     focus = [_ref("Condition", cond_id)]
     when = _d(t.when)
+    kind_ext = [{"url": fc.EXT_STAGING_KIND, "valueCode": t.kind}]
 
-    def obs(kind: str, rid: str, code: dict, value: dict, **kw: Any) -> dict[str, Any]:
-        return {
+    def obs(kind: str, rid: str, code: dict, value: dict | None, **kw: Any) -> dict[str, Any]:
+        res = {
             "resourceType": "Observation",
             "id": rid,
             "meta": _meta(kind),
@@ -248,11 +449,14 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
             "encounter": enc,
             "focus": focus,
             "effectiveDateTime": when,
-            "valueCodeableConcept": value,
             **kw,
         }
+        if value is not None:
+            res["valueCodeableConcept"] = value
+        return res
 
-    base = f"{st.key}"
+    base = f"{st.key}-{t.key}"
+    tnm_method = {"coding": [_coding(fc.TNM_VERSION, "8", "8. Auflage")]}
     yield obs(
         "Observation.histology",
         f"histo-{base}",
@@ -267,13 +471,30 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
         {"coding": [_coding(fc.LOINC, "33732-9", "Histology grade [Identifier] in Cancer specimen")]},
         {"coding": [_coding(fc.GRADING, grade)]},
     )
-    if t.t is None or t.n is None or t.m is None or t.uicc is None:
-        return  # haematological entities: no TNM
-    prefix = {"coding": [_coding(fc.UICC, t.prefix, t.prefix)]}
     members = []
+    prefixes = {"t": t.prefix, "n": t.n_prefix or t.prefix, "m": t.m_prefix or t.prefix}
     for axis, value, snomed in (("t", t.t, "399504009"), ("n", t.n, "399534004"), ("m", t.m, "399387003")):
+        if value is None:
+            continue
         rid = f"tnm{axis}-{base}"
         members.append(_ref("Observation", rid))
+        node_members = []
+        if axis == "n" and t.nodes:
+            positive, examined = (int(x) for x in t.nodes.split("/"))
+            for role, count in (("positive", positive), ("examined", examined)):
+                loinc, display = _LYMPH_NODES[role]
+                nid = f"ln{role[0]}-{base}"
+                node_members.append(_ref("Observation", nid))
+                yield obs(
+                    f"Observation.nodes_{role}",
+                    nid,
+                    {"coding": [_coding(fc.LOINC, loinc, display)]},
+                    None,
+                    category=[{"coding": [_coding(fc.OBSERVATION_CATEGORY, "laboratory")]}],
+                    valueQuantity={"value": count, "unit": "1", "system": fc.UCUM, "code": "1"},
+                    extension=kind_ext,
+                )
+        prefix = prefixes[axis]
         yield obs(
             f"Observation.tnm_{axis}",
             rid,
@@ -282,50 +503,232 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
                 "extension": [
                     {
                         "url": f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix",
-                        "valueCodeableConcept": prefix,
+                        "valueCodeableConcept": {"coding": [_coding(fc.UICC, prefix, prefix)]},
                     }
                 ],
             },
             {"coding": [_coding(fc.UICC, value)]},
-            method={"coding": [_coding(fc.TNM_VERSION, "8", "8. Auflage")]},
+            method=tnm_method,
+            extension=kind_ext,
+            **({"hasMember": node_members} if node_members else {}),
         )
-    yield obs(
-        "Observation.tnm",
-        f"tnm-{base}",
-        {
-            "coding": [
-                _coding(fc.SNOMED, "399588009" if t.prefix != "c" else "399537006", "TNM stage grouping")
-            ]
-        },
-        {"coding": [_coding(fc.UICC, t.uicc, f"Stadium {t.uicc}")]},
-        hasMember=members,
-        method={"coding": [_coding(fc.TNM_VERSION, "8", "8. Auflage")]},
+    for axis, value, snomed, display in (
+        ("l", t.l, "395715009", "Status of lymphatic (small vessel) invasion by tumor"),
+        ("v", t.v, "371493002", "Status of vascular invasion by tumor"),
+        ("pn", t.pn, "371513001", "Status of perineural invasion by tumor"),
+    ):
+        if value is None:
+            continue
+        rid = f"tnm{axis}-{base}"
+        members.append(_ref("Observation", rid))
+        yield obs(
+            f"Observation.tnm_{axis}",
+            rid,
+            {"coding": [_coding(fc.SNOMED, snomed, display)]},
+            {"coding": [_coding(fc.UICC, value)]},
+            method=tnm_method,
+            extension=kind_ext,
+        )
+    if t.r is not None:
+        yield obs(
+            "Observation.residual",
+            f"residual-{base}",
+            {
+                "coding": [
+                    _coding(fc.LOINC, "84892-9", "Residual tumor classification [Type] in Cancer specimen")
+                ]
+            },
+            {"coding": [_coding(fc.RESIDUAL, t.r)]},
+            extension=kind_ext,
+        )
+    if t.uicc is not None:
+        yield obs(
+            "Observation.tnm",
+            f"tnm-{base}",
+            {
+                "coding": [
+                    _coding(fc.SNOMED, "399588009" if t.prefix != "c" else "399537006", "TNM stage grouping")
+                ]
+            },
+            {"coding": [_coding(fc.UICC, t.uicc, f"Stadium {t.uicc}")]},
+            method=tnm_method,
+            extension=kind_ext,
+            **({"hasMember": members} if members else {}),
+        )
+    for i, (system, value) in enumerate(t.stages):
+        name = system if system in fc.STAGE_SYSTEMS else "other"
+        yield obs(
+            "Observation.other_stage",
+            f"stage-{base}-{i}",
+            {
+                "coding": [_coding(f"{fc.CLINSYNTH_CS}/staging-system", name)],
+                "text": f"{system}-Klassifikation",
+            },
+            {"coding": [_coding(fc.STAGE_SYSTEMS[name], value)], "text": value},
+            extension=kind_ext,
+        )
+    for i, mk in enumerate(t.markers):
+        yield _marker(obs, f"marker-{base}-{i}", mk)
+    if t.ecog is not None:
+        yield obs(
+            "Observation.ecog",
+            f"ecog-{base}",
+            {
+                "coding": [
+                    _coding(fc.SNOMED, "423740007", "ECOG performance status"),
+                    _coding(fc.LOINC, "89262-0", "Physical performance [ECOG]"),
+                ]
+            },
+            {"coding": [_coding(fc.ECOG, str(t.ecog))]},
+        )
+    if t.status is not None:
+        codings = [_coding(fc.TUMOR_STATUS, t.status)]
+        if t.status in _MII_STATUS:
+            codings.append(_coding(fc.MII_STATUS, *_MII_STATUS[t.status]))
+        yield obs(
+            "Observation.status",
+            f"status-{base}",
+            {"coding": [_coding(fc.SNOMED, "396432002", "Status of regression of tumor")]},
+            {"coding": codings},
+        )
+    for i, site in enumerate(t.metastasis_sites):
+        # ICD-10 metastasis codes (C77-C79) or ICD-O-3 topographies (C22.0)
+        system = fc.ICD10GM if site[:3] in ("C77", "C78", "C79") else fc.ICDO3
+        codings = [_coding(system, site)]
+        mii = _MII_SITE.get(site) or _MII_SITE.get(site[:3])
+        if mii:
+            codings.append(_coding(fc.MII_METASTASIS, *mii))
+        yield obs(
+            "Observation.metastasis",
+            f"meta-{base}-{i}",
+            {"coding": [_coding(fc.SNOMED, "385421009", "Site of distant metastasis")]},
+            {"coding": codings},
+        )
+
+
+def _marker(obs: Any, rid: str, mk: Marker) -> dict[str, Any]:
+    """A receptor / mutation status: the result as the value, a stated number as a component."""
+    code = (
+        {"coding": [_coding(fc.LOINC, mk.loinc, mk.name)], "text": mk.name}
+        if mk.loinc
+        else {"coding": [_coding(fc.MARKER_CS, mk.name)], "text": mk.name}
+    )
+    value: dict[str, Any] = {"coding": [_coding(fc.MARKER_RESULT, mk.result)]}
+    if mk.text:
+        value["text"] = mk.text
+    kw: dict[str, Any] = {}
+    if mk.value is not None:
+        kw["component"] = [{"code": code, "valueQuantity": _quantity(mk.value, mk.unit or "1")}]
+    kind = _MARKER_PROFILE.get(mk.loinc or "", "Observation.lab")
+    return obs(
+        kind, rid, code, value, category=[{"coding": [_coding(fc.OBSERVATION_CATEGORY, "laboratory")]}], **kw
     )
 
 
+_ASSERTION = {"confirmed": "present", "provisional": "suspected", "refuted": "negated"}
+
+
+def _g(x: float | int | None) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
 def truth(p: Person) -> dict[str, Any]:
-    """What ingest must recover for this patient: codes per category (the round-trip oracle)."""
+    """What ingest must recover for this patient (the round-trip oracle).
+
+    `facts`: codes per category. `fields`: per v2 field a sorted list of "key:value" strings
+    that tie each value to its fact, so a test can name the field that did not survive.
+    """
     cats: dict[str, list[str]] = {k: [] for k in CATEGORIES if k != "observation"}
+    fields: dict[str, list[str]] = {}
+
+    def put(name: str, value: str) -> None:
+        fields.setdefault(name, []).append(value)
+
+    tumor_cond = _tumor_conditions(p)
+    cond_icd = {f"cond-{st.key}-{i}": dx.icd for st in p.stays for i, dx in enumerate(st.diagnoses)}
     for st in p.stays:
         cats["diagnosis"] += [d.icd for d in st.diagnoses]
+        main_key = st.tumor.key if st.tumor is not None else None
+        for d in st.diagnoses:
+            put("diagnosis.assertion", f"{d.icd}:{_ASSERTION[d.verification]}")
+            key = d.tumor_key or (main_key if d.primary_tumor else None)
+            if key is not None:
+                put("diagnosis.tumor", f"{d.icd}->{cond_icd[tumor_cond[(st.key, key)]]}")
+            elif d.primary_tumor:  # a primary tumour without staging in this stay: its own group
+                put("diagnosis.tumor", f"{d.icd}->{d.icd}")
         cats["procedure"] += [x.ops for x in st.procedures]
-        cats["medication"] += [m.atc for m in st.medications]
+        for m in st.medications:
+            cats["medication"].append(m.atc)
+            put(
+                "medication.v2",
+                f"{m.atc}:{'as_needed' if m.as_needed else '-'}:{m.frequency or '-'}:{m.regimen or '-'}:"
+                f"{_g(m.cycle)}:{_g(m.day)}:{m.intent or '-'}:{_d(m.start)}:{_d(m.end) if m.end else '-'}",
+            )
         cats["lab"] += [x.loinc for x in st.labs]
-        if st.tumor:
-            t = st.tumor
-            if t.t is not None:
-                # the generator stages T, N, M and UICC together
-                assert t.n is not None and t.m is not None and t.uicc is not None
-                cats["tnm_t"].append(t.t)
-                cats["tnm_n"].append(t.n)
-                cats["tnm_m"].append(t.m)
-                cats["uicc_stage"].append(t.uicc)
-            cats["grading"].append(_GRADING.get(t.grading, t.grading.removeprefix("G")))
-            cats["histology"].append(t.morphology)
+        for r in st.radiotherapy:
+            code = r.ops or "33195004"
+            cats["radiotherapy"].append(code)
+            put(
+                "radiotherapy",
+                f"{code}:{r.target}:{_g(r.total_gy)}:{_g(r.fraction_gy)}:{r.fractions}:{_d(r.start)}:"
+                f"{_d(r.end)}:{r.intent or '-'}",
+            )
+        for v in st.vitals:
+            cats["vital"].append(v.loinc)
+            put("vital", f"{v.loinc}:{_g(v.value)}:{_UCUM.get(v.unit, v.unit)}:{_d(v.when)}")
+        for t in _tumors(st):
+            primary_icd = cond_icd[tumor_cond[(st.key, t.key)]]
+            group: list[str] = []
+
+            def fact(
+                cat: str, code: str, staged: bool = False, t: Tumor = t, group: list[str] = group
+            ) -> None:
+                cats[cat].append(code)
+                group.append(f"{cat}={code}")
+                if staged:
+                    put("staging", f"{cat}={code}:{t.kind}:{_d(t.when)}")
+
+            fact("histology", t.morphology)
+            fact("grading", _GRADING.get(t.grading, t.grading.removeprefix("G")))
+            prefixes = {"t": t.prefix, "n": t.n_prefix or t.prefix, "m": t.m_prefix or t.prefix}
+            for axis, value in (("t", t.t), ("n", t.n), ("m", t.m)):
+                if value is not None:
+                    fact(f"tnm_{axis}", value, True)
+                    put("tnm.prefix", f"{value}:{prefixes[axis]}")
+            for cat, value in (("tnm_l", t.l), ("tnm_v", t.v), ("tnm_pn", t.pn), ("tnm_r", t.r)):
+                if value is not None:
+                    fact(cat, value, True)
+            if t.nodes:
+                for role, count in zip(("positive", "examined"), t.nodes.split("/"), strict=True):
+                    fact("lymph_nodes", _LYMPH_NODES[role][0], True)
+                    put("lymph_nodes", f"{role}:{int(count)}")
+            if t.uicc is not None:
+                fact("uicc_stage", t.uicc, True)
+            for system, value in t.stages:
+                fact("stage_other", value, True)
+                put("stage_other.system", f"{system if system in fc.STAGE_SYSTEMS else 'other'}:{value}")
+            for mk in t.markers:
+                fact("marker_status", mk.loinc or mk.name)
+                unit = _UCUM.get(mk.unit or "1", mk.unit or "1") if mk.value is not None else "-"
+                put(
+                    "marker_status",
+                    f"{mk.loinc or mk.name}:{mk.result}:{_g(mk.value)}:{unit}:{mk.text or '-'}",
+                )
+            if t.ecog is not None:
+                fact("ecog", str(t.ecog))
+            if t.status is not None:
+                fact("tumor_status", t.status)
+            for site in t.metastasis_sites:
+                fact("metastasis", site)
+            put("tumor.facts", f"enc-{st.key}|{primary_icd}|" + ",".join(sorted(group)))
+    if p.smoking is not None:
+        cats["smoking"].append(_SMOKING[p.smoking][0])
+        put("smoking", f"{p.smoking}:{_g(p.pack_years)}")
     return {
         "patient_id": f"pat-{p.key}",
         "encounters": len(p.stays),
         "sex": p.sex,
         "birth_date": _d(p.birth),
         "facts": {k: sorted(v) for k, v in cats.items()},
+        "fields": {k: sorted(v) for k, v in sorted(fields.items())},
     }

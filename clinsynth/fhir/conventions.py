@@ -28,6 +28,47 @@ PROFILE = {
     "Observation.tnm_t": f"{ONKO}/mii-pr-onko-tnm-t-kategorie",
     "Observation.tnm_n": f"{ONKO}/mii-pr-onko-tnm-n-kategorie",
     "Observation.tnm_m": f"{ONKO}/mii-pr-onko-tnm-m-kategorie",
+    "Observation.tnm_l": f"{ONKO}/mii-pr-onko-tnm-l-kategorie",
+    "Observation.tnm_v": f"{ONKO}/mii-pr-onko-tnm-v-kategorie",
+    "Observation.tnm_pn": f"{ONKO}/mii-pr-onko-tnm-pn-kategorie",
+    "Observation.residual": f"{ONKO}/mii-pr-onko-residualstatus",
+    "Observation.nodes_positive": f"{ONKO}/mii-pr-onko-anzahl-befallene-lymphknoten",
+    "Observation.nodes_examined": f"{ONKO}/mii-pr-onko-anzahl-untersuchte-lymphknoten",
+    "Observation.other_stage": f"{ONKO}/mii-pr-onko-weitere-klassifikationen",
+    "Observation.ecog": f"{ONKO}/mii-pr-onko-allgemeiner-leistungszustand-ecog",
+    "Observation.status": f"{ONKO}/mii-pr-onko-verlauf",
+    "Observation.metastasis": f"{ONKO}/mii-pr-onko-fernmetastasen",
+    "Observation.er": f"{ONKO}/mii-pr-onko-mamma-rezeptorstatus-estrogen",
+    "Observation.pr": f"{ONKO}/mii-pr-onko-mamma-rezeptorstatus-progesteron",
+    "Observation.her2": f"{ONKO}/mii-pr-onko-mamma-her2neu-status",
+    "Observation.variant": f"{ONKO}/mii-pr-onko-genetische-variante",
+    # HL7 vital signs (the MII has no profile of its own for these)
+    "Observation.vital": "http://hl7.org/fhir/StructureDefinition/vitalsigns",
+    "Observation.smoking": "http://hl7.org/fhir/StructureDefinition/Observation",
+}
+
+#: the oncology profile suffixes (after mii-pr-onko-) ingest reads, and the fact category of each
+ONKO_CATEGORIES = {
+    "tnm-t-kategorie": "tnm_t",
+    "tnm-n-kategorie": "tnm_n",
+    "tnm-m-kategorie": "tnm_m",
+    "tnm-l-kategorie": "tnm_l",
+    "tnm-v-kategorie": "tnm_v",
+    "tnm-pn-kategorie": "tnm_pn",
+    "residualstatus": "tnm_r",
+    "anzahl-befallene-lymphknoten": "lymph_nodes",
+    "anzahl-untersuchte-lymphknoten": "lymph_nodes",
+    "tnm-klassifikation": "uicc_stage",
+    "weitere-klassifikationen": "stage_other",
+    "grading": "grading",
+    "histologie-icdo3": "histology",
+    "allgemeiner-leistungszustand-ecog": "ecog",
+    "verlauf": "tumor_status",
+    "fernmetastasen": "metastasis",
+    "mamma-rezeptorstatus-estrogen": "marker_status",
+    "mamma-rezeptorstatus-progesteron": "marker_status",
+    "mamma-her2neu-status": "marker_status",
+    "genetische-variante": "marker_status",
 }
 
 # code systems
@@ -56,12 +97,60 @@ KONTAKTART = "http://fhir.de/CodeSystem/kontaktart-de"
 EDQM = "http://standardterms.edqm.eu"
 MED_STATEMENT_CATEGORY = "http://terminology.hl7.org/CodeSystem/medication-statement-category"
 PATIENT_ID_SYSTEM = "https://clinsynth.invalid/sid/patient"  # .invalid: never a real namespace
+RESIDUAL = f"{ONKO_CS}/mii-cs-onko-residualstatus"
+ECOG = f"{ONKO_CS}/mii-cs-onko-allgemeiner-leistungszustand-ecog"
+MII_STATUS = f"{ONKO_CS}/mii-cs-onko-verlauf-gesamtbeurteilung"
+MII_METASTASIS = f"{ONKO_CS}/mii-cs-onko-fernmetastasen"
+MII_INTENTION = f"{ONKO_CS}/mii-cs-onko-intention"
+VITAL_CATEGORY_CODE = "vital-signs"
+CONDITION_RELATED = "http://hl7.org/fhir/StructureDefinition/condition-related"
+
+# The project's own namespace: what the MII profiles have no element or code system for.
+# `.invalid` never resolves, so these can never collide with a real terminology.
+CLINSYNTH = "https://clinsynth.invalid/fhir"
+CLINSYNTH_EXT = f"{CLINSYNTH}/StructureDefinition"
+CLINSYNTH_CS = f"{CLINSYNTH}/CodeSystem"
+#: extensions (valueCode / valueString / valuePositiveInt / valueBoolean)
+EXT_STAGING_KIND = f"{CLINSYNTH_EXT}/staging-kind"  # Observation: initial | current
+EXT_REGIMEN = f"{CLINSYNTH_EXT}/regimen"  # MedicationStatement: regimen name (valueString)
+EXT_CYCLE = f"{CLINSYNTH_EXT}/cycle"  # MedicationStatement: cycle number (valuePositiveInt)
+EXT_DAY = f"{CLINSYNTH_EXT}/cycle-day"  # MedicationStatement: day within the cycle (valuePositiveInt)
+EXT_INTENT = f"{CLINSYNTH_EXT}/intent"  # MedicationStatement, Procedure: curative | palliative | ...
+EXT_FRACTIONS = f"{CLINSYNTH_EXT}/fractions"  # radiotherapy Procedure: number of fractions
+EXT_STAY_KIND = f"{CLINSYNTH_EXT}/stay-kind"  # Encounter: diagnostic | surgery | therapy | ...
+#: code systems
+MARKER_CS = f"{CLINSYNTH_CS}/marker"  # a marker without LOINC: code = its name ("Ki-67")
+MARKER_RESULT = f"{CLINSYNTH_CS}/marker-result"  # positive | negative | equivocal | mutated | ...
+TUMOR_STATUS = f"{CLINSYNTH_CS}/tumor-status"  # new | complete_remission | ... | mixed
+SMOKING_CS = f"{CLINSYNTH_CS}/smoking"  # never | former | current, beside SNOMED
+#: one code system per entity-specific staging system: value code = the stage as written
+STAGE_SYSTEMS = {
+    name: f"{CLINSYNTH_CS}/stage-{name.lower().replace(' ', '-')}"
+    for name in (
+        "Ann Arbor",
+        "ISS",
+        "R-ISS",
+        "Binet",
+        "Rai",
+        "FIGO",
+        "Gleason",
+        "ISUP",
+        "ELN",
+        "Durie-Salmon",
+        "other",
+    )
+}
+MII_RADIOTHERAPY_TOTAL = f"{ONKO}/mii-ex-onko-strahlentherapie-bestrahlung-gesamtdosis"
+MII_RADIOTHERAPY_FRACTION = f"{ONKO}/mii-ex-onko-strahlentherapie-bestrahlung-einzeldosis"
+MII_RADIOTHERAPY_INTENTION = f"{ONKO}/mii-ex-onko-strahlentherapie-intention"
+MII_SYSTEMIC_INTENTION = f"{ONKO}/mii-ex-onko-systemische-therapie-intention"
 
 #: systems whose codes ingest turns into facts; one of them must code the element
 DIAGNOSIS_SYSTEMS = (ICD10GM, ICD10_WHO)
 PROCEDURE_SYSTEMS = (OPS, SNOMED)
 MEDICATION_SYSTEMS = (ATC, "http://fhir.de/CodeSystem/ifa/pzn", SNOMED, "http://fhir.de/CodeSystem/ask")
 LAB_SYSTEMS = (LOINC, SNOMED)
+STAGE_SYSTEM_OF = {url: name for name, url in STAGE_SYSTEMS.items()}
 ICDO3_SYSTEMS = (ICDO3, ICDO3_OID)
 
 #: exact code system URLs accepted in codings, besides the prefixes below
@@ -122,6 +211,7 @@ KNOWN_SYSTEM_PREFIXES = (
     "http://ihe-d.de/CodeSystems/",
     "https://www.uicc.org/",
     "http://dicom.nema.org/",
+    f"{CLINSYNTH}/",
 )
 
 

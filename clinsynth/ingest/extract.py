@@ -247,6 +247,7 @@ def _encounter(res: dict[str, Any]) -> Extracted:
         "clinicalStatus.coding.code": ("active", "recurrence", "inactive", "resolved", "remission"),
         "meta.profile": (fc.PROFILE["Condition"], fc.PROFILE["Condition.primary_tumor"]),
         "bodySite.coding.system": (*fc.ICDO3_SYSTEMS, fc.LATERALITY, fc.SNOMED),
+        "extension.url": (fc.CONDITION_RELATED, f"{fc.ONKO}/other"),
     },
 )
 def _condition(res: dict[str, Any]) -> Extracted:
@@ -266,6 +267,13 @@ def _condition(res: dict[str, Any]) -> Extracted:
             extra["laterality"] = lat["code"]
     if any(p.endswith("mii-pr-onko-diagnose-primaertumor") for p in profiles):
         extra["primary_tumor"] = True
+        if isinstance(res.get("id"), str):
+            extra["tumor"] = res["id"]  # a primary tumour is its own group
+    for e in res.get("extension") or []:
+        if e.get("url") == fc.CONDITION_RELATED:
+            related = ref_id(e.get("valueReference"), "Condition")
+            if related and not related.startswith("!"):
+                extra["tumor"] = related  # a metastasis (or other finding) of this primary tumour
     clinical = clin.get("code") if clin else None
     assertion = _ASSERTION.get(ver.get("code"), "present") if ver else "present"
     if clinical in ("inactive", "resolved", "remission") and assertion == "present":
@@ -294,31 +302,73 @@ def _condition(res: dict[str, Any]) -> Extracted:
     return ex
 
 
+#: profiles of a radiotherapy course and of its single irradiations (both become `radiotherapy` facts)
+_RADIOTHERAPY_PROFILES = (
+    fc.PROFILE["Procedure.radiotherapy"],
+    f"{fc.ONKO}/mii-pr-onko-strahlentherapie-bestrahlung-strahlentherapie",
+    f"{fc.ONKO}/mii-pr-onko-strahlentherapie-bestrahlung-nuklearmedizin",
+)
+
+
 @_extractor(
     "Procedure",
     steers={
         "code.coding.system": (*fc.PROCEDURE_SYSTEMS, fc.ICD10GM),
         "bodySite.coding.system": (fc.LATERALITY, fc.SNOMED),
-        "extension.url": (f"{fc.ONKO}/mii-ex-onko-systemische-therapie-intention", f"{fc.ONKO}/other"),
+        "extension.url": (
+            fc.MII_SYSTEMIC_INTENTION,
+            fc.MII_RADIOTHERAPY_INTENTION,
+            fc.MII_RADIOTHERAPY_TOTAL,
+            fc.MII_RADIOTHERAPY_FRACTION,
+            fc.EXT_FRACTIONS,
+            fc.EXT_INTENT,
+            f"{fc.ONKO}/other",
+        ),
+        "meta.profile": (fc.PROFILE["Procedure"], *_RADIOTHERAPY_PROFILES),
     },
 )
 def _procedure(res: dict[str, Any]) -> Extracted:
     code = res.get("code") or {}
     c = _first_coding(code, fc.PROCEDURE_SYSTEMS) or _any_coding(code)
     start, end = _period(res, "performed")
+    profiles = _strs((res.get("meta") or {}).get("profile"))
+    category = "radiotherapy" if any(p in _RADIOTHERAPY_PROFILES for p in profiles) else "procedure"
     extra: dict[str, Any] = {}
+    value_num = unit = None
     for site in res.get("bodySite") or []:
         lat = _first_coding(site, (fc.LATERALITY,))
         if lat:
             extra["laterality"] = lat["code"]
+        if category == "radiotherapy":
+            target = site.get("text") or (_any_coding(site) or {}).get("display")
+            if target:
+                extra["target"] = target
     for e in res.get("extension") or []:
-        if e.get("url", "").endswith("intention"):
+        url = e.get("url", "")
+        if url.endswith("intention"):
             intent = _any_coding(e.get("valueCodeableConcept"))
             if intent:
                 extra["intention"] = intent.get("code")
+        elif url == fc.EXT_INTENT:
+            extra["intent"] = e.get("valueCode")
+        elif url == fc.EXT_FRACTIONS:
+            extra["fractions"] = e.get("valuePositiveInt")
+        elif url in (fc.MII_RADIOTHERAPY_TOTAL, fc.MII_RADIOTHERAPY_FRACTION):
+            q = e.get("valueQuantity") or {}
+            extra["total_gy" if url == fc.MII_RADIOTHERAPY_TOTAL else "fraction_gy"] = q.get("value")
+    if category == "radiotherapy":
+        value_num, unit = extra.get("total_gy"), "Gy" if extra.get("total_gy") is not None else None
+        if end:
+            extra["end_date"] = end
+        reasons = res.get("reasonReference") or []
+        tumor = ref_id(reasons[0], "Condition") if reasons else None
+        if tumor and not tumor.startswith("!"):
+            extra["tumor"] = tumor
     row = _fact(
         res,
-        "procedure",
+        category,
+        value_num=value_num,
+        unit=unit,
         system=c.get("system") if c else None,
         code=c.get("code") if c else None,
         display=c.get("display") if c else None,
@@ -392,9 +442,23 @@ def _dosage(d: dict[str, Any]) -> dict[str, Any]:
         out["schedule"] = sched
     if repeat.get("frequency") is not None:
         out["frequency"] = f"{repeat['frequency']}/{repeat.get('period', 1)}{repeat.get('periodUnit', 'd')}"
+    timing_text = ((d.get("timing") or {}).get("code") or {}).get("text")
+    if timing_text:
+        out["frequency"] = timing_text  # as written ("über 46 h", "alle 3 Wochen")
+    if d.get("asNeededBoolean") is True or d.get("asNeededCodeableConcept"):
+        out["as_needed"] = True
     if d.get("text"):
         out["dosage_text"] = d["text"]
     return out
+
+
+#: the project's medication extensions -> the `extra` key each fills
+_MED_EXTENSIONS = {
+    fc.EXT_REGIMEN: "regimen",
+    fc.EXT_CYCLE: "cycle",
+    fc.EXT_DAY: "day",
+    fc.EXT_INTENT: "intent",
+}
 
 
 @_extractor(
@@ -417,6 +481,7 @@ def _dosage(d: dict[str, Any]) -> dict[str, Any]:
                 ("periodUnit", ("d", "h", "wk")),
             )
         },
+        "extension.url": (fc.EXT_REGIMEN, fc.EXT_CYCLE, fc.EXT_DAY, fc.EXT_INTENT, f"{fc.ONKO}/other"),
     },
 )
 def _medication_use(res: dict[str, Any]) -> Extracted:
@@ -445,6 +510,12 @@ def _medication_use(res: dict[str, Any]) -> Extracted:
     profiles = _strs((res.get("meta") or {}).get("profile"))
     if any("systemische-therapie" in p for p in profiles):
         extra["therapy"] = "systemic"
+    for e in res.get("extension") or []:
+        key = _MED_EXTENSIONS.get(e.get("url"))
+        if key:
+            extra[key] = next(
+                (e[k] for k in ("valueString", "valuePositiveInt", "valueCode") if k in e), None
+            )
     row = _fact(
         res,
         "medication",
@@ -474,43 +545,76 @@ def _medication_use(res: dict[str, Any]) -> Extracted:
     return ex
 
 
-_TNM_PROFILES = {
-    "tnm-t-kategorie": "tnm_t",
-    "tnm-n-kategorie": "tnm_n",
-    "tnm-m-kategorie": "tnm_m",
-    "tnm-klassifikation": "uicc_stage",
-    "grading": "grading",
-    "histologie-icdo3": "histology",
+#: categories whose value is the fact's code (T3c, 8140/3, G2, R0, IIB, the ECOG grade, a site ...)
+_VALUE_IS_CODE = frozenset(
+    {
+        "tnm_t",
+        "tnm_n",
+        "tnm_m",
+        "tnm_l",
+        "tnm_v",
+        "tnm_pn",
+        "tnm_r",
+        "uicc_stage",
+        "grading",
+        "histology",
+        "stage_other",
+        "ecog",
+        "tumor_status",
+        "metastasis",
+    }
+)
+#: per category: the value systems preferred when a value has several codings
+_VALUE_SYSTEMS: dict[str, tuple[str, ...]] = {
+    "tumor_status": (fc.TUMOR_STATUS,),
+    "metastasis": (fc.ICD10GM, *fc.ICDO3_SYSTEMS, fc.MII_METASTASIS),
+    "stage_other": tuple(fc.STAGE_SYSTEMS.values()),
 }
+_ONKO_PROFILES = tuple(f"{fc.ONKO}/mii-pr-onko-{suffix}" for suffix in fc.ONKO_CATEGORIES)
 
 
 @_extractor(
     "Observation",
     steers={
-        "meta.profile": (
-            fc.PROFILE["Observation.lab"],
-            *(f"{fc.ONKO}/mii-pr-onko-{suffix}" for suffix in _TNM_PROFILES),
-        ),
-        "category.coding.code": ("laboratory", "vital-signs", "exam"),
-        "code.coding.system": (*fc.LAB_SYSTEMS, fc.UICC),
+        "meta.profile": (fc.PROFILE["Observation.lab"], fc.PROFILE["Observation.vital"], *_ONKO_PROFILES),
+        "category.coding.code": ("laboratory", "vital-signs", "exam", "social-history"),
+        "code.coding.system": (*fc.LAB_SYSTEMS, fc.UICC, fc.MARKER_CS),
         "code.extension.url": (f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix", f"{fc.ONKO}/other"),
-        "valueCodeableConcept.coding.system": (fc.UICC, fc.GRADING, *fc.ICDO3_SYSTEMS, fc.SNOMED),
+        "valueCodeableConcept.coding.system": (
+            fc.UICC,
+            fc.GRADING,
+            *fc.ICDO3_SYSTEMS,
+            fc.SNOMED,
+            fc.MARKER_RESULT,
+            fc.SMOKING_CS,
+            fc.TUMOR_STATUS,
+            fc.ICD10GM,
+            fc.MII_METASTASIS,
+            *fc.STAGE_SYSTEMS.values(),
+        ),
         "bodySite.coding.system": (*fc.ICDO3_SYSTEMS, fc.SNOMED),
+        "extension.url": (fc.EXT_STAGING_KIND, f"{fc.ONKO}/other"),
     },
 )
 def _observation(res: dict[str, Any]) -> Extracted:
     profiles = _strs((res.get("meta") or {}).get("profile"))
     category = "observation"
     for p in profiles:
-        for suffix, cat in _TNM_PROFILES.items():
-            if p.endswith("mii-pr-onko-" + suffix):
-                category = cat
+        if p.startswith(f"{fc.ONKO}/mii-pr-onko-"):
+            category = fc.ONKO_CATEGORIES.get(p.removeprefix(f"{fc.ONKO}/mii-pr-onko-"), category)
     code = res.get("code") or {}
     cats = [(_any_coding(c) or {}).get("code") for c in res.get("category") or []]
-    if category == "observation" and (
-        "laboratory" in cats or any(p.endswith("ObservationLab") for p in profiles)
-    ):
-        category = "lab"
+    vcc = res.get("valueCodeableConcept")
+    value_systems = {c.get("system") for c in (vcc or {}).get("coding") or []}
+    if category == "observation":
+        if fc.MARKER_RESULT in value_systems:
+            category = "marker_status"
+        elif fc.SMOKING_CS in value_systems:
+            category = "smoking"
+        elif "laboratory" in cats or any(p.endswith("ObservationLab") for p in profiles):
+            category = "lab"
+        elif "vital-signs" in cats:
+            category = "vital"
     c = _first_coding(code, fc.LAB_SYSTEMS) or _any_coding(code)
     date, end = _period(res, "effective")
     extra: dict[str, Any] = {}
@@ -519,16 +623,39 @@ def _observation(res: dict[str, Any]) -> Extracted:
     if vq:
         value_num = vq.get("value")
         unit = vq.get("code") or vq.get("unit")
-    vcc = res.get("valueCodeableConcept")
-    vc = _any_coding(vcc) if vcc else None
-    if category in ("tnm_t", "tnm_n", "tnm_m", "uicc_stage", "grading", "histology") and vc:
-        # the category's value is the code (T3c, 8140/3, G2 ...)
-        c = vc
+    vc = (_first_coding(vcc, _VALUE_SYSTEMS.get(category, ())) or _any_coding(vcc)) if vcc else None
+    if category in _VALUE_IS_CODE and (vc or (vcc and vcc.get("text"))):
+        # the category's value is the code (T3c, 8140/3, G2 ...); a stage may be text only
+        c = vc or {"code": vcc.get("text") if vcc else None}
         for e in code.get("extension") or []:
             if e.get("url", "").endswith("cp-praefix"):
                 extra["prefix"] = (_any_coding(e.get("valueCodeableConcept")) or {}).get("code")
+        if category == "stage_other":
+            extra["system"] = fc.STAGE_SYSTEM_OF.get(c.get("system") or "", "other")
+    elif category == "smoking" and vc:
+        c = _first_coding(vcc, (fc.SNOMED,)) or vc
+        value_str = (_first_coding(vcc, (fc.SMOKING_CS,)) or {}).get("code")
+    elif category == "marker_status" and vcc:
+        result = _first_coding(vcc, (fc.MARKER_RESULT,))
+        if result:
+            extra["result"] = result.get("code")
+        elif vc:
+            value_str = vc.get("code")
+            if vc.get("display"):
+                extra["value_display"] = vc["display"]
+        if vcc.get("text"):
+            extra["text"] = vcc["text"]
     elif vc:
         value_str = vc.get("code")
+    if category in ("marker_status", "smoking") and value_num is None:
+        # a stated number beside the status: ER 90 %, 30 pack-years
+        comp = next((x for x in res.get("component") or [] if x.get("valueQuantity")), None)
+        if comp:
+            q = comp["valueQuantity"]
+            if category == "smoking":
+                extra["pack_years"] = q.get("value")
+            else:
+                value_num, unit = q.get("value"), q.get("code") or q.get("unit")
     if res.get("valueString") is not None:
         value_str = res["valueString"]
     for rr in res.get("referenceRange") or []:
@@ -543,6 +670,17 @@ def _observation(res: dict[str, Any]) -> Extracted:
         extra["topography"] = topo["code"]
     if category == "histology" and vcc and vcc.get("text"):
         extra["histology_text"] = vcc["text"]
+    if category == "lymph_nodes":
+        extra["nodes"] = (
+            "positive" if any(p.endswith("befallene-lymphknoten") for p in profiles) else "examined"
+        )
+    for e in res.get("extension") or []:
+        if e.get("url") == fc.EXT_STAGING_KIND:
+            extra["staging"] = e.get("valueCode")
+    focus = res.get("focus") or []
+    tumor = ref_id(focus[0], "Condition") if focus else None
+    if tumor and not tumor.startswith("!"):
+        extra["tumor"] = tumor
     row = _fact(
         res,
         category,
