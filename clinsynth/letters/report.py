@@ -226,7 +226,10 @@ def sentence_stops(text: str) -> list[int]:
     for m in _STOP.finditer(text):
         i = m.start()
         if text[i] == ".":
-            token = text[text.rfind(" ", 0, i) + 1 : i].lstrip("(").lower()
+            j = i
+            while j > 0 and not text[j - 1].isspace():
+                j -= 1
+            token = text[j:i].lstrip("(").lower()
             if (token.isdigit() and len(token) <= 2) or token.rstrip(".") in _ABBREVIATIONS:
                 continue
         out.append(i)
