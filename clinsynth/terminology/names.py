@@ -1,0 +1,216 @@
+"""Clinical names and the code each one pins down: gold follows the text.
+
+A letter names a fact the way clinicians write it ("Rektumkarzinom", "Hemikolektomie rechts",
+"Pantozol"); gold may carry a code only at the specificity that name (or a written code)
+supports. This module is the one place that decides it, for the sampler (which writes a name
+and derives the gold code from it) and the verifier (which checks that no gold code is more
+specific than its text).
+
+The rules, per slot of the schema:
+
+* **icd10gm, ops, morphology**: the code the name pins down, at the level the name fully
+  expresses — "Harnblasenkarzinom" → C67 (not C67.2), "Bronchialkarzinom links" → C34
+  (laterality is not an ICD axis), "Karzinom des Colon ascendens" → C18.2, "Hemikolektomie
+  rechts" → OPS 5-455.4, "Adenokarzinom" → 8140/3. A ".9 nicht näher bezeichnet" subcode is
+  never implied by a name saying nothing more ("Sepsis" → A41). When the catalogue lacks the
+  pinned level (its OPS table holds 5-455 and 5-455.41 but not 5-455.4), the nearest ancestor
+  the catalogue holds is used, or no code at all — never a more specific one.
+* **topography**: never pinned by a name; only a written code enters gold.
+* **atc, loinc**: letters never write these codes, but the name determines them: an INN or a
+  brand name determines the substance (ATC level 5: "Pantozol" and "Pantoprazol" → A02BC02),
+  an analyte name determines the test the schema's slot asks for ("Hb" → 718-7). Gold keeps
+  them because the name does; they are the schema's slots for drugs and labs.
+* A text that is itself a well-formed code of the catalogue ("C18.2") pins that code.
+
+Names come from `data/clinical_names.csv` (project text, listed in manifest.json) plus, built
+at load time, every ATC substance name of the catalogue and every lab name and ward
+abbreviation of its LOINC table.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+
+from clinsynth.terminology._io import data_text, read_csv
+from clinsynth.terminology.catalog import Catalog, load_catalog
+
+#: the code slots of the schema this module answers for
+SYSTEMS = ("icd10gm", "ops", "morphology", "topography", "atc", "loinc")
+
+#: ward abbreviations of lab names (catalogue German label -> short forms letters write)
+LAB_SHORT: dict[str, tuple[str, ...]] = {
+    "Hämoglobin": ("Hb",),
+    "Leukozyten": ("Leukos", "Leuko"),
+    "Thrombozyten": ("Thrombos", "Thrombo"),
+    "Erythrozyten": ("Erys",),
+    "Hämatokrit": ("Hkt",),
+    "Kreatinin": ("Krea",),
+    "Harnstoff": ("Hst",),
+    "Natrium": ("Na",),
+    "Kalium": ("K",),
+    "Calcium": ("Ca",),
+    "Magnesium": ("Mg",),
+    "ALAT (GPT)": ("GPT", "ALT"),
+    "ASAT (GOT)": ("GOT", "AST"),
+    "Gamma-GT": ("GGT", "γ-GT"),
+    "Alkalische Phosphatase": ("AP",),
+    "Bilirubin gesamt": ("Bili", "Bilirubin"),
+    "Procalcitonin": ("PCT",),
+    "Glucose": ("BZ", "Glukose"),
+    "Gesamteiweiß": ("GE",),
+    "eGFR (CKD-EPI)": ("eGFR", "GFR"),
+    "Neutrophile Granulozyten abs.": ("Neutrophile",),
+}
+
+_LATERALITY_WORDS = ("links", "rechts", "beidseits", "bds", "li", "re", "bds.", "li.", "re.")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """Case- and spacing-insensitive key; "Rektum-CA" and "Rektumkarzinom" meet."""
+    t = _SPACES.sub(" ", text.strip().casefold()).strip(" .,;:")
+    t = re.sub(r"[- ]ca$", "karzinom", t)
+    return t
+
+
+def _strip_side(key: str) -> str:
+    """Laterality at the end is no ICD axis: "mammakarzinom links" -> "mammakarzinom"."""
+    for w in _LATERALITY_WORDS:
+        if key.endswith(" " + w):
+            return key[: -len(w) - 1].rstrip(" ,")
+    return key
+
+
+def _parent(system: str, code: str) -> str | None:
+    """The next coarser level of a code, or None at the top."""
+    if system in ("icd10gm", "topography"):
+        if "." in code:
+            head, tail = code.split(".", 1)
+            return f"{head}.{tail[:-1]}" if len(tail) > 1 else head
+        return None
+    if system == "ops":
+        if "." in code:
+            head, tail = code.split(".", 1)
+            return f"{head}.{tail[:-1]}" if len(tail) > 1 else head
+        return code[:-1] if len(code) > 4 else None  # 5-455 -> 5-45 (level 3), then none
+    if system == "morphology":
+        return code[:4] if "/" in code else None
+    if system == "atc":
+        return {7: code[:5], 5: code[:4], 4: code[:3], 3: code[:1]}.get(len(code))
+    return None  # LOINC has no hierarchy
+
+
+def covers(system: str, general: str, specific: str) -> bool:
+    """Is `general` the code `specific` or one of its ancestors?"""
+    code: str | None = specific
+    while code is not None:
+        if code == general:
+            return True
+        code = _parent(system, code)
+    return False
+
+
+class Lexicon:
+    """Names -> pinned codes and back, for one catalogue."""
+
+    def __init__(self, cat: Catalog, rows: Iterable[tuple[str, str, str]]) -> None:
+        self.cat = cat
+        self._tables = {
+            "icd10gm": cat.icd10gm,
+            "ops": cat.ops,
+            "morphology": cat.icdo3_morphology,
+            "topography": cat.icdo3_topography,
+            "atc": cat.atc,
+            "loinc": cat.loinc,
+        }
+        self._by_name: dict[tuple[str, str], str] = {}
+        self._names: dict[tuple[str, str], list[str]] = {}
+        for system, code, name in rows:
+            self._add(system, code, name)
+
+    def _add(self, system: str, code: str, name: str) -> None:
+        if system not in SYSTEMS:
+            raise ValueError(f"clinical_names: unknown system {system!r} for {name!r}; known: {SYSTEMS}")
+        key = (system, normalize(name))
+        if self._by_name.setdefault(key, code) != code:
+            raise ValueError(
+                f"clinical_names: {name!r} pins both {self._by_name[key]} and {code} in {system}"
+            )
+        self._names.setdefault((system, code), []).append(name)
+
+    def in_catalogue(self, system: str, code: str | None) -> str | None:
+        """The code itself if the catalogue holds it, else its nearest held ancestor, else None."""
+        table = self._tables[system]
+        while code is not None:
+            if table.lookup(code) is not None:
+                return table.lookup(code).code  # type: ignore[union-attr]
+            code = _parent(system, code)
+        return None
+
+    def pinned_code(self, system: str, text: str) -> str | None:
+        if system not in self._tables:
+            raise ValueError(f"unknown code system {system!r}; known: {SYSTEMS}")
+        raw = text.strip()
+        table = self._tables[system]
+        if table.pattern.fullmatch(raw) and table.lookup(raw) is not None:
+            return table.lookup(raw).code  # type: ignore[union-attr]
+        if system == "topography":
+            return None
+        key = normalize(raw)
+        code = self._by_name.get((system, key))
+        if code is None:
+            code = self._by_name.get((system, _strip_side(key)))
+        return self.in_catalogue(system, code) if code else None
+
+    def names_for(self, system: str, code: str) -> list[tuple[str, str]]:
+        """(name, pinned code) for every name whose pinned code is `code` or an ancestor of it,
+        most specific first; names whose pinned level the catalogue lacks carry its nearest
+        held ancestor (the code they put into gold)."""
+        out: list[tuple[str, str]] = []
+        level: str | None = code
+        while level is not None:
+            held = self.in_catalogue(system, level)
+            if held is not None:
+                out += [(n, held) for n in self._names.get((system, level), ())]
+            level = _parent(system, level)
+        return out
+
+    def names_with_codes(self, system: str, code: str) -> list[tuple[str, str | None]]:
+        """Like `names_for`, plus the names whose pinned level (and every ancestor) the catalogue
+        lacks, with None: such a name is written and its gold carries no code."""
+        out: list[tuple[str, str | None]] = []
+        level: str | None = code
+        while level is not None:
+            held = self.in_catalogue(system, level)
+            out += [(n, held) for n in self._names.get((system, level), ())]
+            level = _parent(system, level)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def lexicon() -> Lexicon:
+    """The packaged lexicon, loaded once per process."""
+    cat = load_catalog()
+    rows = [(r["system"], r["code"], r["name"]) for r in read_csv(data_text("clinical_names.csv"))]
+    lex = Lexicon(cat, rows)
+    for concept in cat.atc:  # INN names determine the substance
+        if len(concept.code) == 7 and (("atc", normalize(concept.display)) not in lex._by_name):
+            lex._add("atc", concept.code, concept.display)
+    for loinc, lab in cat.labs.items():
+        for name in (lab.name_de, *LAB_SHORT.get(lab.name_de, ())):
+            if ("loinc", normalize(name)) not in lex._by_name:
+                lex._add("loinc", loinc, name)
+    return lex
+
+
+def pinned_code(system: str, text: str) -> str | None:
+    """The code `text` pins down in `system` (icd10gm, ops, morphology, topography, atc, loinc), at
+    the level the catalogue holds; None when the text pins no code there."""
+    return lexicon().pinned_code(system, text)
+
+
+def names_for(system: str, code: str) -> list[tuple[str, str]]:
+    """Clinical names fit for a fact coded `code`: (name, the code the name pins), most specific first."""
+    return lexicon().names_for(system, code)
