@@ -19,9 +19,10 @@ from clinsynth.schema import ClinicalExtraction
 
 #: the development letters (corpus file names without ".txt"); Schnitzler is a near-duplicate of Ehrenberger
 DEV_LETTERS: tuple[str, ...] = ("Meyr", "Clausthal", "Ehrenberger", "Schnitzler", "Rieser", "Baastrup")
-#: where the letters are when $CLINSYNTH_GRASCCO is not set
-DEFAULT_GRASCCO = Path("/work/shared/external/grascco")
-GOLD_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "grascco_dev"
+_REPO = Path(__file__).resolve().parents[2]
+#: where the letters are when $CLINSYNTH_GRASCCO is not set: the shared folder beside the checkout
+DEFAULT_GRASCCO = _REPO.parent / "shared" / "external" / "grascco"
+GOLD_DIR = _REPO / "benchmarks" / "data" / "grascco_dev"
 
 
 class DevGoldError(ValueError):
