@@ -146,9 +146,18 @@ MII_RADIOTHERAPY_INTENTION = f"{ONKO}/mii-ex-onko-strahlentherapie-intention"
 MII_SYSTEMIC_INTENTION = f"{ONKO}/mii-ex-onko-systemische-therapie-intention"
 
 #: systems whose codes ingest turns into facts; one of them must code the element
-DIAGNOSIS_SYSTEMS = (ICD10GM, ICD10_WHO)
-PROCEDURE_SYSTEMS = (OPS, SNOMED)
-MEDICATION_SYSTEMS = (ATC, "http://fhir.de/CodeSystem/ifa/pzn", SNOMED, "http://fhir.de/CodeSystem/ask")
+#: in order of preference: the schema's system first (its slot takes the code), then its
+#: legacy URL, then the others (their codes keep their system in the record and never fill the slot)
+DIAGNOSIS_SYSTEMS = (ICD10GM, "http://fhir.de/CodeSystem/dimdi/icd-10-gm", ICD10_WHO)
+PROCEDURE_SYSTEMS = (OPS, "http://fhir.de/CodeSystem/dimdi/ops", SNOMED)
+MEDICATION_SYSTEMS = (
+    ATC,
+    "http://fhir.de/CodeSystem/dimdi/atc",
+    "http://www.whocc.no/atc",
+    "http://fhir.de/CodeSystem/ifa/pzn",
+    SNOMED,
+    "http://fhir.de/CodeSystem/ask",
+)
 LAB_SYSTEMS = (LOINC, SNOMED)
 STAGE_SYSTEM_OF = {url: name for name, url in STAGE_SYSTEMS.items()}
 ICDO3_SYSTEMS = (ICDO3, ICDO3_OID)

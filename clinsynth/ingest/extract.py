@@ -325,6 +325,8 @@ _RADIOTHERAPY_PROFILES = (
             f"{fc.ONKO}/other",
         ),
         "meta.profile": (fc.PROFILE["Procedure"], *_RADIOTHERAPY_PROFILES),
+        "extension.valueQuantity.code": ("Gy", "MBq"),
+        "extension.valueQuantity.unit": ("Gy", "MBq"),
     },
 )
 def _procedure(res: dict[str, Any]) -> Extracted:
@@ -355,9 +357,16 @@ def _procedure(res: dict[str, Any]) -> Extracted:
             extra["fractions"] = e.get("valuePositiveInt")
         elif url in (fc.MII_RADIOTHERAPY_TOTAL, fc.MII_RADIOTHERAPY_FRACTION):
             q = e.get("valueQuantity") or {}
-            extra["total_gy" if url == fc.MII_RADIOTHERAPY_TOTAL else "fraction_gy"] = q.get("value")
+            total = url == fc.MII_RADIOTHERAPY_TOTAL
+            dose_unit = q.get("code") or q.get("unit")
+            if dose_unit in ("Gy", None):
+                extra["total_gy" if total else "fraction_gy"] = q.get("value")
+            else:  # nuclear medicine: activity (MBq), not a dose in Gy
+                extra["total_dose" if total else "fraction_dose"] = q.get("value")
+                extra["dose_unit"] = dose_unit
+            if total:
+                value_num, unit = q.get("value"), dose_unit or "Gy"
     if category == "radiotherapy":
-        value_num, unit = extra.get("total_gy"), "Gy" if extra.get("total_gy") is not None else None
         if end:
             extra["end_date"] = end
         reasons = res.get("reasonReference") or []

@@ -11,6 +11,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from clinsynth.fhir import conventions as fc
 from clinsynth.fhir.validation import FastValidator
 from clinsynth.ingest.pipeline import IngestError, Options, ingest
 from clinsynth.ingest.sources import read_bundles, read_ndjson
@@ -169,6 +170,62 @@ def test_fast_validator_rejects_exactly_what_fhir_resources_rejects():
     assert any(not rejected for (rejected,) in verdicts.values()) and any(r for (r,) in verdicts.values())
 
 
+PZN = "http://fhir.de/CodeSystem/ifa/pzn"
+
+
+def _codings(res: dict, path: str, codings: list[tuple[str, str]]) -> dict:
+    res = copy.deepcopy(res)
+    res[path] = {"coding": [{"system": s, "code": c} for s, c in codings]}
+    return res
+
+
+def test_ingest_prefers_the_schema_system_and_keeps_foreign_systems(tmp_path):
+    """A code keeps its own system in the record; with several codings the schema's system wins.
+
+    The sampler puts a code into a schema slot (ICD-10-GM, OPS, ATC, LOINC) only when `system`
+    is that slot's system, so a SNOMED-only procedure must never come out as if it were OPS.
+    """
+    snomed, icd, ops, atc, loinc = fc.SNOMED, fc.ICD10GM, fc.OPS, fc.ATC, fc.LOINC
+    medication = {
+        "resourceType": "Medication",
+        "id": "m-snomed",
+        "code": {"coding": [{"system": snomed, "code": "372817009", "display": "Doxorubicin"}]},
+    }
+    by_ref = fs.medication_statement("ms-ref")
+    del by_ref["medicationCodeableConcept"]
+    by_ref["medicationReference"] = {"reference": "Medication/m-snomed"}
+    resources = [
+        fs.patient(),
+        fs.encounter(),
+        _codings(fs.condition(), "code", [(snomed, "363351006"), (icd, "C20")]),
+        _codings(fs.condition("c2"), "code", [(snomed, "38341003")]),
+        _codings(fs.procedure("pr-both"), "code", [(snomed, "54884007"), (ops, "5-484.55")]),
+        _codings(fs.procedure("pr-snomed"), "code", [(snomed, "233573008")]),
+        _codings(fs.medication_statement("ms-both"), "medicationCodeableConcept",
+                 [(PZN, "01234567"), (atc, "A02BC02")]),
+        _codings(fs.medication_statement("ms-pzn"), "medicationCodeableConcept", [(PZN, "07654321")]),
+        medication,
+        by_ref,
+        _codings(fs.lab("o-both"), "code", [(snomed, "271026005"), (loinc, "718-7")]),
+        _codings(fs.lab("o-snomed"), "code", [(snomed, "271026005")]),
+    ]  # fmt: skip
+    report = ingest(read_ndjson(write_ndjson(tmp_path / "in", resources)), tmp_path / "out", OPTS)
+    assert report["resources_quarantined"] == 0
+    [rec] = list(iter_patients(tmp_path / "out" / "records"))
+    got = {f["resource_id"]: (f["category"], f["system"], f["code"]) for f in rec.all_facts()}
+    assert got == {
+        "c1": ("diagnosis", icd, "C20"),
+        "c2": ("diagnosis", snomed, "38341003"),
+        "pr-both": ("procedure", ops, "5-484.55"),
+        "pr-snomed": ("procedure", snomed, "233573008"),
+        "ms-both": ("medication", atc, "A02BC02"),
+        "ms-pzn": ("medication", PZN, "07654321"),
+        "ms-ref": ("medication", snomed, "372817009"),
+        "o-both": ("lab", loinc, "718-7"),
+        "o-snomed": ("lab", snomed, "271026005"),
+    }
+
+
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 MII = SHARED / "external" / "mii-testdata" / "kds-testdata" / "fsh-generated" / "resources"
 
@@ -193,6 +250,22 @@ def test_mii_test_bundles_ingest_without_quarantining_valid_fhir(tmp_path):
     assert {("medication", "L01CD01"), ("medication", "L01XA02"), ("medication", "L01XK02")} <= codes
     t = next(f for f in facts if f["category"] == "tnm_t")
     assert onko.extra(t)["prefix"] == "p"
+    # v2 categories from the MII oncology profiles, each tied to its primary tumour
+    assert {("tnm_l", "L1"), ("tnm_v", "V0"), ("tnm_pn", "Pn0"), ("tnm_r", "R0"), ("ecog", "1")} <= codes
+    assert {("metastasis", "HEP"), ("stage_other", "IVB"), ("tumor_status", "V")} <= codes
+    tumour = "mii-exa-test-data-onko-diagnose-1"
+    by_cat = {}
+    for f in facts:
+        by_cat.setdefault(f["category"], []).append(f)
+    for cat in ("tnm_t", "tnm_l", "tnm_r", "metastasis", "stage_other", "lymph_nodes", "radiotherapy"):
+        assert by_cat[cat] and all(onko.extra(f).get("tumor") == tumour for f in by_cat[cat]), cat
+    nodes = {onko.extra(f)["nodes"]: f["value_num"] for f in by_cat["lymph_nodes"]}
+    assert nodes == {"positive": 2, "examined": 23}
+    markers = {f["code"]: f for f in by_cat["marker_status"]}
+    assert markers["40556-3"]["value_num"] == 85 and markers["40556-3"]["value_str"] == "LA6576-8"
+    rt = {f["code"]: onko.extra(f) for f in by_cat["radiotherapy"]}
+    assert rt["8-522.6"]["total_gy"] == 50 and rt["8-522.6"]["fraction_gy"] == 2
+    assert "total_gy" not in rt["8-531"] and rt["8-531"]["dose_unit"]  # radioiodine: an activity, not Gy
 
 
 def test_worker_byte_ranges_keep_file_and_line(tmp_path):
