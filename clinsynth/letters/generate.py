@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from clinsynth.letters.prompts import letter_messages, section_messages
-from clinsynth.letters.render import render_letter, templates_version
+from clinsynth.letters.render import render, templates_version
 from clinsynth.sampling.recipe import Recipe
 
 MODES = ("template", "hybrid", "llm")
@@ -41,6 +41,7 @@ class LetterWriter:
         prompts: Mapping[str, str] | None = None,
         narrative_sections: Sequence[str] = ("anamnese", "epikrise"),
         max_tokens: int = 512,
+        noise: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"letters.mode must be one of {MODES}, got {mode!r}")
@@ -55,6 +56,8 @@ class LetterWriter:
         self.prompts = dict(prompts or {})
         self.narrative = tuple(narrative_sections)
         self.max_tokens = max_tokens
+        #: template noise level (None: the recipe's `style.noise`, else render.DEFAULT_NOISE)
+        self.noise = noise
         self.templates = templates_version()
 
     def write(self, recipes: Sequence[Recipe]) -> list[dict[str, Any]]:
@@ -85,19 +88,30 @@ class LetterWriter:
         for r in recipes:
             keys = [q.key for q in requests if q.key.startswith(f"{r.spec_id}/")]
             parts = [results[k] for k in keys]
+            extra: dict[str, Any] = {"untagged": list(r.untagged), "noise": [], "frames": {}}
             if self.mode == "llm":
                 text = parts[0].text.strip() + "\n" if parts and parts[0].text else ""
                 sections: dict[str, str] = {}
             else:
                 bodies = {k.rsplit("/", 1)[1]: results[k].text.strip() for k in keys}
-                text, sections = render_letter(r, bodies)
-            out.append(self._record(r, text, sections, parts, letter_seed(self.seed, r.spec_id)))
+                letter = render(r, bodies, noise=self.noise)
+                text, sections = letter.text, letter.sections
+                extra = {
+                    "untagged": letter.untagged,
+                    "noise": [list(p) for p in letter.noise],
+                    "frames": letter.frames,
+                }
+            out.append({**self._record(r, text, sections, parts, letter_seed(self.seed, r.spec_id)), **extra})
         return out
 
     def _template(self, r: Recipe) -> dict[str, Any]:
         t0 = time.perf_counter()
-        text, sections = render_letter(r)
-        rec = self._record(r, text, sections, [], letter_seed(self.seed, r.spec_id))
+        out = render(r, noise=self.noise)
+        rec = self._record(r, out.text, out.sections, [], letter_seed(self.seed, r.spec_id))
+        # additive fields: strings written without gold, fact strings the noise changed, frame ids
+        rec["untagged"] = out.untagged
+        rec["noise"] = [list(p) for p in out.noise]
+        rec["frames"] = out.frames
         rec["latency_s"] = round(time.perf_counter() - t0, 6)
         return rec
 

@@ -1,109 +1,65 @@
-"""Template letters: a recipe rendered by Jinja2 templates, deterministic and fast (the CPU default).
+"""Template letters: a recipe rendered by Jinja2 templates and sentence frames, deterministic and fast
+(the CPU default letter backend).
 
-The templates only place the strings the recipe already chose (`fact.say`), so a template letter
-states exactly the recipe's facts; layouts vary by the section's `layout` and `variant`.
+The templates lay a section out (lists, tables, blocks); `SectionWriter` turns each fact into
+words with a frame chosen by kind and assertion only (`frames.py`), so the section never
+predicts the assertion. Every string in a fact's `say` is written verbatim (codes of drugs and
+labs never: real letters do not show ATC or LOINC). Fillers state no fact; dates the renderer
+invents (next cycle, re-presentation) go to the letter's `untagged` list. Length follows
+`style.target_words` through fact-free narrative; `noise.py` adds typos and OCR confusions.
+Same recipe -> same letter: every choice comes from a `random.Random` seeded by the spec id.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from clinsynth.letters import frames as F
+from clinsynth.letters.noise import add_noise
 from clinsynth.sampling.recipe import Recipe, RecipeFact
 
 TEMPLATES = Path(__file__).with_name("templates")
 
-CODE_LABEL = {
-    "diagnosis": ("", "ICD-10: "),
-    "procedure": ("OPS ", "OPS: "),
-    "medication": ("ATC ", "ATC: "),
-    "lab": ("LOINC ", "LOINC: "),
+#: words a letter aims at when the recipe sets no `style.target_words` (dev letters: median 227)
+DEFAULT_WORDS = {"Entlassungsbrief": 260, "Arztbrief": 250, "Kurzarztbrief": 175, "Verlegungsbrief": 215}
+#: noise level when the recipe sets no `style.noise` (typos per 100 words ~ level)
+DEFAULT_NOISE = 0.3
+#: narrative sections that take fact-free sentences to reach the target length
+NARRATIVE = ("anamnese", "aufnahmebefund", "verlauf", "epikrise", "procedere")
+HEADINGS = {
+    "diagnosen": ("Diagnosen", "Diagnose(n)", "Haupt- und Nebendiagnosen", "Diagnose"),
+    "tumor": ("Onkologische Diagnose", "Tumorklassifikation", "Histologie", "Verlauf der Tumorerkrankung"),
+    "anamnese": ("Anamnese", "Aufnahmegrund", "Aktuelle Anamnese", "Vorgeschichte"),
+    "aufnahmebefund": ("Aufnahmebefund", "Befund bei Aufnahme", "Status bei Aufnahme", "Klinischer Befund"),
+    "befunde": ("Befunde", "Labor und Befunde", "Diagnostik", "Untersuchungsbefunde"),
+    "verlauf": ("Therapie und Verlauf", "Verlauf", "Stationärer Verlauf", "Dekurs"),
+    "medikation": ("Medikation bei Entlassung", "Entlassmedikation", "Aktuelle Medikation", "Medikation"),
+    "epikrise": ("Epikrise", "Zusammenfassung", "Beurteilung", "Epikrise und Therapieempfehlung"),
+    "procedere": ("Procedere", "Empfehlung", "Weiteres Vorgehen", "Therapieempfehlung"),
 }
-
-#: neutral sentences that lengthen a section without stating a fact (no diagnoses, codes or cues)
-FILLER: dict[str, tuple[str, ...]] = {
-    "anamnese": (
-        "Bei Aufnahme präsentierte sich der Allgemeinzustand reduziert, der Ernährungszustand normal.",
-        "Die vegetative Anamnese war bis auf eine leichte Abgeschlagenheit unauffällig.",
-        "Eine Gewichtsabnahme in den letzten Monaten wurde verneint.",
-        "Die Familienanamnese ist hinsichtlich maligner Erkrankungen leer.",
-        "Nikotin- und Alkoholkonsum wurden erfragt und dokumentiert.",
-    ),
-    "verlauf": (
-        "Der stationäre Aufenthalt verlief insgesamt komplikationslos.",
-        "Die Mobilisation gelang zügig, die Schmerzen waren unter der Basismedikation gut kontrolliert.",
-        "Die Vitalparameter waren während des gesamten Aufenthaltes stabil.",
-        "Über Nebenwirkungen und Verhaltensmaßnahmen wurde ausführlich aufgeklärt.",
-    ),
-    "epikrise": (
-        "Eine Wiedervorstellung in unserer Ambulanz ist zum nächsten Zyklus geplant.",
-        "Der Fall wird in der interdisziplinären Tumorkonferenz erneut besprochen.",
-        "Wir bitten um regelmäßige Blutbildkontrollen durch die weiterbehandelnden Kolleginnen und Kollegen.",
-        "Bei Fieber über 38 °C ist eine umgehende Vorstellung erforderlich.",
-        "Für Rückfragen stehen wir jederzeit gern zur Verfügung.",
-    ),
+MERGES = (("anamnese", "aufnahmebefund"), ("verlauf", "epikrise"), ("epikrise", "procedere"))
+TITLES = {
+    "Entlassungsbrief": ("Entlassungsbrief", "Entlassungsbericht", "Arztbrief"),
+    "Arztbrief": ("Arztbrief", "Ärztlicher Bericht", ""),
+    "Kurzarztbrief": ("Kurzarztbrief", "Vorläufiger Entlassungsbericht", "KURZARZTBRIEF"),
+    "Verlegungsbrief": ("Verlegungsbrief", "Verlegungsbericht", "Ärztlicher Verlegungsbericht"),
 }
 
 
-def coded(f: RecipeFact | Mapping[str, Any], style: Mapping[str, Any]) -> str:
-    """The fact's phrase with its code where the recipe writes one: "Text (C34.1)", "C34.1 Text"..."""
-    say, kind = _say(f), _get(f, "kind")
-    phrase, code = say.get("phrase", ""), say.get("code", "")
-    if not code:
-        return phrase
-    short, long = CODE_LABEL.get(kind, ("", ""))
-    cs = style.get("code_style", "paren")
-    if cs == "prefix" and kind == "diagnosis":
-        return f"{code} {phrase}"
-    if cs == "bracket":
-        return f"{phrase} [{long}{code}]"
-    return f"{phrase} ({short}{code})"
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
 
 
-def when(f: RecipeFact | Mapping[str, Any], before: str = " ", after: str = "") -> str:
-    date = _say(f).get("date", "")
-    return f"{before}{date}{after}" if date else ""
-
-
-def medline(f: RecipeFact | Mapping[str, Any]) -> str:
-    say = _say(f)
-    parts = [
-        drugname(f),
-        f"{say.get('dose', '')} {say.get('unit', '')}".strip(),
-        say.get("route", ""),
-        say.get("schedule", ""),
-    ]
-    return " ".join(p for p in parts if p)
-
-
-def drugname(f: RecipeFact | Mapping[str, Any]) -> str:
-    say = _say(f)
-    return (
-        f"{say['phrase']} ({CODE_LABEL['medication'][0]}{say['code']})" if say.get("code") else say["phrase"]
-    )
-
-
-def labname(f: RecipeFact | Mapping[str, Any]) -> str:
-    say = _say(f)
-    return f"{say['phrase']} (LOINC {say['code']})" if say.get("code") else say["phrase"]
-
-
-def period(s: str) -> str:
-    """End a sentence once: "i.v." stays "i.v.", "Text" becomes "Text."."""
-    s = str(s).rstrip()
-    return s if s.endswith((".", "!", "?")) else s + "."
-
-
-def capfirst(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _say(f: Any) -> Mapping[str, str]:
+def _say(f: Any) -> Mapping[str, Any]:
     return f.say if isinstance(f, RecipeFact) else f["say"]
 
 
@@ -111,6 +67,533 @@ def _get(f: Any, key: str) -> Any:
     return getattr(f, key) if isinstance(f, RecipeFact) else f[key]
 
 
+def _name(say: Mapping[str, Any]) -> str:
+    return str(say.get("name") or say.get("phrase") or "")
+
+
+# ---------------------------------------------------------------------------- v1 helpers (prompts)
+def coded(f: RecipeFact | Mapping[str, Any], style: Mapping[str, Any]) -> str:
+    """The fact's name with its code where the recipe writes one (never an ATC or LOINC code)."""
+    say, kind = _say(f), _get(f, "kind")
+    name, code = _name(say), str(say.get("code") or "")
+    if not code or kind in ("medication", "lab", "vital"):
+        return name
+    code += str(say.get("mark") or "")
+    cs = style.get("code_style", "paren")
+    if cs == "prefix" and kind == "diagnosis":
+        return f"{code} {name}"
+    if cs == "bracket":
+        return f"{name} [{code}]"
+    return f"{name} ({'OPS ' if kind == 'procedure' else ''}{code})"
+
+
+def medline(f: RecipeFact | Mapping[str, Any]) -> str:
+    """A drug as a medication line writes it: name, dose, unit, route, schedule, frequency, as needed."""
+    say = _say(f)
+    keys = ("dose_unit", "route", "schedule", "frequency", "as_needed")
+    parts = [_name(say)]
+    for k in keys:
+        if k == "dose_unit":
+            parts.append(f"{say.get('dose') or ''} {say.get('unit') or ''}".strip())
+        else:
+            parts.append(str(say.get(k) or ""))
+    return " ".join(p for p in parts if p)
+
+
+def period(s: str) -> str:
+    """End a sentence once: "i.v." stays "i.v.", "Text" becomes "Text."."""
+    s = str(s).rstrip()
+    return s if s.endswith((".", "!", "?", ":")) else s + "."
+
+
+def capfirst(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+# ---------------------------------------------------------------------------- the section writer
+class SectionWriter:
+    """Words for the facts of one section; every choice from one seeded RNG (deterministic)."""
+
+    def __init__(self, recipe: Recipe, section: Mapping[str, Any]) -> None:
+        self.recipe = recipe
+        self.section = section
+        self.key = str(section["key"])
+        self.style = recipe.style
+        self.rng = random.Random(_seed("section", recipe.spec_id, self.key))
+        self.variant = int(section.get("variant", 0) or 0) % 3
+        self.layout = str(section.get("layout") or "prose")
+        self.frames: dict[str, str] = {}
+        self.female = recipe.header.get("sex") == "female"
+
+    # -- small helpers
+    def pick(self, options: Sequence[Any]) -> Any:
+        return options[self.rng.randrange(len(options))]
+
+    def chance(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def of(self, facts: Sequence[RecipeFact], *kinds: str) -> list[RecipeFact]:
+        return [f for f in facts if f.kind in kinds]
+
+    def pat(self) -> str:
+        return self.pick(("Pat.", "die Patientin" if self.female else "der Patient"))
+
+    # -- names with code and date
+    def code(self, f: RecipeFact, where: str = "inline") -> str:
+        """The code as written (ICD or OPS, exactly as in say); never ATC or LOINC."""
+        code = str(f.say.get("code") or "")
+        if not code or f.kind in ("medication", "lab", "vital"):
+            return ""
+        code += str(f.say.get("mark") or "")
+        cs = self.style.get("code_style", "paren")
+        if where == "line" and cs != "bracket" and self.chance(0.5):
+            return "\t" + code
+        if cs == "bracket":
+            return f" [{code}]"
+        if f.kind == "procedure" and self.chance(0.5):
+            return f" (OPS {code})"
+        return f" ({code})"
+
+    def named(self, f: RecipeFact, where: str = "inline", date: bool = False) -> str:
+        """The name with its code (and, with `date`, its date before a line-end code)."""
+        say = f.say
+        name = _name(say)
+        if date:
+            name = self.dated(f, name)
+        if f.kind == "diagnosis" and say.get("code") and self.style.get("code_style") == "prefix":
+            return f"{say['code']}{say.get('mark') or ''} {name}"
+        return name + self.code(f, where)
+
+    def dated(self, f: RecipeFact, x: str) -> str:
+        """Append the fact's date where its frame did not use it."""
+        d = str(f.say.get("date") or "")
+        if not d:
+            return x
+        if f.kind == "diagnosis" and f.assertion == "present":
+            if f.say.get("role") == "main":
+                return x + self.pick((f", ED {d}", f" (ED {d})", f", Erstdiagnose {d}", f" - ED {d}"))
+            return x + self.pick((f", ED {d}", f" (ED {d})", f" seit {d}", f" (bekannt seit {d})"))
+        return x + self.pick((f" ({d})", f" vom {d}", f", {d}"))
+
+    # -- one fact as a sentence (or list item)
+    def phrase(self, f: RecipeFact, *, item: bool = False) -> str:
+        """The fact in a frame of its kind and assertion; `item` = a list line (no final period)."""
+        if f.kind == "tumor":
+            return self.tumor_inline(f)
+        if f.kind == "medication":
+            x = medline(f)
+        elif f.kind in ("lab", "vital"):
+            x = self.labtext(f)
+        elif f.kind == "radiotherapy":
+            x = self.radio(f)
+        elif f.kind == "risk_factor":
+            x = self.risk(f)
+        elif item and f.assertion == "present" and f.kind == "diagnosis":
+            self.frames[f.id] = "diagnosis.present:{x}|"
+            return self.named(f, "line", date=True)
+        else:
+            x = self.named(f)
+        d = str(f.say.get("date") or "") if f.kind in ("diagnosis", "procedure") else ""
+        use_date = bool(d) and (f.kind == "procedure" or f.assertion == "historical") and self.chance(0.7)
+        frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), dated=d if use_date else "")
+        self.frames[f.id] = fid
+        if use_date and "{d}" in frame:
+            return self._end(F.fill(frame, x, mod, d), item)
+        return self._end(F.fill(frame, self.dated(f, x) if d else x, mod), item)
+
+    def _end(self, s: str, item: bool) -> str:
+        return s if item else period(s)
+
+    def sentences(self, facts: Sequence[RecipeFact], *, group: bool = True) -> list[str]:
+        """Sentences for facts; same-assertion non-present findings may share one list sentence."""
+        out: list[str] = []
+        todo = list(facts)
+        if group:
+            for assertion in ("negated", "suspected", "historical"):
+                same = [
+                    f
+                    for f in todo
+                    if f.assertion == assertion
+                    and f.kind == "diagnosis"
+                    and not f.say.get("date")
+                    and not f.say.get("code")
+                ]
+                if len(same) >= 2 and self.chance(0.6):
+                    same = same[: self.rng.randint(2, min(4, len(same)))]
+                    frame = F.list_frame(self.rng, assertion)
+                    names = [_name(f.say) for f in same]
+                    mod = ""
+                    if "{m}" in frame or "{M}" in frame:
+                        mods = F.modalities(names[0])
+                        mod = self.pick(mods) if self.chance(0.5) else ""
+                    conj = "oder" if assertion in ("negated", "suspected") else "und"
+                    out.append(period(F.fill(frame, F.join_names(names, self.rng, conj), mod)))
+                    for f in same:
+                        self.frames[f.id] = f"{f.kind}.{assertion}:list:{frame}|{mod.strip()}"
+                        todo.remove(f)
+        out += [self.phrase(f) for f in todo]
+        self.rng.shuffle(out) if self.chance(0.3) else None
+        return out
+
+    # -- kinds
+    def labtext(self, f: RecipeFact) -> str:
+        say = f.say
+        value = " ".join(str(say.get(k) or "") for k in ("value", "unit", "flag") if say.get(k))
+        sep = self.pick((" ", ": ", " ")) if f.assertion == "present" else " "
+        return f"{_name(say)}{sep}{value}".strip() if value else _name(say)
+
+    def radio(self, f: RecipeFact) -> str:
+        s = f.say
+        head = self.pick(("Radiatio", "RTX", "Bestrahlung", "perkutane Radiatio", "Strahlentherapie"))
+        out = f"{head} {_name(s)}".strip()
+        if s.get("total"):
+            out += f" mit {s['total']}" if self.chance(0.6) else f", GD {s['total']}"
+        if s.get("fractions") and s.get("fraction"):
+            out += self.pick(
+                (
+                    f" ({s['fractions']} x {s['fraction']})",
+                    f" in {s['fractions']} Fraktionen à {s['fraction']}",
+                )
+            )
+        elif s.get("fraction"):
+            out += f", ED {s['fraction']}"
+        elif s.get("fractions"):
+            out += f" in {s['fractions']} Fraktionen"
+        if s.get("start") and s.get("end"):
+            out += self.pick((f" vom {s['start']} bis {s['end']}", f" ({s['start']} - {s['end']})"))
+        elif s.get("start"):
+            out += f" ab {s['start']}"
+        elif s.get("end"):
+            out += f" bis {s['end']}"
+        if s.get("intent"):
+            out += self.pick((f", {s['intent']}", f" ({s['intent']})", f", Intention: {s['intent']}"))
+        return out
+
+    def risk(self, f: RecipeFact) -> str:
+        s = f.say
+        out = _name(s)
+        if s.get("pack_years"):
+            out += self.pick(
+                (
+                    f" ({s['pack_years']} py)",
+                    f", {s['pack_years']} pack years",
+                    f" (kum. {s['pack_years']} PY)",
+                )
+            )
+        return out
+
+    def tumor_parts(self, f: RecipeFact) -> dict[str, str]:
+        s = f.say
+        entity = str(s.get("entity") or s.get("name") or "")
+        if s.get("laterality") and s["laterality"] not in entity:
+            entity += f" {s['laterality']}"
+        if s.get("code"):
+            entity += self.code(f)
+        hist = str(s.get("histology") or "")
+        if s.get("morphology"):
+            m = str(s["morphology"])
+            hist = (
+                f"{hist} " + self.pick((f"(ICD-O {m})", f"({m})", f"(ICD-O-3: {m})"))
+                if hist
+                else self.pick((f"ICD-O {m}", f"Morphologie {m}", f"ICD-O-3: {m}"))
+            )
+        if s.get("grading"):
+            hist = (hist + ", " if hist else "") + str(s["grading"])
+        staging = ", ".join(str(s[k]) for k in ("tnm", "stage") if s.get(k))
+        markers = s.get("markers") or []
+        if isinstance(markers, str):
+            markers = [markers]
+        mk = self.pick(("; ", ", ")).join(str(m) for m in markers if m)
+        return {
+            "entity": entity,
+            "hist": hist,
+            "staging": staging,
+            "markers": mk,
+            "ecog": str(s.get("ecog") or ""),
+            "status": str(s.get("status") or ""),
+            "date": str(s.get("date") or "") if f.assertion != "historical" else "",
+            "initial": "1" if s.get("staging") == "initial" else "",
+        }
+
+    def tumor_lead(self, f: RecipeFact, entity: str) -> str:
+        """The tumour's entity line with its assertion cue (a historical one with its date)."""
+        if f.assertion == "present":
+            self.frames[f.id] = "tumor.present:{x}|"
+            return entity
+        d = str(f.say.get("date") or "") if f.assertion == "historical" else ""
+        frame, mod, fid = F.choose(self.rng, "tumor", f.assertion, entity, dated=d)
+        self.frames[f.id] = fid
+        return F.fill(frame, entity, mod, d)
+
+    def tumor_lines(self, f: RecipeFact) -> list[str]:
+        """A tumour as an indented block of lines (diagnosis list style)."""
+        p = self.tumor_parts(f)
+        lead = self.tumor_lead(f, p["entity"])
+        if p["date"]:
+            if p["initial"]:
+                lead += self.pick((f", ED {p['date']}", f" (ED {p['date']})", f" - Erstdiagnose {p['date']}"))
+            else:
+                lead += self.pick(
+                    (f", Staging {p['date']}", f" (Re-Staging {p['date']})", f", aktuell {p['date']}")
+                )
+        lines = [lead]
+        if p["hist"]:
+            lines.append(self.pick(("Histologie: ", "Histo: ", "")) + p["hist"])
+        if p["staging"]:
+            lines.append(self.pick(("", "Stadium: ", "TNM: ", "Klassifikation: ")) + p["staging"])
+        if p["markers"]:
+            lines.append(
+                self.pick(("", "Rezeptorstatus/Marker: ", "Molekularpathologie: ", "Marker: ")) + p["markers"]
+            )
+        if p["ecog"]:
+            lines.append(p["ecog"])
+        if p["status"]:
+            lines.append(self.pick(("Aktuell: ", "Status: ", "Ansprechen: ", "Jetzt: ")) + p["status"])
+        return lines
+
+    def tumor_inline(self, f: RecipeFact) -> str:
+        """A tumour in running text (Verlauf, Befunde, Epikrise)."""
+        p = self.tumor_parts(f)
+        lead = self.tumor_lead(f, p["entity"])
+        bits = []
+        if p["date"]:
+            bits.append(
+                self.pick((f"ED {p['date']}", f"Erstdiagnose {p['date']}"))
+                if p["initial"]
+                else f"Staging {p['date']}"
+            )
+        if p["hist"]:
+            bits.append(self.pick(("histologisch ", "Histologie: ", "")) + p["hist"])
+        if p["staging"]:
+            bits.append(p["staging"])
+        if p["markers"]:
+            bits.append(p["markers"])
+        out = lead + (
+            " (" + "; ".join(bits) + ")"
+            if bits and self.chance(0.5)
+            else (", " + ", ".join(bits) if bits else "")
+        )
+        out = period(out)
+        if p["status"]:
+            out += (
+                " "
+                + self.pick(("Aktuell ", "Im Re-Staging ", "Befund: ", "Ansprechen: "))
+                + period(p["status"])
+            )
+        if p["ecog"]:
+            out += " " + period(self.pick(("Allgemeinzustand: ", "Leistungsstatus ", "")) + p["ecog"])
+        return out
+
+    # -- blocks used by the templates
+    def lab_block(self, labs: Sequence[RecipeFact]) -> list[str]:
+        """Present labs grouped by date (the date written once), in one of several layouts."""
+        present = [f for f in labs if f.assertion == "present"]
+        out: list[str] = []
+        by_date: dict[str, list[RecipeFact]] = {}
+        for f in present:
+            by_date.setdefault(str(f.say.get("date") or ""), []).append(f)
+        layout = self.layout if self.layout in ("table", "prose") else "prose"
+        for d, group in by_date.items():
+            for f in group:
+                self.frames[f.id] = f"{f.kind}.present:{layout}|"
+            head = self.pick(("Labor", "Laborwerte", "Labor bei Aufnahme", "Laborchemisch", "Blutwerte"))
+            head += (self.pick((f" vom {d}", f" ({d})", f" {d}")) if d else "") + ":"
+            if layout == "table":
+                width = max(len(_name(f.say)) for f in group) + 2
+                rows = [
+                    f"{_name(f.say):<{width}}{f.say.get('value') or ''} {f.say.get('unit') or ''}"
+                    f"{' ' + str(f.say['flag']) if f.say.get('flag') else ''}".rstrip()
+                    for f in group
+                ]
+                out.append(head + "\n" + "\n".join(rows))
+            else:
+                sep = self.pick(("; ", ", ", " · "))
+                out.append(head + " " + sep.join(self.labtext(f) for f in group) + ".")
+        out += self.sentences([f for f in labs if f.assertion != "present"], group=False)
+        return out
+
+    def med_table(self, meds: Sequence[RecipeFact]) -> list[str]:
+        """Medication lines in one of several layouts (the scheme column stays beside its drug)."""
+        present = [f for f in meds if f.assertion == "present"]
+        layout = (
+            self.pick(("dash", "colon", "columns", "scheme_first", "inline"))
+            if self.layout != "table"
+            else self.pick(("columns", "scheme_first"))
+        )
+        rows: list[str] = []
+        if layout == "columns" and present and self.chance(0.5):
+            rows.append(
+                self.pick(
+                    (
+                        "Präparat / Dosis / Schema",
+                        "Medikament       Dosis       Einnahme",
+                        "Wirkstoff  Stärke  morgens-mittags-abends",
+                    )
+                )
+            )
+        for f in present:
+            self.frames[f.id] = f"medication.present:{layout}|"
+        if layout == "inline" and present:
+            rows.append(
+                self.pick(("Medikation: ", "Aktuell: ", "")) + ", ".join(medline(f) for f in present) + "."
+            )
+        else:
+            width = max((len(_name(f.say)) for f in present), default=0) + 2
+            for f in present:
+                s = f.say
+                dose = f"{s.get('dose') or ''} {s.get('unit') or ''}".strip()
+                when = " ".join(str(s.get(k)) for k in ("schedule", "frequency", "as_needed") if s.get(k))
+                route = str(s.get("route") or "")
+                name = _name(s)
+                if layout == "dash":
+                    rows.append("- " + medline(f))
+                elif layout == "colon":
+                    rows.append(" ".join(p for p in (name, dose, route) if p) + (f": {when}" if when else ""))
+                elif layout == "columns":
+                    rows.append(f"{name:<{width}}{dose:<12}{route:<6}{when}".rstrip())
+                else:
+                    rows.append(f"{when or '-':<12}{' '.join(p for p in (name, dose, route) if p)}")
+        rows += self.sentences([f for f in meds if f.assertion != "present"], group=False)
+        return rows
+
+    def therapy(self, meds: Sequence[RecipeFact]) -> list[str]:
+        """Systemic therapy grouped by regimen and cycle: one sentence per cycle."""
+        groups: dict[tuple[str, str], list[RecipeFact]] = {}
+        for f in meds:
+            groups.setdefault((str(f.say.get("regimen") or ""), str(f.say.get("cycle") or "")), []).append(f)
+        out = []
+        for (regimen, cycle), fs in groups.items():
+            days = {str(f.say.get("day") or "") for f in fs}
+            one_day = next(iter(days)) if len(days) == 1 else ""
+            drugs = []
+            for f in fs:
+                self.frames[f.id] = f"medication.{f.assertion}:therapy|"
+                line = medline(f)
+                if f.say.get("day") and not one_day:
+                    line += self.pick((f" (d{f.say['day']})", f" an Tag {f.say['day']}"))
+                drugs.append(line)
+            day = self.pick((f"Tag {one_day}", f"d{one_day}")) if one_day else ""
+            frames: tuple[str, ...]
+            if cycle:
+                frames = (
+                    "{r}, Zyklus {n}{D}: {x}",
+                    "Applikation des {n}. Zyklus {r}{D} mit {x}",
+                    "Wir verabreichten den {n}. Zyklus {r}{D}: {x}",
+                    "Zyklus {n} {r}{D}: {x}",
+                    "C{n} {r}{D}: {x}",
+                    "Gabe des {n}. Zyklus {r}{D} mit {x}",
+                )
+            else:
+                frames = ("{r}{D}: {x}", "Systemtherapie nach {r}-Schema{D}: {x}", "Gabe von {x} ({r}{D})")
+            frame = self.pick(frames)
+            if not regimen:
+                frame = (
+                    frame.replace(" {r}", "")
+                    .replace("{r}, ", "")
+                    .replace("nach {r}-Schema", "")
+                    .replace("{r}", "")
+                )
+            sentence = (
+                frame.replace("{n}", cycle)
+                .replace("{r}", regimen)
+                .replace("{D}", f" ({day})" if day else "")
+                .replace("{x}", ", ".join(drugs))
+            )
+            out.append(period(capfirst(sentence.replace("  ", " "))))
+        return out
+
+    def dx_entries(self, facts: Sequence[RecipeFact]) -> list[dict[str, Any]]:
+        """The diagnosis list: main diagnoses with their tumour blocks, then the rest as items."""
+        dx = self.of(facts, "diagnosis")
+        main = [f for f in dx if f.say.get("role") == "main" and f.assertion == "present"]
+        tumors = self.of(facts, "tumor")
+        rest = [f for f in facts if f not in main and f not in tumors]
+        entries: list[dict[str, Any]] = []
+        for i, f in enumerate(main):
+            lines = [self.phrase(f, item=True)]
+            if i == 0:
+                for t in tumors:
+                    tl = self.tumor_lines(t)
+                    ent = str(t.say.get("entity") or "")
+                    lat = str(t.say.get("laterality") or "")
+                    dn = _name(f.say)
+                    if t.assertion == "present" and ent and ent in dn and lat in dn and not t.say.get("code"):
+                        if t.say.get("date") and str(t.say["date"]) in str(f.say.get("date") or ""):
+                            tl = tl[1:]
+                        elif t.say.get("date"):
+                            tl[0] = tl[0][len(self.tumor_parts(t)["entity"]) :].lstrip(" ,")
+                            tl[0] = tl[0] if tl[0] else ""
+                        else:
+                            tl = tl[1:]
+                    lines += [x for x in tl if x]
+                tumors = []
+            entries.append({"lines": lines, "main": True})
+        for t in tumors:
+            entries.append({"lines": self.tumor_lines(t), "main": not entries})
+        for f in rest:
+            entries.append({"lines": [self.phrase(f, item=True)], "main": False})
+        return entries
+
+    def therapy_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
+        """Drugs of a regimen or cycle (written per cycle), present ones only."""
+        return [f for f in meds if f.assertion == "present" and (f.say.get("regimen") or f.say.get("cycle"))]
+
+    def support_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
+        therapy = self.therapy_meds(meds)
+        return [f for f in meds if f not in therapy]
+
+    def all_present(self, facts: Sequence[RecipeFact]) -> bool:
+        return all(f.assertion == "present" for f in facts)
+
+    def az_ez(self) -> tuple[str, ...]:
+        return F.AZ_EZ
+
+    def vitals(self, vitals: Sequence[RecipeFact]) -> str:
+        present = [f for f in vitals if f.assertion == "present"]
+        for f in present:
+            self.frames[f.id] = "vital.present:list|"
+        out = self.pick((", ", "; ", ", ")).join(self.labtext(f) for f in present)
+        rest = self.sentences([f for f in vitals if f.assertion != "present"], group=False)
+        return " ".join(([period(out)] if out else []) + rest)
+
+    def exams(self, exams: Sequence[RecipeFact], findings: Sequence[RecipeFact]) -> list[dict[str, str]]:
+        """Examinations each with a "Beurteilung" holding the findings (shared out in order)."""
+        findings = list(findings)
+        out: list[dict[str, str]] = []
+        n = len(exams)
+        for i, e in enumerate(exams):
+            share = findings[: max(1, len(findings) // max(1, n - i))] if findings else []
+            findings = findings[len(share) :]
+            if e.assertion == "present":
+                d = str(e.say.get("date") or "")
+                head = self.named(e) + (self.pick((f" vom {d}", f" ({d})", f" am {d}")) if d else "") + ":"
+                self.frames[e.id] = "procedure.present:exam|"
+            else:
+                head = self.phrase(e)
+            out.append(
+                {
+                    "head": head,
+                    "label": self.pick(("Beurteilung: ", "Befund: ", "Ergebnis: ", "BEURTEILUNG: ")),
+                    "body": " ".join(self.sentences(share)) if share else "",
+                }
+            )
+        if findings:
+            out.append(
+                {
+                    "head": self.pick(("Bildgebung:", "Weitere Befunde:", "Diagnostik:")),
+                    "label": self.pick(("Beurteilung: ", "")),
+                    "body": " ".join(self.sentences(findings)),
+                }
+            )
+        return out
+
+    def filler(self, key: str | None = None, n: int = 1) -> list[str]:
+        pool = list(F.FILLER.get(key or self.key, ()))
+        self.rng.shuffle(pool)
+        return pool[:n]
+
+
+# ---------------------------------------------------------------------------- environment
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -120,64 +603,286 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,  # a template asking for a missing key is a bug, not a blank
         autoescape=False,  # plain text letters, not HTML
     )
-    env.filters.update(
-        coded=coded,
-        when=when,
-        medline=medline,
-        drugname=drugname,
-        labname=labname,
-        capfirst=capfirst,
-        period=period,
-    )
+    env.filters.update(coded=coded, medline=medline, capfirst=capfirst, period=period)
     return env
 
 
 def templates_version() -> str:
-    """Hash of every template file: recorded per letter, part of what a template letter depends on."""
+    """Hash of every template and frame file: recorded per letter, part of what a letter depends on."""
     h = hashlib.blake2b(digest_size=6)
     for p in sorted(TEMPLATES.rglob("*.j2")):
         h.update(p.relative_to(TEMPLATES).as_posix().encode() + b"\0" + p.read_bytes())
+    for name in ("frames.py", "noise.py", "render.py"):
+        h.update(Path(__file__).with_name(name).read_bytes())
     return h.hexdigest()
 
 
-def _filler(recipe: Recipe, section: str) -> str:
-    options = FILLER.get(section, ())
-    if not options:
-        return ""
-    seed = int.from_bytes(
-        hashlib.blake2b(f"{recipe.spec_id}|{section}".encode(), digest_size=4).digest(), "big"
-    )
-    # longer target letters get more filler: 0-3 sentences
-    n = min(len(options), max(0, (int(recipe.style.get("target_words", 400)) - 250) // 150))
-    start = seed % len(options)
-    return " ".join(options[(start + k) % len(options)] for k in range(n))
+def template_name(key: str) -> str:
+    path = TEMPLATES / "sections" / f"{key}.j2"
+    return f"sections/{key}.j2" if path.is_file() else "sections/generic.j2"
 
 
-def section_context(recipe: Recipe, section: dict[str, Any]) -> dict[str, Any]:
+def section_context(recipe: Recipe, section: Mapping[str, Any]) -> dict[str, Any]:
+    w = SectionWriter(recipe, section)
     return {
         "facts": recipe.section_facts(section["key"]),
         "section": section,
         "style": recipe.style,
         "h": recipe.header,
-        "therapy": any(f.kind == "medication" and f.gold.get("context") == "therapy" for f in recipe.facts),
-        "filler": functools.partial(_filler, recipe),
+        "w": w,
+        "letter_type": recipe.letter_type,
+        "dates": procedere_dates(recipe) if section["key"] == "procedere" else [],
+        "cycles": any(f.kind == "medication" and f.say.get("cycle") for f in recipe.facts),
     }
 
 
-def render_section(recipe: Recipe, section: dict[str, Any]) -> str:
-    tpl = environment().get_template(f"sections/{section['key']}.j2")
-    return tpl.render(section_context(recipe, section)).strip()
+def _render_body(recipe: Recipe, section: Mapping[str, Any]) -> tuple[str, SectionWriter]:
+    ctx = section_context(recipe, section)
+    text = environment().get_template(template_name(str(section["key"]))).render(ctx)
+    return _tidy(text), ctx["w"]
+
+
+def render_section(recipe: Recipe, section: Mapping[str, Any]) -> str:
+    """ONE section's body from its template (hybrid mode replaces only narrative sections)."""
+    return _render_body(recipe, section)[0]
+
+
+def _tidy(text: str) -> str:
+    lines = [ln.rstrip() for ln in text.strip().splitlines()]
+    out: list[str] = []
+    for ln in lines:
+        if not ln and out and not out[-1]:
+            continue
+        out.append(ln)
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- the whole letter
+@dataclass
+class RenderedLetter:
+    text: str
+    sections: dict[str, str]
+    #: strings written without gold on purpose (recipe.untagged + the renderer's own dates)
+    untagged: list[str] = field(default_factory=list)
+    #: fact strings the noise changed: (as in say, as written)
+    noise: list[tuple[str, str]] = field(default_factory=list)
+    #: fact id -> frame id (kind.assertion:frame|modality), for the data report
+    frames: dict[str, str] = field(default_factory=dict)
+
+
+def _iso(s: Any) -> date | None:
+    try:
+        return date.fromisoformat(str(s)[:10])
+    except (TypeError, ValueError):
+        return None
+
+
+MONTHS = (
+    "Januar",
+    "Februar",
+    "März",
+    "April",
+    "Mai",
+    "Juni",
+    "Juli",
+    "August",
+    "September",
+    "Oktober",
+    "November",
+    "Dezember",
+)
+
+
+def _fmt(d: date, style: str) -> str:
+    if style == "dmy_short":
+        return f"{d.day}.{d.month}.{d.year}"
+    if style == "dmy2":
+        return f"{d.day:02d}.{d.month:02d}.{d.year % 100:02d}"
+    if style == "long":
+        months = MONTHS
+        return f"{d.day}. {months[d.month - 1]} {d.year}"
+    return f"{d.day:02d}.{d.month:02d}.{d.year}"
+
+
+def procedere_dates(recipe: Recipe) -> list[str]:
+    """Follow-up dates after discharge (untagged: no gold holds them), in the letter's date style."""
+    end = _iso(recipe.encounter.get("discharge")) if recipe.encounter else None
+    if end is None:
+        return []
+    rng = random.Random(_seed("dates", recipe.spec_id))
+    style = str(recipe.style.get("date_style") or "dmy")
+    return [_fmt(end + timedelta(days=rng.choice(days)), style) for days in ((7, 10, 14, 21), (28, 42, 56))]
+
+
+def _heading(text: str, rng: random.Random, style: int) -> str:
+    if style == 1:
+        return text.upper() + ":"
+    if style == 2:
+        return text
+    if style == 3:
+        return text.upper()
+    return text + ":"
+
+
+def _opening(recipe: Recipe, rng: random.Random, untagged: list[str]) -> str:
+    h = recipe.header
+    female = h.get("sex") == "female"
+    kind = {"Kurzarztbrief": "short", "Verlegungsbrief": "transfer"}.get(recipe.letter_type, "full")
+    frame = rng.choice(F.OPENINGS[kind])
+    dest = str(h.get("destination") or rng.choice(F.DESTINATIONS))
+    reason = str(h.get("transfer_reason") or rng.choice(F.REASONS))
+    if kind == "transfer":
+        untagged.append(dest)
+    vals = {
+        "o": "unsere gemeinsame Patientin" if female else "unseren gemeinsamen Patienten",
+        "g": "Ihrer Patientin" if female else "Ihres Patienten",
+        "pat": "Patientin" if female else "Patienten",
+        "rel": "die" if female else "der",
+        "p": str(h.get("patient") or ""),
+        "b": str(h.get("birth") or ""),
+        "s": str(h.get("start") or ""),
+        "e": str(h.get("end") or ""),
+        "dest": dest,
+        "reason": reason,
+    }
+    out = frame
+    for k, v in vals.items():
+        out = out.replace("{" + k + "}", v)
+    return out
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def render(
+    recipe: Recipe, bodies: Mapping[str, str] | None = None, *, noise: float | None = None
+) -> RenderedLetter:
+    """The letter with its untagged strings, noised fact strings and frame ids.
+
+    `bodies` replaces template sections (LLM-written narrative in hybrid mode); `noise` overrides
+    `style.noise` (0 = none)."""
+    rng = random.Random(_seed("letter", recipe.spec_id))
+    untagged = list(recipe.untagged)
+    rendered: dict[str, str] = {}
+    frames: dict[str, str] = {}
+    writers: dict[str, SectionWriter] = {}
+    for s in recipe.sections:
+        key = str(s["key"])
+        if bodies and key in bodies:
+            rendered[key] = bodies[key].strip()
+            continue
+        body, w = _render_body(recipe, s)
+        rendered[key] = body
+        frames.update(w.frames)
+        writers[key] = w
+    dates = procedere_dates(recipe)
+    if "procedere" in rendered and "procedere" in writers and dates:
+        used = [d for d in dates if d in rendered["procedere"]]
+        untagged += used
+
+    # head, opening, closing
+    h = recipe.header
+    title = rng.choice(TITLES.get(recipe.letter_type, ("Arztbrief",)))
+    head = "\n".join(str(h.get(k)) for k in ("hospital", "clinic") if h.get(k))
+    if h.get("date"):
+        head += ("\n" if head else "") + (rng.choice(("", "Datum: ", "den ")) + str(h["date"]))
+    salutation = str(h.get("salutation") or "Sehr geehrte Kolleginnen und Kollegen,")
+    opening = _opening(recipe, rng, untagged)
+    if h.get("patient") and (h["patient"] not in opening or rng.random() < 0.3):
+        forms = ("Patient{in}: {p}, geb. {b}", "Betr.: {p}, geb. {b}", "{p}, * {b}", "{p} (geb. {b})")
+        line = rng.choice(forms) if h.get("birth") else rng.choice(("Patient{in}: {p}", "Betr.: {p}"))
+        line = line.replace("{in}", "in" if h.get("sex") == "female" else "")
+        line = line.replace("{p}", str(h["patient"])).replace("{b}", str(h.get("birth") or ""))
+        head += ("\n\n" if head else "") + line
+    doctors = [str(d) for d in h.get("doctors") or []]
+    closing = rng.choice(F.CLOSINGS) + ("\n\n" + rng.choice(("   ", "\n")).join(doctors) if doctors else "")
+
+    # section order, merges, headings
+    order = [str(s["key"]) for s in recipe.sections]
+    if "medikation" in order and rng.random() < 0.35:
+        order.remove("medikation")
+        order.insert(
+            len(order) - (1 if order and order[-1] == "procedere" and rng.random() < 0.5 else 0), "medikation"
+        )
+    headings = {str(s["key"]): str(s.get("heading") or "") for s in recipe.sections}
+    hstyle = rng.choice((0, 0, 0, 1, 2, 3))
+    merged: set[str] = set()
+    blocks: list[tuple[list[str], str]] = []  # (keys, heading)
+    i = 0
+    while i < len(order):
+        key = order[i]
+        nxt = order[i + 1] if i + 1 < len(order) else None
+        if (
+            nxt
+            and (key, nxt) in MERGES
+            and rng.random() < 0.3
+            and not (bodies and (key in bodies or nxt in bodies))
+        ):
+            a = headings[key] or rng.choice(HEADINGS.get(key, (key.title(),)))
+            b = headings[nxt] or rng.choice(HEADINGS.get(nxt, (nxt.title(),)))
+            blocks.append(([key, nxt], f"{a} und {b}" if rng.random() < 0.5 else f"{a}/{b}"))
+            merged |= {key, nxt}
+            i += 2
+            continue
+        blocks.append(([key], headings[key] or rng.choice(HEADINGS.get(key, (key.title(),)))))
+        i += 1
+
+    # length: fact-free narrative until the target (Kurzarztbrief: no narrative beyond its sections)
+    target = int(recipe.style.get("target_words") or DEFAULT_WORDS.get(recipe.letter_type, 250))
+    words = _words(head) + _words(opening) + _words(closing) + 8
+    words += sum(_words(rendered[k]) + 2 for k in order)
+    pools = {
+        k: [x for x in writers[k].filler(k, 20) if x not in rendered[k]]
+        for k in NARRATIVE
+        if k in writers and k in rendered
+    }
+    extra: dict[str, list[str]] = {k: [] for k in pools}
+    while words < target and any(pools.values()):
+        for k in list(pools):
+            if words >= target:
+                break
+            if pools[k]:
+                sentence = pools[k].pop()
+                extra[k].append(sentence)
+                words += _words(sentence)
+    for k, more in extra.items():
+        if more:
+            body = rendered[k]
+            before = rng.random() < 0.3 and k in ("anamnese", "verlauf")
+            rendered[k] = (
+                " ".join(more) + "\n" + body if before else body + ("\n" if body else "") + " ".join(more)
+            ).strip()
+
+    parts = [head, title, salutation, opening]
+    for keys, heading in blocks:
+        body = "\n".join(rendered[k] for k in keys if rendered[k])
+        if not body:
+            continue
+        hd = _heading(heading, rng, hstyle)
+        if hd.endswith(":") and "\n" not in body and len(body) < 160 and rng.random() < 0.5:
+            parts.append(f"{hd} {body}")
+        else:
+            parts.append(f"{hd}\n{body}")
+    parts.append(closing)
+    text = environment().get_template("letter.j2").render(parts=[p for p in parts if p]).strip() + "\n"
+
+    level = float(recipe.style.get("noise", DEFAULT_NOISE) if noise is None else noise)
+    noised: list[tuple[str, str]] = []
+    if level > 0:
+        protected = (
+            [v for f in recipe.facts for v in F.say_values(f)]
+            + untagged
+            + [str(v) for v in h.values() if isinstance(v, str)]
+            + [str(d) for d in doctors]
+        )
+        text, noised = add_noise(
+            text, protected, recipe.facts, random.Random(_seed("noise", recipe.spec_id)), level
+        )
+    return RenderedLetter(text, rendered, sorted(set(untagged), key=untagged.index), noised, frames)
 
 
 def render_letter(recipe: Recipe, bodies: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """(letter text, section bodies); `bodies` replaces template sections (LLM-written narrative)."""
-    rendered = {
-        s["key"]: (bodies[s["key"]] if bodies and s["key"] in bodies else render_section(recipe, s)).strip()
-        for s in recipe.sections
-    }
-    text = (
-        environment()
-        .get_template("letter.j2")
-        .render(h=recipe.header, letter_type=recipe.letter_type, sections=recipe.sections, rendered=rendered)
-    )
-    return text.strip() + "\n", rendered
+    out = render(recipe, bodies)
+    return out.text, out.sections

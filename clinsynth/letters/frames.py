@@ -1,0 +1,503 @@
+"""Sentence frames: how a letter states one fact (or a list of facts) with its assertion.
+
+A frame is a format string over `{x}` (the fact's words, verbatim from `RecipeFact.say`) and
+`{m}` (an optional modality: "CT-morphologisch ", "sonographisch " ...). Frames are chosen per
+fact kind and assertion only, never per section, so the section a fact sits in says nothing
+about its assertion. Cues come before or after the noun. No frame needs the noun's gender or
+number (no article, no finite verb agreeing with the fact's name): the names are the sampler's
+and may be singular or plural, masculine or feminine.
+
+Fillers (`FILLER`) state no fact: no diagnosis, drug, code, value, date, and no negation,
+suspicion or history cue, so they never look like an unlabelled fact.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from clinsynth.sampling.recipe import RecipeFact
+
+# ---------------------------------------------------------------------------- modalities
+#: modality prefixes by what the fact's name suggests (keyword -> modalities); "" = none
+MODALITIES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        ("metasta", "raumforderung", "erguss", "embolie", "thrombose", "läsion", "filiae", "herd", "aszites"),
+        (
+            "CT-morphologisch ",
+            "sonographisch ",
+            "bildmorphologisch ",
+            "MR-tomographisch ",
+            "computertomographisch ",
+            "radiologisch ",
+            "im Staging-CT ",
+            "in der Bildgebung ",
+        ),
+    ),
+    (
+        ("infekt", "sepsis", "anämie", "neutropenie", "insuffizienz", "niereninsuff", "hypo", "hyper"),
+        ("laborchemisch ", "klinisch ", "klinisch und laborchemisch ", "laborchemisch und klinisch "),
+    ),
+    (
+        ("karzinom", "dysplasie", "rezidiv", "malign", "lymphom", "tumor", "neoplas", "-ca", " ca"),
+        ("histologisch ", "endoskopisch ", "bioptisch ", "feingeweblich ", "zytologisch "),
+    ),
+    (("pneumonie", "fraktur", "ileus", "stenose"), ("radiologisch ", "klinisch ", "im Röntgen ")),
+)
+GENERIC_MODALITIES = ("klinisch ", "anamnestisch ")
+
+
+def modalities(name: str) -> tuple[str, ...]:
+    low = name.lower()
+    for keys, mods in MODALITIES:
+        if any(k in low for k in keys):
+            return mods
+    return GENERIC_MODALITIES
+
+
+# ---------------------------------------------------------------------------- single-fact frames
+#: (frame id prefix, frames) per assertion for findings (diagnoses, tumours as entities)
+FINDING: dict[str, tuple[str, ...]] = {
+    "present": (
+        "{x}",
+        "{m}Nachweis von {x}",
+        "Im Verlauf {x}",
+        "Neu aufgetreten: {x}",
+        "Komplizierend {x}",
+        "Diagnostiziert wurde {x}",
+        "Es zeigte sich {m}das Bild von {x}",
+        "Bei {x} erfolgte eine symptomatische Behandlung",
+        "Aktuell {x}",
+        "{m}gesichert: {x}",
+        "{x}, behandlungsbedürftig",
+        "Klinisch führend war {x}",
+        "Befund: {x}",
+        "Im stationären Verlauf Auftreten von {x}",
+        "Therapiebedürftig: {x}",
+    ),
+    "negated": (
+        "{M}kein Hinweis auf {x}",
+        "{M}kein Anhalt für {x}",
+        "{M}kein Nachweis von {x}",
+        "Kein Anhalt für das Vorliegen von {x}",
+        "{M}ohne Hinweis auf {x}",
+        "Es ergab sich {m}kein Hinweis auf {x}",
+        "Es fand sich {m}kein Anhalt für {x}",
+        "Ausschluss von {x}",
+        "Für {x} ergab sich {m}kein Anhalt",
+        "Für {x} fand sich {m}kein Hinweis",
+        "Kein Verdacht auf {x}",
+        "Ein Anhalt für {x} besteht {m}nicht",
+        "{M}keine Hinweise auf {x}",
+        "Bislang {m}kein Hinweis auf {x}",
+        "Der V.a. {x} bestätigte sich {m}nicht",
+        "Der Verdacht auf {x} hat sich nicht bestätigt",
+        "{x} {m}ausgeschlossen",
+        "{x} {m}nicht nachweisbar",
+        "{x} {m}nicht nachgewiesen",
+        "{x}: {m}kein Nachweis",
+        "{x} {m}sicher ausgeschlossen",
+        "{x} {m}nicht bestätigt",
+        "{x}: ausgeschlossen",
+        "{x} - {m}negativ",
+        "{x} {m}nicht abgrenzbar",
+    ),
+    "suspected": (
+        "V.a. {x}",
+        "{M}V.a. {x}",
+        "Verdacht auf {x}",
+        "Dringender V.a. {x}",
+        "DD {x}",
+        "{M}DD: {x}",
+        "A.e. {x}",
+        "Am ehesten {x}",
+        "{M}vereinbar mit {x}",
+        "Befund vereinbar mit {x}",
+        "Fraglich {x}",
+        "{M}suspekt auf {x}",
+        "Bild wie bei {x}",
+        "{x} {m}nicht sicher auszuschließen",
+        "{x} wahrscheinlich",
+        "{x} (V.a.)",
+        "{x}, fraglich",
+        "{x}?",
+        "{x} vermutet, Abklärung ambulant",
+        "{x} möglich, Kontrolle empfohlen",
+    ),
+    "historical": (
+        "Z.n. {x}",
+        "Zustand nach {x}",
+        "St.p. {x}",
+        "Z. n. {x}",
+        "Bek. {x}, ausgeheilt",
+        "{x} in der Vorgeschichte",
+        "Anamnestisch {x}, abgeschlossen",
+        "{x} (anamnestisch, ausgeheilt)",
+        "Vorgeschichte: {x}",
+        "Früher {x}, aktuell ohne Bedeutung",
+        "Ehemals {x}",
+        "{x}, Z.n.",
+    ),
+}
+#: dated historical forms ({d} = the date as written)
+FINDING_DATED_HISTORY = (
+    "Z.n. {x} {d}",
+    "Z.n. {x} ({d})",
+    "Zustand nach {x} {d}",
+    "{x} {d}, ausgeheilt",
+    "St.p. {x} {d}",
+    "{d}: {x} (Vorgeschichte)",
+)
+
+PROCEDURE: dict[str, tuple[str, ...]] = {
+    "present": (
+        "{x}",
+        "Durchführung: {x}",
+        "Es erfolgte {x}",
+        "{x}, komplikationslos",
+        "Elektiv {x}",
+        "{x} in domo",
+        "Wir führten {x} durch",
+        "Therapeutisch {x}",
+        "Zur Diagnostik erfolgte {x}",
+        "{x} problemlos",
+    ),
+    "negated": (
+        "{x} nicht durchgeführt",
+        "{x}: nicht erfolgt",
+        "Auf {x} wurde verzichtet",
+        "Verzicht auf {x}",
+        "{x} vom Pat. abgelehnt",
+        "Keine Durchführung von {x}",
+        "{x} wurde nicht durchgeführt",
+        "Von {x} wurde abgesehen",
+        "{x} nicht indiziert und nicht erfolgt",
+    ),
+    "historical": (
+        "Z.n. {x}",
+        "St.p. {x}",
+        "Zustand nach {x}",
+        "{x} (auswärts, Vorgeschichte)",
+        "Vorausgegangen: {x}",
+        "Früher {x}",
+    ),
+    "suspected": ("Fraglich {x} (auswärts, Unterlagen ausstehend)", "Anamnestisch fraglich {x}", "{x}?"),
+}
+PROCEDURE_DATED: dict[str, tuple[str, ...]] = {
+    "present": (
+        "{d}: {x}",
+        "{x} am {d}",
+        "Am {d} {x}",
+        "{x} ({d})",
+        "Am {d} erfolgte {x}",
+        "{x} am {d}, komplikationslos",
+    ),
+    "historical": ("Z.n. {x} {d}", "Z.n. {x} ({d})", "St.p. {x} {d}", "{d}: {x} (Vorgeschichte)"),
+    "negated": ("{x} am {d} abgesagt, nicht erfolgt", "{x} ({d} geplant) nicht durchgeführt"),
+    "suspected": ("Fraglich {x} {d} (Unterlagen ausstehend)",),
+}
+
+MEDICATION: dict[str, tuple[str, ...]] = {
+    "present": (
+        "{x}",
+        "Gabe von {x}",
+        "Therapie mit {x}",
+        "Einleitung einer Therapie mit {x}",
+        "Unter {x} rasche Besserung",
+        "{x} wurde fortgeführt",
+        "Neu angesetzt: {x}",
+        "Fortführung von {x}",
+        "Wir begannen {x}",
+        "Medikamentös {x}",
+    ),
+    "negated": (
+        "Keine Gabe von {x}",
+        "Auf {x} wurde verzichtet",
+        "{x} nicht verabreicht",
+        "Verzicht auf {x}",
+        "{x}: keine Einnahme",
+        "Eine Therapie mit {x} erfolgte nicht",
+        "{x} nicht gegeben",
+        "{x} wird nicht eingenommen",
+    ),
+    "historical": (
+        "{x} abgesetzt",
+        "Z.n. Therapie mit {x}",
+        "Vormals {x}",
+        "Ehemals {x}, beendet",
+        "Früher {x}",
+        "{x} (frühere Medikation)",
+        "Die Therapie mit {x} ist abgeschlossen",
+    ),
+    "suspected": ("Fragliche Einnahme von {x}", "{x}? (Einnahme unklar)", "Einnahme von {x} nicht sicher"),
+}
+
+LAB: dict[str, tuple[str, ...]] = {
+    "present": ("{x}",),
+    "negated": (
+        "{x} negativ",
+        "{x} nicht nachweisbar",
+        "Kein Nachweis von {x}",
+        "{x}: negativ",
+        "{x} unter der Nachweisgrenze",
+    ),
+    "historical": ("Vorwert {x}", "{x} (Vorbefund)", "Zuvor {x}", "Vorbefund: {x}"),
+    "suspected": ("{x} (fraglich, Kontrolle)", "Fraglich {x}", "{x}?"),
+}
+
+VITAL: dict[str, tuple[str, ...]] = {
+    "present": ("{x}",),
+    "negated": ("{x}: negativ", "{x} verneint", "{x}: verneint"),
+    "historical": ("Vorwert {x}", "{x} (Vorbefund)", "Zuvor {x}"),
+    "suspected": ("{x} (fraglich, Kontrolle)", "Fraglich {x}", "{x}?"),
+}
+
+RISK: dict[str, tuple[str, ...]] = {
+    "present": ("{x}", "Bek. {x}", "Risikofaktor: {x}", "{x} (aktuell)", "Noxen: {x}"),
+    "negated": (
+        "{x} verneint",
+        "{x}: verneint",
+        "{x} wird verneint",
+        "Kein Anhalt für {x}",
+        "Noxen: {x} verneint",
+    ),
+    "historical": ("Z.n. {x}", "Ehemals {x}", "{x} (früher, beendet)", "Anamnestisch {x}, beendet"),
+    "suspected": ("Fraglich {x}", "V.a. {x}"),
+}
+
+RADIO: dict[str, tuple[str, ...]] = {
+    "present": ("{x}", "Es erfolgte {x}", "Durchführung: {x}", "Aktuell {x}"),
+    "historical": ("Z.n. {x}", "St.p. {x}", "Zustand nach {x}", "Vorausgegangen: {x}"),
+    "negated": ("Keine {x}", "Auf {x} wurde verzichtet", "{x} nicht erfolgt", "Verzicht auf {x}"),
+    "suspected": ("Fraglich {x} (Unterlagen ausstehend)",),
+}
+
+#: frames over a list of facts: every name written in full ({x} = "A, B oder C")
+LIST_NEGATED = (
+    "{M}kein Hinweis auf {x}",
+    "{M}kein Anhalt für {x}",
+    "Kein Nachweis von {x}",
+    "{x} {m}ausgeschlossen",
+    "{x} {m}nicht nachweisbar",
+    "Es fanden sich {m}keine Hinweise auf {x}",
+    "Für {x} ergab sich {m}kein Anhalt",
+)
+LIST_SUSPECTED = ("V.a. {x}", "DD {x}", "{M}vereinbar mit {x}")
+LIST_HISTORICAL = ("Z.n. {x}", "Vorgeschichte: {x}", "St.p. {x}")
+
+FRAMES: dict[str, Mapping[str, tuple[str, ...]]] = {
+    "diagnosis": FINDING,
+    "tumor": FINDING,
+    "procedure": PROCEDURE,
+    "radiotherapy": RADIO,
+    "medication": MEDICATION,
+    "lab": LAB,
+    "vital": VITAL,
+    "risk_factor": RISK,
+}
+
+# ---------------------------------------------------------------------------- fillers
+#: sentences that state no fact (see the module docstring), by section
+FILLER: dict[str, tuple[str, ...]] = {
+    "anamnese": (
+        "Die Vorstellung erfolgte in Begleitung der Angehörigen.",
+        "Pat. berichtet über zunehmende Abgeschlagenheit und verminderte Belastbarkeit.",
+        "Appetit und Gewicht seien in den letzten Wochen stabil gewesen.",
+        "Stuhlgang und Miktion unauffällig.",
+        "Die häusliche Versorgung ist gesichert, Pat. lebt mit dem Partner zusammen.",
+        "Pat. ist über die Erkrankung umfassend aufgeklärt.",
+        "Aktuell bestehe eine leichte Müdigkeit, ansonsten gehe es gut.",
+        "Die Vorbefunde lagen zur Aufnahme vor.",
+        "Schlaf gut, Appetit ordentlich.",
+        "Pat. sei im Alltag weitgehend selbstständig.",
+        "Die Aufnahme erfolgte elektiv über unsere Ambulanz.",
+        "Zur Vorgeschichte verweisen wir auf unsere Vorbriefe.",
+    ),
+    "aufnahmebefund": (
+        "Pat. wach, orientiert, kooperativ.",
+        "Herz: Herztöne rein, rhythmisch.",
+        "Pulmo: vesikuläres Atemgeräusch bds.",
+        "Abdomen: weich, regelrechte Darmgeräusche.",
+        "Haut und Schleimhäute gut durchblutet.",
+        "Extremitäten frei beweglich.",
+        "Neurologisch orientierend o.B.",
+        "Cor und Pulmo auskultatorisch o.B.",
+        "Port re. pectoral reizlos.",
+        "Schleimhäute feucht, Zunge sauber.",
+    ),
+    "befunde": (
+        "Die übrigen Parameter lagen im Referenzbereich.",
+        "Alle weiteren Werte im Normbereich.",
+        "Befunde im Einzelnen siehe Anlage.",
+        "Das Differentialblutbild war unauffällig.",
+    ),
+    "verlauf": (
+        "Die Therapie wurde insgesamt gut toleriert.",
+        "Die Mobilisation gelang zügig.",
+        "Pat. während des gesamten Aufenthaltes kreislaufstabil.",
+        "Über Nebenwirkungen und Verhaltensmaßnahmen wurde ausführlich aufgeklärt.",
+        "Die Schmerzen waren unter der Basismedikation gut beherrschbar.",
+        "Der Kostaufbau gelang problemlos.",
+        "Die Vitalparameter waren im Verlauf stabil.",
+        "Die Infusionen liefen über den liegenden Port.",
+        "Der Fall wurde in unserer interdisziplinären Tumorkonferenz besprochen.",
+        "Physiotherapeutisch erfolgte eine Mobilisation.",
+        "Der Sozialdienst wurde hinzugezogen.",
+        "Die Ernährungsberatung wurde angeboten.",
+        "Die Prähydrierung erfolgte nach Schema.",
+        "Die Laborkontrollen im Verlauf zeigten sich stabil.",
+        "Die Flüssigkeitsbilanz war ausgeglichen.",
+        "Pat. konnte sich im Verlauf zunehmend selbst versorgen.",
+        "Die Schmerzmedikation wurde im Verlauf angepasst.",
+        "Eine psychoonkologische Mitbetreuung wurde angeboten und angenommen.",
+        "Die Gabe erfolgte über einen peripheren Zugang.",
+        "Die Pflege berichtete über eine ruhige Nacht.",
+    ),
+    "epikrise": (
+        "Entlassung in gebessertem AZ nach Hause.",
+        "Die Entlassung erfolgt in die häusliche Umgebung.",
+        "Pat. wurde über den weiteren Verlauf informiert.",
+        "Wir bitten um regelmäßige Blutbildkontrollen.",
+        "Bei Fieber über 38 °C bitten wir um umgehende Vorstellung.",
+        "Für Rückfragen stehen wir gern zur Verfügung.",
+        "Die Befunde wurden ausführlich besprochen.",
+        "Eine Wiedervorstellung bei Beschwerden ist jederzeit möglich.",
+        "Insgesamt zeigte sich ein erfreulicher Verlauf.",
+        "Das weitere Vorgehen wurde ausführlich besprochen.",
+        "Pat. fühlt sich gut informiert und ist mit dem Procedere einverstanden.",
+        "Die Angehörigen wurden in das Gespräch einbezogen.",
+    ),
+    "procedere": (
+        "Wir bitten um Kontrolle von BB und Elektrolyten beim Hausarzt.",
+        "Wiedervorstellung bei Beschwerden jederzeit möglich.",
+        "Die Termine wurden dem Pat. mitgegeben.",
+        "Eine Vorstellung in der Tumorkonferenz ist angemeldet.",
+        "Weitere Terminvereinbarung über unsere Ambulanz.",
+        "Die weitere Betreuung erfolgt über die onkologische Schwerpunktpraxis.",
+        "Ein Rezept für die Entlassmedikation wurde ausgestellt.",
+        "Bei Verschlechterung bitten wir um frühzeitige Wiedervorstellung.",
+        "Pat. ist mit dem Vorgehen einverstanden.",
+        "Die Unterlagen wurden mitgegeben.",
+    ),
+}
+#: general condition at admission (one per letter, no ECOG number: that is a tumour fact)
+AZ_EZ = (
+    "Guter AZ, normaler EZ.",
+    "Reduzierter AZ, schlanker EZ.",
+    "Pat. in gutem AZ und adipösem EZ.",
+    "AZ leicht reduziert, EZ normal.",
+    "Altersentsprechender AZ, guter EZ.",
+    "Deutlich reduzierter AZ, kachektischer EZ.",
+)
+#: the cue words fillers must never hold (checked by a test)
+CUE_WORDS = re.compile(
+    r"\b(kein\w*|nicht|ohne|ausgeschlossen|verneint|V\.a\.|Verdacht|DD|Z\.\s?n\.|Zustand nach|St\.p\.)\b"
+)
+
+# ---------------------------------------------------------------------------- openings
+OPENINGS: dict[str, tuple[str, ...]] = {
+    "full": (
+        "wir berichten über {o} {p}, geb. {b}, {rel} sich vom {s} bis {e} in unserer stationären "
+        "Behandlung befand.",
+        "wir berichten Ihnen über {o} {p}, geb. {b}, die stationäre Behandlung vom {s} bis {e}.",
+        "vielen Dank für die Zuweisung {g} {p} (geb. {b}), {rel} vom {s} bis {e} stationär behandelt wurde.",
+        "nachfolgend berichten wir über den stationären Aufenthalt {g} {p}, geb. {b}, vom {s} bis {e}.",
+        "{p}, geb. {b}, befand sich vom {s} bis {e} in unserer stationären Behandlung.",
+        "wir berichten über o.g. {pat}, {rel} sich vom {s} - {e} bei uns in Behandlung befand.",
+    ),
+    "short": (
+        "vorab ein kurzer Bericht über {o} {p}, geb. {b}, stationär vom {s} bis {e}. "
+        "Ein ausführlicher Brief folgt.",
+        "wir entlassen heute {o} {p} (geb. {b}), Aufenthalt {s} bis {e}. Kurzbericht, Arztbrief folgt.",
+        "zur Information vorab: {p}, geb. {b}, stationär vom {s} bis {e}.",
+    ),
+    "transfer": (
+        "wir verlegen heute {o} {p}, geb. {b}, {rel} sich seit dem {s} in unserer Behandlung befand, "
+        "in {dest} zur {reason}.",
+        "{p}, geb. {b}, wird nach stationärer Behandlung vom {s} bis {e} zur {reason} in {dest} verlegt.",
+        "wir bitten um Übernahme {g} {p} (geb. {b}), stationär bei uns seit {s}, zur {reason} in {dest}.",
+    ),
+}
+DESTINATIONS = (
+    "die Klinik für Strahlentherapie",
+    "die Abteilung für Palliativmedizin",
+    "die Klinik für Allgemein- und Viszeralchirurgie",
+    "die Geriatrie",
+    "eine Rehabilitationsklinik",
+    "die Intensivstation",
+    "die Klinik für Hämatologie und Onkologie",
+)
+REASONS = (
+    "Fortführung der Therapie",
+    "weiteren Behandlung",
+    "palliativmedizinischen Mitbetreuung",
+    "Anschlussheilbehandlung",
+    "operativen Versorgung",
+    "Weiterbehandlung heimatnah",
+)
+CLOSINGS = (
+    "Mit freundlichen kollegialen Grüßen",
+    "Mit freundlichen Grüßen",
+    "Mit kollegialen Grüßen",
+    "Für Rückfragen stehen wir gern zur Verfügung.\n\nMit freundlichen Grüßen",
+)
+
+
+# ---------------------------------------------------------------------------- choosing and filling
+def fill(frame: str, x: str, m: str = "", d: str = "") -> str:
+    """A frame with its words; `{M}` is the modality at a sentence start (capitalised)."""
+    out = frame.replace("{M}", m[:1].upper() + m[1:] if m else "").replace("{m}", m)
+    out = out.replace("{x}", x).replace("{d}", d)
+    return out[:1].upper() + out[1:]
+
+
+def choose(
+    rng: random.Random, kind: str, assertion: str, name: str, *, dated: str = ""
+) -> tuple[str, str, str]:
+    """(frame, modality, frame id) for one fact; the id names the frame the report counts."""
+    frames = FRAMES.get(kind, FINDING).get(assertion) or FINDING[assertion]
+    if dated:
+        if kind in ("procedure",):
+            frames = PROCEDURE_DATED.get(assertion, frames)
+        elif assertion == "historical" and kind in ("diagnosis", "tumor"):
+            frames = FINDING_DATED_HISTORY
+    frame = frames[rng.randrange(len(frames))]
+    mod = ""
+    if ("{m}" in frame or "{M}" in frame) and rng.random() < 0.55:
+        mods = modalities(name)
+        mod = mods[rng.randrange(len(mods))]
+    return frame, mod, f"{kind}.{assertion}:{frame}|{mod.strip()}"
+
+
+def join_names(names: Sequence[str], rng: random.Random, conj: str = "oder") -> str:
+    """ "A, B oder C": every name in full (no "Leber- oder Lungenmetastasen")."""
+    if len(names) == 1:
+        return names[0]
+    sep = ", " if rng.random() < 0.8 else "; "
+    return sep.join(names[:-1]) + f" {conj} " + names[-1]
+
+
+def list_frame(rng: random.Random, assertion: str) -> str:
+    frames = {"negated": LIST_NEGATED, "suspected": LIST_SUSPECTED, "historical": LIST_HISTORICAL}[assertion]
+    return frames[rng.randrange(len(frames))]
+
+
+def say_values(f: RecipeFact) -> list[str]:
+    """Every string of `f.say` the letter must write verbatim (codes of drugs and labs excepted:
+    ATC and LOINC codes are never written)."""
+    out: list[str] = []
+    for k, v in f.say.items():
+        if k in ("role", "staging") or not v:
+            continue
+        if k == "code" and f.kind in ("medication", "lab", "vital"):
+            continue
+        if isinstance(v, (list, tuple)):
+            out += [str(x) for x in v if x]
+        elif isinstance(v, (str, int, float)):
+            out.append(str(v))
+    return out
+
+
+Picker = Callable[[Sequence[Any]], Any]

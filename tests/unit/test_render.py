@@ -1,0 +1,194 @@
+"""The template renderer on hand-built v2 recipes: every `say` string verbatim, no ATC/LOINC in text,
+frames decoupled from sections and varied, letter types that differ, length targets, noise,
+determinism."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from clinsynth.letters import frames as F
+from clinsynth.letters.generate import LetterWriter
+from clinsynth.letters.render import RenderedLetter, render, render_letter, render_section
+from clinsynth.sampling.recipe import Recipe
+from tests.unit import render_recipes as RR
+
+VARIANTS = 60  # spec ids per hand-built recipe (the seed of every rendering choice)
+
+
+def variants(r: Recipe, n: int = VARIANTS) -> list[Recipe]:
+    return [replace(r, spec_id=f"{r.spec_id}-{i}") for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def letters() -> list[tuple[Recipe, RenderedLetter]]:
+    return [(v, render(v)) for r in RR.all_recipes() for v in variants(r)]
+
+
+def test_recipes_are_valid_v2_gold_and_cover_every_kind_and_assertion() -> None:
+    seen = set()
+    for r in RR.all_recipes():
+        r.gold()  # validates against schema v2
+        seen |= {(f.kind, f.assertion) for f in r.facts}
+    kinds = ("diagnosis", "tumor", "procedure", "radiotherapy", "medication", "lab", "vital", "risk_factor")
+    missing = [
+        (k, a) for k in kinds for a in ("present", "negated", "suspected", "historical") if (k, a) not in seen
+    ]
+    assert missing == []
+
+
+def test_every_say_string_is_written_verbatim_or_recorded_as_noised(letters: list) -> None:
+    for r, out in letters:
+        noised = dict(out.noise)
+        for f in r.facts:
+            for v in F.say_values(f):
+                if v in out.text:
+                    continue
+                changed = [n for o, n in noised.items() if v in o or o in v]
+                assert changed and any(n in out.text for n in changed), (r.spec_id, f.id, v, out.text)
+
+
+def test_noise_touches_facts_only_as_recorded() -> None:
+    r = RR.colorectal()
+    hits = 0
+    for v in variants(r, 40):
+        out = render(v, noise=3.0)
+        clean = render(v, noise=0)
+        assert out.text != clean.text  # typos at a high level
+        for orig, new in out.noise:
+            assert orig in clean.text and new in out.text and orig != new
+            hits += 1
+    assert hits > 0  # OCR confusions in fact strings happen and are recorded
+    assert all(render(v, noise=0).noise == [] for v in variants(r, 5))
+
+
+def test_no_atc_or_loinc_code_is_written() -> None:
+    r = RR.colorectal()
+    for f in r.facts:  # as the sampler would hold them, even with a code in say
+        if f.kind == "medication":
+            f.gold["atc"] = "L01XA03"
+            f.say["code"] = "L01XA03"
+        if f.kind == "lab":
+            f.gold["loinc"] = "718-7"
+            f.say["code"] = "718-7"
+    for v in variants(r, 20):
+        text = render(v).text
+        assert "L01XA03" not in text and "718-7" not in text
+        assert not re.search(r"\bATC\b|\bLOINC\b", text)
+
+
+def test_icd_codes_are_written_exactly_as_in_say(letters: list) -> None:
+    for r, out in letters:
+        written = set(re.findall(r"\b[A-Z]\d{2}(?:\.\d{1,2})?\b", out.text))
+        said = {str(f.say["code"]) for f in r.facts if f.say.get("code")}
+        assert written <= said | {"M0", "M1", "N1", "N2", "T3"}, (written - said, r.spec_id)
+
+
+def test_frames_are_many_per_kind_and_assertion(letters: list) -> None:
+    by: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+    for _r, out in letters:
+        for fid in out.frames.values():
+            kind, rest = fid.split(".", 1)
+            by[(kind, rest.split(":", 1)[0])].add(fid)
+    assert len(by[("diagnosis", "negated")]) >= 50
+    assert len(by[("diagnosis", "suspected")]) >= 15
+    assert len(by[("diagnosis", "historical")]) >= 10
+    assert len(by[("diagnosis", "present")]) >= 8
+    for key in (("procedure", "negated"), ("medication", "negated"), ("medication", "historical")):
+        assert len(by[key]) >= 3, key
+
+
+def test_frames_do_not_depend_on_the_section() -> None:
+    """The same negated finding in Diagnosen, Befunde or Epikrise draws from the same frames."""
+    r = RR.breast()
+    per_section: dict[str, set[str]] = {}
+    for section in ("diagnosen", "befunde", "verlauf", "epikrise", "anamnese"):
+        frames_seen: set[str] = set()
+        for v in variants(r, 120):
+            neg = next(f for f in v.facts if f.kind == "diagnosis" and f.assertion == "negated")
+            v = replace(v, facts=[replace(f, section=section) if f is neg else f for f in v.facts])
+            if not v.has_section(section):
+                v.sections.append({"key": section, "heading": "", "layout": "prose", "variant": 0})
+            fid = render(v).frames[neg.id]
+            frames_seen.add(fid.split(":", 1)[1].split("|")[0])
+        per_section[section] = frames_seen
+    union = set().union(*per_section.values())
+    for section, seen in per_section.items():
+        assert len(seen) >= 0.5 * len(union) - 12, (section, len(seen), len(union))
+
+
+def test_fillers_state_no_fact_and_carry_no_cue() -> None:
+    for section, sentences in F.FILLER.items():
+        for s in sentences + F.AZ_EZ:
+            assert not F.CUE_WORDS.search(s), (section, s)
+            assert not re.search(r"\d", s.replace("38 °C", "")), (section, s)
+
+
+def test_letter_types_differ_in_body(letters: list) -> None:
+    openings: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    words: defaultdict[str, list[int]] = defaultdict(list)
+    for r, out in letters:
+        para = out.text.split("\n\n")
+        opening = para[para.index(r.header["salutation"]) + 1]
+        openings[r.letter_type][re.sub(r"\W+", " ", opening)[:40]] += 1
+        words[r.letter_type].append(len(out.text.split()))
+        if r.letter_type == "Verlegungsbrief":
+            assert "Klinik für Strahlentherapie" in out.text and "Fortführung der Radiatio" in out.text
+            assert "die Klinik für Strahlentherapie" in out.untagged
+        if r.letter_type == "Kurzarztbrief":
+            assert "Anamnese" not in out.text.title() or "anamnese" in {s["key"] for s in r.sections}
+    assert not set(openings["Kurzarztbrief"]) & set(openings["Entlassungsbrief"])
+    assert not set(openings["Verlegungsbrief"]) & set(openings["Entlassungsbrief"])
+    assert statistics.median(words["Kurzarztbrief"]) < statistics.median(words["Entlassungsbrief"])
+
+
+def test_length_follows_target_words() -> None:
+    for r in RR.all_recipes():
+        for target in (r.style["target_words"], r.style["target_words"] + 60):
+            counts = [
+                len(render(replace(v, style={**v.style, "target_words": target})).text.split())
+                for v in variants(r, 10)
+            ]
+            med = statistics.median(counts)
+            assert abs(med - target) <= 0.15 * target, (r.spec_id, target, med)
+
+
+def test_dates_outside_facts_are_untagged(letters: list) -> None:
+    for r, out in letters:
+        known = {v for f in r.facts for v in F.say_values(f)} | set(out.untagged)
+        known |= {str(v) for v in r.header.values() if isinstance(v, str)}
+        for d in re.findall(r"\b\d{1,2}\.\d{1,2}\.\d{2,4}\b", out.text):
+            assert any(d in k for k in known), (r.spec_id, d)
+
+
+def test_same_recipe_same_letter_and_seeds_vary() -> None:
+    r = RR.lymphoma()
+    assert render(r).text == render(RR.lymphoma()).text
+    texts = {render(v).text for v in variants(r, 10)}
+    assert len(texts) == 10
+
+
+def test_one_section_renders_alone_and_hybrid_bodies_replace_it() -> None:
+    r = RR.colorectal()
+    verlauf = next(s for s in r.sections if s["key"] == "verlauf")
+    body = render_section(r, verlauf)
+    assert "FOLFOX" in body and "2400" in body
+    text, sections = render_letter(r, {"anamnese": "LLM-ANAMNESE"})
+    assert "LLM-ANAMNESE" in text and sections["anamnese"] == "LLM-ANAMNESE"
+    assert sections["verlauf"] == render_section(r, verlauf) or "FOLFOX" in sections["verlauf"]
+
+
+def test_letter_writer_records_untagged_noise_and_frames() -> None:
+    recs = LetterWriter("template", seed=1).write(RR.all_recipes())
+    for rec, r in zip(recs, RR.all_recipes(), strict=True):
+        assert rec["text"] and rec["spec_id"] == r.spec_id
+        assert set(r.untagged) <= set(rec["untagged"])
+        assert isinstance(rec["noise"], list) and rec["frames"]
+        orjson.dumps(rec)
+    quiet = LetterWriter("template", noise=0).write([RR.colorectal()])[0]
+    assert quiet["noise"] == []
