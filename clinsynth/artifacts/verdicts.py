@@ -1,6 +1,12 @@
 """verification.jsonl, verification_report.json, stats.json: the verify stage's output (-> dataset).
 
-One verdict per letter: ok, reasons, per-fact results and `use_for_training`.
+One verdict per letter (verification.jsonl): spec_id, split, mode, ok, reasons, `facts` (fact id ->
+"ok" or its first reason), `use_for_training`, and (added with issue 10) `spans`: fact id ->
+[start, end, sentence start, sentence end, section found, cue side] — where the verifier bound the
+fact in the letter text (offsets into the NFC-normalised text, start -1 when the fact's name is not
+there; section found: the recipe section key whose heading precedes it, or null; cue side: "before",
+"after" or null). Reasons start with their kind ("value mismatch", "written as negated",
+"untagged", "foreign code", "over-specific code" ...; see clinsynth.letters.verify).
 """
 
 from __future__ import annotations

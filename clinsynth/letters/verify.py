@@ -1,192 +1,303 @@
-"""Check a letter against its recipe: facts expressed, negations negated, no foreign codes, not truncated.
+"""Check a letter against its recipe's GOLD: what we train on must be what the text says.
 
-A letter that fails keeps its text and gets reasons; the dataset stage leaves it out of training
-by default. Checks look in the fact's own section first, then in the whole letter (an LLM may
-move a sentence), and accept the recipe's phrase or any synonym; LLM-written text is also
-matched fuzzily (rapidfuzz) so "Lebermetastase" counts for "Lebermetastasen".
+The say strings are not trusted (an LLM-written or noised letter may differ); the gold is judged
+against the text:
+
+* every fact is bound to its own span (`binding`): its value, unit, date, dose, scheme, cycle sit
+  beside its own name, not a neighbour's; a tumour's TNM per axis with prefix, nodes, L/V/Pn/R,
+  grading, UICC/entity stage, laterality, markers and ICD-O codes match its block (`attributes`);
+* assertion cues are checked in both directions around the span, with scope over lists (`cues`):
+  a present fact has no cue in scope, a negated/suspected/historical fact has its own;
+* every code written (ICD-10-GM, OPS, ATC, LOINC, ICD-O morphology and topography) is a gold code at
+  the same specificity; a gold code not written is no more specific than its name pins down
+  (`clinsynth.terminology.names.pinned_code`, when installed);
+* the reverse check: every code, drug name, dose, lab value, TNM string and date in the letter is
+  covered by a gold fact's span, or written on purpose without gold (`Recipe.untagged`, the head);
+* truncated or failed generation parts fail.
+
+A letter that fails keeps its text and gets reasons ("<kind of problem>: <fact kind> '<name>': ...");
+the dataset stage leaves it out of training by default. `Verdict.bindings` holds each fact's span.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import re
-import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rapidfuzz import fuzz
-
-from clinsynth.sampling.phrases import CUE_WORDS
+from clinsynth.letters.attributes import Place
+from clinsynth.letters.binding import Analysis, FactBinding, bind_facts
+from clinsynth.letters.cues import judge
+from clinsynth.letters.scan import CODE_PATTERNS, LetterText, norm
 from clinsynth.sampling.recipe import Recipe, RecipeFact
-from clinsynth.schema import Assertion
 
-#: codes as letters write them; LOINC needs 2+ digits before the dash (OPS has one) and not "CA 19-9"
-CODE_PATTERNS: dict[str, re.Pattern[str]] = {
-    "icd10gm": re.compile(r"(?<![\w/.-])[A-Z][0-9]{2}(?:\.[0-9]{1,2})?(?![\w/-]|\.\d)"),
-    "ops": re.compile(r"(?<![\w/.,-])[1-9]-[0-9]{2}[0-9a-z]?(?:\.[0-9a-z]{1,2})?(?![\w-]|\.\w)"),
-    "atc": re.compile(r"(?<![\w-])[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}(?![\w-])"),
-    "loinc": re.compile(r"(?<![\w.,/-])(?<!CA )(?<!CA-)[0-9]{2,7}-[0-9](?![\w.,/-])"),
-}
+__all__ = ["CODE_PATTERNS", "Verdict", "bind_facts", "foreign_codes", "spans", "summarize", "verify"]
 
-FUZZY_MIN = 88  # partial_ratio for LLM text: tolerates inflection, not another word
-
-
-def norm(s: str) -> str:
-    """NFC + lower(): unlike casefold() it keeps offsets (ß stays one character)."""
-    return unicodedata.normalize("NFC", s).lower()
-
-
-#: abbreviations whose period does not end a sentence
-ABBREVIATIONS = re.compile(
-    r"(?:^|[\s(])(?:z\.n|v\.a|z\.b|i\.v|p\.o|s\.c|o\.n\.a|dr|med|ca|ggf|bzw|vs|u\.a|d\.h|geb|tel|nr)\.$"
-)
-
-
-@functools.lru_cache(maxsize=65536)
-def _pattern(needle: str) -> re.Pattern[str]:
-    """Whole words, any whitespace between them."""
-    words = [re.escape(w) for w in norm(needle).split()]
-    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)")
-
-
-def numbers(value: float) -> list[str]:
-    """Ways a letter writes a value: 10,2 · 10.2 · 10,20 (and 268 for 268.0)."""
-    out = []
-    if float(value).is_integer():
-        out.append(str(int(value)))
-    for d in (1, 2):
-        s = f"{value:.{d}f}"
-        out += [s.replace(".", ","), s]
-    return list(dict.fromkeys(out))
+try:  # the clinical-name lexicon: the code a name pins ("Sigmakarzinom" -> C18.7, "Kolonkarzinom" -> C18)
+    from clinsynth.terminology.names import covers as _covers
+    from clinsynth.terminology.names import pinned_code as _pinned_code
+except ImportError:  # pragma: no cover - trees without the lexicon skip the specificity check
+    _pinned_code = None  # type: ignore[assignment]
+    _covers = None  # type: ignore[assignment]
 
 
 @dataclass
 class Verdict:
     ok: bool
     reasons: list[str] = field(default_factory=list)
-    #: fact id -> "ok" | reason (for error analysis)
+    #: fact id -> "ok" | its first reason (for error analysis)
     facts: dict[str, str] = field(default_factory=dict)
+    #: each fact's span and cue (see `binding.FactBinding`)
+    bindings: list[FactBinding] = field(default_factory=list)
 
 
-class _Text:
-    """A letter's text, normalised once, with sentence boundaries for cue checks."""
-
-    def __init__(self, text: str) -> None:
-        self.n = norm(text)
-        # sentence ends: ". ", "; " or a line break, but not after "z.n." or "i.v."
-        self.stops = [
-            m.start()
-            for m in re.finditer(r"[.;!?](?=\s)|\n", self.n)
-            if self.n[m.start()] in ";\n"
-            or not ABBREVIATIONS.search(self.n[max(0, m.start() - 8) : m.start() + 1])
-        ]
-
-    def find(self, needle: str) -> list[tuple[int, int]]:
-        """(start, length) of every whole-word occurrence."""
-        if not needle.strip():
-            return []
-        return [(m.start(), m.end() - m.start()) for m in _pattern(needle).finditer(self.n)]
-
-    def sentence(self, pos: int, length: int) -> tuple[str, int, int]:
-        """The sentence (or table/list line) around pos, and pos's offset in it."""
-        i = bisect.bisect_left(self.stops, pos)
-        start = self.stops[i - 1] + 1 if i > 0 else 0
-        j = bisect.bisect_left(self.stops, pos + length)
-        end = self.stops[j] if j < len(self.stops) else len(self.n)
-        return self.n[start:end], pos - start, length
+# ---------------------------------------------------------------------------------------------- lexicons
 
 
-def _has_cue(sentence: str, offset: int, length: int, assertion: Assertion, window: int = 60) -> bool:
-    before = sentence[max(0, offset - window) : offset]
-    after = sentence[offset + length : offset + length + window]
-    for cue in CUE_WORDS[assertion]:
-        pat = r"(?<!\w)" + re.escape(cue) + r"(?!\w)" if cue[-1].isalnum() else re.escape(cue)
-        if re.search(pat, before) or re.search(pat, after):
-            return True
-    return False
+@functools.lru_cache(maxsize=1)
+def _lexicons() -> dict[str, dict[str, list[str]]]:
+    """Words that name a drug, a finding or a lab test: first word -> full names (normalised)."""
+    drugs: set[str] = set()
+    labs: set[str] = set()
+    findings: set[str] = set(FINDINGS)
+    try:
+        from clinsynth.terminology import load_catalog
+
+        cat = load_catalog()
+        drugs |= {c.display for c in cat.atc if len(c.code) == 7 and c.display}
+        labs |= {t.name_de for t in cat.labs.values()}
+    except Exception:  # pragma: no cover - the catalogue always loads in a working install
+        pass
+    try:
+        from clinsynth.sampling import phrases
+
+        labs |= {s for v in getattr(phrases, "LAB_SHORT", {}).values() for s in v if len(s) > 1}
+        findings |= set(getattr(phrases, "RULE_OUT", {}).values())
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from clinsynth.terminology import names as lexicon
+
+        for attr in ("BRANDS", "BRAND_NAMES"):
+            brands = getattr(lexicon, attr, None)
+            if isinstance(brands, Mapping):
+                for k, v in brands.items():
+                    drugs |= {k} if isinstance(k, str) and not re.fullmatch(r"[A-Z]\d\d\w*", k) else set()
+                    drugs |= (
+                        set(v) if isinstance(v, (list, tuple, set)) else {v} if isinstance(v, str) else set()
+                    )
+    except ImportError:
+        pass
+    out: dict[str, dict[str, list[str]]] = {}
+    for kind, names in (("drug", drugs), ("finding", findings), ("lab", labs)):
+        table: dict[str, list[str]] = {}
+        for n in names:
+            words = norm(n).split()
+            if words and len(words[0]) > 1:
+                table.setdefault(words[0], []).append(" ".join(words))
+        out[kind] = table
+    return out
 
 
-def _names(f: RecipeFact) -> list[str]:
-    base = f.gold.get("text") or f.gold.get("name") or f.say.get("phrase") or ""
-    return [n for n in [base, *f.synonyms] if n]
+#: findings a letter states as facts; one written without gold is an untagged fact
+FINDINGS = (
+    "Lungenembolie", "Lungenarterienembolie", "Sepsis", "Pneumonie", "Hirnmetastasen", "Hirnmetastase",
+    "Lebermetastasen", "Lebermetastase", "Lungenmetastasen", "Knochenmetastasen", "Pleurakarzinose",
+    "Peritonealkarzinose", "Nebennierenmetastasen", "Aszites", "Beinvenenthrombose", "Thrombose",
+    "Hirnmetastasierung", "Lebermetastasierung", "Lungenmetastasierung", "Perikarderguss",
+    "Myokardinfarkt", "Lungenödem", "Ileus", "Anastomoseninsuffizienz", "Neutropenie", "Agranulozytose",
+)  # fmt: skip
+
+_WORD = re.compile(r"[^\W_][\w-]*")
 
 
-def _locate(text: _Text, names: Sequence[str], fuzzy: bool) -> list[tuple[int, int]]:
-    """Every (position, length) of the names; fuzzy matching (one best hit) only for LLM text."""
-    hits = [h for name in names for h in text.find(name)]
-    if hits or not fuzzy:
-        return hits
-    for name in names:
-        n = norm(name)
-        if len(n) < 5:
-            continue  # fuzzy matching short names (Hb, K) finds them everywhere
-        al = fuzz.partial_ratio_alignment(n, text.n, score_cutoff=FUZZY_MIN)
-        if al is not None:
-            return [(al.dest_start, al.dest_end - al.dest_start)]
-    return []
+def _lexicon_hits(lt: LetterText) -> Iterator[tuple[str, int, int, str]]:
+    """(kind, start, end, name) of every lexicon word in the text."""
+    lex = _lexicons()
+    for m in _WORD.finditer(lt.n):
+        w = m.group(0)
+        for kind, table in lex.items():
+            for name in table.get(w, ()):
+                if " " not in name:
+                    yield kind, m.start(), m.end(), name
+                elif lt.n.startswith(name, m.start()):
+                    yield kind, m.start(), m.start() + len(name), name
 
 
-def _check_fact(f: RecipeFact, text: _Text, fuzzy: bool) -> str | None:
-    if f.kind == "tumor":
-        missing = [
-            k
-            for k in ("histology", "tnm", "uicc", "grading")
-            if f.say.get(k)
-            and not text.find(f.say[k])
-            and not (fuzzy and k == "histology" and _locate(text, [f.say[k]], True))
-        ]
-        if f.say.get("morphology_code") and not text.find(f.say["morphology_code"]):
-            missing.append("morphology code")
-        for m in f.gold.get("markers") or ():
-            if not text.find(m["name"]):
-                missing.append(f"marker {m['name']}")
-        return f"omitted: tumour {', '.join(missing)}" if missing else None
-    names = _names(f)
-    hits = _locate(text, names, fuzzy)
-    if not hits:
-        return f"omitted: {f.kind} {names[0]!r}"
-    code = f.say.get("code")
-    if code and not text.find(code):
-        return f"code not written: {f.kind} {names[0]!r} {code}"
-    value = f.gold.get("value") if f.kind == "lab" else f.gold.get("dose") if f.kind == "medication" else None
-    if value is not None:
-        written = numbers(float(value))
-        near = [h for h in hits if any(_pattern(v).search(text.n[h[0] : h[0] + h[1] + 80]) for v in written)]
-        if not near:
-            what = "value" if f.kind == "lab" else "dose"
-            return f"{what} missing: {f.kind} {names[0]!r} {value}"
-        hits = near
-    if f.assertion in ("negated", "historical", "suspected"):
-        if not any(_has_cue(*text.sentence(*h), f.assertion) for h in hits):
-            sentence = text.sentence(*hits[0])[0]
-            return f"not {f.assertion}: {f.kind} {names[0]!r} (no cue in {sentence.strip()[:80]!r})"
-    elif f.kind in ("diagnosis", "procedure"):
-        # "kein Hinweis auf X" right before a present fact: the letter negates what the recipe affirms
-        def negated_at(h: tuple[int, int]) -> bool:
-            sentence, offset, _ = text.sentence(*h)
-            return bool(_NEG_BEFORE.search(sentence[max(0, offset - 25) : offset]))
-
-        if all(negated_at(h) for h in hits):
-            return f"written as negated: {f.kind} {names[0]!r}"
-    return None
+# ---------------------------------------------------------------------------------------------- checks
 
 
-_NEG_BEFORE = re.compile(r"(?<!\w)(?:kein|keine|keinen|keiner|ohne)(?!\w)[^.;]*$")
+def _label(f: RecipeFact, names: Sequence[str]) -> str:
+    return f"{f.kind} {(names[0] if names else f.id)!r}"
+
+
+def _reason(problem: str, label: str) -> str:
+    head, _, tail = problem.partition(": ")
+    return f"{head}: {label}: {tail}" if tail else f"{head}: {label}"
+
+
+#: gold code field -> (lexicon system, the gold/say keys whose text may pin it)
+_PINNED_BY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "icd10gm": ("icd10gm", ("text", "entity", "name")),
+    "ops": ("ops", ("text", "name")),
+    "morphology": ("morphology", ("histology",)),
+    "topography": ("topography", ()),
+    "atc": ("atc", ("name",)),
+    "loinc": ("loinc", ("name",)),
+}
+
+
+def _specificity(f: RecipeFact, b: FactBinding, label: str, lt: LetterText) -> list[str]:
+    """A gold code the letter does not write may be no more specific than its name pins down."""
+    if _pinned_code is None or _covers is None:
+        return []
+    written = {t.text for t in lt.codes}
+    out = []
+    for fld in b.unwritten_codes:
+        code = str(f.gold[fld])
+        if code in written:
+            continue  # written elsewhere in the letter (a code list, another line)
+        system, keys = _PINNED_BY[fld]
+        texts = [b.name or ""] + [str(f.gold[k]) for k in keys if f.gold.get(k)]
+        texts += [str(f.say[k]) for k in keys if isinstance(f.say.get(k), str)]
+        pins = {p for t in dict.fromkeys(texts) if t for p in [_pinned_code(system, t)] if p}
+        if not pins:
+            out.append(f"over-specific code: {label}: gold {fld} {code}, the text pins no code")
+        elif not any(_covers(system, code, p) for p in pins):
+            shown = ", ".join(sorted(pins))
+            if any(_covers(system, p, code) for p in pins):
+                out.append(f"over-specific code: {label}: gold {fld} {code}, the text pins {shown}")
+            else:
+                out.append(f"code mismatch: {label}: gold {fld} {code}, the text pins {shown}")
+    return out
+
+
+def _gold_codes(recipe: Recipe) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {k: set() for k in CODE_PATTERNS}
+    for f in recipe.facts:
+        g = f.gold
+        for fld, system in (
+            ("icd10gm", "icd10gm"),
+            ("topography", "icd10gm"),
+            ("ops", "ops"),
+            ("atc", "atc"),
+            ("loinc", "loinc"),
+            ("morphology", "morphology"),
+        ):
+            if g.get(fld):
+                out[system].add(str(g[fld]))
+        for m in g.get("markers") or ():
+            if m.get("loinc"):
+                out["loinc"].add(m["loinc"])
+    return out
 
 
 def foreign_codes(text: str, recipe: Recipe) -> list[str]:
-    held = recipe.codes()
-    found: list[str] = []
-    for kind, pat in CODE_PATTERNS.items():
-        for m in pat.finditer(text):
-            code = m.group(0)
-            if code not in held and not any(
-                h.startswith(code) or code.startswith(h) for h in held if kind != "loinc"
-            ):
-                found.append(f"{kind} {code}")
+    """Written codes that are not gold codes at the same specificity ("icd10gm C18", "morphology 9930/3")."""
+    lt = LetterText(text)
+    return _foreign(lt, recipe, _free_spans(lt, recipe))
+
+
+def _foreign(lt: LetterText, recipe: Recipe, free: Sequence[tuple[int, int]]) -> list[str]:
+    gold = _gold_codes(recipe)
+    found = [
+        f"{t.value} {t.text}"
+        for t in lt.codes
+        if t.text not in gold[t.value] and not _inside(free, t.start, t.end)
+    ]
     return sorted(set(found))
+
+
+def _free_spans(lt: LetterText, recipe: Recipe) -> list[tuple[int, int]]:
+    """Spans written on purpose without gold: the untagged strings and the head's strings."""
+    out = []
+
+    def strings(x: Any) -> Iterator[str]:
+        if isinstance(x, str):
+            yield x
+        elif isinstance(x, Mapping):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from strings(v)
+
+    for s in [*recipe.untagged, *strings(recipe.header)]:
+        s = norm(s.strip())
+        if len(s) < 2:
+            continue
+        i = lt.n.find(s)
+        while i != -1:
+            out.append((i, i + len(s)))
+            i = lt.n.find(s, i + 1)
+    return sorted(out)
+
+
+def _inside(spans: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    return any(s <= start and end <= e for s, e in spans)
+
+
+class _Cover:
+    """Sorted intervals with a fast 'is [start, end) inside one of them' test."""
+
+    def __init__(self, spans: Sequence[tuple[int, int]]) -> None:
+        merged: list[list[int]] = []
+        for s, e in sorted(spans):
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        self.spans = merged
+        self.starts = [s for s, _ in merged]
+
+    def covers(self, start: int, end: int) -> bool:
+        import bisect
+
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and self.spans[i][1] >= end
+
+
+def _gold_dates(recipe: Recipe) -> list[str]:
+    out = []
+    for f in recipe.facts:
+        for k in ("date", "start", "end"):
+            if f.gold.get(k):
+                out.append(str(f.gold[k]))
+    for d in (recipe.encounter or {}, recipe.patient or {}):
+        for k in ("admission", "discharge", "birth_date"):
+            if d.get(k):
+                out.append(str(d[k]))
+    return out
+
+
+def _reverse(
+    a: Analysis, places: Sequence[Place], free: Sequence[tuple[int, int]], recipe: Recipe
+) -> list[str]:
+    """Everything fact-like in the letter is gold or on purpose untagged."""
+    lt = a.lt
+    names = _Cover([*a.all_occ, *free])
+    regions = _Cover([*[(p.lead, p.region_end) for p in places], *a.all_occ, *free])
+    gold_dates = _gold_dates(recipe)
+    out: list[str] = []
+    for kind, s, e, _name in _lexicon_hits(lt):
+        if kind == "lab":
+            nxt = lt.tokens("numbers", e, e + 16)
+            if nxt and not regions.covers(s, nxt[0].end):
+                out.append(f"untagged: lab {lt.raw[s:e]!r} {nxt[0].text}")
+        elif not names.covers(s, e):
+            out.append(f"untagged: {kind} {lt.raw[s:e]!r}")
+    for t in lt.dates:
+        if not regions.covers(t.start, t.end) and not any(t.value.matches(d) for d in gold_dates):
+            out.append(f"untagged: date {t.text!r}")
+    for t in lt.numbers:
+        if t.value[1] is not None and not regions.covers(t.start, t.end):
+            out.append(f"untagged: value {lt.raw[t.start : t.end]} {t.value[1]}")
+    for t in lt.tnm:
+        if any(x.axis in ("t", "n", "m") for x in t.value) and not regions.covers(t.start, t.end):
+            out.append(f"untagged: TNM {t.text!r}")
+    return list(dict.fromkeys(out))
 
 
 def verify(
@@ -197,12 +308,11 @@ def verify(
     llm_sections: Sequence[str] = (),
     whole_letter_llm: bool = False,
 ) -> Verdict:
-    """Check `text` (the whole letter) against `recipe`.
+    """Check `text` (the whole letter) against `recipe`'s gold.
 
     `finish_reasons`: generation part -> finish reason ("length" = truncated);
-    `llm_sections`: sections written by an LLM (fuzzy matching there); `whole_letter_llm`: all of it.
+    `llm_sections`: sections written by an LLM (names matched fuzzily there); `whole_letter_llm`: all of it.
     """
-    t = _Text(text)
     reasons: list[str] = []
     per_fact: dict[str, str] = {}
     for part, reason in (finish_reasons or {}).items():
@@ -210,14 +320,69 @@ def verify(
             reasons.append(f"truncated: {part}")
         elif reason not in ("stop", "template"):
             reasons.append(f"generation failed: {part} ({reason})")
+    a = Analysis(text, recipe, llm_sections=llm_sections, whole_letter_llm=whole_letter_llm)
+    lt = a.lt
+    bindings: list[FactBinding] = []
+    places: list[Place] = []
+    fact_reasons: dict[str, list[str]] = {}
+    claimed: set[tuple[int, int]] = set()  # occurrences a cued (non-present) fact stands on
+    bound = []
     for f in recipe.facts:
-        fuzzy = whole_letter_llm or f.section in llm_sections
-        problem = _check_fact(f, t, fuzzy)
-        per_fact[f.id] = problem or "ok"
-        if problem:
-            reasons.append(problem)
-    reasons += [f"foreign code: {c}" for c in foreign_codes(text, recipe)]
-    return Verdict(ok=not reasons, reasons=reasons, facts=per_fact)
+        b, scored = a.bind(f)
+        bound.append((f, b, scored))
+        places += [p for p, _, _ in scored]
+    # non-present facts first: they claim the occurrence their cue governs ("Z.n. Koloskopie" vs "Koloskopie")
+    order = sorted(bound, key=lambda x: x[0].assertion == "present")
+    for f, b, _scored in order:
+        label = _label(f, [b.name] if b.name else a.names[f.id])
+        rs: list[str] = []
+        if b.start < 0:
+            rs.append(f"omitted: {label}")
+        else:
+            rs += [_reason(p, label) for p in b.problems]
+            rs += _specificity(f, b, label, lt)
+            occs = [(b.start, b.end)] + [o for o in b.occurrences if o != (b.start, b.end)]
+            if f.assertion == "present":
+                for o in occs:
+                    if o in claimed:
+                        continue
+                    ok, cue = judge(a.cues_at(*o), "present")
+                    if not ok and cue is not None:
+                        b.cue, b.cue_assertion = lt.raw[cue.start : cue.end], cue.assertion
+                        b.cue_side = "before" if cue.end <= o[0] else "after"
+                        rs.append(f"written as {cue.assertion}: {label} (cue {b.cue!r})")
+                        break
+            else:
+                for o in occs:
+                    ok, cue = judge(a.cues_at(*o), f.assertion)
+                    if ok and cue is not None:
+                        claimed.add(o)
+                        b.cue, b.cue_assertion = lt.raw[cue.start : cue.end], cue.assertion
+                        b.cue_side = "before" if cue.end <= o[0] else "after"
+                        break
+                else:
+                    s, e = lt.sentence(b.start, b.end)
+                    rs.append(f"not {f.assertion}: {label} (no cue in {lt.raw[s:e].strip()[:80]!r})")
+        fact_reasons[f.id] = rs
+        bindings.append(b)
+    bindings.sort(key=lambda b: [f.id for f in recipe.facts].index(b.fact_id))
+    for f in recipe.facts:
+        rs = fact_reasons[f.id]
+        per_fact[f.id] = rs[0] if rs else "ok"
+        reasons += rs
+    free = _free_spans(lt, recipe)
+    reasons += [f"foreign code: {c}" for c in _foreign(lt, recipe, free)]
+    reasons += _reverse(a, places, free, recipe)
+    return Verdict(ok=not reasons, reasons=reasons, facts=per_fact, bindings=bindings)
+
+
+def spans(v: Verdict) -> dict[str, list[Any]]:
+    """A verdict's bindings as the verdict record stores them: fact id -> [start, end, sentence start,
+    sentence end, section found, cue side] (offsets into the NFC text; start -1: not found)."""
+    return {
+        b.fact_id: [b.start, b.end, b.sentence_start, b.sentence_end, b.found_section, b.cue_side]
+        for b in v.bindings
+    }
 
 
 def summarize(verdicts: Sequence[Verdict | Mapping[str, Any]]) -> dict[str, Any]:

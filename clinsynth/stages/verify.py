@@ -21,7 +21,7 @@ from clinsynth.core.config import StageConfig, identity
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.letters.report import LettersReport, write_report
-from clinsynth.letters.verify import summarize, verify
+from clinsynth.letters.verify import spans, summarize, verify
 from clinsynth.sampling.recipe import Recipe
 
 
@@ -83,12 +83,15 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                     "ok": v.ok,
                     "reasons": v.reasons,
                     "facts": v.facts,
+                    # fact id -> [start, end, sentence start, sentence end, section found, cue side]
+                    "spans": spans(v),
                     # failing letters stay here with their reasons but are not trained on by default
                     "use_for_training": v.ok or include_failed,
                 }
                 fh.write(orjson.dumps(row) + b"\n")
                 letters_report.add(recipe, letter["text"], row)
-                row.pop("facts")  # per-fact verdicts stay in the file, not in memory
+                row.pop("facts")  # per-fact verdicts and spans stay in the file, not in memory
+                row.pop("spans")
                 verdicts.append(row)
                 by_mode.setdefault(letter.get("mode") or "?", []).append(row)
         missing = [sid for sid in index if sid not in seen]

@@ -1,0 +1,220 @@
+"""Assertion cues (negation, suspicion, history) and their scope around a fact's name, both directions.
+
+A cue governs the names right after it ("kein Hinweis auf X", "V.a. X", "Z.n. X") or right before
+it ("X nicht nachweisbar", "X sonographisch ausgeschlossen", "X, metastasensuspekt").
+Scope (NegEx-like, tuned for German letters):
+
+* it never crosses a clause end (". ", ";", ":", a line break) or a contrast word ("aber", "jedoch" ...);
+* before the name, at most 3 words may sit between cue and name, all lower case (German nouns are
+  capitalised: "Keine Beschwerden bei Rektumkarzinom" does not negate the carcinoma);
+* after the name, at most 3 words of any case ("Lungenmetastasen CT-morphologisch nicht nachweisbar"),
+  or just a comma ("Leberläsion, metastasensuspekt");
+* a list of names joined by ",", "und", "oder", "sowie" shares the cue ("Kein Hinweis auf
+  Lebermetastasen oder Aszites", "Leber- und Lungenmetastasen ausgeschlossen" if both are written).
+
+Strong cues decide: a present fact must have none in scope. Weak cues ("unauffällig", "(2019)",
+"vorbekannt", "am ehesten") only confirm an assertion the gold states; they never contradict "present".
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clinsynth.letters.scan import LetterText
+from clinsynth.schema import Assertion
+
+_NOUN_CUE = r"(?:hinweis|anhalt|anhaltspunkt|nachweis|zeichen|verdacht|evidenz|befund)\w*"
+_ART = r"(?:auf|für|von|vom|einer?|eines|einen|einem|den|die|das|der)"
+_NICHT_AUSZ = r"nicht\s+(?:sicher\s+|ganz\s+|mit\s+sicherheit\s+)?auszuschlie(?:ß|ss)en"
+
+#: (pattern, assertion, strong, where: "pre" | "post" | "both"); the first alternative that matches wins
+CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
+    # suspicion first: "nicht sicher auszuschließen" is no negation
+    (_NICHT_AUSZ, "suspected", True, "both"),
+    (rf"kein(?:e[nmrs]?)?(?:\s+[\w-]+){{0,2}}?\s+{_NOUN_CUE}(?:\s+{_ART})?", "negated", True, "pre"),
+    (rf"ohne(?:\s+[\w-]+)?\s+{_NOUN_CUE}(?:\s+{_ART})?", "negated", True, "pre"),
+    (r"kein(?:e[nmrs]?)?", "negated", True, "pre"),
+    (r"ohne", "negated", True, "pre"),
+    (rf"ausschluss\s+{_ART}?", "negated", True, "pre"),
+    (r"frei\s+von", "negated", True, "pre"),
+    (r"negativ\s+für", "negated", True, "pre"),
+    (r"ausgeschlossen|ausgeräumt|widerlegt", "negated", True, "both"),
+    (
+        r"nicht\s+(?:mehr\s+)?(?:nachweisbar|nachgewiesen|nachzuweisen|darstellbar|abgrenzbar|sichtbar|"
+        r"erkennbar|vorhanden|bestätigt|bestätigen|feststellbar|gesehen|detektierbar|zu\s+sehen|eruierbar)",
+        "negated",
+        True,
+        "post",
+    ),
+    (r"verneint", "negated", True, "post"),
+    (r"negativ|unauffällig|o\.\s?b\.|regelrecht|normwertig", "negated", False, "post"),
+    (r"v\.\s?a\.|verdachts?\s+auf|dringende[rn]?\s+verdacht\s+auf|verdacht", "suspected", True, "pre"),
+    (r"verdachtsdiagnose|vermutet", "suspected", True, "post"),
+    (r"dd:?|differen[tz]ialdiagnostisch", "suspected", True, "pre"),
+    (
+        r"fraglich\w*|vermutlich\w*|wahrscheinlich\w*|verdächtig\w*|[\w-]*suspekt\w*",
+        "suspected",
+        True,
+        "both",
+    ),
+    (r"am\s+ehesten|a\.\s?e\.|vereinbar\s+mit|möglich\w*|passend\s+zu", "suspected", False, "pre"),
+    (
+        r"z\.\s?n\.|zustand\s+nach|st\.\s?n\.|status\s+nach|s\.\s?p\.|ehemal\w*|damalig\w*|"
+        r"stattgehabt\w*|vorausgegangen\w*|zurückliegend\w*|in\s+der\s+vorgeschichte",
+        "historical",
+        True,
+        "pre",
+    ),
+    (r"früher\w*|damals", "historical", True, "both"),
+    (r"in\s+der\s+vorgeschichte|vor\s+\d+\s+jahren", "historical", True, "post"),
+    (r"anamnestisch|vorbekannt\w*|bekannt\w*", "historical", False, "both"),
+    (r"\(\s*(?:\d{1,2}/)?(?:19|20)\d{2}\s*\)|(?<![./])(?:19|20)\d{2}", "historical", False, "post"),
+)
+
+_ALT = "|".join(
+    rf"(?P<c{i}>(?<![\w])(?:{p})(?:(?<=\w)(?!\w)|(?<!\w)))" for i, (p, *_rest) in enumerate(CUE_TABLE)
+)
+CUE_PATTERN = re.compile(_ALT)
+_CONTRAST = re.compile(
+    r"(?<!\w)(?:aber|jedoch|allerdings|hingegen|sondern|während|trotz|außer|ausser|bis\s+auf|sonst|"
+    r"ausnahme|dagegen|wohingegen|aktuell|derzeit|jetzt|nun)(?!\w)"
+)
+_LIST_JOIN = re.compile(
+    r"\s*(?:,|/|\+)?\s*(?:(?:und|oder|sowie|bzw\.?|u\.|od\.|noch|resp\.)\s+)?"
+    r"(?:(?:ein|eine|einer|eines|einen|einem|der|die|das|den|dem|des)\s+)?"
+)
+_GAP_WORD = re.compile(r"[^\W\d_][\w.-]*|\d[\w.,/-]*")
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: int
+    end: int
+    assertion: Assertion
+    strong: bool
+    #: where it may stand relative to the name: "pre", "post" or "both"
+    where: str
+    text: str
+
+
+def find_cues(lt: LetterText) -> list[Cue]:
+    """Every cue of the letter, in text order (one scan)."""
+    out = []
+    for m in CUE_PATTERN.finditer(lt.n):
+        i = int(m.lastgroup[1:]) if m.lastgroup else 0
+        _, assertion, strong, where = CUE_TABLE[i]
+        out.append(Cue(m.start(), m.end(), assertion, strong, where, m.group(0)))
+    return out
+
+
+def _no_stop(lt: LetterText, a: int, b: int) -> bool:
+    i = bisect.bisect_left(lt.stops, a)
+    return i >= len(lt.stops) or lt.stops[i] >= b
+
+
+def gap_ok(lt: LetterText, a: int, b: int, *, before: bool) -> bool:
+    """Can a cue reach across text [a, b)? (see the module docstring)"""
+    if b < a:
+        return False
+    if b == a:
+        return True
+    gap = lt.n[a:b]
+    if not before and gap.strip() == ",":
+        return True  # "Leberläsion, metastasensuspekt"
+    if "," in gap or not _no_stop(lt, a, b) or _CONTRAST.search(gap):
+        return False
+    words = _GAP_WORD.findall(lt.raw[a:b])
+    if len(words) > 3:
+        return False
+    return not (before and any(w[0].isupper() for w in words))
+
+
+def list_joined(lt: LetterText, a: int, b: int) -> bool:
+    """Is [a, b) only a list joint between two names (", ", " und ", " oder eine ")?"""
+    if b < a:
+        return False
+    m = _LIST_JOIN.fullmatch(lt.n, a, b)
+    return m is not None and _no_stop(lt, a, b) and "\n" not in lt.n[a:b]
+
+
+class CueIndex:
+    """The letter's cues and name occurrences, to answer "which cues govern this name?"."""
+
+    def __init__(self, lt: LetterText, names: Sequence[tuple[int, int]]) -> None:
+        self.lt = lt
+        self.cues = find_cues(lt)
+        self.cue_starts = [c.start for c in self.cues]
+        self.names = sorted(set(names))
+        self.name_starts = [s for s, _ in self.names]
+
+    def group(self, start: int, end: int) -> tuple[int, int]:
+        """The list of names [start, end) belongs to ("Leber-, Lungenmetastasen oder Aszites")."""
+        lt, names = self.lt, self.names
+        i = bisect.bisect_left(self.name_starts, start)
+        gs, ge = start, end
+        j = i - 1
+        while j >= 0:
+            s, e = names[j]
+            if e <= gs and list_joined(lt, e, gs):
+                gs = s
+            elif e > gs:
+                pass  # overlapping name (a name inside a longer one)
+            else:
+                break
+            j -= 1
+        j = i + 1
+        while j < len(names):
+            s, e = names[j]
+            if s >= ge and list_joined(lt, ge, s):
+                ge = e
+            elif s < ge:
+                pass
+            else:
+                break
+            j += 1
+        return gs, ge
+
+    def in_scope(self, start: int, end: int) -> list[Cue]:
+        """Cues that govern the name at [start, end), nearest first."""
+        lt = self.lt
+        gs, ge = self.group(start, end)
+        lo = bisect.bisect_left(self.cue_starts, max(0, gs - 120))
+        hi = bisect.bisect_right(self.cue_starts, ge + 120)
+        out: list[tuple[int, Cue]] = []
+        for c in self.cues[lo:hi]:
+            if c.start < end and c.end > start:
+                continue  # the cue is part of the name itself
+            if c.end <= start and c.where in ("pre", "both"):
+                if gap_ok(lt, c.end, start, before=True) or (
+                    c.end <= gs and gap_ok(lt, c.end, gs, before=True)
+                ):
+                    out.append((start - c.end, c))
+            elif (
+                c.start >= end
+                and c.where in ("post", "both")
+                and (
+                    gap_ok(lt, end, c.start, before=False)
+                    or (c.start >= ge and gap_ok(lt, ge, c.start, before=False))
+                )
+            ):
+                out.append((c.start - end, c))
+        return [c for _, c in sorted(out, key=lambda x: x[0])]
+
+
+def judge(cues: Sequence[Cue], assertion: Assertion) -> tuple[bool, Cue | None]:
+    """(the cues fit the assertion, the cue that decided). A negation wins over suspicion ("kein V.a.")."""
+    strong = [c for c in cues if c.strong]
+    if assertion == "present":
+        return (not strong, strong[0] if strong else None)
+    if assertion == "negated":
+        hit = next((c for c in cues if c.assertion == "negated"), None)
+        return hit is not None, hit
+    # suspected / historical: its own cue, and no negation in scope
+    neg = next((c for c in strong if c.assertion == "negated"), None)
+    hit = next((c for c in cues if c.assertion == assertion), None)
+    if neg is not None and (hit is None or neg.start < hit.start):
+        return False, neg
+    return hit is not None, hit

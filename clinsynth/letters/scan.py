@@ -1,0 +1,383 @@
+"""A letter's text indexed once for the verifier: normalised text, lines, clauses, sections, and every
+code, date, number, unit, schedule and TNM string it writes.
+
+Everything here is computed once per letter with precompiled patterns, so that checking a fact is
+a lookup in sorted token lists, not another scan of the whole text (the verifier must check 75k
+letters in minutes). Offsets refer to the NFC-normalised text (`LetterText.raw`); `n` is its
+lower-case copy with the same offsets.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MONTHS_DE = (
+    "januar", "februar", "märz", "april", "mai", "juni",
+    "juli", "august", "september", "oktober", "november", "dezember",
+)  # fmt: skip
+
+
+def norm(s: str) -> str:
+    """NFC + lower() with unchanged length (a character whose lower case is longer stays as it is)."""
+    s = unicodedata.normalize("NFC", s)
+    low = s.lower()
+    if len(low) == len(s):
+        return low
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in s)
+
+
+# ---------------------------------------------------------------------------------------------- patterns
+
+#: codes as letters write them (on the raw text: case matters); LOINC needs 2+ digits before the dash
+#: (OPS has one) and is never "CA 19-9"; ICD never "Vitamin B12"
+CODE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "icd10gm": re.compile(r"(?<![\w/.-])(?<!Vitamin )[A-Z][0-9]{2}(?:\.[0-9]{1,2})?(?![\w/-]|\.\d)"),
+    "ops": re.compile(r"(?<![\w/.,-])[1-9]-[0-9]{2}[0-9a-z]?(?:\.[0-9a-z]{1,2})?(?![\w-]|\.\w)"),
+    "atc": re.compile(r"(?<![\w-])[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}(?![\w-])"),
+    "loinc": re.compile(r"(?<![\w.,/-])(?<!CA )(?<!CA-)[0-9]{2,7}-[0-9](?![\w.,/-])"),
+    "morphology": re.compile(r"(?<![\w/.,])[89][0-9]{3}/[0-9](?![\w/])"),
+}
+
+_MONTH_ALT = "|".join(MONTHS_DE)
+DATE_PATTERN = re.compile(
+    r"(?<![\w.,/])(?P<d>[0-3]?\d)\.\s?(?P<m>[01]?\d)\.\s?(?P<y>\d{4}|\d{2})(?![\d])"
+    rf"|(?<![\w.,/])(?:(?P<ld>[0-3]?\d)\.\s*)?(?P<lm>{_MONTH_ALT})\s+(?P<ly>\d{{4}})(?!\d)"
+    r"|(?<![\w.,/(])(?P<mm>[01]?\d)/(?P<my>\d{4}|\d{2})(?![\d/])"
+)
+YEAR_PATTERN = re.compile(r"(?<![\w.,/-])(?:19|20)\d{2}(?![\w.,/-])")
+
+#: a number as German letters write it: 10,2 · 2.400 · 2400 · 0,5
+NUMBER_PATTERN = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:\.\d{3})+(?:,\d+)?|\d+(?:[.,]\d+)?)(?![\d])")
+
+#: a dosing scheme: 1-0-1 · 1-0-1-0 · ½-0-½ · 0,5-0-0
+_SLOT = r"(?:\d+(?:,\d+)?|½|¼|¾|1/2|1/4)"
+SCHEDULE_PATTERN = re.compile(rf"(?<![\w,/.-]){_SLOT}(?:\s?-\s?{_SLOT}){{2,3}}(?![\w-]|,\d)")
+
+_PREFIX = r"(?:yp|yc|rp|rc|c|p|r|a|u|y)"
+_AXIS = (
+    rf"(?P<pre>{_PREFIX})?(?:T(?P<t>is|X|[0-4][a-d]?[0-9]?)(?:\((?:m|\d+)\))?"
+    r"|N(?P<n>[0-3][a-c]?|X)(?P<mi>mi)?(?:\s?\((?P<nodes>\d{1,3}/\d{1,3})\))?"
+    r"|M(?P<m>[01][a-d]?|X))"
+    r"|(?P<l>L[01X])|(?P<v>V[0-2X])|(?P<pn>Pn[01X])|(?P<r>R[0-2X])|(?P<g>G[1-4X])"
+)
+TNM_ELEMENT = re.compile(_AXIS)
+#: a TNM string: axes and suffixes, adjacent or separated by blanks/commas ("ypT3cN0(0/14)M0G2R0")
+_AXIS_ANON = re.sub(r"\?P<\w+>", "?:", _AXIS)
+TNM_RUN = re.compile(rf"(?<![\w/-])(?:{_AXIS_ANON})(?:[ ,]{{0,2}}(?:{_AXIS_ANON}))*(?![\w])")
+
+#: units as letters print them (longest first); compared after `unit_key`
+UNIT_WORDS = (
+    "ml/min/1,73m²", "ml/min/1,73 m²", "ml/min", "mg/m²", "mg/m2", "mg/kg", "µg/kg", "g/dl", "mg/dl",
+    "µg/dl", "ng/dl", "mmol/l", "µmol/l", "nmol/l", "pmol/l", "tsd/µl", "mio/µl", "g/l", "mg/l", "µg/l",
+    "ng/ml", "µg/ml", "pg/ml", "u/ml", "ku/l", "u/l", "mu/l", "µiu/ml", "ie/ml", "/nl", "/pl", "/µl",
+    "t/l", "mmhg", "/min", "°c", "auc", "mg", "µg", "mcg", "ie", "i.e.", "g", "ml", "l", "gy", "%",
+    "fl", "sek", "s", "kg", "cm", "pg", "mosm/kg",
+)  # fmt: skip
+_UNIT_ALT = "|".join(re.escape(u) for u in sorted(UNIT_WORDS, key=len, reverse=True))
+UNIT_AFTER = re.compile(rf"\s?(?:{_UNIT_ALT})(?![\w/])")
+
+#: sentence/clause ends: ". ", ";", "!", "?" and line breaks (not after abbreviations); a colon is no
+#: end ("Hb: 10,2 g/dl", "Aszites: nicht nachweisbar")
+_STOP = re.compile(r"[.!?](?=\s)|;|\n")
+ABBREVIATIONS = re.compile(
+    r"(?:^|[\s(])(?:z\.n|v\.a|z\.b|i\.v|p\.o|s\.c|o\.n\.a|dr|med|ca|ggf|bzw|vs|u\.a|d\.h|geb|tel|nr|pat|"
+    r"li|re|bds|st\.n|s\.p|a\.e|o\.b|b\.b|z\.t|mind|max|std|tägl|ca|evtl|i\.s|insb|inkl|zzgl|ggü|"
+    r"[a-zäöü])\.$"
+)
+#: "der 3. Zyklus", "am 7. Juni": a period after a one- or two-digit number is no sentence end
+_ORDINAL = re.compile(r"(?:^|(?<=[\s(]))\d{1,2}\.$")
+_WORD = re.compile(r"[\wäöüß][\wäöüß.-]*")
+
+
+@functools.lru_cache(maxsize=65536)
+def name_pattern(name: str) -> re.Pattern[str] | None:
+    """Whole words of a (normalised) name, any whitespace between them."""
+    words = [re.escape(w) for w in norm(name).split()]
+    if not words:
+        return None
+    return re.compile(r"(?<![\w])" + r"\s+".join(words) + r"(?![\w])")
+
+
+def unit_key(u: str) -> str:
+    """One spelling per unit: lower case, µ/μ/u alike, ² as 2, no blanks or dots."""
+    u = norm(u).replace("μ", "µ").replace("²", "2").replace(" ", "").replace(".", "")
+    return u.replace("µ", "u").replace("mcg", "ug").replace("sek", "s")
+
+
+def parse_number(s: str) -> tuple[float, ...]:
+    """Every value a written number can mean (2.400 is 2400 in German, 2.4 in English)."""
+    out = []
+    if "," in s and "." in s:
+        out.append(float(s.replace(".", "").replace(",", ".")))
+    elif "," in s:
+        out.append(float(s.replace(",", ".")))
+    elif "." in s:
+        out.append(float(s))
+        if re.fullmatch(r"\d{1,3}(?:\.\d{3})+", s):
+            out.append(float(s.replace(".", "")))
+    else:
+        out.append(float(s))
+    return tuple(out)
+
+
+def same_number(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+
+
+@dataclass(frozen=True)
+class Token:
+    start: int
+    end: int
+    text: str
+    #: parsed value: a date tuple (year, month, day, two-digit year), numbers, a code system ...
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class DateValue:
+    year: int | None
+    month: int | None
+    day: int | None
+    #: the year was written with two digits ("07.06.23"): only year % 100 is known
+    short_year: bool = False
+
+    def matches(self, iso: str) -> bool:
+        """Does a gold date (YYYY, YYYY-MM or YYYY-MM-DD) say exactly this date, at this precision?"""
+        parts = [int(p) for p in iso.split("-")]
+        y, m, d = (parts + [None, None])[:3]
+        if self.short_year:
+            if y is None or y % 100 != self.year:
+                return False
+        elif y != self.year:
+            return False
+        return m == self.month and d == self.day
+
+
+def _date_value(m: re.Match[str]) -> DateValue | None:
+    g = m.groupdict()
+    day: int | None
+    try:
+        if g["y"]:
+            day, month, year = int(g["d"]), int(g["m"]), g["y"]
+        elif g["ly"]:
+            day = int(g["ld"]) if g["ld"] else None
+            month, year = MONTHS_DE.index(g["lm"].lower()) + 1, g["ly"]
+        else:
+            day, month, year = None, int(g["mm"]), g["my"]
+    except (TypeError, ValueError):
+        return None
+    if not 1 <= month <= 12 or (day is not None and not 1 <= day <= 31):
+        return None
+    return DateValue(int(year), month, day, len(year) == 2)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One element of a written TNM string."""
+
+    axis: str  # t n m l v pn r g
+    prefix: str | None
+    value: str
+    nodes: str | None
+    #: the prefix was not written on this axis but on an earlier one of the same string ("pT2N1")
+    carried: bool
+    start: int
+    end: int
+
+
+def parse_tnm(run: str, offset: int = 0) -> list[Axis]:
+    out: list[Axis] = []
+    last_prefix: str | None = None
+    prev_end = -1
+    for m in TNM_ELEMENT.finditer(run):
+        g = m.groupdict()
+        adjacent = m.start() == prev_end  # "pT2N1": written without a blank, the prefix carries
+        prev_end = m.end()
+        for axis in ("t", "n", "m"):
+            if g[axis] is not None:
+                pre = g["pre"]
+                carried = pre is None and adjacent and last_prefix is not None
+                if pre is not None:
+                    last_prefix = pre
+                value = axis.upper() + g[axis] + (g["mi"] or "" if axis == "n" else "")
+                out.append(
+                    Axis(
+                        axis,
+                        pre or (last_prefix if carried else None),
+                        value,
+                        g["nodes"] if axis == "n" else None,
+                        carried,
+                        offset + m.start(),
+                        offset + m.end(),
+                    )
+                )
+                break
+        else:
+            for axis in ("l", "v", "pn", "r", "g"):
+                if g[axis] is not None:
+                    out.append(Axis(axis, None, g[axis], None, False, offset + m.start(), offset + m.end()))
+                    break
+    return out
+
+
+def split_stagings(axes: list[Axis]) -> list[list[Axis]]:
+    """One TNM string per staging: an axis written a second time starts the next ("cT3 cN1 ypT2 ypN0")."""
+    out: list[list[Axis]] = []
+    seen: set[str] = set()
+    for a in axes:
+        if not out or a.axis in seen:
+            out.append([])
+            seen = set()
+        out[-1].append(a)
+        seen.add(a.axis)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the index
+
+
+class LetterText:
+    """The letter, indexed once."""
+
+    def __init__(self, text: str, headings: Iterable[tuple[str, Sequence[str]]] = ()) -> None:
+        self.raw = unicodedata.normalize("NFC", text)
+        self.n = norm(self.raw)
+        n = self.n
+        self.line_starts = [0] + [m.end() for m in re.finditer(r"\n", n)]
+        self.paragraph_stops = [m.start() for m in re.finditer(r"\n[ \t]*\n", n)]
+        self.stops = [
+            m.start()
+            for m in _STOP.finditer(n)
+            if n[m.start()] in ";\n"
+            or not (
+                ABBREVIATIONS.search(n[max(0, m.start() - 8) : m.start() + 1])
+                or _ORDINAL.search(n, max(0, m.start() - 3), m.start() + 1)
+            )
+        ]
+        raw = self.raw
+        self.codes: list[Token] = sorted(
+            (
+                Token(m.start(), m.end(), m.group(0), system)
+                for system, p in CODE_PATTERNS.items()
+                for m in p.finditer(raw)
+            ),
+            key=lambda t: t.start,
+        )
+        self.dates: list[Token] = []
+        for m in DATE_PATTERN.finditer(n):
+            dv = _date_value(m)
+            if dv is not None:
+                self.dates.append(Token(m.start(), m.end(), m.group(0), dv))
+        self.years = [
+            Token(m.start(), m.end(), m.group(0), int(m.group(0))) for m in YEAR_PATTERN.finditer(n)
+        ]
+        self.schedules = [Token(m.start(), m.end(), m.group(0)) for m in SCHEDULE_PATTERN.finditer(n)]
+        self.tnm: list[Token] = []
+        for m in TNM_RUN.finditer(raw):
+            for axes in split_stagings(parse_tnm(m.group(0), m.start())):
+                s, e = axes[0].start, axes[-1].end
+                self.tnm.append(Token(s, e, raw[s:e], axes))
+        # numbers inside dates, codes, schemes and TNM strings are not values
+        masked = sorted((t.start, t.end) for t in (*self.codes, *self.dates, *self.schedules, *self.tnm))
+        mask_starts = [s for s, _ in masked]
+        self.numbers: list[Token] = []
+        for m in NUMBER_PATTERN.finditer(n):
+            i = bisect.bisect_right(mask_starts, m.start()) - 1
+            if i >= 0 and masked[i][0] <= m.start() < masked[i][1]:
+                continue
+            u = UNIT_AFTER.match(n, m.end())
+            self.numbers.append(
+                Token(
+                    m.start(),
+                    m.end(),
+                    m.group(0),
+                    (parse_number(m.group(0)), unit_key(u.group(0)) if u else None),
+                )
+            )
+        self._starts = {
+            "codes": [t.start for t in self.codes],
+            "dates": [t.start for t in self.dates],
+            "years": [t.start for t in self.years],
+            "numbers": [t.start for t in self.numbers],
+            "schedules": [t.start for t in self.schedules],
+            "tnm": [t.start for t in self.tnm],
+        }
+        self.sections = self._sections(headings)
+
+    # -- lookups
+
+    def find(self, name: str) -> list[tuple[int, int]]:
+        """(start, end) of every whole-word occurrence of a name."""
+        p = name_pattern(name) if name and name.strip() else None
+        return [(m.start(), m.end()) for m in p.finditer(self.n)] if p else []
+
+    def tokens(self, kind: str, start: int, end: int) -> list[Token]:
+        """Tokens of a kind (codes, dates, numbers, schedules, tnm, years) starting in [start, end)."""
+        toks: list[Token] = getattr(self, kind)
+        starts = self._starts[kind]
+        return toks[bisect.bisect_left(starts, start) : bisect.bisect_left(starts, end)]
+
+    def line(self, pos: int) -> tuple[int, int]:
+        i = bisect.bisect_right(self.line_starts, pos) - 1
+        start = self.line_starts[i]
+        end = self.line_starts[i + 1] - 1 if i + 1 < len(self.line_starts) else len(self.n)
+        return start, end
+
+    def sentence(self, start: int, end: int | None = None) -> tuple[int, int]:
+        """The clause (sentence, list item or table line) around [start, end)."""
+        end = start if end is None else end
+        i = bisect.bisect_left(self.stops, start)
+        s = self.stops[i - 1] + 1 if i > 0 else 0
+        j = bisect.bisect_left(self.stops, max(start, end - 1))
+        e = self.stops[j] if j < len(self.stops) else len(self.n)
+        return s, e
+
+    def paragraph(self, pos: int) -> tuple[int, int]:
+        i = bisect.bisect_left(self.paragraph_stops, pos)
+        s = self.paragraph_stops[i - 1] + 1 if i > 0 else 0
+        e = self.paragraph_stops[i] if i < len(self.paragraph_stops) else len(self.n)
+        return s, e
+
+    def section_at(self, pos: int) -> tuple[str | None, int, int]:
+        """(section key, start, end) of the located section holding pos (None: before any heading)."""
+        key, start, end = None, 0, len(self.n)
+        for k, s, e in self.sections:
+            if s <= pos < e:
+                return k, s, e
+            if s > pos:
+                end = s
+                break
+        return key, start, end
+
+    # -- sections
+
+    def _sections(self, headings: Iterable[tuple[str, Sequence[str]]]) -> list[tuple[str, int, int]]:
+        """Locate section headings: a line that is (or starts with) the heading, any case."""
+        found: list[tuple[int, str, int]] = []
+        for key, names in headings:
+            for h in names:
+                p = name_pattern(h)
+                if p is None:
+                    continue
+                for m in p.finditer(self.n):
+                    ls, le = self.line(m.start())
+                    before = self.n[ls : m.start()].strip(" \t#*-_=")
+                    after = self.n[m.end() : le].strip()
+                    if not before and (not after or after.startswith(":")):
+                        found.append((ls, key, le))
+                        break
+                else:
+                    continue
+                break
+        found.sort()
+        out = []
+        for i, (s, key, _) in enumerate(found):
+            e = found[i + 1][0] if i + 1 < len(found) else len(self.n)
+            out.append((key, s, e))
+        return out
