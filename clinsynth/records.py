@@ -75,8 +75,13 @@ metastasis    code = the site: ICD-O-3 topography or          tumor
               the MII site code (HEP, PUL, OSS ...)
 observation   any other Observation: code/value as given      -
 
-Encounters keep their rows as before (`kontaktart`, `class_code`, department). Smoking is
-a patient-level fact written once, in the patient's first encounter.
+Encounters keep their rows as before (`kontaktart`, `class_code`, department) plus
+`stay_kind` (diagnostic | surgery | therapy | complication | palliative, None for foreign
+sources). Smoking is a patient-level fact written once, in the patient's first encounter.
+
+Radiotherapy in nuclear medicine (radioiodine) states an activity, not a dose: there
+`total_gy`/`fraction_gy` are absent and `total_dose`/`fraction_dose` + `dose_unit` (MBq)
+hold it. Legacy system URLs (http://fhir.de/CodeSystem/dimdi/...) are kept as written.
 """
 
 from __future__ import annotations
@@ -118,6 +123,9 @@ _ENCOUNTERS_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("kontaktart", pa.string()),
     ("department_code", pa.string()),
     ("department", pa.string()),
+    #: the stay's kind where the source says it (clinsynth's stay-kind extension): diagnostic |
+    #: surgery | therapy | complication | palliative
+    ("stay_kind", pa.string()),
     ("source", pa.string()),
 ]
 ENCOUNTERS = pa.schema(_ENCOUNTERS_COLUMNS)

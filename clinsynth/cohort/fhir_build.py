@@ -647,6 +647,7 @@ def truth(p: Person) -> dict[str, Any]:
     tumor_cond = _tumor_conditions(p)
     cond_icd = {f"cond-{st.key}-{i}": dx.icd for st in p.stays for i, dx in enumerate(st.diagnoses)}
     for st in p.stays:
+        put("encounter.stay_kind", f"enc-{st.key}:{st.kind}")
         cats["diagnosis"] += [d.icd for d in st.diagnoses]
         main_key = st.tumor.key if st.tumor is not None else None
         for d in st.diagnoses:

@@ -204,6 +204,7 @@ def _patient(res: dict[str, Any]) -> Extracted:
         "type.coding.system": (fc.KONTAKTART, fc.KONTAKTEBENE),
         "diagnosis.use.coding.code": ("CC", "AD", "DD"),
         "diagnosis.rank": (1, 2),
+        "extension.url": (fc.EXT_STAY_KIND, f"{fc.ONKO}/other"),
     },
 )
 def _encounter(res: dict[str, Any]) -> Extracted:
@@ -223,6 +224,9 @@ def _encounter(res: dict[str, Any]) -> Extracted:
         "kontaktart": kontaktart,
         "department_code": svc.get("code") if svc else None,
         "department": (svc.get("display") if svc else None),
+        "stay_kind": next(
+            (e.get("valueCode") for e in res.get("extension") or () if e.get("url") == fc.EXT_STAY_KIND), None
+        ),
     }
     ex = Extracted("encounter", rows=[row], patient_ref=ref_id(res.get("subject"), "Patient"))
     for key in ("start", "end"):

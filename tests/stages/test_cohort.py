@@ -57,9 +57,9 @@ def test_courses_are_clinically_consistent(people):
             assert cat.stage_group(entity.key, tumor.t, tumor.n, tumor.m) == tumor.uicc
             assert bool(mets & {c for c in icds if c[:3] in ("C78", "C79")}) <= tumor.m.startswith("M1")
         ops = [x for st in p.stays for x in st.procedures if x.kind == "operation"]
-        chemo = [st for st in p.stays if any(m.therapy for m in st.medications)]
+        chemo = [m.start for st in p.stays for m in st.medications if m.therapy and m.intent != "neoadjuvant"]
         if ops and chemo:
-            assert min(x.when for x in ops) <= min(st.start for st in chemo)  # surgery before adjuvant chemo
+            assert min(x.when for x in ops) <= min(chemo)  # surgery before adjuvant therapy
         age = (p.stays[0].start - p.birth).days / 365.25
         assert entity.age_min - 1 <= age <= entity.age_max + 1
     assert len(entities) >= 8  # the inpatient mix reaches many entities
@@ -193,6 +193,8 @@ def from_records(rec: PatientRecord) -> tuple[dict[str, list], dict[str, list[st
         if cat in TUMOR_CATEGORIES:
             assert x.get("tumor"), f"{f['resource_id']}: a tumour fact without extra.tumor"
             groups.setdefault((f["encounter_id"], x["tumor"]), []).append(f"{cat}={code}")
+    for enc in rec.encounters.values():
+        put("encounter.stay_kind", f"{enc.row['encounter_id']}:{enc.row['stay_kind']}")
     for (enc, tumor), group in groups.items():
         put("tumor.facts", f"{enc}|{by_id[tumor]['code']}|" + ",".join(sorted(group)))
     return {k: sorted(v) for k, v in codes.items()}, {k: sorted(v) for k, v in fields.items()}
@@ -260,6 +262,7 @@ def full_person(key: str, k: int) -> Person:
         diagnoses=[Dx("C50.4", "Mammakarzinom", "main", d(2025, 3, 1), primary_tumor=True, tumor_key="t1")],
         tumor=Tumor(**{**t1.__dict__, "kind": "current", "when": d(2025, 5, 3), "status": "progression",
                        "markers": [], "stages": []}),
+        kind=("diagnostic", "complication", "palliative")[k % 3],
         other_tumors=[Tumor(**{**t2.__dict__, "status": "stable", "when": d(2025, 5, 3)})],
     )  # fmt: skip
     return Person(
@@ -271,7 +274,7 @@ def full_person(key: str, k: int) -> Person:
 
 FIELDS = (
     "diagnosis.assertion", "diagnosis.tumor", "medication.v2", "radiotherapy", "vital", "smoking", "staging",
-    "tnm.prefix", "lymph_nodes", "stage_other.system", "marker_status", "tumor.facts",
+    "tnm.prefix", "lymph_nodes", "stage_other.system", "marker_status", "tumor.facts", "encounter.stay_kind",
 )  # fmt: skip
 
 
