@@ -1,17 +1,21 @@
 """Draw one patient's oncology course: entity by inpatient mix, consistent tumour, stays over time.
 
 Every patient is a pure function of (seed, index): shards and relaunches give the same
-people. Dates run diagnosis <= surgery <= chemotherapy, all on or before the reference day.
+people. Dates run diagnosis <= (neoadjuvant therapy) <= surgery <= adjuvant/palliative
+therapy, all on or before the reference day. The clinical rules (regimen by entity, stage
+and receptor status, antiemetics by emetogenic risk, G-CSF, OPS by regimen, work-up by
+entity, M category by metastasis sites) live in `clinsynth.cohort.clinic`.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, TypeVar
 
-from clinsynth.cohort.model import Dx, Lab, Med, Person, Proc, Stay, Tumor
+from clinsynth.cohort import clinic
+from clinsynth.cohort.model import Dx, Lab, Marker, Med, Person, Proc, Radiotherapy, Stay, Tumor, Vital
 
 T = TypeVar("T")
 
@@ -20,37 +24,31 @@ _SURGERY_DEPT = [
     (("C34", "C33", "C38", "C45"), "2000", "Thoraxchirurgie"),
     (("C61", "C62", "C64", "C65", "C66", "C67", "C68"), "2200", "Urologie"),
     (("C50", "C51", "C52", "C53", "C54", "C55", "C56", "C57"), "2400", "Frauenheilkunde und Geburtshilfe"),
-    (
-        (
-            "C00",
-            "C01",
-            "C02",
-            "C03",
-            "C04",
-            "C05",
-            "C06",
-            "C07",
-            "C08",
-            "C09",
-            "C10",
-            "C11",
-            "C12",
-            "C13",
-            "C14",
-            "C30",
-            "C31",
-            "C32",
-        ),
-        "2600",
-        "Hals-, Nasen-, Ohrenheilkunde",
-    ),
+    (tuple(f"C{i:02d}" for i in range(15)) + ("C30", "C31", "C32"), "2600", "Hals-, Nasen-, Ohrenheilkunde"),
     (("C43", "C44"), "3400", "Dermatologie"),
     (("C70", "C71", "C72"), "1700", "Neurochirurgie"),
 ]
 _MEDICAL_DEPT = ("0500", "Hämatologie und internistische Onkologie")
 _GENERAL_SURGERY = ("1500", "Allgemeine Chirurgie")
+_RADIOTHERAPY_DEPT = ("3300", "Strahlenheilkunde")
 #: the routine inpatient panel, by LOINC, when the catalogue has it
-_PANEL = ("718-7", "6690-2", "777-3", "2160-0", "1988-5", "2951-2", "2823-3", "1742-6", "1920-8", "2885-2")
+_PANEL = (
+    "718-7",
+    "6690-2",
+    "26499-4",
+    "777-3",
+    "2160-0",
+    "62238-1",
+    "1988-5",
+    "2951-2",
+    "2823-3",
+    "1742-6",
+    "1920-8",
+    "2885-2",
+)
+HB, LEUKO, NEUTRO, PLT, CREA, EGFR, CRP = "718-7", "6690-2", "26499-4", "777-3", "2160-0", "62238-1", "1988-5"
+_HAEM = ("dlbcl", "hodgkin", "myeloma", "aml", "cll")
+_STEROID = ("H02AB",)
 
 
 @dataclass
@@ -70,6 +68,51 @@ def _clip(x: float, lo: float, hi: float) -> float:
     return max(lo, min(hi, x))
 
 
+@dataclass
+class _Plan:
+    """The course a case gets: what happens before and after surgery, and what is taken at home."""
+
+    intent: str = "palliative"
+    neo: str | None = None  # inpatient neoadjuvant regimen
+    neo_cycles: int = 4
+    neo_rt: tuple[str, float, int] | None = None
+    neo_rt_drug: str | None = None
+    surgery: bool = False
+    surgery_code: str | None = None
+    systemic: str | None = None  # inpatient regimen after surgery / without surgery
+    systemic_intent: str = "palliative"
+    rt: tuple[str, float, int] | None = None  # definitive / adjuvant RT (outpatient or with systemic)
+    rt_drug: str | None = None
+    home: list[tuple[str, str]] = field(default_factory=list)  # (outpatient regimen, intent)
+
+
+@dataclass
+class _Case:
+    """Everything drawn once per patient that the stays share."""
+
+    p: Person
+    entity: Any
+    icd: str
+    age: int
+    diag: date
+    tumor: Tumor
+    comorbid: list[Any]
+    long_term: list[Any]
+    egfr: float
+    hypertension: bool
+    ecog: int
+    five_ht3: Any
+    laterality: str | None = None
+    stays: list[Stay] = field(default_factory=list)
+    home_meds: list[Med] = field(default_factory=list)  # outpatient therapy running from their start
+    gcsf_secondary: bool = False
+    n: int = 0  # stay counter
+
+    def key(self) -> str:
+        self.n += 1
+        return f"{self.p.key}-{self.n}"
+
+
 class CohortGenerator:
     def __init__(self, cfg: CohortConfig) -> None:
         from faker import Faker
@@ -81,14 +124,10 @@ class CohortGenerator:
         self.fake = Faker("de_DE")
         self.entities = [(e, e.weight) for e in self.cat.entities]
         self.panel = [self.cat.labs[c] for c in _PANEL if c in self.cat.labs]
-        if not self.panel:
-            self.panel = [t for t in self.cat.labs.values() if not t.marker][:8]
-        self.diagnostics = [c for c in self.cat.ops if c.code[:2] in ("1-", "3-")]
-        self.chemo_ops = [c for c in self.cat.ops if c.code.startswith("8-54")]
-        self.port_ops = self.cat.ops.lookup("5-399.5")
+        self.support = {d.atc: d for d in self.cat.supportive}
         self.z_chemo = self.cat.icd10gm.lookup("Z51.1")
 
-    # ---- one patient
+    # ------------------------------------------------------------------ one patient
     def person(self, index: int) -> Person:
         cfg, cat = self.cfg, self.cat
         rng = random.Random(f"clinsynth-cohort:{cfg.seed}:{index}")
@@ -113,8 +152,60 @@ class CohortGenerator:
             height_cm=round(height),
             weight_kg=round(weight),
         )
+        current, former = clinic.SMOKING.get(entity.key, clinic.SMOKING_DEFAULT)
+        u = rng.random()
+        p.smoking = "current" if u < current else "former" if u < current + former else "never"
+        if p.smoking != "never":
+            p.pack_years = float(round(_clip(rng.gauss(35 if entity.key == "lung" else 22, 12), 3, 90)))
 
-        # the tumour, consistent in itself
+        tumor, icd = self._tumor(rng, entity, diag, age)
+        comorbid = [
+            c
+            for c in cat.comorbidities
+            if c.icd != "F17.1" and rng.random() < _prevalence(c, age) * cfg.comorbidity_scale
+        ]
+        if p.smoking == "current" and rng.random() < 0.4:
+            comorbid += [c for c in cat.comorbidities if c.icd == "F17.1"]
+        if (
+            p.smoking != "never"
+            and not any(c.icd.startswith("J44") for c in comorbid)
+            and rng.random() < 0.15
+        ):
+            comorbid += [c for c in cat.comorbidities if c.icd.startswith("J44")]
+        ckd = any(c.icd == "N18.3" for c in comorbid)
+        egfr = rng.uniform(32, 56) if ckd else _clip(108 - 0.7 * (age - 30) + rng.gauss(0, 8), 64, 125)
+        # each comorbidity is treated with one (sometimes two) of its usual drugs, one drug per class
+        long_term: list[Any] = []
+        classes: set[str] = set()
+        for c in comorbid:
+            for d in rng.sample(c.drugs, k=min(len(c.drugs), rng.choice((1, 1, 2)))):
+                if clinic.drug_class(d.atc) not in classes:
+                    classes.add(clinic.drug_class(d.atc))
+                    long_term.append(d)
+        five_ht3 = self.support[_weighted(rng, [("A04AA01", 5), ("A04AA02", 3), ("A04AA05", 2)])]
+        case = _Case(
+            p,
+            entity,
+            icd,
+            age,
+            diag,
+            tumor,
+            comorbid,
+            long_term,
+            egfr,
+            any(c.icd.startswith("I10") for c in comorbid),
+            _weighted(rng, [(0, 5), (1, 4), (2, 1)]),
+            five_ht3,
+            rng.choice(("L", "R")) if entity.paired_organ else None,
+        )
+        plan = self._plan(rng, case)
+        self._course(rng, case, plan)
+        p.stays = case.stays
+        return p
+
+    # ------------------------------------------------------------------ the tumour
+    def _tumor(self, rng: random.Random, entity: Any, diag: date, age: int) -> tuple[Tumor, str]:
+        cat = self.cat
         icd = _weighted(rng, entity.icd)
         stage = _weighted(rng, entity.stage_weights) if entity.stage_weights else None
         t = n = m = None
@@ -123,186 +214,841 @@ class CohortGenerator:
         morph = entity.morphology_for(icd, rng)
         topo = entity.topography_for(icd, rng)
         grading = _weighted(rng, entity.grading)
-        laterality = rng.choice(("L", "R")) if entity.paired_organ else None
         morph_display = (cat.icdo3_morphology.lookup(morph) or _Named(morph)).display
-        mets = []
-        if m is not None and m.startswith("M1") and entity.metastasis_sites:
-            for _ in range(rng.choice((1, 1, 2))):
-                code = _weighted(rng, entity.metastasis_sites)
-                if code not in mets:
-                    mets.append(code)
-        comorbid = [
-            c for c in cat.comorbidities if rng.random() < _prevalence(c, age) * cfg.comorbidity_scale
-        ]
-
-        def diagnoses(when: date) -> list[Dx]:
-            main = cat.icd10gm.lookup(icd)
-            out = [Dx(icd, main.display if main else icd, "main", diag, True, topo, laterality)]
-            out += [Dx(code, _title(cat, code), "secondary", diag) for code in mets]
-            out += [
-                Dx(c.icd, c.title, "secondary", birth + timedelta(days=365 * max(18, age - 5)))
-                for c in comorbid
-            ]
-            return out
-
-        # each comorbidity is treated with one (sometimes two) of its usual drugs
-        long_term = [
-            d for c in comorbid for d in rng.sample(c.drugs, k=min(len(c.drugs), rng.choice((1, 1, 2))))
-        ]
-
-        def discharge_meds(when: date) -> list[Med]:
-            return [
-                Med(d.atc, d.name_de, d.dose, d.unit, d.route, when, None, "discharge", _schedule(d.schedule))
-                for d in long_term
-            ]
-
-        staging = entity.staging
-        tumor_c = Tumor(entity.key, morph, morph_display, topo, grading, "c", t, n, m, stage, diag, staging)
-        # 1. diagnostic stay
-        start = diag - timedelta(days=rng.randint(0, 3))
-        s1 = self._stay(
-            p,
-            "1",
-            start,
-            rng.randint(2, 6),
-            *_MEDICAL_DEPT if rng.random() < 0.5 else (_surgical_dept(icd)),
-            ref,
+        tumor = Tumor(
+            entity.key, morph, morph_display, topo, grading, "c", t, n, m, stage, diag, entity.staging
         )
+        tumor.m_prefix = "c"
+        tumor.metastasis_sites = self._sites(rng, entity, (m or "M0").removeprefix("M")) if m else []
+        tumor.stages = _entity_stages(rng, entity.key, stage)
+        tumor.markers = _markers(rng, entity.key, morph, stage, m)
+        tumor.status = "new"
+        return tumor, icd
+
+    def _sites(self, rng: random.Random, entity: Any, m: str) -> list[str]:
+        """Metastasis sites (ICD C77-C79) that make exactly the drawn M category."""
+        if m == "0":
+            return []
+        sites = dict(entity.metastasis_sites)
+
+        def pick(allowed: set[str] | None = None, exclude: set[str] | frozenset[str] = frozenset()) -> str:
+            pool = [
+                (c, w) for c, w in sites.items() if (allowed is None or c in allowed) and c not in exclude
+            ]
+            return _weighted(rng, pool)
+
+        e = entity.key
+        out: list[str] = []
+        if e == "lung":
+            thoracic = set(clinic.PLEURA_CONTRALATERAL)
+            if m == "1a":
+                out = [pick(thoracic)]
+            elif m == "1b":
+                out = [pick(exclude=thoracic)]
+            else:
+                first = pick(exclude=thoracic)
+                out = [first, pick(exclude=thoracic | {first})]
+        elif e in ("colon", "rectum"):
+            peri = {clinic.PERITONEUM}
+            if m == "1a":
+                out = [pick(exclude=peri)]
+            elif m == "1b":
+                first = pick(exclude=peri)
+                out = [first, pick(exclude=peri | {first})]
+            else:
+                out = [clinic.PERITONEUM] + ([pick(exclude=peri)] if rng.random() < 0.4 else [])
+        elif e == "prostate":
+            lymph = {c for c in sites if c.startswith("C77")}
+            if m == "1a":
+                out = [pick(lymph)]
+            elif m == "1b":
+                out = [clinic.BONE] + ([pick(lymph)] if rng.random() < 0.3 else [])
+            else:
+                out = [pick(exclude=lymph | {clinic.BONE})] + ([clinic.BONE] if rng.random() < 0.6 else [])
+        elif e == "bladder":
+            lymph = {c for c in sites if c.startswith("C77")}
+            out = [pick(lymph)] if m == "1a" else [pick(exclude=lymph)]
+        elif e == "melanoma":
+            soft = {c for c in sites if c.startswith("C77")} | {"C79.2"}
+            if m == "1a":
+                out = [pick(soft & set(sites))]
+            elif m == "1b":
+                out = [clinic.LUNG]
+            elif m == "1c":
+                out = [pick(exclude=soft | {clinic.LUNG, clinic.BRAIN})]
+            else:
+                out = [clinic.BRAIN] + ([pick(exclude={clinic.BRAIN})] if rng.random() < 0.5 else [])
+        else:
+            first = pick()
+            out = [first] + ([pick(exclude={first})] if len(sites) > 1 and rng.random() < 0.35 else [])
+        return out
+
+    # ------------------------------------------------------------------ the plan
+    def _plan(self, rng: random.Random, c: _Case) -> _Plan:
+        """Regimen by entity, stage, intent and receptor/mutation status (clinic's rules, written out)."""
+        e, t = c.entity.key, c.tumor
+        stage = t.uicc or ""
+        m1 = (t.m or "M0").startswith("M1")
+        mk = {x.name: x for x in t.markers}
+        low_gfr = c.egfr < 60
+        pl = _Plan()
+
+        def nocis(reg: str) -> str:
+            return clinic.CISPLATIN_FREE.get(reg, reg) if low_gfr else reg
+
+        stage_num = _stage_rank(stage)
+        if e in ("colon", "rectum"):
+            if m1:
+                ras_wt = mk.get("RAS") is not None and mk["RAS"].result == "wildtype"
+                pl.systemic = (
+                    _weighted(rng, [("folfiri_cetuximab", 6), ("mfolfox6", 4)])
+                    if ras_wt
+                    else _weighted(rng, [("mfolfox6_bevacizumab", 6), ("folfiri", 2), ("mfolfox6", 2)])
+                )
+            else:
+                pl.surgery = rng.random() < 0.92
+                if e == "rectum" and stage_num >= 2 and pl.surgery:
+                    pl.neo_rt, pl.neo_rt_drug = clinic.RT_RECTUM, "Capecitabin"
+                if stage_num == 3 and pl.surgery and (e == "colon" or rng.random() < 0.5):
+                    pl.systemic, pl.systemic_intent = (
+                        _weighted(rng, [("capox", 4), ("mfolfox6", 6)]),
+                        "adjuvant",
+                    )
+                elif e == "colon" and stage in ("IIB", "IIC") and rng.random() < 0.4:
+                    pl.systemic, pl.systemic_intent = "capox", "adjuvant"
+        elif e == "breast":
+            hr = any(mk[k].result == "positive" for k in ("ER", "PR") if k in mk)
+            her2 = "HER2" in mk and mk["HER2"].result == "positive"
+            endocrine = "tamoxifen" if c.age < 52 else "letrozol"
+            if m1:
+                if her2:
+                    pl.systemic = "trastuzumab_pertuzumab"
+                elif hr:
+                    pl.home.append(
+                        (_weighted(rng, [("palbociclib_letrozol", 7), ("letrozol", 3)]), "palliative")
+                    )
+                else:
+                    pl.systemic = "paclitaxel_weekly"
+            else:
+                pl.surgery = True
+                if (her2 or not hr) and stage_num >= 2:
+                    pl.neo = "ec" if her2 else _weighted(rng, [("ec", 5), ("ec_dd", 5)])
+                    if her2:
+                        pl.systemic, pl.systemic_intent = "trastuzumab_pertuzumab", "adjuvant"
+                elif her2:
+                    pl.systemic, pl.systemic_intent = "paclitaxel_trastuzumab", "adjuvant"
+                elif stage_num >= 2 and rng.random() < 0.6:
+                    pl.systemic = _weighted(rng, [("ec", 4), ("tac", 3), ("ec_dd", 3)])
+                    pl.systemic_intent = "adjuvant"
+                if hr:
+                    pl.home.append((endocrine, "adjuvant"))
+        elif e == "lung":
+            egfr_mut = "EGFR" in mk and mk["EGFR"].result == "mutated"
+            alk = "ALK" in mk and mk["ALK"].result == "positive"
+            pdl1 = mk["PD-L1"].value if "PD-L1" in mk and mk["PD-L1"].value is not None else 0.0
+            if m1:
+                if egfr_mut:
+                    pl.home.append(("osimertinib", "palliative"))
+                elif alk:
+                    pl.home.append(("alectinib", "palliative"))
+                elif pdl1 >= 50 and rng.random() < 0.6:
+                    pl.systemic = "pembrolizumab"
+                elif t.morphology.startswith(("807", "805")):
+                    pl.systemic = "carboplatin_paclitaxel_pembrolizumab"
+                else:
+                    pl.systemic = "carboplatin_pemetrexed_pembrolizumab"
+            elif stage_num <= 2 or (stage == "IIIA" and rng.random() < 0.5):
+                pl.surgery = True
+                if stage != "IA1" and stage_num >= 2:
+                    if egfr_mut:
+                        pl.home.append(("osimertinib", "adjuvant"))
+                    else:
+                        pl.systemic, pl.systemic_intent = nocis("cisplatin_vinorelbin"), "adjuvant"
+            else:
+                pl.systemic, pl.systemic_intent = "carboplatin_paclitaxel", "curative"
+                pl.rt, pl.rt_drug = clinic.RT_LUNG, "Carboplatin/Paclitaxel"
+        elif e == "prostate":
+            if m1:
+                pl.home.append(("leuprorelin", "palliative"))
+                choice = _weighted(
+                    rng, [("enzalutamid", 35), ("abirateron_prednison", 35), ("docetaxel_prednison", 30)]
+                )
+                if choice == "docetaxel_prednison":
+                    pl.systemic = choice
+                else:
+                    pl.home.append((choice, "palliative"))
+            elif stage_num <= 2 and rng.random() < 0.65:
+                pl.surgery = True
+            else:
+                pl.rt = clinic.RT_PROSTATE
+                pl.home.append(("leuprorelin", "curative"))
+        elif e == "pancreas":
+            if not m1 and stage_num <= 2:
+                pl.surgery = True
+                if c.age < 76:
+                    pl.systemic, pl.systemic_intent = "mfolfirinox", "adjuvant"
+            else:
+                pl.systemic = "mfolfirinox" if c.age < 70 else "gemcitabin_nab_paclitaxel"
+        elif e in ("stomach", "oesophagus"):
+            if m1:
+                pl.systemic = "nivolumab" if e == "oesophagus" and rng.random() < 0.4 else "flot"
+            else:
+                pl.surgery = True
+                if stage not in ("I", "IA"):
+                    pl.neo = "flot"
+        elif e == "bladder":
+            if m1:
+                pl.systemic = nocis("gemcitabin_cisplatin")
+            else:
+                pl.surgery = True
+                pl.surgery_code = "5-573.4" if stage == "I" else "5-576"
+                if stage_num >= 2 and not low_gfr:
+                    pl.neo = "gemcitabin_cisplatin"
+        elif e == "kidney":
+            if m1:
+                pl.systemic = _weighted(rng, [("nivolumab_ipilimumab", 6), ("nivolumab", 4)])
+            else:
+                pl.surgery = True
+        elif e == "liver":
+            if not m1 and stage_num <= 2:
+                pl.surgery = True
+            else:
+                pl.systemic = "atezolizumab_bevacizumab"
+        elif e == "melanoma":
+            braf = "BRAF" in mk and mk["BRAF"].result == "mutated"
+            if m1:
+                if braf and rng.random() < 0.5:
+                    pl.home.append(("dabrafenib_trametinib", "palliative"))
+                else:
+                    pl.systemic = _weighted(rng, [("nivolumab_ipilimumab", 6), ("nivolumab", 4)])
+            else:
+                pl.surgery = True
+                if stage_num >= 3:
+                    if braf and rng.random() < 0.4:
+                        pl.home.append(("dabrafenib_trametinib", "adjuvant"))
+                    else:
+                        pl.systemic, pl.systemic_intent = "nivolumab", "adjuvant"
+        elif e == "head_neck":
+            if m1:
+                pl.systemic = "nivolumab"
+            else:
+                pl.systemic, pl.systemic_intent = nocis("cisplatin_weekly_rt"), "curative"
+                pl.rt = clinic.RT_HEAD_NECK
+                pl.rt_drug = "Cisplatin" if pl.systemic == "cisplatin_weekly_rt" else "Cetuximab"
+        elif e in ("ovary", "endometrium"):
+            if m1:
+                pl.systemic = "carboplatin_paclitaxel"
+            else:
+                pl.surgery = True
+                if (e == "ovary" and stage not in ("IA", "IB")) or (e == "endometrium" and stage_num >= 3):
+                    pl.systemic, pl.systemic_intent = "carboplatin_paclitaxel", "adjuvant"
+        elif e == "dlbcl":
+            pl.systemic, pl.systemic_intent = "r_chop_21", "curative"
+        elif e == "hodgkin":
+            pl.systemic, pl.systemic_intent = "abvd", "curative"
+        elif e == "myeloma":
+            pl.systemic, pl.systemic_intent = "vrd", "induction"
+        elif e == "aml":
+            pl.systemic, pl.systemic_intent = "aml_7plus3", "induction"
+        elif e == "cll" and stage in ("B", "C"):
+            pl.home.append(("ibrutinib", "palliative"))
+        if pl.surgery and pl.surgery_code is None and c.entity.surgeries:
+            pl.surgery_code = _weighted(rng, c.entity.surgeries)
+        if not c.entity.surgeries:
+            pl.surgery = False
+        if e == "breast" and pl.surgery_code == "5-870.0":
+            pl.rt = clinic.RT_BREAST
+        pl.intent = "curative" if not m1 and e not in ("cll",) else "palliative"
+        if pl.systemic and m1:
+            pl.systemic_intent = "palliative"
+        return pl
+
+    # ------------------------------------------------------------------ the stays
+    def _course(self, rng: random.Random, c: _Case, pl: _Plan) -> None:
+        ref = self.cfg.reference_date
+        e = c.entity.key
+        provisional = e not in _HAEM and rng.random() < 0.35
+        # 1. diagnostic stay (surgical work-up departments for organ tumours half the time)
+        dept = _MEDICAL_DEPT if e in _HAEM or rng.random() < 0.5 else _surgical_dept(c.icd)
+        s1 = self._stay(c, c.diag - timedelta(days=rng.randint(0, 3)), rng.randint(2, 6), dept, "diagnostic")
         if s1 is None:
-            return p
-        s1.diagnoses = diagnoses(s1.start)
-        for c in rng.sample(self.diagnostics, k=min(2, len(self.diagnostics))):
+            return
+        tumor = c.tumor
+        biopsy_m = False
+        for i, code in enumerate(clinic.DIAGNOSTICS.get(e, ())):
+            s1.procedures.append(self._proc(code, s1.start + timedelta(days=min(i, _los(s1))), "diagnostic"))
+        if clinic.BRAIN in tumor.metastasis_sites:
             s1.procedures.append(
-                Proc(c.code, c.display, s1.start + timedelta(days=rng.randint(0, _los(s1))), "diagnostic")
+                self._proc("3-820", s1.start + timedelta(days=min(1, _los(s1))), "diagnostic")
             )
-        s1.labs = self._labs(rng, p, s1, entity, burden=1.0, cycle=0)
-        s1.tumor = tumor_c
-        s1.medications = discharge_meds(s1.end)
-        p.stays.append(s1)
-        last_end = s1.end
+        if clinic.BONE in tumor.metastasis_sites and "3-705" not in {x.ops for x in s1.procedures}:
+            s1.procedures.append(
+                self._proc("3-705", s1.start + timedelta(days=min(1, _los(s1))), "diagnostic")
+            )
+        if not provisional and "C78.7" in tumor.metastasis_sites and e != "liver" and rng.random() < 0.4:
+            s1.procedures.append(
+                self._proc("1-442.0", s1.start + timedelta(days=min(1, _los(s1))), "diagnostic")
+            )
+            biopsy_m = True
+        tumor = replace(tumor, m_prefix="p" if biopsy_m else "c", confirmed=not provisional, ecog=c.ecog)
+        s1.tumor = tumor
+        s1.diagnoses = self._diagnoses(c, s1, tumor, provisional=provisional)
+        s1.labs = self._labs(rng, c, s1, burden=1.0, cycle=0)
+        s1.vitals = self._vitals(rng, c, s1)
+        if not (pl.surgery and pl.surgery_code):
+            self._start_home(rng, c, pl, s1, when=s1.end, adjuvant_only=False)
+        self._discharge(rng, c, s1)
+        tumor = replace(tumor, confirmed=True)
+        last = s1.end
+        if e == "aml":  # induction starts within days of the diagnosis
+            self._cycles(
+                rng,
+                c,
+                pl.systemic or "aml_7plus3",
+                "induction",
+                s1.end + timedelta(days=rng.randint(0, 2)),
+                1,
+                tumor,
+            )
+            return
 
-        # 2. surgery for localised disease
-        operable = entity.surgeries and not (m or "").startswith("M1") and rng.random() < 0.8
-        if operable:
-            start = last_end + timedelta(days=rng.randint(10, 35))
-            dept = _surgical_dept(icd)
-            s2 = self._stay(p, "2", start, rng.randint(5, 14), *dept, ref)
-            if s2 is not None:
-                s2.diagnoses = diagnoses(s2.start)
-                code = _weighted(rng, entity.surgeries)
-                op = cat.ops.lookup(code)
-                s2.procedures.append(
-                    Proc(code, op.display if op else code, s2.start + timedelta(days=1), "operation")
-                )
-                s2.labs = self._labs(rng, p, s2, entity, burden=0.4, cycle=0)
-                s2.tumor = Tumor(
-                    entity.key,
-                    morph,
-                    morph_display,
-                    topo,
-                    grading,
-                    "p",
-                    t,
-                    n,
-                    m,
-                    cat.stage_group(entity.key, t, n, m)
-                    if t is not None and n is not None and m is not None  # drawn together
-                    else stage,
-                    s2.start + timedelta(days=3),
-                    staging,
-                )
-                s2.medications = discharge_meds(s2.end)
-                p.stays.append(s2)
-                last_end = s2.end
+        # 2. neoadjuvant therapy
+        neo_done = False
+        if pl.neo_rt is not None:
+            rt_start = last + timedelta(days=rng.randint(10, 21))
+            rt = _rt_course(pl.neo_rt, rt_start, "neoadjuvant", pl.neo_rt_drug)
+            last = rt.end + timedelta(days=rng.randint(40, 70))
+            neo_done = rt.end < ref
+            pending_rt: list[Radiotherapy] = [rt] if neo_done else []
+        else:
+            pending_rt = []
+        if pl.neo is not None:
+            start = last + timedelta(days=rng.randint(10, 21))
+            end = self._cycles(rng, c, pl.neo, "neoadjuvant", start, pl.neo_cycles, tumor)
+            if end is None:
+                return
+            neo_done = True
+            last = end + timedelta(days=rng.randint(21, 35))
+        elif pl.neo_rt is None:
+            last = last + timedelta(days=rng.randint(10, 35))
+        if pl.neo_rt is not None and not neo_done:
+            return
 
-        # 3. chemotherapy cycles as short stays
-        wants_chemo = entity.regimens and (
-            stage not in ("0", "I", "IA", "IA1", "IA2", "IA3", "IB") or rng.random() < 0.2
+        # 3. surgery
+        if pl.surgery and pl.surgery_code:
+            s2 = self._stay(c, last, rng.randint(5, 14), _surgical_dept(c.icd), "surgery")
+            if s2 is None:
+                return
+            s2.procedures.append(self._proc(pl.surgery_code, s2.start + timedelta(days=1), "operation"))
+            s2.radiotherapy = pending_rt
+            tumor = self._pathology(rng, c, s2, neo_done)
+            s2.tumor = tumor
+            s2.diagnoses = self._diagnoses(c, s2, tumor)
+            s2.labs = self._labs(rng, c, s2, burden=0.4, cycle=0)
+            s2.vitals = self._vitals(rng, c, s2)
+            if not any(clinic.drug_class(d.atc) == "B01AF" for d in c.long_term):
+                s2.medications.append(self._support("B01AB05", s2.start, "inpatient"))
+            if not any(clinic.drug_class(d.atc) == "A02BC" for d in c.long_term):
+                s2.medications.append(self._support("A02BC02", s2.start, "inpatient"))
+            s2.medications.append(self._support("N02BB02", s2.start, "inpatient"))
+            last = s2.end + timedelta(days=rng.randint(21, 42))
+            tumor = replace(tumor, status="complete_remission" if tumor.r in (None, "R0") else tumor.status)
+            pending_rt = []
+            self._start_home(rng, c, pl, s2, when=s2.end, adjuvant_only=True)
+            self._discharge(rng, c, s2)
+        else:
+            last = last + timedelta(days=rng.randint(0, 14))
+
+        # 4. systemic therapy (adjuvant, definitive with RT, palliative)
+        if pl.systemic and pl.systemic not in clinic.OUTPATIENT:
+            concurrent = None
+            if pl.rt is not None and pl.rt is not clinic.RT_BREAST:
+                concurrent = _rt_course(pl.rt, last, pl.systemic_intent, pl.rt_drug)
+            cycles = rng.randint(1, self.cfg.max_chemo_cycles)
+            end = self._cycles(rng, c, pl.systemic, pl.systemic_intent, last, cycles, tumor, rt=concurrent)
+            if end is None:
+                return
+            last = end + timedelta(days=rng.randint(14, 30))
+        # 5. palliative radiotherapy of brain / bone metastases, or an outpatient RT shown on a later stay
+        sites = tumor.metastasis_sites
+        pall = clinic.RT_BRAIN if clinic.BRAIN in sites else clinic.RT_BONE if clinic.BONE in sites else None
+        if pall is not None and rng.random() < 0.55:
+            st = self._stay(c, last, pall[2] + 4 + rng.randint(0, 4), _RADIOTHERAPY_DEPT, "palliative")
+            if st is None:
+                return
+            rt = _rt_course(pall, st.start + timedelta(days=1), "palliative", None)
+            if rt.end > st.end:  # cut off by the reference day: no half course
+                c.stays.remove(st)
+                return
+            if pall is clinic.RT_BONE:
+                rt.target = rng.choice(("LWK 3", "BWK 9", "Os ilium links", "LWK 1", "Femur rechts proximal"))
+            st.radiotherapy = [rt]
+            st.procedures.append(self._proc(clinic.RT_OPS, rt.start, "radiotherapy"))
+            t2 = replace(tumor, status="progression", ecog=min(3, c.ecog + 1))
+            st.tumor = t2
+            st.diagnoses = self._diagnoses(c, st, t2)
+            st.labs = self._labs(rng, c, st, burden=1.2, cycle=0)
+            st.vitals = self._vitals(rng, c, st)
+            if pall is clinic.RT_BRAIN:
+                st.medications.append(replace(self._support("H02AB02", st.start, "inpatient"), dose=4.0))
+            st.medications += [
+                self._support("N02BB02", st.start, "inpatient"),
+                self._support("N02AA05", st.start, "discharge"),
+            ]
+            self._discharge(rng, c, st)
+
+    def _cycles(
+        self,
+        rng: random.Random,
+        c: _Case,
+        key: str,
+        intent: str,
+        start: date,
+        cycles: int,
+        tumor: Tumor,
+        rt: Radiotherapy | None = None,
+    ) -> date | None:
+        """Inpatient cycles of one regimen with postponements and febrile neutropenia between them."""
+        regimen = self.cat.regimens[key]
+        e = c.entity.key
+        last_end: date | None = None
+        cycle = 1
+        attempts = 0
+        while cycle <= cycles and attempts < cycles + 3:
+            attempts += 1
+            if key == "aml_7plus3":
+                los = rng.randint(26, 34)
+            elif any(d.note.startswith(("46", "24")) for d in regimen.drugs):
+                los = rng.randint(2, 4)
+            elif clinic.needs_gcsf(key, _age(c.p, start)) or c.gcsf_secondary:
+                los = rng.randint(1, 3)
+            else:
+                los = rng.randint(0, 3)
+            st = self._stay(c, start, los, _MEDICAL_DEPT, "therapy")
+            if st is None:
+                return None
+            status = tumor.status if cycle == 1 else "stable"
+            if intent in ("palliative", "neoadjuvant") and cycle >= 3:
+                status = _weighted(rng, [("partial_remission", 4), ("stable", 4), ("progression", 2)])
+            elif intent == "adjuvant":
+                status = "complete_remission"
+            st_tumor = replace(tumor, status=status, ecog=c.ecog)
+            st.tumor = st_tumor
+            st.diagnoses = self._diagnoses(c, st, st_tumor)
+            postpone = None
+            if cycle > 1 and key != "aml_7plus3" and rng.random() < 0.07:
+                postpone = rng.choice(("leukocytes", "neutrophils", "platelets"))
+            st.labs = self._labs(rng, c, st, burden=0.7, cycle=cycle, low=postpone, aml=key == "aml_7plus3")
+            st.vitals = self._vitals(rng, c, st)
+            if rt is not None and cycle == 1:
+                st.radiotherapy = [rt]
+                st.procedures.append(self._proc(clinic.RT_OPS, st.start, "radiotherapy"))
+            if postpone is not None:
+                st.postponed, st.postpone_reason = True, postpone
+                self._discharge(rng, c, st)
+                start = st.start + timedelta(days=7)
+                last_end = st.end
+                continue
+            if self.z_chemo is not None:
+                st.diagnoses.append(Dx(self.z_chemo.code, self.z_chemo.display, "secondary", st.start))
+            if cycle == 1 and any(d.route == "i.v." for d in regimen.drugs) and e not in _HAEM[2:]:
+                infusional = any(d.note.startswith("46") for d in regimen.drugs)
+                if rng.random() < (0.8 if infusional else 0.3):
+                    st.procedures.append(self._proc("5-399.5", st.start, "port"))
+            given, days = self._therapy_meds(rng, c, st, key, intent, cycle)
+            inpatient = [m for m in given if m.context == "inpatient"]
+            code = clinic.chemo_ops(key, [m.atc for m in inpatient], days)
+            if code:
+                st.procedures.append(
+                    self._proc(code, st.start + timedelta(days=min(0, _los(st))), "chemotherapy")
+                )
+            st.medications += given
+            st.medications += self._supportive(rng, c, st, key)
+            if key == "aml_7plus3":
+                self._nadir(rng, c, st, st.start + timedelta(days=min(_los(st), rng.randint(10, 14))))
+            self._discharge(rng, c, st)
+            last_end = st.end
+            nxt = st.start + timedelta(days=regimen.cycle_days)
+            # febrile neutropenia at the nadir (day 7-12): a complication stay before the next cycle
+            risk = {"high": 0.12, "moderate": 0.05}.get(clinic.EMETOGENIC.get(key, ""), 0.01)
+            if clinic.needs_gcsf(key, _age(c.p, st.start)) or c.gcsf_secondary:
+                risk *= 0.3
+            if regimen.cycle_days >= 14 and key != "aml_7plus3" and rng.random() < risk:
+                fn = self._stay(
+                    c,
+                    st.start + timedelta(days=rng.randint(7, 10)),
+                    rng.randint(3, 6),
+                    _MEDICAL_DEPT,
+                    "complication",
+                )
+                if fn is not None and fn.end < nxt:
+                    self._febrile_neutropenia(rng, c, fn, st_tumor)
+                    c.gcsf_secondary = True
+                    last_end = fn.end
+                elif fn is not None:
+                    c.stays.remove(fn)
+                    c.n -= 1
+            start = nxt
+            cycle += 1
+        return last_end
+
+    def _therapy_meds(
+        self, rng: random.Random, c: _Case, st: Stay, key: str, intent: str, cycle: int
+    ) -> tuple[list[Med], int]:
+        """The regimen's drugs given in this stay (oral parts go home), and the days they are given."""
+        regimen = self.cat.regimens[key]
+        p = c.p
+        crea = next((x.value for x in st.labs if x.loinc == CREA), 1.0)
+        gfr = cockcroft_gault(p, st.start, crea)
+        out = []
+        days: set[int] = set()
+        for drug in regimen.drugs:
+            per, unit = drug.dose, drug.unit
+            if cycle == 1:
+                per = clinic.LOADING.get(key, {}).get(drug.atc, per)
+            mg = replace(drug, dose=per).absolute_mg(p.bsa, p.weight_kg, gfr)
+            oral = drug.route == "p.o."
+            first = drug.days[0]
+            if oral or drug.atc.startswith("L02"):
+                span = f"Tag {drug.days[0]}-{drug.days[-1]}" if len(drug.days) > 1 else "täglich"
+                out.append(
+                    Med(
+                        drug.atc,
+                        drug.name_de,
+                        _round_dose(mg),
+                        "mg",
+                        drug.route,
+                        st.start,
+                        None,
+                        "discharge",
+                        _times(drug.times_per_day),
+                        True,
+                        False,
+                        span,
+                        key,
+                        cycle,
+                        first,
+                        intent,
+                        per if unit != "mg" else None,
+                        unit if unit != "mg" else None,
+                    )
+                )
+                continue
+            in_stay = [d for d in drug.days if d - 1 <= _los(st)]
+            if not in_stay:
+                continue
+            days.update(in_stay)
+            freq = None
+            if drug.note.startswith("46"):
+                freq = "über 46 h"
+                days.update((1, 2))
+            elif drug.note.startswith("24"):
+                freq = "über 24 h"
+                days.update((1, 2))
+            elif drug.note == "Bolus":
+                freq = "Bolus"
+            end = None
+            if len(in_stay) > 1:
+                contiguous = in_stay == list(range(in_stay[0], in_stay[-1] + 1))
+                freq = freq or (
+                    f"Tag {in_stay[0]}-{in_stay[-1]}" if contiguous else "Tag " + ", ".join(map(str, in_stay))
+                )
+                end = st.start + timedelta(days=in_stay[-1] - 1)
+            out.append(
+                Med(
+                    drug.atc,
+                    drug.name_de,
+                    _round_dose(mg),
+                    "IE" if unit == "IE/m2" else "mg",
+                    drug.route,
+                    st.start + timedelta(days=in_stay[0] - 1),
+                    end,
+                    "inpatient",
+                    None,
+                    True,
+                    False,
+                    freq,
+                    key,
+                    cycle,
+                    in_stay[0],
+                    intent,
+                    per if unit != "mg" else None,
+                    unit if unit != "mg" else None,
+                )
+            )
+        return out, len(days)
+
+    def _supportive(self, rng: random.Random, c: _Case, st: Stay, key: str) -> list[Med]:
+        """Antiemetics by emetogenic risk, G-CSF where indicated, infection prophylaxis for AML."""
+        risk = clinic.EMETOGENIC.get(key, "minimal")
+        steroid_in_regimen = any(d.atc.startswith(_STEROID) for d in self.cat.regimens[key].drugs)
+        out: list[Med] = []
+        if risk in ("high", "moderate"):
+            out.append(self._support(c.five_ht3.atc, st.start, "inpatient"))
+            if not steroid_in_regimen:
+                out.append(self._support("H02AB02", st.start, "inpatient"))
+            if risk == "high":
+                out.append(
+                    replace(self._support("A04AD12", st.start, "inpatient"), dose=125.0, frequency="Tag 1")
+                )
+        elif rng.random() < 0.5:
+            out.append(replace(self._support("A03FA01", st.end, "discharge"), as_needed=True))
+        if clinic.needs_gcsf(key, _age(c.p, st.start)) or (c.gcsf_secondary and key != "aml_7plus3"):
+            out.append(self._support("L03AA13", st.start + timedelta(days=min(1, _los(st))), "inpatient"))
+        if key == "aml_7plus3":
+            out += [self._support(a, st.start, "inpatient") for a in ("M04AA01", "J05AB01", "J01EE01")]
+        elif key in ("r_chop_21", "vrd"):
+            out.append(self._support("J05AB01" if key == "vrd" else "M04AA01", st.start, "inpatient"))
+        return out
+
+    def _febrile_neutropenia(self, rng: random.Random, c: _Case, st: Stay, tumor: Tumor) -> None:
+        st.tumor = tumor
+        main = self.cat.icd10gm.lookup(rng.choice(("D70.10", "D70.13", "D70.14")))
+        assert main is not None
+        st.diagnoses = [Dx(main.code, main.display, "main", st.start)] + [
+            replace(d, role="secondary") for d in self._diagnoses(c, st, tumor)
+        ]
+        st.labs = self._labs(rng, c, st, burden=2.5, cycle=1, nadir=True)
+        st.vitals = self._vitals(rng, c, st, fever=True)
+        st.medications += [
+            self._support("J01CR05", st.start, "inpatient"),
+            self._support("L03AA02", st.start, "inpatient"),
+        ]
+        self._discharge(rng, c, st)
+
+    def _nadir(self, rng: random.Random, c: _Case, st: Stay, when: date) -> None:
+        """A second lab date inside a long stay: the nadir after induction."""
+        labs = self._labs(rng, c, st, burden=1.5, cycle=1, nadir=True)
+        st.labs += [replace(x, when=when) for x in labs if not x.marker]
+
+    def _pathology(self, rng: random.Random, c: _Case, st: Stay, neo: bool) -> Tumor:
+        """pT/pN (ypT/ypN after neoadjuvant therapy) with nodes, L/V/Pn and R; M stays clinical (cM0)."""
+        t0 = c.tumor
+        e = c.entity
+        when = st.start + timedelta(days=3)
+        if t0.t is None or t0.n is None or t0.m is None:
+            return replace(t0, when=when, ecog=c.ecog)
+        t, n, m = t0.t, t0.n, t0.m
+        if neo:  # response: T and N shrink (never grow) within the entity's values
+            ts = [v for v in e.tnm_values["T"] if v <= t.removeprefix("T")]
+            ns = [v for v in e.tnm_values["N"] if v <= n.removeprefix("N")]
+            t = "T" + rng.choice(ts[: max(1, len(ts))])
+            n = "N" + (ns[0] if rng.random() < 0.6 else rng.choice(ns))
+        stage = self.cat.stage_group(e.key, t, n, m)
+        pos = _positive_nodes(rng, n)
+        examined = max(
+            pos + rng.randint(3, 12), rng.randint(12, 26) if e.key not in ("breast", "melanoma") else 2
         )
-        if wants_chemo and rng.random() < 0.85:
-            regimen = cat.regimens[rng.choice(entity.regimens)]
-            start = last_end + timedelta(days=rng.randint(14, 42))
-            for cycle in range(1, rng.randint(1, self.cfg.max_chemo_cycles) + 1):
-                st = self._stay(p, f"{2 + cycle}", start, rng.randint(1, 4), *_MEDICAL_DEPT, ref)
-                if st is None:
-                    break
-                st.diagnoses = diagnoses(st.start)
-                if self.z_chemo is not None:
-                    st.diagnoses.append(Dx(self.z_chemo.code, self.z_chemo.display, "secondary", st.start))
-                if cycle == 1 and self.port_ops is not None and any(d.route == "i.v." for d in regimen.drugs):
-                    st.procedures.append(Proc(self.port_ops.code, self.port_ops.display, st.start, "port"))
-                if self.chemo_ops:
-                    c = rng.choice(self.chemo_ops)
-                    st.procedures.append(
-                        Proc(c.code, c.display, st.start + timedelta(days=min(1, _los(st))), "chemotherapy")
-                    )
-                gfr = _cockcroft_gault(p, st.start, st.labs)
-                for drug, mg in regimen.absolute_doses(p.bsa, p.weight_kg, gfr):
-                    day = min(drug.days[0] - 1 if drug.days else 0, _los(st))
-                    st.medications.append(
-                        Med(
-                            drug.atc,
-                            drug.name_de,
-                            round(mg, 1),
-                            "mg",
-                            drug.route,
-                            st.start + timedelta(days=day),
-                            None,
-                            "inpatient",
-                            None,
-                            True,
-                        )
-                    )
-                for d in self.cat.supportive[:2]:
-                    st.medications.append(
-                        Med(
-                            d.atc,
-                            d.name_de,
-                            d.dose,
-                            d.unit,
-                            d.route,
-                            st.start,
-                            None,
-                            "inpatient",
-                            d.schedule,
-                        )
-                    )
-                st.labs = self._labs(rng, p, st, entity, burden=0.7, cycle=cycle)
-                st.medications += discharge_meds(st.end)
-                p.stays.append(st)
-                start = st.start + timedelta(days=regimen.cycle_days)
-        return p
+        r = "R0" if rng.random() < 0.88 else "R1"
+        return replace(
+            t0,
+            prefix="yp" if neo else "p",
+            n_prefix=None,
+            m_prefix="c",
+            t=t,
+            n=n,
+            uicc=stage,
+            when=when,
+            nodes=f"{pos}/{examined}",
+            l="L1" if rng.random() < 0.25 else "L0",
+            v="V1" if rng.random() < 0.12 else "V0",
+            pn="Pn1" if rng.random() < 0.15 else "Pn0",
+            r=r,
+            kind="current" if neo else "initial",
+            status="partial_remission" if neo else t0.status,
+            ecog=c.ecog,
+            confirmed=True,
+        )
 
-    def _stay(
-        self, p: Person, k: str, start: date, los: int, dept_code: str, dept: str, ref: date
-    ) -> Stay | None:
-        if start >= ref:
+    # ------------------------------------------------------------------ helpers
+    def _stay(self, c: _Case, start: date, los: int, dept: tuple[str, str], kind: str) -> Stay | None:
+        ref = self.cfg.reference_date
+        if start >= ref or (c.stays and start < c.stays[-1].end):
             return None
         end = min(start + timedelta(days=los), ref)
-        return Stay(f"{p.key}-{k}", start, end, dept_code, dept)
+        st = Stay(c.key(), start, end, dept[0], dept[1], kind=kind)
+        c.stays.append(st)
+        return st
+
+    def _proc(self, code: str, when: date, kind: str) -> Proc:
+        op = self.cat.ops.lookup(code)
+        return Proc(code, op.display if op else code, when, kind)
+
+    def _support(self, atc: str, when: date, context: str) -> Med:
+        d = self.support[atc]
+        return Med(
+            d.atc,
+            d.name_de,
+            d.dose,
+            d.unit,
+            d.route,
+            when,
+            None,
+            context,
+            _schedule(d.schedule),
+            as_needed=d.as_needed,
+        )
+
+    def _diagnoses(self, c: _Case, st: Stay, tumor: Tumor, provisional: bool = False) -> list[Dx]:
+        cat = self.cat
+        main = cat.icd10gm.lookup(c.icd)
+        ver = "provisional" if provisional else "confirmed"
+        out = [
+            Dx(
+                c.icd,
+                main.display if main else c.icd,
+                "main",
+                c.diag,
+                True,
+                tumor.topography,
+                c.laterality,
+                ver,
+                tumor.key,
+            )
+        ]
+        out += [
+            Dx(code, _title(cat, code), "secondary", c.diag, verification=ver, tumor_key=tumor.key)
+            for code in tumor.metastasis_sites
+        ]
+        out += [
+            Dx(x.icd, x.title, "secondary", c.p.birth + timedelta(days=365 * max(18, c.age - 5)))
+            for x in c.comorbid
+        ]
+        return out
+
+    def _start_home(
+        self, rng: random.Random, c: _Case, pl: _Plan, st: Stay, when: date, adjuvant_only: bool
+    ) -> None:
+        """Outpatient (oral / hormonal) therapy begins at this discharge and runs on."""
+        for key, intent in pl.home:
+            if adjuvant_only and intent not in ("adjuvant", "curative"):
+                continue
+            if any(m.regimen == key for m in c.home_meds):
+                continue
+            regimen = self.cat.regimens[key]
+            for drug in regimen.drugs:
+                mg = drug.absolute_mg(c.p.bsa, c.p.weight_kg, 90.0)
+                if regimen.cycle_days > 28:
+                    freq = f"alle {regimen.cycle_days // 30} Monate"
+                elif regimen.cycle_days >= 28 and len(drug.days) < regimen.cycle_days:
+                    freq = f"Tag 1-{drug.days[-1]}, alle {regimen.cycle_days} Tage"
+                else:
+                    freq = "täglich"
+                c.home_meds.append(
+                    Med(
+                        drug.atc,
+                        drug.name_de,
+                        _round_dose(mg),
+                        "mg",
+                        drug.route,
+                        when,
+                        None,
+                        "discharge",
+                        _times(drug.times_per_day) if drug.route == "p.o." else None,
+                        True,
+                        False,
+                        freq,
+                        key,
+                        None,
+                        None,
+                        intent,
+                        None if drug.unit == "mg" else drug.dose,
+                        None if drug.unit == "mg" else drug.unit,
+                    )
+                )
+        if clinic.BONE in c.tumor.metastasis_sites and not any(m.atc.startswith("M05") for m in c.home_meds):
+            c.home_meds.append(self._support("M05BX04" if c.egfr < 60 else "M05BA08", when, "discharge"))
+
+    def _discharge(self, rng: random.Random, c: _Case, st: Stay) -> None:
+        """Long-term medication (one drug per class) and the outpatient tumour therapy running now."""
+        st.medications = [
+            m
+            for m in st.medications
+            if not (m.context == "discharge" and not m.therapy and m.atc in {d.atc for d in c.long_term})
+        ]
+        have = {clinic.drug_class(m.atc) for m in st.medications if m.context == "discharge"}
+        for d in c.long_term:
+            if clinic.drug_class(d.atc) in have:
+                continue
+            have.add(clinic.drug_class(d.atc))
+            st.medications.append(
+                Med(
+                    d.atc,
+                    d.name_de,
+                    d.dose,
+                    d.unit,
+                    d.route,
+                    st.end,
+                    None,
+                    "discharge",
+                    _schedule(d.schedule),
+                    as_needed=d.as_needed,
+                )
+            )
+        present = {m.atc for m in st.medications if m.context == "discharge"}
+        for m in c.home_meds:
+            if m.start <= st.end and m.atc not in present:
+                present.add(m.atc)
+                st.medications.append(replace(m, start=st.end) if m.start < st.start else m)
 
     def _labs(
-        self, rng: random.Random, p: Person, st: Stay, entity: Any, burden: float, cycle: int
+        self,
+        rng: random.Random,
+        c: _Case,
+        st: Stay,
+        burden: float,
+        cycle: int,
+        low: str | None = None,
+        nadir: bool = False,
+        aml: bool = False,
     ) -> list[Lab]:
-        out = []
+        """One lab date per stay: counts, renal values by the patient's eGFR, CRP by tumour burden."""
+        p = c.p
         when = st.start
+        age = (when - p.birth).days // 365
+        egfr_true = c.egfr + rng.uniform(-2.5, 2.5)
+        crea_test = self.cat.labs.get(CREA)
+        crea = round(creatinine_for_egfr(egfr_true, age, p.sex), crea_test.decimals if crea_test else 2)
+        egfr = round(ckd_epi(crea, age, p.sex))
+        leuko = rng.uniform(4.2, 9.5)
+        plt = rng.uniform(170, 380)
+        neutro_share = rng.uniform(0.5, 0.7)
+        if cycle:
+            leuko = rng.uniform(3.4, 8.0)
+            plt = rng.uniform(130, 330)
+        if c.entity.key == "cll" and cycle == 0:
+            leuko, neutro_share = rng.uniform(18, 70), rng.uniform(0.05, 0.15)
+        if aml:
+            leuko, plt, neutro_share = rng.uniform(1.2, 40), rng.uniform(25, 120), rng.uniform(0.05, 0.3)
+        if low == "leukocytes":
+            leuko = rng.uniform(1.8, 2.9)
+        elif low == "neutrophils":
+            leuko, neutro_share = rng.uniform(3.1, 3.8), rng.uniform(0.2, 0.38)
+        elif low == "platelets":
+            plt = rng.uniform(55, 95)
+        if nadir:
+            leuko, neutro_share, plt = rng.uniform(0.3, 1.4), rng.uniform(0.05, 0.3), rng.uniform(15, 90)
+        values = {LEUKO: leuko, NEUTRO: leuko * neutro_share, PLT: plt, CREA: crea, EGFR: egfr}
+        out = []
         for test in self.panel:
             lo, hi = _bounds(test, p.sex)
             mid, half = (lo + hi) / 2, (hi - lo) / 2
-            value = rng.gauss(mid, half / 2)
-            name = test.name_de.lower()
-            if cycle and ("hämoglobin" in name):
-                value = lo - 0.4 * cycle * rng.random() * (hi - lo) / 2  # chemotherapy-induced anaemia
-            if cycle and ("leukozyten" in name or "neutro" in name) and rng.random() < 0.25 + 0.1 * cycle:
-                value = lo * rng.uniform(0.3, 0.9)  # neutropenia at the nadir
-            if "crp" in name or "c-reaktiv" in name:
-                value = abs(rng.gauss(hi * 1.5 * burden, hi))
+            if test.loinc in values:
+                value = values[test.loinc]
+            elif test.loinc == HB:
+                value = rng.gauss(mid - 0.3 * half, half / 3)
+                if cycle:
+                    value = lo - 0.4 * cycle * rng.random() * (hi - lo) / 2  # chemotherapy-induced anaemia
+            elif test.loinc == CRP:
+                value = abs(rng.gauss(hi * 1.5 * burden, hi)) + (rng.uniform(80, 250) if nadir else 0)
+            else:
+                value = rng.gauss(mid, half / 2)
             out.append(
                 Lab(test.loinc, test.name_de, _positive(value, mid, test.decimals), test.unit, when, lo, hi)
             )
-        for loinc in entity.markers:
+        for loinc in c.entity.markers:
             marker = self.cat.labs.get(loinc)
-            if marker is None:
+            if marker is None or nadir:
                 continue
             lo, hi = _bounds(marker, p.sex)
             value = hi * rng.uniform(1.2, 8.0) * burden if rng.random() < 0.6 else rng.uniform(lo, hi)
@@ -320,10 +1066,181 @@ class CohortGenerator:
             )
         return out
 
+    def _vitals(self, rng: random.Random, c: _Case, st: Stay, fever: bool = False) -> list[Vital]:
+        sys_bp = round(_clip(rng.gauss(142 if c.hypertension else 126, 13), 95, 195))
+        dia = round(_clip(sys_bp * rng.uniform(0.55, 0.68), 50, 110))
+        hr = round(_clip(rng.gauss(104 if fever else 78, 10), 48, 140))
+        temp = round(rng.uniform(38.3, 39.6) if fever else _clip(rng.gauss(36.7, 0.3), 35.8, 37.6), 1)
+        values = {"8480-6": sys_bp, "8462-4": dia, "8867-4": hr, "8310-5": temp, "29463-7": c.p.weight_kg}
+        return [
+            Vital(loinc, name, float(values[loinc]), unit, st.start)
+            for loinc, (name, unit) in clinic.VITALS.items()
+        ]
+
+
+def _rt_course(std: tuple[str, float, int], start: date, intent: str, drug: str | None) -> Radiotherapy:
+    target, gy, fx = std
+    weeks, rest = divmod(fx, 5)
+    end = start + timedelta(days=7 * weeks + rest - (1 if rest else 3))
+    return Radiotherapy(target, gy, round(gy / fx, 2), fx, start, end, intent, clinic.RT_OPS, drug)
+
+
+def _stage_rank(stage: str) -> int:
+    """I -> 1, II -> 2, III -> 3, IV -> 4 (the roman numeral of a UICC/FIGO stage)."""
+    for roman, rank in (("IV", 4), ("III", 3), ("II", 2), ("I", 1)):
+        if stage.startswith(roman):
+            return rank
+    return 0
+
+
+def _positive_nodes(rng: random.Random, n: str) -> int:
+    v = n.removeprefix("N")
+    if v.startswith("0") or v.startswith("X"):
+        return 0
+    if v.startswith("1"):
+        return rng.randint(1, 3)
+    if v.startswith("2"):
+        return rng.randint(4, 9)
+    return rng.randint(10, 16)
+
+
+def _entity_stages(rng: random.Random, entity: str, stage: str | None) -> list[tuple[str, str]]:
+    """Entity-specific stages beside UICC: Gleason/ISUP, FIGO, Ann Arbor, ISS, Binet, ELN risk."""
+    if entity == "prostate":
+        isup = _weighted(
+            rng,
+            [(1, 2), (2, 4), (3, 3), (4, 2), (5, 2)]
+            if _stage_rank(stage or "") >= 3
+            else [(1, 5), (2, 5), (3, 2), (4, 1)],
+        )
+        gleason = {
+            1: "3+3=6",
+            2: "3+4=7",
+            3: "4+3=7",
+            4: rng.choice(("4+4=8", "3+5=8")),
+            5: rng.choice(("4+5=9", "5+4=9")),
+        }
+        return [("Gleason", gleason[isup]), ("ISUP", str(isup))]
+    if entity in ("ovary", "endometrium") and stage:
+        return [("FIGO", stage)]
+    if entity in ("dlbcl", "hodgkin") and stage:
+        return [("Ann Arbor", stage + rng.choice("AAB"))]
+    if entity == "myeloma" and stage:
+        return [("ISS", stage)]
+    if entity == "cll" and stage:
+        return [("Binet", stage)]
+    if entity == "aml":
+        return [("ELN 2022", _weighted(rng, [("günstig", 3), ("intermediär", 3), ("ungünstig", 4)]))]
+    return []
+
+
+def _markers(rng: random.Random, entity: str, morph: str, stage: str | None, m: str | None) -> list[Marker]:
+    """Receptor, mutation and IHC status the entity's work-up reports."""
+    out: list[Marker] = []
+    m1 = (m or "").startswith("M1")
+    if entity == "breast":
+        subtype = _weighted(rng, [("luminal", 70), ("her2", 15), ("tnbc", 15)])
+        hr = subtype == "luminal" or (subtype == "her2" and rng.random() < 0.6)
+        er = rng.choice((60, 70, 80, 90, 95, 100)) if hr else 0
+        pr = rng.choice((0, 10, 30, 50, 70, 90)) if hr else 0
+        out.append(Marker("ER", "positive" if er >= 1 else "negative", None, float(er), "%"))
+        out.append(Marker("PR", "positive" if pr >= 1 else "negative", None, float(pr), "%"))
+        if subtype == "her2":
+            out.append(Marker("HER2", "positive", None, None, None, rng.choice(("3+", "2+, ISH positiv"))))
+        else:
+            out.append(
+                Marker("HER2", "negative", None, None, None, rng.choice(("0", "1+", "2+, ISH negativ")))
+            )
+        ki = rng.choice((5, 10, 15, 20, 30, 40, 60)) if subtype == "luminal" else rng.choice((30, 40, 60, 80))
+        out.append(Marker("Ki-67", "high" if ki >= 20 else "low", None, float(ki), "%"))
+    elif entity == "lung":
+        adeno = not morph.startswith(("807", "805", "804"))
+        if adeno:
+            egfr = rng.random() < 0.15
+            out.append(
+                Marker(
+                    "EGFR",
+                    "mutated" if egfr else "wildtype",
+                    None,
+                    None,
+                    None,
+                    rng.choice(("Exon-19-Deletion", "L858R")) if egfr else None,
+                )
+            )
+            alk = not egfr and rng.random() < 0.05
+            out.append(Marker("ALK", "positive" if alk else "negative"))
+            kras = not egfr and not alk and rng.random() < 0.3
+            out.append(
+                Marker(
+                    "KRAS",
+                    "mutated" if kras else "wildtype",
+                    None,
+                    None,
+                    None,
+                    rng.choice(("G12C", "G12V", "G12D")) if kras else None,
+                )
+            )
+        tps = float(_weighted(rng, [(0, 3), (5, 2), (20, 2), (40, 1), (60, 2), (80, 1)]))
+        out.append(Marker("PD-L1", "positive" if tps >= 1 else "negative", None, tps, "%", f"TPS {tps:g} %"))
+    elif entity in ("colon", "rectum"):
+        msi = rng.random() < 0.12 and not m1
+        out.append(
+            Marker("MSI", "positive" if msi else "negative", None, None, None, "MSI-H" if msi else "MSS")
+        )
+        if m1:
+            ras = rng.random() < 0.45
+            out.append(
+                Marker(
+                    "RAS",
+                    "mutated" if ras else "wildtype",
+                    None,
+                    None,
+                    None,
+                    rng.choice(("KRAS G12D", "KRAS G12V", "NRAS Q61K")) if ras else None,
+                )
+            )
+            braf = not ras and rng.random() < 0.12
+            out.append(
+                Marker("BRAF", "mutated" if braf else "wildtype", None, None, None, "V600E" if braf else None)
+            )
+    elif entity == "melanoma" and _stage_rank(stage or "") >= 3:
+        braf = rng.random() < 0.45
+        out.append(
+            Marker("BRAF", "mutated" if braf else "wildtype", None, None, None, "V600E" if braf else None)
+        )
+    elif entity in ("stomach", "oesophagus") and m1:
+        her2 = rng.random() < 0.15
+        out.append(
+            Marker("HER2", "positive" if her2 else "negative", None, None, None, "3+" if her2 else "1+")
+        )
+    elif entity == "dlbcl":
+        out.append(Marker("CD20", "positive"))
+    elif entity == "hodgkin":
+        out.append(Marker("CD30", "positive"))
+    elif entity == "aml":
+        npm1 = rng.random() < 0.3
+        out.append(Marker("NPM1", "mutated" if npm1 else "wildtype"))
+        flt3 = rng.random() < 0.25
+        out.append(Marker("FLT3-ITD", "mutated" if flt3 else "wildtype"))
+    return out
+
 
 @dataclass
 class _Named:
     display: str
+
+
+def _age(p: Person, when: date) -> int:
+    return (when - p.birth).days // 365
+
+
+def _round_dose(mg: float) -> float:
+    """Doses as prescribed: 0.1 mg above 20 mg, 0.01 mg below (11.25 mg leuprorelin, 1.9 mg vincristine)."""
+    return round(mg, 1) if mg >= 20 else round(mg, 2)
+
+
+def _times(per_day: int) -> tuple[float, float, float, float]:
+    return (1, 0, 1, 0) if per_day == 2 else (1, 0, 0, 0)
 
 
 def _schedule(s: Any) -> tuple[int, int, int, int] | None:
@@ -339,8 +1256,8 @@ def _title(cat: Any, code: str) -> str:
 
 
 def _positive(value: float, typical: float, decimals: int) -> float:
-    """Lab values stay above a quarter of the typical value and never round to zero."""
-    value = max(value, typical * 0.25)
+    """Lab values stay above a tiny floor and never round to zero."""
+    value = max(value, typical * 0.02)
     return max(round(value, decimals), 10.0**-decimals)
 
 
@@ -371,8 +1288,24 @@ def _prevalence(c: Any, age: int) -> float:
     return p
 
 
-def _cockcroft_gault(p: Person, when: date, labs: list[Lab]) -> float:
+def ckd_epi(creatinine: float, age: int, sex: str) -> float:
+    """eGFR (ml/min/1.73 m²) by CKD-EPI 2021 from serum creatinine in mg/dl."""
+    k, a = (0.7, -0.241) if sex == "female" else (0.9, -0.302)
+    x = creatinine / k
+    return 142 * min(x, 1) ** a * max(x, 1) ** -1.2 * 0.9938**age * (1.012 if sex == "female" else 1.0)
+
+
+def creatinine_for_egfr(egfr: float, age: int, sex: str) -> float:
+    """The creatinine (mg/dl, 2 decimals) that CKD-EPI 2021 turns into this eGFR."""
+    k, a = (0.7, -0.241) if sex == "female" else (0.9, -0.302)
+    base = 142 * 0.9938**age * (1.012 if sex == "female" else 1.0)
+    r = egfr / base
+    x = r ** (1 / a) if r >= 1 else r ** (1 / -1.2)
+    return round(max(0.3, x * k), 2)
+
+
+def cockcroft_gault(p: Person, when: date, creatinine: float) -> float:
+    """Creatinine clearance (ml/min) for the Calvert formula, capped at 125 as usual."""
     age = (when - p.birth).days // 365
-    creat = 1.0 if p.sex == "male" else 0.8
-    gfr = (140 - age) * p.weight_kg / (72 * creat)
-    return round(gfr * (0.85 if p.sex == "female" else 1.0), 1)
+    gfr = (140 - age) * p.weight_kg / (72 * creatinine) * (0.85 if p.sex == "female" else 1.0)
+    return round(min(gfr, 125.0), 1)

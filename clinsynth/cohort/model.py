@@ -48,7 +48,11 @@ class Med:
     regimen: str | None = None  # regimen key of the catalogue (therapy drugs)
     cycle: int | None = None
     day: int | None = None
-    intent: str | None = None  # curative | palliative | neoadjuvant | adjuvant | ...
+    intent: str | None = None  # curative | palliative | neoadjuvant | adjuvant | induction
+    #: the prescribed dose per body measure behind `dose` (85 with per_unit "mg/m2": dose = 85 x BSA mg;
+    #: "AUC": Calvert with the stay's Cockcroft-Gault GFR; "mg/kg"; "IE/m2": `unit` is then IE)
+    per_dose: float | None = None
+    per_unit: str | None = None
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Radiotherapy:
     end: date
     intent: str | None = None
     ops: str | None = None
+    #: a drug given alongside (radiochemotherapy: "Capecitabin", "Cisplatin")
+    concurrent: str | None = None
 
 
 @dataclass
@@ -77,7 +83,8 @@ class Marker:
     """A receptor / mutation status or IHC result (ER 90 % positive, HER2 negative, EGFR del19)."""
 
     name: str
-    result: str  # positive | negative | equivocal | mutated | wildtype | amplified
+    #: positive | negative | equivocal | mutated | wildtype | amplified; Ki-67: high | low
+    result: str
     loinc: str | None = None
     value: float | None = None
     unit: str | None = None
@@ -127,7 +134,9 @@ class Tumor:
     status: str | None = (
         None  # new | complete_remission | partial_remission | stable | progression | recurrence
     )
-    metastasis_sites: list[str] = field(default_factory=list)  # ICD-O topography or ICD C77-C79 codes
+    metastasis_sites: list[str] = field(default_factory=list)  # ICD C77-C79 codes
+    #: False on a diagnostic stay before histology ("V.a."): morphology/grading are not known yet
+    confirmed: bool = True
 
 
 @dataclass
@@ -147,6 +156,9 @@ class Stay:
     radiotherapy: list[Radiotherapy] = field(default_factory=list)
     vitals: list[Vital] = field(default_factory=list)
     kind: str = "therapy"  # diagnostic | surgery | therapy | complication | palliative
+    #: admitted for a cycle that was not given (counts too low): no therapy, `postpone_reason` says why
+    postponed: bool = False
+    postpone_reason: str | None = None  # leukocytes | neutrophils | platelets
 
 
 @dataclass

@@ -50,9 +50,9 @@ from clinsynth.terminology.tables import (
 )
 
 Sex = Literal["any", "female", "male"]
-DoseUnit = Literal["mg/m2", "mg/kg", "AUC", "mg"]
+DoseUnit = Literal["mg/m2", "mg/kg", "AUC", "mg", "IE/m2"]
 Route = Literal["i.v.", "p.o.", "s.c."]
-DOSE_UNITS = ("mg/m2", "mg/kg", "AUC", "mg")
+DOSE_UNITS = ("mg/m2", "mg/kg", "AUC", "mg", "IE/m2")
 ROUTES = ("i.v.", "p.o.", "s.c.")
 ANY = "*"
 TNM_AXES = ("T", "N", "M")
@@ -78,8 +78,8 @@ class RegimenDrug:
     atc_verified: bool = False
 
     def absolute_mg(self, bsa_m2: float, weight_kg: float, gfr_ml_min: float) -> float:
-        """Single dose in mg; AUC doses by the Calvert formula, dose = AUC x (GFR + 25)."""
-        if self.unit == "mg/m2":
+        """Single dose in mg (IE for IE/m2: bleomycin); AUC doses by the Calvert formula, AUC x (GFR + 25)."""
+        if self.unit in ("mg/m2", "IE/m2"):
             mg = self.dose * bsa_m2
         elif self.unit == "mg/kg":
             mg = self.dose * weight_kg

@@ -348,7 +348,7 @@ def test_regimen_fields(cat) -> None:
     for r in cat.regimens.values():
         assert r.drugs and r.cycle_days >= 1
         for d in r.drugs:
-            assert d.unit in {"mg/m2", "mg/kg", "AUC", "mg"} and d.route in {"i.v.", "p.o.", "s.c."}
+            assert d.unit in {"mg/m2", "mg/kg", "AUC", "mg", "IE/m2"} and d.route in {"i.v.", "p.o.", "s.c."}
             assert d.days and all(1 <= day <= r.cycle_days for day in d.days), (r.key, d)
             assert d.verified is False  # no dose is clinically verified
             assert d.atc_verified == d.atc.startswith("L"), (r.key, d.atc)
