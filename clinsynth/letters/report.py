@@ -64,6 +64,8 @@ SECTION_MARGIN = 0.05
 MIN_NEGATED_DIAGNOSIS_FRAMES = 50
 #: distinct frames kept per kind × assertion (about 100 bytes each); more is reported as "at least"
 FRAME_CAP = 10_000
+#: frames (the costly count) come from every letter up to this many, then from every 4th
+FRAMES_ALL = 20_000
 TOP_FRAMES = 5
 #: code fields checked for specificity, by kind, with the `say` key holding the code as written
 CODE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -147,11 +149,19 @@ class TextStats:
         self.codes: Counter[str] = Counter({k: 0 for k in feat.CODE_PATTERNS})
 
     def add(self, text: str) -> None:
+        self.add_measured(*self.measure(text))
+
+    @staticmethod
+    def measure(text: str) -> tuple[int, dict[str, bool], dict[str, int]]:
+        codes = feat.written_codes(text)
+        return feat.word_count(text), feat.features(text, codes), codes
+
+    def add_measured(self, words: int, features: Mapping[str, bool], codes: Mapping[str, int]) -> None:
         self.letters += 1
-        self.words[feat.word_count(text)] += 1
-        for name, has in feat.features(text).items():
+        self.words[words] += 1
+        for name, has in features.items():
             self.features[name] += has
-        self.codes.update(feat.written_codes(text))
+        self.codes.update(codes)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -264,28 +274,107 @@ def fact_names(f: RecipeFact) -> list[str]:
 def own_strings(f: RecipeFact) -> dict[str, list[str]]:
     """What `frame` masks of the fact itself: every `say` string by key, its names as `name`."""
     out = {k: _strings(v) for k, v in f.say.items()}
-    out["name"] = list(dict.fromkeys(_strings(f.say.get("name")) + fact_names(f)))
+    out["name"] = fact_names(f)  # the say name first
     return {k: v for k, v in out.items() if v}
+
+
+def _isword(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+class _Letter:
+    """A letter's NFC text with its sentence ends and a cached whole-word, any-case finder
+    (str.find on the lower-cased text: a regex per name is ~20x slower at paper scale)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = unicodedata.normalize("NFC", text)
+        low = self.text.lower()
+        self.low = low if len(low) == len(self.text) else None  # a rare letter whose case mapping shifts
+        self._found: dict[str, list[tuple[int, int]]] = {}
+
+    @functools.cached_property
+    def stops(self) -> list[int]:
+        return sentence_stops(self.text)
+
+    def find(self, s: str) -> list[tuple[int, int]]:
+        """(start, end) of every occurrence of `s` as whole words, in any case."""
+        hits = self._found.get(s)
+        if hits is None:
+            hits = self._found[s] = self._find(s)
+        return hits
+
+    def _find(self, s: str) -> list[tuple[int, int]]:
+        spaced = " ".join(s.split())
+        needle = spaced.lower()
+        if not needle:
+            return []
+        if self.low is None or len(needle) != len(spaced):
+            return [m.span() for m in _needle(s).finditer(self.text)]
+        low, n = self.low, len(needle)
+        word_left, word_right = _isword(needle[0]), _isword(needle[-1])
+        out = []
+        i = low.find(needle)
+        while i >= 0:
+            j = i + n
+            if not (word_left and i > 0 and _isword(low[i - 1])) and not (
+                word_right and j < len(low) and _isword(low[j])
+            ):
+                out.append((i, j))
+            i = low.find(needle, i + 1)
+        if not out and " " in needle:  # a name broken across lines or spaced twice
+            out = [m.span() for m in _needle(s).finditer(self.text)]
+        return out
+
+    def sentence(self, start: int, end: int) -> tuple[int, int]:
+        i = bisect.bisect_left(self.stops, start)
+        s = self.stops[i - 1] + 1 if i > 0 else 0
+        j = bisect.bisect_left(self.stops, end)
+        e = self.stops[j] + 1 if j < len(self.stops) else len(self.text)
+        return s, e
+
+    def section_spans(self, sections: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+        """Where each recipe section's heading starts a line, up to the next heading found."""
+        found: list[tuple[int, str]] = []
+        for sec in sections:
+            heading = str(sec.get("heading") or "").strip().rstrip(":")
+            for start, _ in self.find(heading) if heading else ():
+                line = self.text[self.text.rfind("\n", 0, start) + 1 : start]
+                if not line.strip():
+                    found.append((start, str(sec["key"])))
+                    break
+        found.sort()
+        return {
+            key: (pos, found[i + 1][0] if i + 1 < len(found) else len(self.text))
+            for i, (pos, key) in enumerate(found)
+        }
+
+    def template(self, start: int, end: int, masks: Iterable[tuple[int, int, str, int]]) -> str:
+        """text[start:end] as a frame: mask intervals (start, end, placeholder, rank) chosen
+        longest first, then by rank (the fact's own before others'), never overlapping; then
+        dates -> §date§, numbers -> 0, lower case, whitespace collapsed."""
+        chosen: list[tuple[int, int, str]] = []
+        taken = bytearray(end - start)  # 1 where a chosen mask sits
+        for a, b, ph, _ in sorted(masks, key=lambda m: (m[0] - m[1], m[3], m[0])):
+            if start <= a and b <= end and taken.find(1, a - start, b - start) < 0:
+                chosen.append((a, b, ph))
+                taken[a - start : b - start] = b"\x01" * (b - a)
+        parts, pos = [], start
+        for a, b, ph in sorted(chosen):
+            parts += [self.text[pos:a], ph]
+            pos = b
+        parts.append(self.text[pos:end])
+        out = _NUMBER.sub("0", _DATE.sub("§date§", "".join(parts)))
+        return _SPACE.sub(" ", out).strip(" \t-•*:,;").lower()
 
 
 def frame(sentence: str, own: Mapping[str, Sequence[str]], others: Iterable[str] = ()) -> str:
     """The sentence as a template: the fact's own strings -> §key§, other facts' strings -> §f§,
     dates -> §date§, numbers -> 0, lower case, whitespace collapsed. Longer strings are masked
     first; a string that is both the fact's own and another's counts as its own."""
-    masks = [(s, f"§{k}§") for k, ss in own.items() for s in ss] + [(s, "§f§") for s in others]
-    masks.sort(key=lambda m: (-len(m[0]), m[1] == "§f§"))
-    return _masked(sentence, masks)
-
-
-def _masked(sentence: str, masks: Sequence[tuple[str, str]]) -> str:
-    low = sentence.lower()
-    for s, placeholder in masks:
-        if s.lower() in low:
-            sentence = _needle(s).sub(placeholder, sentence)
-            low = sentence.lower()
-    sentence = _DATE.sub("§date§", sentence)
-    sentence = _NUMBER.sub("0", sentence)
-    return _SPACE.sub(" ", sentence).strip(" \t-•*:,;").lower()
+    letter = _Letter(sentence)
+    masks = [(a, b, f"§{k}§", 0) for k, ss in own.items() for s in ss for a, b in letter.find(s)]
+    masks += [(a, b, "§f§", 1) for s in others for a, b in letter.find(s)]
+    return letter.template(0, len(letter.text), masks)
 
 
 def _maskable(s: str) -> bool:
@@ -296,7 +385,7 @@ def _maskable(s: str) -> bool:
 # ---------------------------------------------------------------- where each fact sits
 
 #: cues of each non-present assertion, to choose among several mentions of one name
-_CUES: dict[str, re.Pattern[str]] = {
+_CUES: dict[str, feat.Pattern | feat.AnyOf] = {
     "negated": feat.FEATURES["negation"],
     "suspected": feat.FEATURES["suspicion"],
     "historical": feat.FEATURES["history"],
@@ -313,64 +402,39 @@ class Located:
     sentence: tuple[int, int] | None
 
 
-class _Letter:
-    def __init__(self, text: str) -> None:
-        self.text = unicodedata.normalize("NFC", text)
-        self.stops = sentence_stops(self.text)
-
-    def sentence(self, start: int, end: int) -> tuple[int, int]:
-        i = bisect.bisect_left(self.stops, start)
-        s = self.stops[i - 1] + 1 if i > 0 else 0
-        j = bisect.bisect_left(self.stops, end)
-        e = self.stops[j] + 1 if j < len(self.stops) else len(self.text)
-        return s, e
-
-    def section_spans(self, sections: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
-        """Where each recipe section's heading starts a line, up to the next heading found."""
-        found: list[tuple[int, str]] = []
-        for sec in sections:
-            heading = str(sec.get("heading") or "").strip().rstrip(":")
-            if not heading:
-                continue
-            pat = re.compile(
-                r"^[ \t]*" + _needle(heading).pattern + r"[ \t]*:?", re.IGNORECASE | re.MULTILINE
-            )
-            m = pat.search(self.text)
-            if m:
-                found.append((m.start(), str(sec["key"])))
-        found.sort()
-        return {
-            key: (pos, found[i + 1][0] if i + 1 < len(found) else len(self.text))
-            for i, (pos, key) in enumerate(found)
-        }
-
-
 def locate(recipe: Recipe, text: str) -> tuple[str, list[Located]]:
     """Each fact's mention: a mention of one of its names, preferably inside its own section and
     in a sentence whose cues fit its assertion. Returns the NFC text the spans refer to."""
     letter = _Letter(text)
+    return letter.text, _locate(recipe, letter, {f.id: fact_names(f) for f in recipe.facts})
+
+
+def _locate(recipe: Recipe, letter: _Letter, names: Mapping[str, list[str]]) -> list[Located]:
     sections = letter.section_spans(recipe.sections)
     out = []
     for f in recipe.facts:
-        hits = [m.span() for name in fact_names(f) for m in _needle(name).finditer(letter.text)]
+        hits = sorted({h for name in names[f.id] for h in letter.find(name)})
         if not hits:
             out.append(Located(f, f.section, None, None))
             continue
-        own = sections.get(f.section)
-        cue = _CUES.get(f.assertion)
+        best = hits[0]
+        if len(hits) > 1:
+            own = sections.get(f.section)
+            cue = _CUES.get(f.assertion)
 
-        def score(h: tuple[int, int], own: tuple[int, int] | None = own, cue: Any = cue) -> tuple[int, int]:
-            s, e = letter.sentence(*h)
-            has_cue = (
-                bool(cue.search(letter.text, s, e))
-                if cue
-                else not any(c.search(letter.text, s, e) for c in _CUES.values())
-            )
-            return (bool(own and own[0] <= h[0] < own[1]), has_cue)
+            def score(
+                h: tuple[int, int], own: tuple[int, int] | None = own, cue: Any = cue
+            ) -> tuple[bool, bool]:
+                s, e = letter.sentence(*h)
+                if cue is not None:
+                    fits = cue.search(letter.text, s, e) is not None
+                else:
+                    fits = all(c.search(letter.text, s, e) is None for c in _CUES.values())
+                return (bool(own and own[0] <= h[0] < own[1]), fits)
 
-        best = max(sorted(hits), key=score)
+            best = max(hits, key=score)
         out.append(Located(f, f.section, best, letter.sentence(*best)))
-    return letter.text, out
+    return out
 
 
 # ---------------------------------------------------------------- code specificity
@@ -381,18 +445,19 @@ def _bare(code: str) -> str:
     return re.sub(r"[\s†*!]", "", code)
 
 
-def code_support(f: RecipeFact, text: str) -> list[dict[str, Any]]:
+def code_support(f: RecipeFact, text: str | _Letter) -> list[dict[str, Any]]:
     """Per gold code of the fact: the code the letter supports (a written code, else the code its
     name pins down) and whether gold is more specific than that. Outcomes: ok, more_specific,
     differs (gold and text name different codes), less_specific (allowed), unchecked (nothing
     written and no name->code pinning available)."""
+    letter = text if isinstance(text, _Letter) else _Letter(text)
     out = []
     for field, say_key in CODE_FIELDS.get(f.kind, ()):
         gold = f.gold.get(field)
         if not gold:
             continue
         gold = _bare(str(gold))
-        written = next((c for c in _strings(f.say.get(say_key)) if _needle(c).search(text)), None)
+        written = next((c for c in _strings(f.say.get(say_key)) if letter.find(c)), None)
         source = "written"
         supported: str | None = None
         if written:
@@ -481,8 +546,14 @@ def section_rule(counts: Mapping[tuple[str, str], int]) -> dict[str, Any]:
 class LettersReport:
     """Streaming counts over (recipe, text, verdict): `add` each letter, then `to_dict`."""
 
-    def __init__(self, frame_cap: int = FRAME_CAP) -> None:
+    def __init__(
+        self, frame_cap: int = FRAME_CAP, frames_all: int = FRAMES_ALL, frames_stride: int = 4
+    ) -> None:
         self.frame_cap = frame_cap
+        #: frames come from the first `frames_all` letters and every `frames_stride`-th after them
+        self.frames_all = frames_all
+        self.frames_stride = frames_stride
+        self.frame_letters = 0
         self.text = TextStats()
         self.words_by_type: dict[str, Counter[int]] = {}
         self.passed = 0
@@ -505,42 +576,69 @@ class LettersReport:
             self.failed += 1
             if len(self.errors) < 20:
                 sid = getattr(recipe, "spec_id", "?")
-                self.errors.append(f"{sid}: {type(exc).__name__}: {exc} (counted only up to there)")
+                self.errors.append(f"{sid}: {type(exc).__name__}: {exc} (the letter is not counted)")
 
     def _add(self, recipe: Recipe, text: str, verdict: Mapping[str, Any] | None) -> None:
-        self.text.add(text)
-        self.words_by_type.setdefault(recipe.letter_type, Counter())[feat.word_count(text)] += 1
+        # everything is measured before anything is counted: a letter counts whole or not at all
+        letter = _Letter(text)
+        measured = TextStats.measure(text)
+        checks = [(f, code_support(f, letter)) for f in recipe.facts]
+        n = self.text.letters
+        framed = n < self.frames_all or (n - self.frames_all) % self.frames_stride == 0
+        frames = self._frames(recipe, letter) if framed else []
+        self.text.add_measured(*measured)
+        self.words_by_type.setdefault(recipe.letter_type, Counter())[measured[0]] += 1
         if verdict is not None:
             self.verdicts += 1
             self.passed += bool(verdict.get("ok"))
-        nfc, located = locate(recipe, text)
-        # every fact's strings, longest first, tagged with the fact: masked per fact as own or §f§
-        strings = [
-            (s, loc.fact.id, f"§{k}§")
-            for loc in located
-            for k, ss in own_strings(loc.fact).items()
-            for s in ss
-        ]
-        strings += [(s, "", "§f§") for v in recipe.header.values() for s in _strings(v)]
-        strings += [(s, "", "§f§") for s in _strings(recipe.untagged)]
-        for loc in located:
-            f = loc.fact
+        for f, fact_checks in checks:
             self.facts[f.kind, f.assertion] += 1
-            self.sections[f.kind, loc.section, f.assertion] += 1
-            for check in code_support(f, nfc):
+            self.sections[f.kind, f.section, f.assertion] += 1
+            for check in fact_checks:
                 self.codes[f.kind, check["field"], check["outcome"]] += 1
                 if check["outcome"] in ("more_specific", "differs") and len(self.code_examples) < 20:
-                    example = {"spec_id": recipe.spec_id, "fact": f.id, "name": fact_names(f)[:1], **check}
-                    self.code_examples.append(example)
+                    example = {"spec_id": recipe.spec_id, "fact": f.id, "name": fact_names(f)[:1]}
+                    self.code_examples.append({**example, **check})
+        self.frame_letters += framed
+        for kind, assertion, fr in frames:
+            if fr is None:
+                self.unlocated[kind] += 1
+            else:
+                self.frames.setdefault((kind, assertion), FrameCounter(self.frame_cap)).add(fr)
+
+    def _frames(self, recipe: Recipe, letter: _Letter) -> list[tuple[str, str, str | None]]:
+        """(kind, assertion, frame or None where the fact was not found) of each fact: the costly
+        count, bounded at paper scale by counting it on a sample of the letters."""
+        own = {f.id: own_strings(f) for f in recipe.facts}
+        located = _locate(recipe, letter, {fid: o.get("name", []) for fid, o in own.items()})
+        # every string of every fact (and of the head) once, with the facts it belongs to
+        owners: dict[str, dict[str, str]] = {}
+        for fid, strings in own.items():
+            for k, ss in strings.items():
+                for s in ss:
+                    owners.setdefault(s, {}).setdefault(fid, f"§{k}§")
+        for s in _strings(list(recipe.header.values())) + _strings(recipe.untagged):
+            owners.setdefault(s, {})
+        occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
+        starts = [o[0] for o in occurrences]
+        maskable = {s: _maskable(s) for s in owners}
+        out: list[tuple[str, str, str | None]] = []
+        for loc in located:
+            f = loc.fact
             if loc.sentence is None:
-                self.unlocated[f.kind] += 1
+                out.append((f.kind, f.assertion, None))
                 continue
-            masks = [
-                (s, ph if fid == f.id else "§f§") for s, fid, ph in strings if fid == f.id or _maskable(s)
-            ]
-            masks.sort(key=lambda m: (-len(m[0]), m[1] == "§f§"))
-            fr = _masked(nfc[loc.sentence[0] : loc.sentence[1]], masks)
-            self.frames.setdefault((f.kind, f.assertion), FrameCounter(self.frame_cap)).add(fr)
+            a, b = loc.sentence
+            masks = []
+            for i in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
+                s_, e_, s = occurrences[i]
+                ph = owners[s].get(f.id)
+                if ph is not None:
+                    masks.append((s_, e_, ph, 0))
+                elif maskable[s]:
+                    masks.append((s_, e_, "§f§", 1))
+            out.append((f.kind, f.assertion, letter.template(a, b, masks)))
+        return out
 
     def to_dict(self, dev: Mapping[str, Any] | None = None) -> dict[str, Any]:
         kinds = list(APPLICABLE)
@@ -560,6 +658,7 @@ class LettersReport:
             "words_by_letter_type": {t: distribution(h) for t, h in sorted(self.words_by_type.items())},
             "facts": {k: {a: self.facts[k, a] for a in ASSERTIONS} for k in kinds},
             "facts_not_located": dict(self.unlocated),
+            "frames_counted_on_letters": self.frame_letters,
             "frames": {
                 k: {a: self.frames[k, a].summary() for a in ASSERTIONS if (k, a) in self.frames}
                 for k in kinds

@@ -352,6 +352,18 @@ def test_frames_are_capped_and_a_bad_record_is_reported_not_fatal():
     assert out["facts"]["diagnosis"]["present"] == 2  # the good letter still counts
 
 
+def test_frames_come_from_the_first_letters_then_every_nth():
+    acc = rep.LettersReport(frames_all=1, frames_stride=2)
+    for r, text, verdict in letters():
+        acc.add(r, text, verdict)
+    out = acc.to_dict()
+    # letter 0 (the first 1), then letters 1, 3, 5 ... (every 2nd after them): s3 is not framed
+    assert out["frames_counted_on_letters"] == 2
+    assert out["frames"]["diagnosis"]["negated"]["facts"] == 3 and out["frames"]["medication"] == {}
+    assert out["facts"]["medication"]["present"] == 1  # counts and codes come from every letter
+    assert out["text"]["written_codes"]["atc"] == 1
+
+
 def test_write_report_writes_json_and_a_readable_summary(tmp_path, counted):
     acc = rep.LettersReport()
     for r, text, verdict in letters():
