@@ -10,8 +10,9 @@ entity, M category by metastasis sites) live in `clinsynth.cohort.clinic`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from clinsynth.cohort import clinic
@@ -60,6 +61,7 @@ class CohortConfig:
 
 
 def _weighted(rng: random.Random, pairs: list[tuple[T, float]]) -> T:
+    """One item by weight (same draws as random.choices with weights, which it is)."""
     items, weights = zip(*pairs, strict=True)
     return rng.choices(items, weights=weights, k=1)[0]
 
@@ -124,6 +126,11 @@ class CohortGenerator:
         self.fake = Faker("de_DE")
         self.entities = [(e, e.weight) for e in self.cat.entities]
         self.panel = [self.cat.labs[c] for c in _PANEL if c in self.cat.labs]
+        #: (low, high) per LOINC and sex, computed once
+        self.bounds = {
+            (t.loinc, sex): _bounds(t, sex) for t in self.cat.labs.values() for sex in ("female", "male")
+        }
+        self.schedules = {d.atc: _schedule(d.schedule) for d in self.cat.supportive}
         self.support = {d.atc: d for d in self.cat.supportive}
         self.z_chemo = self.cat.icd10gm.lookup("Z51.1")
 
@@ -490,7 +497,7 @@ class CohortGenerator:
                 self._proc("1-442.0", s1.start + timedelta(days=min(1, _los(s1))), "diagnostic")
             )
             biopsy_m = True
-        tumor = replace(tumor, m_prefix="p" if biopsy_m else "c", confirmed=not provisional, ecog=c.ecog)
+        tumor = _with(tumor, m_prefix="p" if biopsy_m else "c", confirmed=not provisional, ecog=c.ecog)
         s1.tumor = tumor
         s1.diagnoses = self._diagnoses(c, s1, tumor, provisional=provisional)
         s1.labs = self._labs(rng, c, s1, burden=1.0, cycle=0)
@@ -498,7 +505,7 @@ class CohortGenerator:
         if not (pl.surgery and pl.surgery_code):
             self._start_home(rng, c, pl, s1, when=s1.end, adjuvant_only=False)
         self._discharge(rng, c, s1)
-        tumor = replace(tumor, confirmed=True)
+        tumor = _with(tumor, confirmed=True)
         last = s1.end
         if e == "aml":  # induction starts within days of the diagnosis
             self._cycles(
@@ -552,7 +559,7 @@ class CohortGenerator:
                 s2.medications.append(self._support("A02BC02", s2.start, "inpatient"))
             s2.medications.append(self._support("N02BB02", s2.start, "inpatient"))
             last = s2.end + timedelta(days=rng.randint(21, 42))
-            tumor = replace(tumor, status="complete_remission" if tumor.r in (None, "R0") else tumor.status)
+            tumor = _with(tumor, status="complete_remission" if tumor.r in (None, "R0") else tumor.status)
             pending_rt = []
             self._start_home(rng, c, pl, s2, when=s2.end, adjuvant_only=True)
             self._discharge(rng, c, s2)
@@ -584,13 +591,13 @@ class CohortGenerator:
                 rt.target = rng.choice(("LWK 3", "BWK 9", "Os ilium links", "LWK 1", "Femur rechts proximal"))
             st.radiotherapy = [rt]
             st.procedures.append(self._proc(clinic.RT_OPS, rt.start, "radiotherapy"))
-            t2 = replace(tumor, status="progression", ecog=min(3, c.ecog + 1))
+            t2 = _with(tumor, status="progression", ecog=min(3, c.ecog + 1))
             st.tumor = t2
             st.diagnoses = self._diagnoses(c, st, t2)
             st.labs = self._labs(rng, c, st, burden=1.2, cycle=0)
             st.vitals = self._vitals(rng, c, st)
             if pall is clinic.RT_BRAIN:
-                st.medications.append(replace(self._support("H02AB02", st.start, "inpatient"), dose=4.0))
+                st.medications.append(_with(self._support("H02AB02", st.start, "inpatient"), dose=4.0))
             st.medications += [
                 self._support("N02BB02", st.start, "inpatient"),
                 self._support("N02AA05", st.start, "discharge"),
@@ -632,7 +639,7 @@ class CohortGenerator:
                 status = _weighted(rng, [("partial_remission", 4), ("stable", 4), ("progression", 2)])
             elif intent == "adjuvant":
                 status = "complete_remission"
-            st_tumor = replace(tumor, status=status, ecog=c.ecog)
+            st_tumor = _with(tumor, status=status, ecog=c.ecog)
             st.tumor = st_tumor
             st.diagnoses = self._diagnoses(c, st, st_tumor)
             postpone = None
@@ -706,7 +713,7 @@ class CohortGenerator:
             per, unit = drug.dose, drug.unit
             if cycle == 1:
                 per = clinic.LOADING.get(key, {}).get(drug.atc, per)
-            mg = replace(drug, dose=per).absolute_mg(p.bsa, p.weight_kg, gfr)
+            mg = drug.absolute_mg(p.bsa, p.weight_kg, gfr, dose=per)
             oral = drug.route == "p.o."
             first = drug.days[0]
             if oral or drug.atc.startswith("L02"):
@@ -789,10 +796,10 @@ class CohortGenerator:
                 out.append(self._support("H02AB02", st.start, "inpatient"))
             if risk == "high":
                 out.append(
-                    replace(self._support("A04AD12", st.start, "inpatient"), dose=125.0, frequency="Tag 1")
+                    _with(self._support("A04AD12", st.start, "inpatient"), dose=125.0, frequency="Tag 1")
                 )
         elif rng.random() < 0.5:
-            out.append(replace(self._support("A03FA01", st.end, "discharge"), as_needed=True))
+            out.append(_with(self._support("A03FA01", st.end, "discharge"), as_needed=True))
         if clinic.needs_gcsf(key, _age(c.p, st.start)) or (c.gcsf_secondary and key != "aml_7plus3"):
             out.append(self._support("L03AA13", st.start + timedelta(days=min(1, _los(st))), "inpatient"))
         if key == "aml_7plus3":
@@ -806,7 +813,7 @@ class CohortGenerator:
         main = self.cat.icd10gm.lookup(rng.choice(("D70.10", "D70.13", "D70.14")))
         assert main is not None
         st.diagnoses = [Dx(main.code, main.display, "main", st.start)] + [
-            replace(d, role="secondary") for d in self._diagnoses(c, st, tumor)
+            _with(d, role="secondary") for d in self._diagnoses(c, st, tumor)
         ]
         st.labs = self._labs(rng, c, st, burden=2.5, cycle=1, nadir=True)
         st.vitals = self._vitals(rng, c, st, fever=True)
@@ -819,7 +826,7 @@ class CohortGenerator:
     def _nadir(self, rng: random.Random, c: _Case, st: Stay, when: date) -> None:
         """A second lab date inside a long stay: the nadir after induction."""
         labs = self._labs(rng, c, st, burden=1.5, cycle=1, nadir=True)
-        st.labs += [replace(x, when=when) for x in labs if not x.marker]
+        st.labs += [_with(x, when=when) for x in labs if not x.marker]
 
     def _pathology(self, rng: random.Random, c: _Case, st: Stay, neo: bool) -> Tumor:
         """pT/pN (ypT/ypN after neoadjuvant therapy) with nodes, L/V/Pn and R; M stays clinical (cM0)."""
@@ -827,7 +834,7 @@ class CohortGenerator:
         e = c.entity
         when = st.start + timedelta(days=3)
         if t0.t is None or t0.n is None or t0.m is None:
-            return replace(t0, when=when, ecog=c.ecog)
+            return _with(t0, when=when, ecog=c.ecog)
         t, n, m = t0.t, t0.n, t0.m
         if neo:  # response: T and N shrink (never grow) within the entity's values
             ts = [v for v in e.tnm_values["T"] if v <= t.removeprefix("T")]
@@ -840,7 +847,7 @@ class CohortGenerator:
             pos + rng.randint(3, 12), rng.randint(12, 26) if e.key not in ("breast", "melanoma") else 2
         )
         r = "R0" if rng.random() < 0.88 else "R1"
-        return replace(
+        return _with(
             t0,
             prefix="yp" if neo else "p",
             n_prefix=None,
@@ -885,7 +892,7 @@ class CohortGenerator:
             when,
             None,
             context,
-            _schedule(d.schedule),
+            self.schedules[atc],
             as_needed=d.as_needed,
         )
 
@@ -989,7 +996,7 @@ class CohortGenerator:
         for m in c.home_meds:
             if m.start <= st.end and m.atc not in present:
                 present.add(m.atc)
-                st.medications.append(replace(m, start=st.end) if m.start < st.start else m)
+                st.medications.append(_with(m, start=st.end) if m.start < st.start else m)
 
     def _labs(
         self,
@@ -1029,28 +1036,31 @@ class CohortGenerator:
         if nadir:
             leuko, neutro_share, plt = rng.uniform(0.3, 1.4), rng.uniform(0.05, 0.3), rng.uniform(15, 90)
         values = {LEUKO: leuko, NEUTRO: leuko * neutro_share, PLT: plt, CREA: crea, EGFR: egfr}
+        gauss, bounds, sex = rng.gauss, self.bounds, p.sex
         out = []
         for test in self.panel:
-            lo, hi = _bounds(test, p.sex)
-            mid, half = (lo + hi) / 2, (hi - lo) / 2
-            if test.loinc in values:
-                value = values[test.loinc]
-            elif test.loinc == HB:
-                value = rng.gauss(mid - 0.3 * half, half / 3)
+            loinc = test.loinc
+            lo, hi = bounds[loinc, sex]
+            if loinc in values:
+                value = values[loinc]
+            elif loinc == HB:
                 if cycle:
-                    value = lo - 0.4 * cycle * rng.random() * (hi - lo) / 2  # chemotherapy-induced anaemia
-            elif test.loinc == CRP:
-                value = abs(rng.gauss(hi * 1.5 * burden, hi)) + (rng.uniform(80, 250) if nadir else 0)
+                    value = lo - 0.2 * cycle * rng.random() * (hi - lo)  # chemotherapy-induced anaemia
+                else:
+                    value = gauss(lo + 0.35 * (hi - lo), (hi - lo) / 6)
+            elif loinc == CRP:
+                value = abs(gauss(hi * 1.5 * burden, hi)) + (rng.uniform(80, 250) if nadir else 0)
             else:
-                value = rng.gauss(mid, half / 2)
+                value = gauss((lo + hi) / 2, (hi - lo) / 4)
+            floor = (lo + hi) * 0.01
             out.append(
-                Lab(test.loinc, test.name_de, _positive(value, mid, test.decimals), test.unit, when, lo, hi)
+                Lab(loinc, test.name_de, _rounded(value, floor, test.decimals), test.unit, when, lo, hi)
             )
         for loinc in c.entity.markers:
             marker = self.cat.labs.get(loinc)
             if marker is None or nadir:
                 continue
-            lo, hi = _bounds(marker, p.sex)
+            lo, hi = self.bounds[marker.loinc, p.sex]
             value = hi * rng.uniform(1.2, 8.0) * burden if rng.random() < 0.6 else rng.uniform(lo, hi)
             out.append(
                 Lab(
@@ -1230,6 +1240,18 @@ class _Named:
     display: str
 
 
+D = TypeVar("D")
+
+
+def _with(obj: D, **changes: Any) -> D:
+    """A changed copy of a (plain) dataclass; dataclasses.replace re-runs __init__ and is 5x slower."""
+    assert changes.keys() <= obj.__dict__.keys(), changes.keys() - obj.__dict__.keys()
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 def _age(p: Person, when: date) -> int:
     return (when - p.birth).days // 365
 
@@ -1243,6 +1265,7 @@ def _times(per_day: int) -> tuple[float, float, float, float]:
     return (1, 0, 1, 0) if per_day == 2 else (1, 0, 0, 0)
 
 
+@lru_cache(maxsize=256)
 def _schedule(s: Any) -> tuple[int, int, int, int] | None:
     """Morning/noon/evening/night counts; half tablets round up (a letter writes 1-0-1-0)."""
     if not s:
@@ -1257,8 +1280,12 @@ def _title(cat: Any, code: str) -> str:
 
 def _positive(value: float, typical: float, decimals: int) -> float:
     """Lab values stay above a tiny floor and never round to zero."""
-    value = max(value, typical * 0.02)
-    return max(round(value, decimals), 10.0**-decimals)
+    return _rounded(value, typical * 0.02, decimals)
+
+
+def _rounded(value: float, floor: float, decimals: int) -> float:
+    value = round(value if value > floor else floor, decimals)
+    return value if value > 0 else 10.0**-decimals
 
 
 def _bounds(test: Any, sex: str) -> tuple[float, float]:

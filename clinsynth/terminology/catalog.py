@@ -77,16 +77,22 @@ class RegimenDrug:
     note: str = ""
     atc_verified: bool = False
 
-    def absolute_mg(self, bsa_m2: float, weight_kg: float, gfr_ml_min: float) -> float:
-        """Single dose in mg (IE for IE/m2: bleomycin); AUC doses by the Calvert formula, AUC x (GFR + 25)."""
+    def absolute_mg(
+        self, bsa_m2: float, weight_kg: float, gfr_ml_min: float, dose: float | None = None
+    ) -> float:
+        """Single dose in mg (IE for IE/m2: bleomycin); AUC doses by the Calvert formula, AUC x (GFR + 25).
+
+        `dose` replaces the regimen's dose in its unit (a loading dose such as trastuzumab 8 mg/kg).
+        """
+        per = self.dose if dose is None else dose
         if self.unit in ("mg/m2", "IE/m2"):
-            mg = self.dose * bsa_m2
+            mg = per * bsa_m2
         elif self.unit == "mg/kg":
-            mg = self.dose * weight_kg
+            mg = per * weight_kg
         elif self.unit == "AUC":
-            mg = self.dose * (gfr_ml_min + 25.0)
+            mg = per * (gfr_ml_min + 25.0)
         else:
-            mg = self.dose
+            mg = per
         return min(mg, self.max_mg) if self.max_mg is not None else mg
 
 
