@@ -45,18 +45,21 @@ REPORT_MD = "letters_report.md"
 DEV_STATS = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "dev_letter_stats.json"
 
 ASSERTIONS: tuple[Assertion, ...] = ("present", "negated", "historical", "suspected")
-#: the assertions a letter can sensibly give each fact kind (a vital sign is measured or not
-#: written; nobody "suspects" a drug or a radiotherapy; a lab value may be a prior value)
-APPLICABLE: dict[FactKind, tuple[Assertion, ...]] = {
-    "diagnosis": ("present", "negated", "historical", "suspected"),
-    "tumor": ("present", "negated", "historical", "suspected"),
+#: the assertions that apply to each fact kind: the sampler's table (clinsynth.sampling.phrases
+#: .ASSERTIONS, the one it draws from), else this one
+_DEFAULT_APPLICABLE: dict[FactKind, tuple[Assertion, ...]] = {
+    "diagnosis": ("present", "negated", "suspected", "historical"),
+    "tumor": ("present", "negated", "suspected", "historical"),
     "procedure": ("present", "negated", "historical"),
-    "radiotherapy": ("present", "negated", "historical"),
-    "medication": ("present", "negated", "historical"),
+    "radiotherapy": ("present", "historical"),
+    "medication": ("present", "negated", "suspected", "historical"),
     "lab": ("present", "historical"),
     "vital": ("present",),
     "risk_factor": ("present", "negated", "historical"),
 }
+APPLICABLE: dict[FactKind, tuple[Assertion, ...]] = dict(
+    getattr(importlib.import_module("clinsynth.sampling.phrases"), "ASSERTIONS", None) or _DEFAULT_APPLICABLE
+)
 #: the letter types the length target applies to (Kurzarztbrief is short by design)
 DISCHARGE_TYPES = ("Entlassungsbrief", "Arztbrief")
 WORDS_TOLERANCE = 0.25
@@ -67,17 +70,16 @@ FRAME_CAP = 10_000
 #: frames (the costly count) come from every letter up to this many, then from every 4th
 FRAMES_ALL = 20_000
 TOP_FRAMES = 5
-#: code fields checked for specificity, by kind, with the `say` key holding the code as written
-CODE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "diagnosis": (("icd10gm", "code"),),
-    "tumor": (("icd10gm", "code"), ("topography", "topography"), ("morphology", "morphology")),
-    "procedure": (("ops", "code"),),
-}
-_SYSTEM_OF_FIELD = {
-    "icd10gm": "icd10gm",
-    "ops": "ops",
-    "topography": "icdo3_topography",
-    "morphology": "icdo3_morphology",
+#: code fields checked for specificity, by kind: (field = pinning system, the `say` key holding
+#: the code as written, the `say` keys whose text pins the code; topography is never pinned)
+CODE_FIELDS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "diagnosis": (("icd10gm", "code", ("name",)),),
+    "tumor": (
+        ("icd10gm", "code", ("entity", "name")),
+        ("topography", "topography", ()),
+        ("morphology", "morphology", ("histology",)),
+    ),
+    "procedure": (("ops", "code", ("name",)),),
 }
 
 
@@ -452,7 +454,7 @@ def code_support(f: RecipeFact, text: str | _Letter) -> list[dict[str, Any]]:
     written and no name->code pinning available)."""
     letter = text if isinstance(text, _Letter) else _Letter(text)
     out = []
-    for field, say_key in CODE_FIELDS.get(f.kind, ()):
+    for field, say_key, pin_keys in CODE_FIELDS.get(f.kind, ()):
         gold = f.gold.get(field)
         if not gold:
             continue
@@ -464,8 +466,10 @@ def code_support(f: RecipeFact, text: str | _Letter) -> list[dict[str, Any]]:
             supported = _bare(written)
         elif PINNED is not None:
             source = "pinned"
-            names = fact_names(f)
-            supported = _pinned(_SYSTEM_OF_FIELD[field], names[0] if names else "")
+            texts = [t for k in pin_keys for t in _strings(f.say.get(k))]
+            if field in ("icd10gm", "ops"):
+                texts += fact_names(f)
+            supported = next((c for t in texts if (c := _pinned(field, t))), None)
         else:
             out.append(
                 {"field": field, "gold": gold, "supported": None, "source": None, "outcome": "unchecked"}

@@ -291,6 +291,30 @@ def test_without_pinning_unwritten_codes_are_unchecked_not_passed(monkeypatch):
     assert rep.code_support(f, "Hypertonie (I10)")[0]["outcome"] == "differs"
 
 
+@pytest.mark.skipif(rep._load_pinning() is None, reason="clinsynth.terminology.names.pinned_code absent")
+def test_gold_codes_against_the_sampler_pinning(monkeypatch):
+    monkeypatch.setattr(rep, "PINNED", rep._load_pinning())
+    f = fact("b", "diagnosis", "diagnosen", "present", "Harnblasenkarzinom", "C67.2")
+    assert rep.code_support(f, "Harnblasenkarzinom")[0] == {
+        "field": "icd10gm",
+        "gold": "C67.2",
+        "supported": "C67",
+        "source": "pinned",
+        "outcome": "more_specific",
+    }
+    tumor = RecipeFact(
+        "t",
+        "tumor",
+        "diagnosen",
+        "present",
+        {"entity": "Lungenkrebs", "icd10gm": "C34", "topography": "C34.1", "morphology": "8140/3"},
+        {"entity": "Lungenkrebs", "laterality": "links", "histology": "Adenokarzinom"},
+    )
+    checks = {c["field"]: c["outcome"] for c in rep.code_support(tumor, "Lungenkrebs links, Adenokarzinom")}
+    # the topography is never pinned by a name: gold holds it though the letter does not write it
+    assert checks == {"icd10gm": "ok", "topography": "more_specific", "morphology": "ok"}
+
+
 def test_written_codes_atc_loinc_and_verdicts(counted):
     assert counted["text"]["written_codes"] == {
         "icd10gm": 3,

@@ -1,0 +1,98 @@
+"""Issue 10's letter acceptance numbers over a template run, each beside its target.
+
+    python benchmarks/letters_acceptance.py [--letters 2000] [--runs DIR]
+
+Runs cohort -> ingest -> sample -> generate (template) -> verify in-process (cluster=debug) with
+enough patients for about `--letters` letters, then prints the verify stage's data report
+(letters_report.json): every acceptance number with its target, and the report's counts beside
+the development letters. It also times the report's counting alone over the run's letters (the
+verify stage runs it on every letter; paper scale is 75,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from clinsynth.artifacts.letters import letter_shards, read_letters
+from clinsynth.artifacts.specs import shard_recipes
+from clinsynth.letters.report import REPORT_JSON, REPORT_MD, LettersReport, load_dev_stats
+from clinsynth.sampling.recipe import Recipe
+from launchers.submit import launch
+
+STAYS_PER_PATIENT = 2
+
+
+def report_throughput(sample_dir: Path, gen_dir: Path) -> tuple[int, float]:
+    """(letters, seconds) of LettersReport over the run's letters, as the verify stage feeds it."""
+    pairs = []
+    for shard, n, path in letter_shards(gen_dir):
+        recipes = shard_recipes(sample_dir, shard, n)
+        for raw, letter in zip(recipes, read_letters(path), strict=True):
+            pairs.append((Recipe.from_json(raw), letter["text"]))
+    acc = LettersReport()
+    t0 = time.perf_counter()
+    for recipe, text in pairs:
+        acc.add(recipe, text, {"ok": True})
+    return len(pairs), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--letters", type=int, default=2000, help="about this many letters (2 stays per patient)")
+    ap.add_argument("--runs", type=Path, default=None, help="runs folder (default: a temp folder)")
+    args = ap.parse_args()
+    console = Console(width=160)
+    patients = max(1, args.letters // STAYS_PER_PATIENT)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or Path(tmp) / "runs"
+        console.print(f"template run: {patients} patients, {STAYS_PER_PATIENT} stays each -> verify ...")
+        t0 = time.perf_counter()
+        result = launch(
+            [
+                "+experiment=smoke",
+                "cluster=debug",
+                "tracking=disabled",
+                f"cohort.patients={patients}",
+                f"sample.sampler.stays_per_patient={STAYS_PER_PATIENT}",
+                f"paths.runs={runs}",
+            ]
+        )
+        console.print(f"pipeline: {time.perf_counter() - t0:.0f} s")
+        verify_dir = result.plan.stage("verify").folder.path
+        path = verify_dir / REPORT_JSON
+        if not path.is_file():
+            raise SystemExit(f"{path}: no letters report; does the verify stage write it?")
+        report = orjson.loads(path.read_bytes())
+        n, seconds = report_throughput(
+            result.plan.stage("sample").folder.path, result.plan.stage("generate").folder.path
+        )
+        md = (verify_dir / REPORT_MD).read_text()
+    table = Table(title=f"issue 10 acceptance over {report['letters']} template letters")
+    for col in ("check", "value", "target", "met"):
+        table.add_column(col)
+    for row in report["acceptance"]:
+        met = {True: "yes", False: "NO", None: "not measurable"}[row["met"]]
+        value = f"{row['value']}" + (f" ({row['unchecked']} unchecked)" if row.get("unchecked") else "")
+        table.add_row(row["check"], value, str(row["target"]), met)
+    console.print(table)
+    console.print(md)
+    dev = load_dev_stats()
+    console.print(f"development letters: {'found' if dev else 'MISSING'} ({dev and dev['letters']} letters)")
+    console.print(
+        f"report counting alone: {n} letters in {seconds:.1f} s = {n / seconds:,.0f} letters/s "
+        f"(75,000 letters: ~{75_000 / (n / seconds):.0f} s on this core)"
+    )
+
+
+if __name__ == "__main__":
+    main()
