@@ -49,6 +49,8 @@ _PANEL = (
 )
 HB, LEUKO, NEUTRO, PLT, CREA, EGFR, CRP = "718-7", "6690-2", "26499-4", "777-3", "2160-0", "62238-1", "1988-5"
 _HAEM = ("dlbcl", "hodgkin", "myeloma", "aml", "cll")
+#: entities that are typical earlier, cured second primaries
+_SECOND_PRIMARY = ("breast", "prostate", "colon", "melanoma", "kidney", "bladder", "endometrium")
 _STEROID = ("H02AB",)
 
 
@@ -105,6 +107,10 @@ class _Case:
     ecog: int
     five_ht3: Any
     laterality: str | None = None
+    #: an earlier second primary (resected, in remission), its ICD code and side
+    other: Tumor | None = None
+    other_icd: str = ""
+    other_laterality: str | None = None
     stays: list[Stay] = field(default_factory=list)
     home_meds: list[Med] = field(default_factory=list)  # outpatient therapy running from their start
     gcsf_secondary: bool = False
@@ -205,6 +211,8 @@ class CohortGenerator:
             five_ht3,
             rng.choice(("L", "R")) if entity.paired_organ else None,
         )
+        if age >= 45 and rng.random() < 0.04:
+            self._earlier_tumor(rng, case)
         plan = self._plan(rng, case)
         self._course(rng, case, plan)
         p.stays = case.stays
@@ -231,6 +239,48 @@ class CohortGenerator:
         tumor.markers = _markers(rng, entity.key, morph, stage, m)
         tumor.status = "new"
         return tumor, icd
+
+    def _earlier_tumor(self, rng: random.Random, c: _Case) -> None:
+        """A second primary diagnosed 4-15 years before, resected at an early stage, now in remission."""
+        pool = [
+            (e, e.weight)
+            for e in self.cat.entities
+            if e.key in _SECOND_PRIMARY and e.key != c.entity.key and e.sex in ("any", c.p.sex)
+        ]
+        e = _weighted(rng, pool)
+        when = c.diag - timedelta(days=rng.randint(4 * 365, 15 * 365))
+        if when < c.p.birth + timedelta(days=35 * 365):
+            return
+        early = [(s, w) for s, w in e.stage_weights if _stage_rank(s) in (1, 2)]
+        stage = _weighted(rng, early)
+        t, n, m = e.tnm_for_stage(stage, rng)
+        icd = _weighted(rng, e.icd)
+        morph = e.morphology_for(icd, rng)
+        pos = _positive_nodes(rng, n)
+        c.other = Tumor(
+            e.key,
+            morph,
+            (self.cat.icdo3_morphology.lookup(morph) or _Named(morph)).display,
+            e.topography_for(icd, rng),
+            _weighted(rng, e.grading),
+            "p",
+            t,
+            n,
+            m,
+            stage,
+            when,
+            e.staging,
+            key="t2",
+            m_prefix="c",
+            nodes=f"{pos}/{_examined(rng, e.key, pos)}",
+            r="R0",
+            kind="initial",
+            stages=_entity_stages(rng, e.key, stage),
+            markers=_markers(rng, e.key, morph, stage, m),
+            status="complete_remission",
+        )
+        c.other_icd = icd
+        c.other_laterality = rng.choice(("L", "R")) if e.paired_organ else None
 
     def _sites(self, rng: random.Random, entity: Any, m: str) -> list[str]:
         """Metastasis sites (ICD C77-C79) that make exactly the drawn M category."""
@@ -843,9 +893,7 @@ class CohortGenerator:
             n = "N" + (ns[0] if rng.random() < 0.6 else rng.choice(ns))
         stage = self.cat.stage_group(e.key, t, n, m)
         pos = _positive_nodes(rng, n)
-        examined = max(
-            pos + rng.randint(3, 12), rng.randint(12, 26) if e.key not in ("breast", "melanoma") else 2
-        )
+        examined = _examined(rng, e.key, pos)
         r = "R0" if rng.random() < 0.88 else "R1"
         return _with(
             t0,
@@ -874,6 +922,8 @@ class CohortGenerator:
             return None
         end = min(start + timedelta(days=los), ref)
         st = Stay(c.key(), start, end, dept[0], dept[1], kind=kind)
+        if c.other is not None:
+            st.other_tumors = [c.other]
         c.stays.append(st)
         return st
 
@@ -917,6 +967,12 @@ class CohortGenerator:
             Dx(code, _title(cat, code), "secondary", c.diag, verification=ver, tumor_key=tumor.key)
             for code in tumor.metastasis_sites
         ]
+        if c.other is not None:
+            t2 = c.other
+            out.append(
+                Dx(c.other_icd, _title(cat, c.other_icd), "secondary", t2.when, True, t2.topography,
+                   c.other_laterality, tumor_key=t2.key)
+            )  # fmt: skip
         out += [
             Dx(x.icd, x.title, "secondary", c.p.birth + timedelta(days=365 * max(18, c.age - 5)))
             for x in c.comorbid
@@ -1101,6 +1157,13 @@ def _stage_rank(stage: str) -> int:
         if stage.startswith(roman):
             return rank
     return 0
+
+
+def _examined(rng: random.Random, entity: str, positive: int) -> int:
+    """Lymph nodes examined: sentinel/axillary few in breast and melanoma, >= 12 in a GI resection."""
+    if entity in ("breast", "melanoma"):
+        return positive + rng.randint(1, 12)
+    return max(positive + rng.randint(3, 12), rng.randint(12, 26))
 
 
 def _positive_nodes(rng: random.Random, n: str) -> int:

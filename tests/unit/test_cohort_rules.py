@@ -562,3 +562,22 @@ def test_vitals_ecog_and_smoking(people):
 def test_same_index_same_patient(people):
     gen = CohortGenerator(CohortConfig(seed=11, reference_date=REF))
     assert gen.person(17) == people[17] and gen.person(401) == people[401]
+
+
+def test_earlier_second_primary_for_a_few_patients(people):
+    with_second = 0
+    for p in people:
+        first = p.stays[0]
+        if not first.other_tumors:
+            assert all(not st.other_tumors for st in p.stays)
+            continue
+        with_second += 1
+        t2 = first.other_tumors[0]
+        assert t2.key != first.tumor.key and t2.entity != first.tumor.entity
+        assert t2.when < first.start and t2.status == "complete_remission" and t2.m == "M0"
+        for st in p.stays:
+            assert st.other_tumors == [t2]
+            dx = [d for d in st.diagnoses if d.tumor_key == t2.key]
+            assert len(dx) == 1 and dx[0].primary_tumor and dx[0].role == "secondary"
+            assert dx[0].onset == t2.when
+    assert 0.01 * N < with_second < 0.08 * N
