@@ -556,7 +556,7 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
             **({"hasMember": members} if members else {}),
         )
     for i, (system, value) in enumerate(t.stages):
-        name = system if system in fc.STAGE_SYSTEMS else "other"
+        name = fc.stage_system_name(system)
         yield obs(
             "Observation.other_stage",
             f"stage-{base}-{i}",
@@ -707,7 +707,7 @@ def truth(p: Person) -> dict[str, Any]:
                 fact("uicc_stage", t.uicc, True)
             for system, value in t.stages:
                 fact("stage_other", value, True)
-                put("stage_other.system", f"{system if system in fc.STAGE_SYSTEMS else 'other'}:{value}")
+                put("stage_other.system", f"{fc.stage_system_name(system)}:{value}")
             for mk in t.markers:
                 fact("marker_status", mk.loinc or mk.name)
                 unit = _UCUM.get(mk.unit or "1", mk.unit or "1") if mk.value is not None else "-"

@@ -140,6 +140,15 @@ STAGE_SYSTEMS = {
         "other",
     )
 }
+
+
+def stage_system_name(system: str) -> str:
+    """The schema's name of a staging system: "ELN 2022" is ELN, "Rai" is Rai, unknown ones "other"."""
+    if system in STAGE_SYSTEMS:
+        return system
+    return next((k for k in STAGE_SYSTEMS if system.startswith(k + " ")), "other")
+
+
 MII_RADIOTHERAPY_TOTAL = f"{ONKO}/mii-ex-onko-strahlentherapie-bestrahlung-gesamtdosis"
 MII_RADIOTHERAPY_FRACTION = f"{ONKO}/mii-ex-onko-strahlentherapie-bestrahlung-einzeldosis"
 MII_RADIOTHERAPY_INTENTION = f"{ONKO}/mii-ex-onko-strahlentherapie-intention"

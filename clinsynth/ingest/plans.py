@@ -249,6 +249,16 @@ def _sentinel(value: Any, n: int, path: tuple) -> Any:
     return f"Zq{n}x"
 
 
+_SLOT_RES: dict[str, re.Pattern[bytes]] = {}
+
+
+def _fits(kind: str, tok: bytes) -> bool:
+    rx = _SLOT_RES.get(kind)
+    if rx is None:
+        rx = _SLOT_RES[kind] = re.compile(b"(?>" + _SLOT_PATTERNS[kind] + b")")
+    return rx.fullmatch(tok) is not None
+
+
 def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastValidator) -> Plan | None:
     rt = res["resourceType"]
     kinds = validator.slot_kinds(rt, raw)
@@ -261,7 +271,10 @@ def build_plan(res: dict[str, Any], raw: bytes, ex: Extracted, validator: FastVa
     slots: list[tuple[bytes, str, list[tuple]] | None] = []  # (pattern, decoder, positions) or None: pinned
     for (path, dotted), kind, tok in zip(paths, kinds, tokens, strict=True):
         value = orjson.loads(tok)
-        if kind is None or dotted in steers:
+        if kind is None or dotted in steers or not _fits(kind, tok):
+            # a value its own slot pattern rejects (a non-ASCII code: valid FHIR, but the
+            # ASCII-only slot could never match it) is pinned, or the plan would not match
+            # its own exemplar and every such line would learn another useless plan
             slots.append(None)
             continue
         is_ref = dotted.endswith("reference") and isinstance(value, str) and "/" in value
