@@ -5,11 +5,13 @@ counts as histograms, frames capped per fact kind and assertion) and written by 
 stage as `letters_report.json` and a readable `letters_report.md`:
 
 * words per letter type (median, IQR) beside the development letters' median;
-* distinct sentence frames per fact kind and assertion: the sentence holding the fact with the
-  fact's own strings, the other facts' strings, dates and digits masked. Few frames = a
-  template a model learns instead of the language;
-* how well the section alone predicts a fact's assertion (per section the majority assertion,
-  learnt on these letters) against the majority-class rate: a shortcut when clearly better;
+* distinct sentence frames per fact kind and assertion: the clause (sentence, list item, table
+  row) the verifier binds the fact to (`clinsynth.letters.binding`, from the verdict's spans),
+  with the fact's own strings, the other facts' strings, dates and digits masked. Few frames =
+  a template a model learns instead of the language;
+* how well the section alone predicts a fact's assertion (per section the fact was found in,
+  the majority assertion, learnt on these letters) against the majority-class rate: a
+  shortcut when clearly better;
 * facts per kind × assertion; gold codes more specific than the text supports; written codes
   by system (ATC and LOINC must not appear); the share of letters with each text feature
   (`clinsynth.letters.features`) beside the same shares on the development letters.
@@ -28,7 +30,6 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import orjson
 
 from clinsynth.core.atomic import write_bytes, write_json
 from clinsynth.letters import features as feat
+from clinsynth.letters.binding import bind_facts
 from clinsynth.sampling.recipe import Recipe, RecipeFact
 from clinsynth.schema import Assertion, FactKind
 
@@ -177,51 +179,6 @@ class TextStats:
 
 # ---------------------------------------------------------------- sentences, names, frames
 
-#: a period after one of these (or after a day/ordinal number) does not end a sentence
-_ABBREVIATIONS = frozenset(
-    (
-        "dr",
-        "med",
-        "ca",
-        "ggf",
-        "bzw",
-        "vs",
-        "geb",
-        "tel",
-        "nr",
-        "pat",
-        "re",
-        "li",
-        "bds",
-        "evtl",
-        "inkl",
-        "tbl",
-        "std",
-        "mind",
-        "max",
-        "min",
-        "prof",
-        "zzgl",
-        "ggü",
-        "usw",
-        "etc",
-        "z.n",
-        "v.a",
-        "z.b",
-        "i.v",
-        "p.o",
-        "s.c",
-        "o.b",
-        "b.b",
-        "d.h",
-        "u.a",
-        "a.e",
-        "st.p",
-        "o.n.a",
-        "i.m",
-    )
-)
-_STOP = re.compile(r"[.;!?](?=\s|$)|\n")
 _MONTHS = "januar|februar|märz|april|mai|juni|juli|august|september|oktober|november|dezember"
 _DATE = re.compile(
     rf"\b[0-9]{{1,2}}\.\s?(?:[0-9]{{1,2}}\.(?:[0-9]{{2,4}})?|(?:{_MONTHS})\s[0-9]{{2,4}})"
@@ -230,22 +187,6 @@ _DATE = re.compile(
 )
 _NUMBER = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
 _SPACE = re.compile(r"\s+")
-
-
-def sentence_stops(text: str) -> list[int]:
-    """Positions that end a sentence, a table row or a list line."""
-    out = []
-    for m in _STOP.finditer(text):
-        i = m.start()
-        if text[i] == ".":
-            j = i
-            while j > 0 and not text[j - 1].isspace():
-                j -= 1
-            token = text[j:i].lstrip("(").lower()
-            if (token.isdigit() and len(token) <= 2) or token.rstrip(".") in _ABBREVIATIONS:
-                continue
-        out.append(i)
-    return out
 
 
 @functools.lru_cache(maxsize=65536)
@@ -294,10 +235,6 @@ class _Letter:
         self.low = low if len(low) == len(self.text) else None  # a rare letter whose case mapping shifts
         self._found: dict[str, list[tuple[int, int]]] = {}
 
-    @functools.cached_property
-    def stops(self) -> list[int]:
-        return sentence_stops(self.text)
-
     def find(self, s: str) -> list[tuple[int, int]]:
         """(start, end) of every occurrence of `s` as whole words, in any case."""
         hits = self._found.get(s)
@@ -326,29 +263,6 @@ class _Letter:
         if not out and " " in needle:  # a name broken across lines or spaced twice
             out = [m.span() for m in _needle(s).finditer(self.text)]
         return out
-
-    def sentence(self, start: int, end: int) -> tuple[int, int]:
-        i = bisect.bisect_left(self.stops, start)
-        s = self.stops[i - 1] + 1 if i > 0 else 0
-        j = bisect.bisect_left(self.stops, end)
-        e = self.stops[j] + 1 if j < len(self.stops) else len(self.text)
-        return s, e
-
-    def section_spans(self, sections: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
-        """Where each recipe section's heading starts a line, up to the next heading found."""
-        found: list[tuple[int, str]] = []
-        for sec in sections:
-            heading = str(sec.get("heading") or "").strip().rstrip(":")
-            for start, _ in self.find(heading) if heading else ():
-                line = self.text[self.text.rfind("\n", 0, start) + 1 : start]
-                if not line.strip():
-                    found.append((start, str(sec["key"])))
-                    break
-        found.sort()
-        return {
-            key: (pos, found[i + 1][0] if i + 1 < len(found) else len(self.text))
-            for i, (pos, key) in enumerate(found)
-        }
 
     def template(self, start: int, end: int, masks: Iterable[tuple[int, int, str, int]]) -> str:
         """text[start:end] as a frame: mask intervals (start, end, placeholder, rank) chosen
@@ -386,57 +300,21 @@ def _maskable(s: str) -> bool:
 
 # ---------------------------------------------------------------- where each fact sits
 
-#: cues of each non-present assertion, to choose among several mentions of one name
-_CUES: dict[str, feat.Pattern | feat.AnyOf] = {
-    "negated": feat.FEATURES["negation"],
-    "suspected": feat.FEATURES["suspicion"],
-    "historical": feat.FEATURES["history"],
-}
+#: fact id -> [start, end, sentence start, sentence end, section found, cue side]: the verifier's
+#: binding of each fact to its span (`clinsynth.letters.verify.spans`); start -1: not found
+Spans = Mapping[str, Sequence[Any]]
 
 
-@dataclass
-class Located:
-    fact: RecipeFact
-    #: the section the fact is counted under (the recipe's; where the verifier binds facts, its)
-    section: str
-    #: (start, end) of the fact's name and of its sentence in the NFC text; None: not found
-    span: tuple[int, int] | None
-    sentence: tuple[int, int] | None
-
-
-def locate(recipe: Recipe, text: str) -> tuple[str, list[Located]]:
-    """Each fact's mention: a mention of one of its names, preferably inside its own section and
-    in a sentence whose cues fit its assertion. Returns the NFC text the spans refer to."""
-    letter = _Letter(text)
-    return letter.text, _locate(recipe, letter, {f.id: fact_names(f) for f in recipe.facts})
-
-
-def _locate(recipe: Recipe, letter: _Letter, names: Mapping[str, list[str]]) -> list[Located]:
-    sections = letter.section_spans(recipe.sections)
-    out = []
-    for f in recipe.facts:
-        hits = sorted({h for name in names[f.id] for h in letter.find(name)})
-        if not hits:
-            out.append(Located(f, f.section, None, None))
-            continue
-        best = hits[0]
-        if len(hits) > 1:
-            own = sections.get(f.section)
-            cue = _CUES.get(f.assertion)
-
-            def score(
-                h: tuple[int, int], own: tuple[int, int] | None = own, cue: Any = cue
-            ) -> tuple[bool, bool]:
-                s, e = letter.sentence(*h)
-                if cue is not None:
-                    fits = cue.search(letter.text, s, e) is not None
-                else:
-                    fits = all(c.search(letter.text, s, e) is None for c in _CUES.values())
-                return (bool(own and own[0] <= h[0] < own[1]), fits)
-
-            best = max(hits, key=score)
-        out.append(Located(f, f.section, best, letter.sentence(*best)))
-    return out
+def bindings(recipe: Recipe, text: str, verdict: Mapping[str, Any] | None = None) -> Spans:
+    """Each fact's span: from the verdict where the verifier stored it (the verify stage), else
+    bound here by the verifier's own binder, so the report and the verifier never disagree on
+    where a fact sits."""
+    if verdict is not None and isinstance(verdict.get("spans"), Mapping):
+        return verdict["spans"]
+    return {
+        b.fact_id: [b.start, b.end, b.sentence_start, b.sentence_end, b.found_section, b.cue_side]
+        for b in bind_facts(text, recipe)
+    }
 
 
 # ---------------------------------------------------------------- code specificity
@@ -586,18 +464,25 @@ class LettersReport:
         # everything is measured before anything is counted: a letter counts whole or not at all
         letter = _Letter(text)
         measured = TextStats.measure(text)
+        spans = bindings(recipe, text, verdict)
         checks = [(f, code_support(f, letter)) for f in recipe.facts]
         n = self.text.letters
         framed = n < self.frames_all or (n - self.frames_all) % self.frames_stride == 0
-        frames = self._frames(recipe, letter) if framed else []
+        frames = self._frames(recipe, letter, spans) if framed else []
         self.text.add_measured(*measured)
         self.words_by_type.setdefault(recipe.letter_type, Counter())[measured[0]] += 1
-        if verdict is not None:
+        if verdict is not None and "ok" in verdict:
             self.verdicts += 1
-            self.passed += bool(verdict.get("ok"))
+            self.passed += bool(verdict["ok"])
         for f, fact_checks in checks:
+            span = spans.get(f.id)
+            found = span is not None and span[0] >= 0
             self.facts[f.kind, f.assertion] += 1
-            self.sections[f.kind, f.section, f.assertion] += 1
+            if not found:
+                self.unlocated[f.kind] += 1
+            # the section the fact stands in, as the binder found it (else the recipe's)
+            section = (span[4] if span is not None and found and span[4] else None) or f.section
+            self.sections[f.kind, section, f.assertion] += 1
             for check in fact_checks:
                 self.codes[f.kind, check["field"], check["outcome"]] += 1
                 if check["outcome"] in ("more_specific", "differs") and len(self.code_examples) < 20:
@@ -605,16 +490,12 @@ class LettersReport:
                     self.code_examples.append({**example, **check})
         self.frame_letters += framed
         for kind, assertion, fr in frames:
-            if fr is None:
-                self.unlocated[kind] += 1
-            else:
-                self.frames.setdefault((kind, assertion), FrameCounter(self.frame_cap)).add(fr)
+            self.frames.setdefault((kind, assertion), FrameCounter(self.frame_cap)).add(fr)
 
-    def _frames(self, recipe: Recipe, letter: _Letter) -> list[tuple[str, str, str | None]]:
-        """(kind, assertion, frame or None where the fact was not found) of each fact: the costly
-        count, bounded at paper scale by counting it on a sample of the letters."""
+    def _frames(self, recipe: Recipe, letter: _Letter, spans: Spans) -> list[tuple[str, str, str]]:
+        """(kind, assertion, frame) of each bound fact: the costly count, bounded at paper scale by
+        counting it on a sample of the letters."""
         own = {f.id: own_strings(f) for f in recipe.facts}
-        located = _locate(recipe, letter, {fid: o.get("name", []) for fid, o in own.items()})
         # every string of every fact (and of the head) once, with the facts it belongs to
         owners: dict[str, dict[str, str]] = {}
         for fid, strings in own.items():
@@ -626,13 +507,12 @@ class LettersReport:
         occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
         starts = [o[0] for o in occurrences]
         maskable = {s: _maskable(s) for s in owners}
-        out: list[tuple[str, str, str | None]] = []
-        for loc in located:
-            f = loc.fact
-            if loc.sentence is None:
-                out.append((f.kind, f.assertion, None))
+        out: list[tuple[str, str, str]] = []
+        for f in recipe.facts:
+            span = spans.get(f.id)
+            if span is None or span[0] < 0:
                 continue
-            a, b = loc.sentence
+            a, b = int(span[2]), int(span[3])
             masks = []
             for i in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
                 s_, e_, s = occurrences[i]
