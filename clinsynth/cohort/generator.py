@@ -49,6 +49,8 @@ _PANEL = (
 )
 HB, LEUKO, NEUTRO, PLT, CREA, EGFR, CRP = "718-7", "6690-2", "26499-4", "777-3", "2160-0", "62238-1", "1988-5"
 _HAEM = ("dlbcl", "hodgkin", "myeloma", "aml", "cll")
+#: LOINC of the receptor results that have MII profiles (ER, PR, HER2 status)
+_LOINC_ER, _LOINC_PR, _LOINC_HER2 = "40556-3", "85339-0", "48676-1"
 #: entities that are typical earlier, cured second primaries
 _SECOND_PRIMARY = ("breast", "prostate", "colon", "melanoma", "kidney", "bladder", "endometrium")
 _STEROID = ("H02AB",)
@@ -1216,13 +1218,17 @@ def _markers(rng: random.Random, entity: str, morph: str, stage: str | None, m: 
         hr = subtype == "luminal" or (subtype == "her2" and rng.random() < 0.6)
         er = rng.choice((60, 70, 80, 90, 95, 100)) if hr else 0
         pr = rng.choice((0, 10, 30, 50, 70, 90)) if hr else 0
-        out.append(Marker("ER", "positive" if er >= 1 else "negative", None, float(er), "%"))
-        out.append(Marker("PR", "positive" if pr >= 1 else "negative", None, float(pr), "%"))
+        out.append(Marker("ER", "positive" if er >= 1 else "negative", _LOINC_ER, float(er), "%"))
+        out.append(Marker("PR", "positive" if pr >= 1 else "negative", _LOINC_PR, float(pr), "%"))
         if subtype == "her2":
-            out.append(Marker("HER2", "positive", None, None, None, rng.choice(("3+", "2+, ISH positiv"))))
+            out.append(
+                Marker("HER2", "positive", _LOINC_HER2, None, None, rng.choice(("3+", "2+, ISH positiv")))
+            )
         else:
             out.append(
-                Marker("HER2", "negative", None, None, None, rng.choice(("0", "1+", "2+, ISH negativ")))
+                Marker(
+                    "HER2", "negative", _LOINC_HER2, None, None, rng.choice(("0", "1+", "2+, ISH negativ"))
+                )
             )
         ki = rng.choice((5, 10, 15, 20, 30, 40, 60)) if subtype == "luminal" else rng.choice((30, 40, 60, 80))
         out.append(Marker("Ki-67", "high" if ki >= 20 else "low", None, float(ki), "%"))
