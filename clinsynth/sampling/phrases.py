@@ -1,8 +1,10 @@
-"""How German oncology letters write things: dates, numbers, units, cues, abbreviations.
+"""How German oncology letters write things: dates, numbers, units, stages, markers, headings.
 
 Our own phrasing (notes/letters.md lists the conventions; no corpus sentences are copied).
-The sampler picks one variant per fact and stores the resulting string in the recipe, so the
-templates, the prompts and the verifier all see the same words.
+The sampler picks one variant per fact and stores the resulting strings in the recipe, so the
+templates, the prompts and the verifier all see the same words. Names of diagnoses, procedures,
+histologies and drugs come from the clinical-name lexicon (clinsynth.terminology.names), never
+from catalogue titles.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TypeVar
 
-from clinsynth.schema import Assertion, LetterSection, LetterType
+from clinsynth.schema import Assertion, FactKind, LetterSection, LetterType
+from clinsynth.terminology.names import LAB_SHORT as LAB_SHORT  # re-exported: pinned to LOINC there
 
 _T = TypeVar("_T")
 
@@ -21,13 +24,14 @@ MONTHS = (
     "Juli", "August", "September", "Oktober", "November", "Dezember",
 )  # fmt: skip
 
-#: date styles: name -> (formatter, precision of what the letter shows: day | month)
+#: date styles: name -> precision of what the letter shows (day | month)
 DATE_STYLES: dict[str, str] = {
     "dmy": "day",  # 07.06.2023
     "dmy_short": "day",  # 7.6.2023
     "dmy2": "day",  # 07.06.23
     "long": "day",  # 7. Juni 2023
     "my": "month",  # 06/2023
+    "my2": "month",  # 06/23
 }
 
 
@@ -42,6 +46,8 @@ def format_date(d: date, style: str) -> str:
         return f"{d.day}. {MONTHS[d.month - 1]} {d.year}"
     if style == "my":
         return f"{d.month:02d}/{d.year}"
+    if style == "my2":
+        return f"{d.month:02d}/{d.year % 100:02d}"
     raise ValueError(f"unknown date style {style!r}; known: {sorted(DATE_STYLES)}")
 
 
@@ -83,11 +89,19 @@ UNIT_DISPLAY: dict[str, tuple[str, ...]] = {
     "mg": ("mg",),
     "µg": ("µg",),
     "ug": ("µg",),
+    "g": ("g",),
     "IE": ("IE",),
     "[IU]": ("IE",),
+    "Mio. IE": ("Mio. IE",),
     "mg/m2": ("mg/m²", "mg/m2"),
     "mg/kg": ("mg/kg",),
     "AUC": ("AUC",),
+    "mm[Hg]": ("mmHg",),
+    "/min": ("/min", "bpm"),
+    "Cel": ("°C",),
+    "kg": ("kg",),
+    "cm": ("cm",),
+    "Gy": ("Gy",),
 }
 
 
@@ -97,30 +111,20 @@ def unit_variants(ucum: str | None) -> tuple[str, ...]:
     return UNIT_DISPLAY.get(ucum, (ucum,))
 
 
-#: lab abbreviations used on wards (name_de -> short forms)
-LAB_SHORT: dict[str, tuple[str, ...]] = {
-    "Hämoglobin": ("Hb",),
-    "Leukozyten": ("Leukos", "Leuko"),
-    "Thrombozyten": ("Thrombos", "Thrombo"),
-    "Erythrozyten": ("Erys",),
-    "Hämatokrit": ("Hkt",),
-    "Kreatinin": ("Krea",),
-    "Harnstoff": ("Hst",),
-    "Natrium": ("Na",),
-    "Kalium": ("K",),
-    "Calcium": ("Ca",),
-    "Magnesium": ("Mg",),
-    "ALAT (GPT)": ("GPT", "ALT"),
-    "ASAT (GOT)": ("GOT", "AST"),
-    "Gamma-GT": ("GGT", "γ-GT"),
-    "Alkalische Phosphatase": ("AP",),
-    "Bilirubin gesamt": ("Bili",),
-    "Procalcitonin": ("PCT",),
-    "Glucose": ("BZ", "Glukose"),
-    "Gesamteiweiß": ("GE",),
+#: vital signs: LOINC -> names as written
+VITAL_NAMES: dict[str, tuple[str, ...]] = {
+    "8480-6": ("RR systolisch", "systolischer Blutdruck"),
+    "8462-4": ("RR diastolisch", "diastolischer Blutdruck"),
+    "8867-4": ("Puls", "Herzfrequenz", "HF"),
+    "8310-5": ("Temperatur", "Temp."),
+    "29463-7": ("Gewicht", "Körpergewicht"),
+    "8302-2": ("Größe", "Körpergröße"),
+    "59408-5": ("SpO2", "Sauerstoffsättigung"),
+    "9279-1": ("Atemfrequenz", "AF"),
 }
 
-#: assertion -> phrase patterns around the fact's text; `{x}` is the text
+#: assertion -> cue patterns (`{x}` is the name); the renderer owns its own frames, these
+#: serve the v1 verifier and prompts that still import them
 CUES: dict[Assertion, tuple[str, ...]] = {
     "negated": (
         "kein Hinweis auf {x}",
@@ -133,7 +137,7 @@ CUES: dict[Assertion, tuple[str, ...]] = {
     "suspected": ("V.a. {x}", "Verdacht auf {x}", "{x} (Verdachtsdiagnose)"),
 }
 
-#: words that signal each assertion to the verifier (lower case)
+#: words that signal each assertion (lower case)
 CUE_WORDS: dict[Assertion, tuple[str, ...]] = {
     "negated": (
         "kein", "keine", "keiner", "keinen", "ausgeschlossen", "nicht nachweisbar", "ohne nachweis",
@@ -143,55 +147,165 @@ CUE_WORDS: dict[Assertion, tuple[str, ...]] = {
     "suspected": ("v.a.", "verdacht", "verdachtsdiagnose", "vermutlich", "fraglich", "dringend"),
 }  # fmt: skip
 
-#: findings a letter may rule out ("kein Hinweis auf ...") or suspect ("V.a. ..."):
-#: ICD-10-GM code -> the noun a clinician writes. Every code is a terminal code of the catalogue (tested).
-RULE_OUT: dict[str, str] = {
-    "C78.7": "Lebermetastasen",
-    "C78.0": "Lungenmetastasen",
-    "C79.5": "Knochenmetastasen",
-    "C79.3": "Hirnmetastasen",
-    "C78.2": "Pleurakarzinose",
-    "C78.6": "Peritonealkarzinose",
-    "C79.7": "Nebennierenmetastasen",
-    "J18.9": "Pneumonie",
-    "I26.9": "Lungenembolie",
-    "A41.9": "Sepsis",
-    "I80.28": "tiefe Beinvenenthrombose",
-    "R18": "Aszites",
-}
+#: ICD-10-GM codes a letter may rule out or suspect beyond an entity's metastasis sites:
+#: complications of tumour therapy and common differential diagnoses (names from the lexicon)
+COMPLICATIONS: tuple[str, ...] = (
+    "D70.1", "D70", "D69.5", "D64", "D63.0", "K12.3", "G62.0", "R11", "T80.8", "I26", "I80.2",
+    "J18", "A41", "E87.1", "E87.6", "E86", "N17", "R50", "R53", "R63.4", "K59.0", "A09", "E83.5",
+)  # fmt: skip
+#: metastasis and lymph-node codes any entity may rule out or suspect
+METASTASES: tuple[str, ...] = (
+    "C78.7", "C78.0", "C79.5", "C79.3", "C78.2", "C78.6", "C79.7", "C77", "C77.2", "C77.1", "C79.2",
+)  # fmt: skip
+#: earlier illnesses a history may mention ("Z.n. Pneumonie")
+HISTORY: tuple[str, ...] = ("J18", "I26", "I80.2", "A41", "N17", "D70.1", "K59.0", "E86")
+#: procedures that natural letters state as not done ("eine Transfusion war nicht erforderlich")
+NEGATABLE_PROCEDURES: tuple[str, ...] = ("8-800", "1-853.2", "8-831", "1-650", "1-632")
+#: supportive drugs a letter may state as not given or paused
+NEGATABLE_DRUGS: tuple[str, ...] = ("L03AA13", "H02AB02", "B01AB05", "A04AD12", "N02AA05", "M05BA08")
+#: drugs patients report intolerances to ("Unverträglichkeit gegen Metamizol")
+ALLERGENS: tuple[str, ...] = ("N02BB02", "J01EE01", "B01AC06", "J05AB01", "A03FA01")
 
-#: letter types and the department phrases of the head
 LETTER_TYPES: tuple[LetterType, ...] = ("Entlassungsbrief", "Arztbrief", "Kurzarztbrief", "Verlegungsbrief")
 
 SECTION_HEADINGS: dict[LetterSection, tuple[str, ...]] = {
-    "diagnosen": ("Diagnosen", "Diagnose(n)", "Haupt- und Nebendiagnosen"),
-    "anamnese": ("Anamnese", "Aufnahmegrund und Anamnese", "Aktuelle Anamnese"),
-    "befunde": ("Befunde", "Befunde/Labor", "Labor und Befunde"),
-    "tumor": ("Histologie/Tumor", "Onkologische Diagnose", "Tumorklassifikation"),
-    "verlauf": ("Therapie und Verlauf", "Verlauf", "Stationärer Verlauf"),
-    "medikation": ("Medikation bei Entlassung", "Entlassmedikation", "Empfohlene Medikation"),
-    "epikrise": ("Procedere/Epikrise", "Epikrise", "Beurteilung und Procedere"),
+    "diagnosen": ("Diagnosen", "Diagnose(n)", "Haupt- und Nebendiagnosen", "Diagnose"),
+    "tumor": (
+        "Onkologische Diagnose",
+        "Tumorklassifikation",
+        "Histologie/Tumor",
+        "Verlauf der Tumorerkrankung",
+        "Onkologische Anamnese",
+    ),
+    "anamnese": ("Anamnese", "Aufnahmegrund und Anamnese", "Aktuelle Anamnese", "Aufnahmegrund"),
+    "aufnahmebefund": ("Aufnahmebefund", "Status bei Aufnahme", "Körperlicher Untersuchungsbefund"),
+    "befunde": ("Befunde", "Labor und Befunde", "Diagnostik", "Befunde/Labor", "Labor"),
+    "verlauf": ("Therapie und Verlauf", "Verlauf", "Stationärer Verlauf", "Klinischer Verlauf"),
+    "medikation": ("Medikation bei Entlassung", "Entlassmedikation", "Empfohlene Medikation", "Medikation"),
+    "epikrise": ("Epikrise", "Beurteilung", "Zusammenfassung", "Epikrise und Beurteilung"),
+    "procedere": ("Procedere", "Empfehlungen", "Therapieempfehlung", "Weiteres Vorgehen"),
 }
 
-#: the order sections appear in (a letter may skip some)
+#: the usual order of sections (a letter may skip, swap or merge some)
 SECTION_ORDER: tuple[LetterSection, ...] = (
     "diagnosen",
     "tumor",
     "anamnese",
+    "aufnahmebefund",
     "befunde",
     "verlauf",
     "medikation",
     "epikrise",
+    "procedere",
 )
 
-#: narrative sections the hybrid mode gives to the LLM (the study's Anamnese and Epikrise)
-NARRATIVE_SECTIONS: tuple[LetterSection, ...] = ("anamnese", "epikrise")
+#: narrative sections the hybrid mode gives to the LLM
+NARRATIVE_SECTIONS: tuple[LetterSection, ...] = ("anamnese", "verlauf", "epikrise")
 
-ROUTE_DISPLAY = {"Oral use": "p.o.", "Intravenous use": "i.v.", "Subcutaneous use": "s.c.", "": ""}
+#: where facts of each kind may stand, with weights; drawn independently of the assertion so
+#: that the section alone does not tell whether a fact is present, negated, suspected or past
+SECTION_WEIGHTS: dict[str, dict[LetterSection, float]] = {
+    "diagnosis": {"diagnosen": 5.0, "anamnese": 1.5, "befunde": 1.0, "verlauf": 1.5, "epikrise": 1.0},
+    "tumor": {"tumor": 4.0, "diagnosen": 3.0, "anamnese": 0.5},
+    "procedure": {"verlauf": 3.0, "diagnosen": 1.5, "anamnese": 1.5, "befunde": 1.0, "epikrise": 1.0},
+    "radiotherapy": {"tumor": 2.0, "diagnosen": 2.0, "verlauf": 2.0, "anamnese": 1.0},
+    "medication:discharge": {"medikation": 1.0},
+    "medication:admission": {"anamnese": 1.0},
+    "medication:allergy": {"diagnosen": 1.0, "anamnese": 1.5, "medikation": 0.5},
+    "medication:therapy": {"verlauf": 3.0, "diagnosen": 1.0, "tumor": 1.0, "epikrise": 1.0, "anamnese": 0.7},
+    "medication:inpatient": {"verlauf": 3.0, "epikrise": 1.0, "anamnese": 0.5},
+    "lab": {"befunde": 4.0, "verlauf": 1.0, "aufnahmebefund": 1.0, "epikrise": 0.5},
+    "vital": {"aufnahmebefund": 4.0, "befunde": 1.0, "verlauf": 1.0},
+    "risk_factor": {"anamnese": 3.0, "diagnosen": 1.0, "aufnahmebefund": 0.5},
+}
 
-LATERALITY = {"L": "links", "R": "rechts", "B": "beidseits"}
+#: assertions that apply to each fact kind (the sampler draws every one of them)
+ASSERTIONS: dict[FactKind, tuple[Assertion, ...]] = {
+    "diagnosis": ("present", "negated", "suspected", "historical"),
+    "tumor": ("present", "negated", "suspected", "historical"),
+    "procedure": ("present", "negated", "historical"),
+    "radiotherapy": ("present", "historical"),
+    "medication": ("present", "negated", "suspected", "historical"),
+    "lab": ("present", "historical"),
+    "vital": ("present",),
+    "risk_factor": ("present", "negated", "historical"),
+}
+
+ROUTE_DISPLAY = {
+    "Oral use": "p.o.",
+    "Intravenous use": "i.v.",
+    "Subcutaneous use": "s.c.",
+    "Intramuscular use": "i.m.",
+    "p.o.": "p.o.",
+    "i.v.": "i.v.",
+    "s.c.": "s.c.",
+    "": "",
+}
+
+LATERALITY = {"L": ("links", "li."), "R": ("rechts", "re."), "B": ("beidseits", "bds.")}
 
 GRADING_TEXT = {"1": "G1", "2": "G2", "3": "G3", "4": "G4", "X": "GX", "L": "low grade", "H": "high grade"}
+
+TUMOR_STATUS = {
+    "new": ("Erstdiagnose", "neu diagnostiziert"),
+    "complete_remission": ("komplette Remission", "CR", "Vollremission"),
+    "partial_remission": ("partielle Remission", "PR", "partielles Ansprechen"),
+    "stable": ("stabile Erkrankung", "SD", "stable disease"),
+    "progression": ("Progress", "progrediente Erkrankung", "PD"),
+    "recurrence": ("Rezidiv", "Tumorrezidiv"),
+    "mixed": ("gemischtes Ansprechen", "mixed response"),
+}
+
+MARKER_RESULT = {
+    "positive": ("positiv", "pos."),
+    "negative": ("negativ", "neg."),
+    "equivocal": ("grenzwertig", "fraglich positiv"),
+    "mutated": ("mutiert", "Mutation nachgewiesen"),
+    "wildtype": ("Wildtyp", "nicht mutiert"),
+    "amplified": ("amplifiziert",),
+}
+
+STAGE_WRITTEN = {
+    "UICC": ("UICC {v}", "UICC-Stadium {v}", "Stadium {v}"),
+    "Ann Arbor": ("Ann Arbor {v}", "Stadium {v} nach Ann Arbor"),
+    "ISS": ("ISS {v}", "ISS-Stadium {v}"),
+    "R-ISS": ("R-ISS {v}",),
+    "Binet": ("Binet {v}", "Binet-Stadium {v}"),
+    "Rai": ("Rai {v}",),
+    "FIGO": ("FIGO {v}",),
+    "Gleason": ("Gleason-Score {v}", "Gleason {v}"),
+    "ISUP": ("ISUP-Graduierungsgruppe {v}", "ISUP {v}"),
+    "ELN": ("ELN-Risiko {v}",),
+    "Durie-Salmon": ("Durie-Salmon {v}",),
+    "other": ("{v}",),
+}
+
+INTENT_TEXT = {
+    "curative": "kurativ",
+    "palliative": "palliativ",
+    "neoadjuvant": "neoadjuvant",
+    "adjuvant": "adjuvant",
+    "consolidation": "Konsolidierung",
+    "maintenance": "Erhaltung",
+}
+
+AS_NEEDED = ("bei Bedarf", "b.B.", "bei Bedarf bis 3x täglich")
+
+#: letter types: the reason and destination a Verlegungsbrief names in its head
+TRANSFER_REASONS = (
+    "zur Fortführung der Therapie",
+    "zur weiteren palliativmedizinischen Versorgung",
+    "zur Anschlussheilbehandlung",
+    "zur operativen Versorgung",
+    "zur strahlentherapeutischen Mitbehandlung",
+)
+TRANSFER_DESTINATIONS = (
+    "Klinik für Strahlentherapie",
+    "Palliativstation",
+    "Klinik für Allgemein- und Viszeralchirurgie",
+    "Rehabilitationsklinik",
+    "Klinik für Innere Medizin",
+)
 
 
 def pick(rng: random.Random, options: Sequence[_T]) -> _T:

@@ -31,11 +31,32 @@ Contract between the sampler (what is said) and the renderer (how it is written)
     - lab / vital: `name`, `value` ("10,2"), `unit` ("g/dl", may be "" when the block omits
       units), `flag` ("↓", "H", ""), `date`
     - risk_factor: `name` ("Nikotinabusus"), `pack_years` ("30")
-* `Recipe.header` holds the head (clinic, stay, patient line, signatures) as written;
-  `Recipe.encounter` and `Recipe.patient` are their gold parts.
+  Keys added by the v2 sampler (additive; absent = not written):
+    - tumor: `code` (the entity's ICD code as written), `topography` (ICD-O topography code as
+      written), `stages` (list of entity-specific stages as written: "Gleason-Score 3+4=7",
+      "Ann Arbor IIB"; `stage` stays the UICC stage), `name` (= `entity`)
+    - medication: `context` (discharge | inpatient | therapy | admission | allergy — allergy is
+      written as an intolerance: "Unverträglichkeit gegen Metamizol"), `intent` ("palliativ")
+    - risk_factor: `cued` (true: the name carries its own assertion — "Nichtraucher" is negated,
+      "Ex-Raucher" historical — and the renderer adds no cue)
+    - v1's `phrase` (name with its cue) is gone: the renderer adds the cue.
+* Assertions per kind: `phrases.ASSERTIONS` lists the ones that apply (the sampler draws each);
+  `phrases.SECTION_WEIGHTS` where each kind may stand — drawn independently of the assertion.
+* `Recipe.header` holds the head as written: `title` (letter type), `clinic`, `hospital`, `date`
+  (the letter's own), `patient`, `sex`, `birth`, `start`, `end`, `stay_type`, `doctors`,
+  `salutation`, `phone`; optional `follow_up` (a date), and for a Verlegungsbrief `reason` and
+  `destination`. `Recipe.encounter` and `Recipe.patient` are their gold parts (dates at the
+  precision written, the department as written, the name as written in the head).
 * `Recipe.untagged` lists strings the letter writes on purpose without gold (the letter's own
   date, a follow-up appointment, a phone number): the verifier's reverse check accepts them.
-* `Recipe.style` holds letter-wide choices (date style, abbreviations, target words, noise ...).
+* `Recipe.sections`: dicts with `key` (schema.LetterSection), `heading` (as written, upper case
+  when the style says so), `layout` (prose | table), `variant` (0-3).
+* `Recipe.style` holds letter-wide choices: `date_style` (dmy | dmy_short | dmy2 | long) and
+  `history_date_style` (my | my2 | dmy, for first-diagnosis and earlier dates), `abbreviations`,
+  `table`, `target_words` (by letter type, close to the development letters), `code_style`
+  (paren | line_end | bracket | prefix), `codes` (does the diagnosis list write ICD codes),
+  `lab_units`, `lab_flags`, `lab_layout` (inline | table | list), `heading_case` (title | upper),
+  `numbered_diagnoses`, `noise` (none | light | heavy), `tnm_layout` (spaced | compact | prefix_once).
 """
 
 from __future__ import annotations

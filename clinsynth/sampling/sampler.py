@@ -1,15 +1,28 @@
-"""The random sample generator: one letter recipe per inpatient stay.
+"""The random sample generator: one letter recipe (v2) per inpatient stay.
 
 Every draw comes from a `random.Random` seeded by (seed, patient, stay), so a recipe does not
 depend on sharding, order or cohort size. Only facts known at discharge enter a recipe: this
-stay's facts, earlier stays' facts (as history) and tumour staging dated up to discharge.
+stay's facts, earlier stays' facts (as history) and tumour facts dated up to discharge.
+
+Gold follows the text: for every fact the sampler first chooses the words the letter writes
+(`RecipeFact.say`) and then derives the gold from them — a code only at the level the written
+code or the written name pins down (clinsynth.terminology.names), a date only at the precision
+written, a unit or flag only when written. A code enters a schema slot only when the record's
+`system` is that slot's system; a fact coded in another system (SNOMED CT procedure, PZN drug)
+is written as text without a code or left out and counted in `Sampler.stats`.
+
+Assertions are decoupled from sections: negated, suspected and historical facts of every kind
+are drawn from clinically plausible pools (the entity's metastasis sites, therapy
+complications, earlier stays) and placed with the same section weights as present facts
+(`phrases.SECTION_WEIGHTS`), so the section alone does not predict the assertion.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
-import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date
 from typing import Any, TypeVar
@@ -21,14 +34,36 @@ from clinsynth.core.config import StageConfig, identity
 from clinsynth.records import PatientRecord
 from clinsynth.sampling import phrases as P
 from clinsynth.sampling.recipe import Recipe, RecipeFact
-from clinsynth.schema import Assertion, LetterSection, LetterType, MedicationContext, Split
+from clinsynth.schema import Assertion, FactKind, LetterSection, LetterType, Split
 from clinsynth.terminology import load_catalog
+from clinsynth.terminology.names import lexicon
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
-HOSPITAL_KINDS = ("Klinikum", "Universitätsklinikum", "Krankenhaus")
-#: ICD title endings that are qualifiers, not names ("Ohne Angabe ...", "Nicht als entgleist ...")
-_SITE_HINT = re.compile(r"\s+C\d{2}(?:\.[\d-])?\s*$")
-_QUALIFIERS = ("Ohne", "Mit ", "Nicht", "Sonstige", "Bei ", "Als ", "Akut", "Chronisch")
+HOSPITAL_KINDS = ("Klinikum", "Universitätsklinikum", "Krankenhaus", "Städtisches Klinikum")
+
+#: FHIR code systems of the schema's slots (a code from any other system never enters a slot)
+ICD10GM_SYSTEMS = ("http://fhir.de/CodeSystem/bfarm/icd-10-gm", "http://fhir.de/CodeSystem/dimdi/icd-10-gm")
+OPS_SYSTEMS = ("http://fhir.de/CodeSystem/bfarm/ops", "http://fhir.de/CodeSystem/dimdi/ops")
+ATC_SYSTEMS = (
+    "http://fhir.de/CodeSystem/bfarm/atc",
+    "http://fhir.de/CodeSystem/dimdi/atc",
+    "http://www.whocc.no/atc",
+)
+LOINC_SYSTEMS = ("http://loinc.org",)
+ICDO3_SYSTEMS = ("http://terminology.hl7.org/CodeSystem/icd-o-3", "urn:oid:2.16.840.1.113883.6.43.1")
+
+_TUMOR_CATEGORIES = (
+    "diagnosis", "histology", "grading", "tnm_t", "tnm_n", "tnm_m", "tnm_l", "tnm_v", "tnm_pn", "tnm_r",
+    "lymph_nodes", "uicc_stage", "stage_other", "marker_status", "ecog", "tumor_status", "metastasis",
+)  # fmt: skip
+_ASSERTION_OF: dict[str, Assertion] = {
+    "present": "present",
+    "negated": "negated",
+    "suspected": "suspected",
+    "historical": "historical",
+}
+_CONTEXT_OF_ROLE = {"community": "discharge", "discharge": "discharge", "inpatient": "inpatient"}
+_MEDICATION_CONTEXTS = ("discharge", "inpatient", "therapy", "admission", "allergy")
 
 
 class SamplerConfig(StageConfig):
@@ -39,23 +74,30 @@ class SamplerConfig(StageConfig):
     #: at most this many stays per patient become letters (None: all)
     stays_per_patient: int | None = identity(ge=1)
     letter_types: dict[LetterType, float] = identity()
-    #: probability that each optional section is written (Diagnosen always is)
-    sections: dict[str, float] = identity()
+    #: probability that each optional section is written, per letter type (Diagnosen always is)
+    sections: dict[LetterType, dict[str, float]] = identity()
     #: probability that a fact of the stay is written at all, and the most per letter
     keep: dict[str, float] = identity()
     max_facts: dict[str, int] = identity()
-    #: probability that a written fact also shows its code (OPS codes are rarely written)
+    #: probability that a written fact also shows its code (ICD often, OPS almost never; ATC and
+    #: LOINC never: real letters do not write them)
     code_written: dict[str, float] = identity()
     #: probabilities of 0, 1, 2 ... ruled-out findings ("kein Hinweis auf ...")
     negated_counts: tuple[float, ...] = identity()
-    #: probability of one suspected finding ("V.a. ...")
-    suspected: float = identity(ge=0, le=1)
-    #: probability that each procedure of an earlier stay is mentioned as history ("Z.n. ..."), at most 3
+    #: probabilities of 0, 1, 2 ... suspected findings ("V.a. ...")
+    suspected_counts: tuple[float, ...] = identity()
+    #: probability that each earlier fact (procedure, therapy, illness, tumour) is mentioned as history
     historical: float = identity(ge=0, le=1)
+    #: probability of a negated procedure, a negated drug, a drug intolerance, a ruled-out tumour relapse
+    #: and an earlier (second) tumour in the history
+    negated_other: dict[str, float] = identity()
     date_shown: float = identity(ge=0, le=1)
     table_layout: float = identity(ge=0, le=1)
     abbreviations: float = identity(ge=0, le=1)
-    target_words: tuple[int, int] = identity()
+    #: words per letter type: (low, high) of a uniform draw
+    target_words: dict[LetterType, tuple[int, int]] = identity()
+    #: weights of the letter's noise level (typos, OCR confusions, shifted rows)
+    noise: dict[str, float] = identity()
 
     @model_validator(mode="after")
     def _splits_sum_to_one(self) -> SamplerConfig:
@@ -91,28 +133,87 @@ def _weighted(rng: random.Random, weights: Mapping[_K, float]) -> _K:
 
 
 def _d(s: str | None) -> date | None:
-    return _day(s) if s else None
+    try:
+        return date.fromisoformat(s[:10]) if s else None
+    except ValueError:
+        return None
 
 
-def _day(s: str) -> date:
-    """The date of a non-empty ISO date or timestamp."""
-    return date.fromisoformat(s[:10])
+def _count(rng: random.Random, weights: tuple[float, ...]) -> int:
+    return rng.choices(range(len(weights)), weights=weights)[0] if weights else 0
+
+
+class _Ctx:
+    """What one recipe draw works with: the stay, its sections and style, the facts so far."""
+
+    def __init__(self, rng: random.Random, sections: list[LetterSection], style: dict[str, Any]) -> None:
+        self.rng = rng
+        self.sections = sections
+        self.style = style
+        self.facts: list[RecipeFact] = []
+        self.held_icd: set[str] = set()  # ICD codes stated present (never negated as well)
+        self.places: dict[str, tuple[list[LetterSection], list[float]]] = {}
 
 
 class Sampler:
-    """Draws recipes; holds the catalogue and a Faker for letter heads."""
+    """Draws recipes; holds the catalogue, the name lexicon and a Faker for letter heads."""
 
     def __init__(self, cfg: SamplerConfig, seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
         self.cat = load_catalog()
+        self.lex = lexicon()
         self.faker = Faker("de_DE")
-        self.stats: dict[str, int] = {"future_facts_dropped": 0}
+        self.stats: Counter[str] = Counter()
+        self.entities = {e.label_de: e for e in self.cat.entities}
+        self._entity_of_icd = {icd: e for e in self.cat.entities for icd, _ in e.icd}
+        self._extras: dict[int, dict[str, Any]] = {}
+        self._days: dict[int, date | None] = {}
+        self._by_enc: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._code_of: dict[str, str] | None = None
+        self._drugs: dict[str, tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]] = {}
+        self._indexed: PatientRecord | None = None  # holding it keeps the ids of its facts unique
 
     # ------------------------------------------------------------------ public
+    def _x(self, f: dict[str, Any] | None) -> dict[str, Any]:
+        """A fact's `extra`, parsed once per patient."""
+        if f is None:
+            return {}
+        key = id(f)
+        got = self._extras.get(key)
+        if got is None:
+            got = self._extras[key] = PatientRecord.extra(f)
+        return got
+
+    def _index(self, rec: PatientRecord) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """The record's facts by encounter ("" for unlinked) and category, built once per patient;
+        parsed `extra`s and dates are cached alongside (keyed by the fact dicts of this record)."""
+        if self._indexed is not rec:
+            self._indexed = rec
+            self._extras = {}
+            self._days = {}
+            self._by_enc = {}
+            self._code_of = None
+            for eid, enc in rec.encounters.items():
+                groups: dict[str, list[dict[str, Any]]] = {}
+                for f in enc.facts:
+                    groups.setdefault(f["category"], []).append(f)
+                self._by_enc[eid] = groups
+            loose: dict[str, list[dict[str, Any]]] = {}
+            for f in rec.unlinked:
+                loose.setdefault(f["category"], []).append(f)
+            self._by_enc[""] = loose
+        return self._by_enc
+
+    def _day(self, f: dict[str, Any]) -> date | None:
+        key = id(f)
+        if key not in self._days:
+            self._days[key] = _d(f.get("date"))
+        return self._days[key]
+
     def recipes(self, rec: PatientRecord) -> Iterator[Recipe]:
         stays = sorted(
-            (e for e in rec.encounters.values() if e.row.get("start") and e.row.get("end")),
+            (e for e in rec.encounters.values() if _d(e.row.get("start")) and _d(e.row.get("end"))),
             key=lambda e: (e.row["start"], e.row["encounter_id"]),
         )
         if self.cfg.stays_per_patient is not None and len(stays) > self.cfg.stays_per_patient:
@@ -128,465 +229,1167 @@ class Sampler:
         cfg = self.cfg
         enc = rec.encounters[encounter_id].row
         start, end = _d(enc["start"]), _d(enc["end"])
-        assert start is not None and end is not None
+        if start is None or end is None:
+            raise ValueError(f"encounter {encounter_id}: start/end {enc.get('start')}/{enc.get('end')}")
         rng = random.Random(_u64("recipe", self.seed, rec.patient_id, encounter_id))
-        style = {
-            "date_style": _weighted(rng, {"dmy": 4, "dmy_short": 2, "dmy2": 1, "long": 1, "my": 1}),
-            "abbreviations": rng.random() < cfg.abbreviations,
-            "table": rng.random() < cfg.table_layout,
-            "target_words": rng.randint(*cfg.target_words),
-            "code_style": _weighted(rng, {"paren": 3, "prefix": 1, "bracket": 1}),
-        }
-        sections: list[LetterSection] = ["diagnosen"]
-        sections += [s for s in P.SECTION_ORDER[1:] if rng.random() < cfg.sections.get(s, 1.0)]
-        facts: list[RecipeFact] = []
-        own = rec.encounters[encounter_id].facts
-        known = [f for f in own if not f.get("date") or _day(f["date"]) <= end]
-        self.stats["future_facts_dropped"] += len(own) - len(known)
-        earlier = [
-            f
-            for e in rec.encounters.values()
-            if e.row["encounter_id"] != encounter_id and e.row.get("end") and _day(e.row["end"]) < start
-            for f in e.facts
+        index = self._index(rec)
+        letter_type = _weighted(rng, cfg.letter_types)
+        style = self._style(rng, letter_type)
+        sections = self._sections(rng, letter_type)
+        ctx = _Ctx(rng, sections, style)
+        known: dict[str, list[dict[str, Any]]] = {}
+        dropped = 0
+        for cat, facts_ in index[encounter_id].items():
+            ok = [f for f in facts_ if (self._day(f) or end) <= end]
+            dropped += len(facts_) - len(ok)
+            known[cat] = ok
+        self.stats["future_facts_dropped"] += dropped
+        before = [
+            eid
+            for eid, enc_ in rec.encounters.items()
+            if eid != encounter_id and (_d(enc_.row.get("end")) or end) < start
         ]
-        facts += self._diagnoses(rng, known, sections, style)
-        facts += self._tumor(rng, known + earlier, rec, sections, style)
-        facts += self._procedures(rng, known, earlier, sections, style)
-        facts += self._medications(rng, known, sections, style)
-        facts += self._labs(rng, known, sections, style, rec.patient.get("sex") or "")
-        facts += self._ruled_out(rng, facts, sections, style)
+        earlier: dict[str, list[dict[str, Any]]] = {}
+
+        def k(cat: str) -> list[dict[str, Any]]:
+            return known.get(cat, [])
+
+        def e(cat: str) -> list[dict[str, Any]]:
+            if cat not in earlier:
+                got = [f for eid in before for f in index[eid].get(cat, ())]
+                got += [f for f in index[""].get(cat, ()) if (self._day(f) or end) < start]
+                earlier[cat] = got
+            return earlier[cat]
+
+        tumor_known = [f for c in _TUMOR_CATEGORIES for f in k(c)]
+        tumor_earlier = [f for c in _TUMOR_CATEGORIES for f in e(c)]
+        main = self._diagnoses(ctx, k("diagnosis"))
+        self._tumors(ctx, tumor_known, tumor_earlier, main)
+        self._procedures(ctx, k("procedure"), e("procedure"), start)
+        self._radiotherapy(ctx, k("radiotherapy"), e("radiotherapy"), start)
+        self._medications(ctx, k("medication"), e("medication"))
+        self._labs(ctx, k("lab"), e("lab"), rec.patient.get("sex") or "")
+        self._vitals(ctx, k("vital"))
+        smoking = [f for c in index.values() for f in c.get("smoking", ())]
+        self._risk_factors(ctx, smoking[:1])
+        sex = rec.patient.get("sex") or ""
+        self._pool(ctx, k("diagnosis") + k("metastasis") + e("diagnosis"), main, e("diagnosis"), sex)
+        facts = ctx.facts
         for i, f in enumerate(facts):
             f.id = f"f{i:02d}-{f.kind}"
-        # sections left without facts stay only if they are narrative or hold the medication table
         used = {f.section for f in facts}
-        sections = [s for s in sections if s in used or s in ("anamnese", "epikrise", "verlauf")]
+        keep_empty = {"anamnese", "verlauf", "epikrise", "procedere"}
+        kept = [s for s in sections if s in used or s in keep_empty]
+        header, encounter, patient, untagged = self._header(rng, rec, enc, style, letter_type)
         return Recipe(
             spec_id=encounter_id,
             patient_id=rec.patient_id,
             encounter_id=encounter_id,
             split=split_of(rec.patient_id, self.seed, cfg.splits),
-            letter_type=_weighted(rng, cfg.letter_types),
-            header=self._header(rng, rec, enc, style),
-            sections=[
-                {
-                    "key": s,
-                    "heading": P.pick(rng, P.SECTION_HEADINGS[s]),
-                    "layout": "table" if style["table"] and s in ("befunde", "medikation") else "prose",
-                    "variant": rng.randrange(3),
-                }
-                for s in sections
-            ],
+            letter_type=letter_type,
+            header=header,
+            sections=[self._section(rng, s, style) for s in kept],
             facts=facts,
             style=style,
+            encounter=encounter,
+            patient=patient,
+            untagged=untagged,
         )
 
-    # ------------------------------------------------------------------ pieces
-    def _date(self, rng: random.Random, d: date | None, style: dict[str, Any]) -> tuple[str, str | None]:
-        """(what the letter writes, gold ISO date) or ("", None) when no date is shown."""
-        if d is None or rng.random() >= self.cfg.date_shown:
+    # ------------------------------------------------------------------ letter shape
+    def _style(self, rng: random.Random, letter_type: LetterType) -> dict[str, Any]:
+        lo, hi = self.cfg.target_words.get(letter_type, (200, 320))
+        return {
+            "date_style": _weighted(rng, {"dmy": 5, "dmy_short": 3, "dmy2": 1, "long": 1}),
+            "history_date_style": _weighted(rng, {"my": 4, "my2": 1, "dmy": 2}),
+            "abbreviations": rng.random() < self.cfg.abbreviations,
+            "table": rng.random() < self.cfg.table_layout,
+            "target_words": rng.randint(lo, hi),
+            "code_style": _weighted(rng, {"paren": 4, "line_end": 3, "bracket": 1, "prefix": 1}),
+            "codes": rng.random() < 0.6,  # does this letter write ICD codes in its diagnosis list
+            "lab_units": rng.random() < 0.75,
+            "lab_flags": rng.random() < 0.5,
+            "lab_layout": _weighted(rng, {"inline": 3, "table": 2, "list": 1}),
+            "heading_case": _weighted(rng, {"title": 5, "upper": 2}),
+            "numbered_diagnoses": rng.random() < 0.6,
+            "noise": _weighted(rng, self.cfg.noise) if self.cfg.noise else "none",
+            "tnm_layout": _weighted(rng, {"spaced": 3, "compact": 2, "prefix_once": 1}),
+        }
+
+    def _sections(self, rng: random.Random, letter_type: LetterType) -> list[LetterSection]:
+        probs = self.cfg.sections.get(letter_type, {})
+        out: list[LetterSection] = ["diagnosen"]
+        out += [s for s in P.SECTION_ORDER[1:] if rng.random() < probs.get(s, 0.0)]
+        if rng.random() < 0.2 and "anamnese" in out:  # some letters open with the history
+            out.remove("anamnese")
+            out.insert(0, "anamnese")
+        if rng.random() < 0.15 and "befunde" in out and "verlauf" in out:
+            i, j = out.index("befunde"), out.index("verlauf")
+            out[i], out[j] = out[j], out[i]
+        return out
+
+    def _section(self, rng: random.Random, key: LetterSection, style: dict[str, Any]) -> dict[str, Any]:
+        heading = P.pick(rng, P.SECTION_HEADINGS[key])
+        if style["heading_case"] == "upper":
+            heading = heading.upper()
+        table_ok = key in ("befunde", "medikation")
+        return {
+            "key": key,
+            "heading": heading,
+            "layout": "table" if style["table"] and table_ok else "prose",
+            "variant": rng.randrange(4),
+        }
+
+    def _place(
+        self, ctx: _Ctx, weights_key: str, prefer: LetterSection | None = None
+    ) -> LetterSection | None:
+        """A section for a fact, drawn from the kind's weights among the letter's sections."""
+        if prefer is not None and prefer in ctx.sections:
+            return prefer
+        got = ctx.places.get(weights_key)
+        if got is None:
+            weights = {s: w for s, w in P.SECTION_WEIGHTS[weights_key].items() if s in ctx.sections}
+            got = ctx.places[weights_key] = (list(weights), list(itertools.accumulate(weights.values())))
+        keys, cum = got
+        if not keys:
+            return None
+        return ctx.rng.choices(keys, cum_weights=cum)[0]
+
+    # ------------------------------------------------------------------ writing helpers
+    def _date(
+        self, ctx: _Ctx, d: date | None, p: float | None = None, style: str | None = None
+    ) -> tuple[str, str | None]:
+        """(what the letter writes, gold ISO date at that precision) or ("", None)."""
+        if d is None or ctx.rng.random() >= (self.cfg.date_shown if p is None else p):
             return "", None
-        ds = style["date_style"]
+        ds = style or ctx.style["date_style"]
         return P.format_date(d, ds), P.gold_date(d, ds)
 
-    def _code(self, rng: random.Random, kind: str, code: str | None) -> str:
-        return code if code and rng.random() < self.cfg.code_written.get(kind, 0.0) else ""
+    def _slot_code(self, fact: dict[str, Any], systems: tuple[str, ...], what: str) -> str | None:
+        """The record's code if it is in the slot's system, else None (counted)."""
+        code = fact.get("code")
+        if not code:
+            return None
+        if (fact.get("system") or "") in systems:
+            return str(code)
+        self.stats[f"foreign_system/{what}"] += 1
+        return None
 
-    def _phrase(self, rng: random.Random, assertion: Assertion, text: str) -> str:
-        return text if assertion == "present" else P.pick(rng, P.CUES[assertion]).format(x=text)
+    def _written_icd(self, ctx: _Ctx, code: str, pinned: str | None, section: LetterSection) -> str:
+        """An ICD code as letters show it: 3- or 4-character (5 only on a diagnosis-list line), never
+        coarser than the name (a name that pins C34.1 is not written beside C34)."""
+        options = [code[:3]] + ([code[:5]] if len(code) >= 5 else []) + ([code] if len(code) == 6 else [])
+        if section != "diagnosen":
+            options = [c for c in options if len(c) <= 5]
+        options = [
+            c
+            for c in options
+            if self.lex.in_catalogue("icd10gm", c) == c and (pinned is None or c.startswith(pinned))
+        ]
+        if not options:
+            return ""
+        return options[-1] if ctx.rng.random() < 0.7 else P.pick(ctx.rng, options)
 
-    def _dx_text(
-        self, rng: random.Random, code: str, display: str, primary: bool, lat: str | None
-    ) -> list[str]:
-        c = self.cat.icd10gm.lookup(code)
-        extra = dict(c.extra) if c else {}
-        names = list(extra.get("synonyms") or ())
-        if primary:
-            ent = next((e for e in self.cat.entities if any(code == i for i, _ in e.icd)), None)
-            if ent:
-                side = f" {P.LATERALITY[lat]}" if lat in P.LATERALITY else ""
-                names.insert(0, f"{ent.label_de}{side}")
-        parts = [x.strip() for x in display.split(": ") if x.strip()]
-        last = parts[-1] if parts else display
-        # the last component names the disease unless it is a qualifier or a short fragment
-        if last[:1].isupper() and not last.startswith(_QUALIFIERS) and (len(parts) == 1 or len(last) >= 25):
-            names.append(last)
-        if parts:
-            names.append(parts[0])
-        names.append(display)
-        seen: list[str] = []
-        for n in names:
-            if n and n not in seen:
-                seen.append(n)
-        first = seen[0] if rng.random() < 0.7 else P.pick(rng, seen)
-        return [first] + [n for n in seen if n != first]
+    def _name(
+        self, ctx: _Ctx, system: str, code: str, prefer_specific: float = 0.5
+    ) -> tuple[str, str | None] | None:
+        """A clinical name for a coded fact and the code it pins (None: written without a code)."""
+        names = self.lex.names_with_codes(system, code)
+        if not names:
+            self.stats[f"no_name/{system}"] += 1
+            return None
+        top = [n for n in names if n[1] is not None and n[1] == names[0][1]]
+        if top and ctx.rng.random() < prefer_specific:
+            return P.pick(ctx.rng, top)
+        return P.pick(ctx.rng, names)
 
-    def _diagnoses(
+    def _add(
         self,
-        rng: random.Random,
-        facts: list[dict[str, Any]],
-        sections: list[LetterSection],
-        style: dict[str, Any],
-    ) -> list[RecipeFact]:
-        out = []
-        dx = [f for f in facts if f["category"] == "diagnosis" and f.get("code")]
-        dx.sort(key=lambda f: (f.get("role") != "main", f["resource_id"]))
-        kept = [f for i, f in enumerate(dx) if i == 0 or rng.random() < self.cfg.keep["diagnosis"]]
-        for i, f in enumerate(kept[: self.cfg.max_facts["diagnosis"]]):
-            extra = PatientRecord.extra(f)
-            names = self._dx_text(
-                rng,
-                f["code"],
-                f.get("display") or f["code"],
-                bool(extra.get("primary_tumor")),
-                extra.get("laterality"),
+        ctx: _Ctx,
+        kind: FactKind,
+        section: LetterSection,
+        assertion: Assertion,
+        gold: dict[str, Any],
+        say: dict[str, Any],
+        synonyms: list[str] | None = None,
+    ) -> RecipeFact:
+        clean = {k: v for k, v in gold.items() if v is not None and v != []}
+        f = RecipeFact("", kind, section, assertion, clean, say, synonyms or [])
+        ctx.facts.append(f)
+        return f
+
+    # ------------------------------------------------------------------ diagnoses
+    def _diagnoses(self, ctx: _Ctx, facts: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The stay's diagnoses; the main tumour is always written. Returns the main diagnosis row."""
+        dx = [f for f in facts if f["category"] == "diagnosis" and f.get("assertion") != "entered-in-error"]
+        dx.sort(
+            key=lambda f: (
+                f.get("role") != "main",
+                not self._x(f).get("primary_tumor"),
+                f["resource_id"],
             )
-            section: LetterSection = "diagnosen"
-            if (
-                i > 0
-                and f.get("role") == "secondary"
-                and not f["code"].startswith("Z")
-                and "anamnese" in sections
-                and rng.random() < 0.25
+        )
+        main = next((f for f in dx if f.get("role") == "main"), None) or next(
+            (f for f in dx if self._x(f).get("primary_tumor")), None
+        )
+        n = 0
+        seen: set[str] = set()
+        for f in dx:
+            is_main = f is main
+            code = self._slot_code(f, ICD10GM_SYSTEMS, "diagnosis")
+            if code is None and not (f.get("text") or f.get("display")):
+                self.stats["dropped/diagnosis_without_code_or_text"] += 1
+                continue
+            if code in seen:
+                continue
+            if not is_main and (
+                n >= self.cfg.max_facts["diagnosis"] or ctx.rng.random() >= self.cfg.keep["diagnosis"]
             ):
-                section = "anamnese"
-            date_s, date_g = self._date(rng, _d(f.get("date")), style)
-            gold = {"text": names[0], "icd10gm": f["code"], "role": f.get("role") or None, "date": date_g}
-            out.append(
-                RecipeFact(
-                    "",
-                    "diagnosis",
-                    section,
-                    "present",
-                    gold,
-                    {
-                        "phrase": names[0],
-                        "code": self._code(rng, "diagnosis", f["code"]),
-                        "date": date_s,
-                        "role": f.get("role") or "secondary",
-                    },
-                    names[1:],
-                )
+                continue
+            # Z codes: only the ones a letter lists, never dated, only in the diagnosis list
+            if (
+                code
+                and code.startswith("Z")
+                and (not code.startswith(("Z51", "Z93", "Z90", "Z85", "Z92")) or ctx.rng.random() > 0.35)
+            ):
+                continue
+            assertion: Assertion = _ASSERTION_OF.get(f.get("assertion") or "", "present")
+            if is_main:
+                section: LetterSection | None = "diagnosen"
+            elif code and code.startswith("Z"):
+                section = "diagnosen"
+            else:
+                section = self._place(ctx, "diagnosis")
+            if section is None:
+                continue
+            made = self._diagnosis_fact(
+                ctx,
+                f,
+                code,
+                section,
+                assertion,
+                role=f.get("role") or ("main" if is_main else "secondary"),
+                ed=bool(self._x(f).get("primary_tumor")),
             )
-        return out
+            if made is None:
+                if is_main:
+                    self.stats["main_without_name"] += 1
+                continue
+            if code:
+                seen.add(code)
+            n += 1
+        return main
 
-    def _tumor(
+    def _diagnosis_fact(
         self,
-        rng: random.Random,
-        facts: list[dict[str, Any]],
-        rec: PatientRecord,
-        sections: list[LetterSection],
-        style: dict[str, Any],
-    ) -> list[RecipeFact]:
+        ctx: _Ctx,
+        f: dict[str, Any],
+        code: str | None,
+        section: LetterSection,
+        assertion: Assertion,
+        *,
+        role: str | None,
+        ed: bool,
+    ) -> RecipeFact | None:
+        extra = self._x(f)
+        pinned: str | None = None
+        name: str | None = None
+        if code:
+            got = self._name(ctx, "icd10gm", code, prefer_specific=0.35)
+            if got:
+                name, pinned = got
+        if name is None:
+            text = f.get("text") or ""
+            if text and ": " not in text and self.lex.pinned_code("icd10gm", text) in (None, code):
+                name = text  # the source's own wording; its code only when written
+                pinned = self.lex.pinned_code("icd10gm", text)
+            else:
+                return None
+        lat = extra.get("laterality")
+        if lat in P.LATERALITY and extra.get("primary_tumor") and ctx.rng.random() < 0.8:
+            name = f"{name} {P.pick(ctx.rng, P.LATERALITY[lat])}"
+        written = ""
+        if code and ctx.style["codes"] and ctx.rng.random() < self.cfg.code_written.get("diagnosis", 0.0):
+            written = self._written_icd(ctx, code, pinned, section)
+        if code and code.startswith("Z"):
+            date_s, date_g = "", None
+        elif ed:
+            date_s, date_g = self._date(ctx, _d(f.get("date")), 0.7, ctx.style["history_date_style"])
+        else:
+            date_s, date_g = self._date(ctx, _d(f.get("date")), 0.15, ctx.style["history_date_style"])
+        gold_code = written or pinned
+        if gold_code and assertion == "present":
+            ctx.held_icd.add(gold_code)
+        if code and assertion == "present":
+            ctx.held_icd.add(code)
+        gold = {"text": name, "icd10gm": gold_code, "role": role, "date": date_g}
+        say = {"name": name, "code": written, "date": date_s, "role": role or ""}
+        return self._add(ctx, "diagnosis", section, assertion, gold, say)
+
+    # ------------------------------------------------------------------ tumours
+    def _tumor_groups(self, facts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Tumour facts by tumour. Each stay has its own primary-tumour Condition (`extra.tumor`), so
+        groups are keyed by that Condition's code: one tumour keeps its code across stays."""
+        if self._code_of is None:
+            self._code_of = {}
+            for groups_ in self._by_enc.values():
+                for f in groups_.get("diagnosis", ()):
+                    x = self._x(f)
+                    if x.get("primary_tumor"):
+                        tid = x.get("tumor") or f["resource_id"]
+                        self._code_of[tid] = str(f.get("code") or f["resource_id"])
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for f in facts:
+            x = self._x(f)
+            if f["category"] == "diagnosis" and not x.get("primary_tumor"):
+                continue
+            tid = x.get("tumor") or ""
+            groups.setdefault(self._code_of.get(tid, tid or "_"), []).append(f)
+        return groups
+
+    def _tumors(
+        self,
+        ctx: _Ctx,
+        known: list[dict[str, Any]],
+        earlier: list[dict[str, Any]],
+        main: dict[str, Any] | None,
+    ) -> None:
+        """The current tumour (its latest staging known at discharge), then earlier tumours as history."""
+        groups = self._tumor_groups(known + earlier)
+        current_key = str(main.get("code") or main["resource_id"]) if main else None
+        if current_key not in groups and "_" in groups:
+            current_key = "_"
+        own_keys = {str(f.get("code")) for f in known if f["category"] == "diagnosis"} | {"_"}
+        for key, facts in sorted(groups.items(), key=lambda kv: (kv[0] != current_key, kv[0])):
+            if key == current_key:
+                assertion: Assertion = (
+                    "suspected" if main is not None and main.get("assertion") == "suspected" else "present"
+                )
+            elif key not in own_keys or all(
+                f.get("assertion") == "historical" for f in facts if f["category"] == "diagnosis"
+            ):
+                if ctx.rng.random() >= max(self.cfg.historical, 0.6):
+                    continue
+                assertion = "historical"
+            else:
+                assertion = "present"
+            self._tumor_fact(ctx, facts, assertion, current=key == current_key)
+
+    def _tumor_fact(
+        self, ctx: _Ctx, facts: list[dict[str, Any]], assertion: Assertion, *, current: bool
+    ) -> None:
+        rng = ctx.rng
         latest: dict[str, dict[str, Any]] = {}
-        for f in sorted(facts, key=lambda f: f.get("date") or ""):
-            if f["category"] in ("histology", "grading", "tnm_t", "tnm_n", "tnm_m", "uicc_stage"):
-                latest[f["category"]] = f
-        if "histology" not in latest:
-            return []
-        histo = latest["histology"]
-        hx = PatientRecord.extra(histo)
-        gold: dict[str, Any] = {"morphology": histo["code"], "topography": hx.get("topography")}
-        say = dict.fromkeys(("morphology_code", "grading", "tnm", "uicc", "laterality", "markers"), "")
-        histology = histo.get("display") or hx.get("histology_text") or histo["code"]
-        # ICD-O terms may end in a site hint ("... o.n.A. C50.-"): not a code this letter holds
-        say["histology"] = _SITE_HINT.sub("", histology)
-        if rng.random() < self.cfg.code_written.get("morphology", 0.5):
-            say["morphology_code"] = histo["code"]
-        if "grading" in latest and latest["grading"]["code"] in P.GRADING_TEXT:
-            g = latest["grading"]["code"]
+        markers: dict[str, dict[str, Any]] = {}
+        stages: dict[str, dict[str, Any]] = {}
+        nodes: dict[str, dict[str, Any]] = {}
+        for f in sorted(facts, key=lambda f: (f.get("date") or "", f["resource_id"])):
+            c = f["category"]
+            if c == "marker_status":
+                markers[f.get("code") or f.get("text") or f["resource_id"]] = f
+            elif c == "stage_other":
+                stages[self._x(f).get("system") or "other"] = f
+            elif c == "lymph_nodes":
+                nodes[self._x(f).get("nodes") or "positive"] = f
+            else:
+                latest[c] = f
+        dx = latest.get("diagnosis")
+        histo = latest.get("histology")
+        if dx is None and histo is None:
+            return
+        section = self._place(ctx, "tumor")
+        if section is None:
+            section = "diagnosen"
+        gold: dict[str, Any] = {}
+        say: dict[str, Any] = {"staging": "", "date": ""}
+        # entity: the name of the tumour as written (pins the ICD code at its level)
+        code = self._slot_code(dx, ICD10GM_SYSTEMS, "tumor") if dx else None
+        entity_name = None
+        if code:
+            got = self._name(ctx, "icd10gm", code, prefer_specific=0.3)
+            if got:
+                entity_name, pinned = got
+                written = ""
+                if rng.random() < self.cfg.code_written.get("tumor", 0.0):
+                    written = self._written_icd(ctx, code, pinned, "diagnosen")
+                gold["icd10gm"] = written or pinned
+                say["code"] = written
+        if entity_name is None:
+            ent = self._entity_of_icd.get(code or "")
+            entity_name = ent.label_de if ent else (dx.get("text") if dx else None) or "Tumorerkrankung"
+            self.stats["tumor_entity_without_code"] += 1
+        gold["entity"] = entity_name
+        say["entity"] = entity_name
+        say["name"] = entity_name
+        extra_dx = self._x(dx) if dx else {}
+        lat = extra_dx.get("laterality")
+        if lat in P.LATERALITY and rng.random() < 0.85:
+            gold["laterality"] = lat
+            say["laterality"] = P.pick(rng, P.LATERALITY[lat])
+        topo = extra_dx.get("topography") or (self._x(histo).get("topography") if histo else None)
+        if topo and rng.random() < self.cfg.code_written.get("topography", 0.0):
+            held = self.lex.in_catalogue("topography", topo)
+            if held == topo:
+                gold["topography"] = topo
+                say["topography"] = topo
+        if histo is not None and self._slot_code(histo, ICDO3_SYSTEMS, "histology"):
+            got = self._name(ctx, "morphology", histo["code"], prefer_specific=0.7)
+            if got:
+                hname, hpinned = got
+                gold["histology"] = hname
+                say["histology"] = hname
+                written = histo["code"] if rng.random() < self.cfg.code_written.get("morphology", 0.0) else ""
+                say["morphology"] = written
+                gold["morphology"] = written or hpinned
+        grading = latest.get("grading")
+        if grading and grading.get("code") in P.GRADING_TEXT and rng.random() < 0.85:
+            g = str(grading["code"])
             gold["grading"] = f"G{g}" if g in "1234X" else g
             say["grading"] = P.GRADING_TEXT[g]
-        if "tnm_t" in latest:
-            prefix = (PatientRecord.extra(latest["tnm_t"]).get("prefix") or "c").lower()
-            tnm = {"prefix": prefix, "t": latest["tnm_t"]["code"]}
-            parts = [f"{prefix}{latest['tnm_t']['code']}"]
-            for axis in ("n", "m"):
-                axis_fact = latest.get(f"tnm_{axis}")
-                if axis_fact:
-                    tnm[axis] = axis_fact["code"]
-                    p = (PatientRecord.extra(axis_fact).get("prefix") or prefix).lower()
-                    parts.append(f"{p}{axis_fact['code']}")
-            gold["tnm"] = tnm
-            # "cT1c cN3 cM1c" or "cT1c N3 M1c" (the prefix written once)
-            say["tnm"] = " ".join(
-                parts
-                if rng.random() < 0.5
-                else [parts[0]] + [p[len(prefix) :] if p.startswith(prefix) else p for p in parts[1:]]
-            )
-        if "uicc_stage" in latest:
-            gold["uicc_stage"] = latest["uicc_stage"]["code"]
-            say["uicc"] = P.pick(rng, ("UICC {s}", "UICC-Stadium {s}", "Stadium {s}")).format(
-                s=gold["uicc_stage"]
-            )
-        primary = next(
-            (
-                f
-                for f in facts
-                if f["category"] == "diagnosis" and PatientRecord.extra(f).get("primary_tumor")
-            ),
-            None,
-        )
-        lat = PatientRecord.extra(primary).get("laterality") if primary else None
-        if lat in P.LATERALITY:
-            gold["laterality"] = lat
-            say["laterality"] = P.LATERALITY[lat]
-        markers = []
-        for f in facts:
-            if f["category"] == "lab" and f.get("value_num") is not None and self._is_marker(f["code"]):
-                markers.append(f)
-        # the latest value of each marker known at discharge
-        by_code: dict[str, dict[str, Any]] = {}
-        for f in sorted(markers, key=lambda f: f.get("date") or ""):
-            by_code[f["code"]] = f
-        gold["markers"] = []
-        marker_say = []
-        for f in list(by_code.values())[:2]:
-            unit = P.pick(rng, P.unit_variants(f.get("unit")))
-            lab = self.cat.labs.get(f["code"])
-            value = P.format_number(f["value_num"], lab.decimals if lab else None)
-            gold["markers"].append(
-                {
-                    "name": f.get("display") or f["code"],
-                    "loinc": f["code"],
-                    "value": f["value_num"],
-                    "unit": f.get("unit"),
-                }
-            )
-            marker_say.append(f"{f.get('display') or f['code']} {value} {unit}".strip())
-        if marker_say:
-            say["markers"] = "; ".join(marker_say)
-        section: LetterSection = "tumor" if "tumor" in sections else "diagnosen"
-        return [RecipeFact("", "tumor", section, "present", gold, say, [])]
+        if assertion in ("present", "suspected") or rng.random() < 0.5:
+            self._tnm(ctx, latest, nodes, gold, say)
+            self._stages(ctx, latest, stages, gold, say)
+        if current:
+            self._markers(ctx, markers, gold, say)
+            ecog = latest.get("ecog")
+            if ecog and str(ecog.get("code")).isdigit() and rng.random() < 0.7:
+                gold["ecog"] = int(ecog["code"])
+                say["ecog"] = P.pick(rng, ("ECOG {v}", "ECOG-Status {v}", "ECOG PS {v}")).format(
+                    v=ecog["code"]
+                )
+        status = latest.get("tumor_status")
+        if assertion == "historical":
+            gold["status"] = "complete_remission"
+            say["status"] = P.pick(rng, P.TUMOR_STATUS["complete_remission"])
+        elif status and status.get("code") in P.TUMOR_STATUS and rng.random() < 0.7:
+            gold["status"] = status["code"]
+            say["status"] = P.pick(rng, P.TUMOR_STATUS[status["code"]])
+        self._add(ctx, "tumor", section, assertion, gold, say)
 
-    def _is_marker(self, loinc: str) -> bool:
-        lab = self.cat.labs.get(loinc)
-        return bool(lab and lab.marker)
-
-    def _procedures(
+    def _tnm(
         self,
-        rng: random.Random,
-        own: list[dict[str, Any]],
-        earlier: list[dict[str, Any]],
-        sections: list[LetterSection],
-        style: dict[str, Any],
-    ) -> list[RecipeFact]:
-        out: list[RecipeFact] = []
-        target: LetterSection = (
-            "verlauf" if "verlauf" in sections else "epikrise" if "epikrise" in sections else "diagnosen"
+        ctx: _Ctx,
+        latest: dict[str, dict[str, Any]],
+        nodes: dict[str, dict[str, Any]],
+        gold: dict[str, Any],
+        say: dict[str, Any],
+    ) -> None:
+        rng = ctx.rng
+        axes = [(a, latest.get(f"tnm_{a}")) for a in ("t", "n", "m")]
+        if not any(f for _, f in axes) or rng.random() < 0.1:
+            return
+        layout = ctx.style["tnm_layout"]
+        parts: list[str] = []
+        tnm: dict[str, Any] = {}
+        first_prefix = None
+        staged: dict[str, Any] | None = None
+        for axis, f in axes:
+            if f is None or not f.get("code"):
+                continue
+            staged = staged or f
+            value = str(f["code"])
+            value = value if value[:1].upper() == axis.upper() else f"{axis.upper()}{value}"
+            prefix = (self._x(f).get("prefix") or "").lower() or None
+            if prefix not in ("c", "p", "yp", "r", "a", "u"):
+                prefix = None
+            written_prefix = prefix
+            if layout == "prefix_once" and first_prefix is not None:
+                written_prefix = None  # "pT3 N1 M0": the prefix is written once, the others carry none
+            first_prefix = first_prefix or prefix
+            piece = f"{written_prefix or ''}{value}"
+            entry: dict[str, Any] = {"prefix": written_prefix, "value": value}
+            if axis == "n" and "positive" in nodes and "examined" in nodes and rng.random() < 0.7:
+                pos = nodes["positive"].get("value_num")
+                exa = nodes["examined"].get("value_num")
+                if pos is not None and exa is not None:
+                    entry["nodes"] = f"{int(pos)}/{int(exa)}"
+                    piece += f" ({entry['nodes']})" if layout != "compact" else f"({entry['nodes']})"
+            tnm[axis] = {k: v for k, v in entry.items() if v is not None}
+            parts.append(piece)
+        for axis, key in (("l", "tnm_l"), ("v", "tnm_v"), ("pn", "tnm_pn"), ("r", "tnm_r")):
+            f = latest.get(key)
+            if f and f.get("code") and rng.random() < 0.85:
+                tnm[axis] = str(f["code"])
+                parts.append(str(f["code"]))
+        if not parts:
+            return
+        try:
+            from clinsynth.schema import TNM
+
+            TNM.model_validate(tnm)
+        except Exception:  # a foreign value (T4b(m)) the schema's pattern refuses: leave TNM out
+            self.stats["tnm_not_schema"] += 1
+            return
+        gold["tnm"] = tnm
+        say["tnm"] = (
+            ("" if layout == "compact" else " ").join(parts) if layout != "spaced" else " ".join(parts)
         )
-        procs = [f for f in own if f["category"] == "procedure" and f.get("code")]
-        seen_codes: set[str] = set()
-        for f in procs:
-            if len(out) >= self.cfg.max_facts["procedure"] or f["code"] in seen_codes:
+        if staged is not None:
+            ex = self._x(staged)
+            if ex.get("staging") in ("initial", "current") and rng.random() < 0.6:
+                gold["staging"] = ex["staging"]
+                say["staging"] = ex["staging"]
+            date_s, date_g = self._date(ctx, _d(staged.get("date")), 0.5, ctx.style["history_date_style"])
+            if date_g:
+                gold["date"] = date_g
+                say["date"] = date_s
+
+    def _stages(
+        self,
+        ctx: _Ctx,
+        latest: dict[str, dict[str, Any]],
+        stages: dict[str, dict[str, Any]],
+        gold: dict[str, Any],
+        say: dict[str, Any],
+    ) -> None:
+        rng = ctx.rng
+        uicc = latest.get("uicc_stage")
+        if uicc and uicc.get("code") and rng.random() < 0.8:
+            value = str(uicc["code"]).removeprefix("Stadium ").strip()
+            if _uicc_ok(value):
+                gold["uicc_stage"] = value
+                say["stage"] = P.pick(rng, P.STAGE_WRITTEN["UICC"]).format(v=value)
+        written = []
+        out = []
+        for system, f in stages.items():
+            value = str(f.get("code") or "").strip()
+            if not value or len(value) > 16 or rng.random() >= 0.85:
                 continue
-            if rng.random() >= self.cfg.keep["procedure"]:
+            sys_key = system if system in P.STAGE_WRITTEN else "other"
+            out.append({"system": sys_key, "value": value})
+            written.append(P.pick(rng, P.STAGE_WRITTEN[sys_key]).format(v=value))
+        if out:
+            gold["stages"] = out
+            say["stages"] = written
+
+    def _markers(
+        self, ctx: _Ctx, markers: dict[str, dict[str, Any]], gold: dict[str, Any], say: dict[str, Any]
+    ) -> None:
+        rng = ctx.rng
+        out, written = [], []
+        for f in list(markers.values())[:4]:
+            if rng.random() >= 0.8:
                 continue
-            seen_codes.add(f["code"])
-            out.append(self._procedure_fact(rng, f, "present", target, style))
-        hist_section: LetterSection = "anamnese" if "anamnese" in sections else "diagnosen"
+            ex = self._x(f)
+            name = f.get("text") or f.get("display") or str(f.get("code") or "")
+            if not name or len(name) > 40:
+                continue
+            m: dict[str, Any] = {"name": name}
+            code = self._slot_code(f, LOINC_SYSTEMS, "marker") if f.get("system") in LOINC_SYSTEMS else None
+            if code and self.cat.loinc.lookup(code):
+                m["loinc"] = code
+            pieces = [name]
+            if f.get("value_num") is not None:
+                m["value"] = f["value_num"]
+                unit = f.get("unit") or ""
+                m["unit"] = unit or None
+                pieces.append(
+                    f"{P.format_number(f['value_num'])} {P.pick(rng, P.unit_variants(unit))}".strip()
+                )
+            result = ex.get("result")
+            if result in P.MARKER_RESULT:
+                m["result"] = result
+                pieces.append(P.pick(rng, P.MARKER_RESULT[result]))
+            if ex.get("text"):
+                m["text"] = ex["text"]
+                pieces.append(str(ex["text"]))
+            if len(pieces) == 1:
+                continue
+            out.append({k: v for k, v in m.items() if v is not None})
+            written.append(" ".join(pieces))
+        if out:
+            gold["markers"] = out
+            say["markers"] = written
+
+    # ------------------------------------------------------------------ procedures, radiotherapy
+    def _procedures(
+        self, ctx: _Ctx, own: list[dict[str, Any]], earlier: list[dict[str, Any]], start: date
+    ) -> None:
+        n = 0
+        seen: set[str] = set()
+        for f in own:
+            if f["category"] != "procedure" or n >= self.cfg.max_facts["procedure"]:
+                continue
+            if ctx.rng.random() >= self.cfg.keep["procedure"]:
+                continue
+            made = self._procedure_fact(ctx, f, "present", seen)
+            n += made
         n_hist = 0
         for f in sorted(
-            (f for f in earlier if f["category"] == "procedure" and f.get("code")),
+            (f for f in earlier if f["category"] == "procedure"),
             key=lambda f: (f.get("date") or "", f["resource_id"]),
+            reverse=True,
         ):
-            if n_hist >= 3 or f["code"] in seen_codes or rng.random() >= self.cfg.historical:
+            if n_hist >= 3 or ctx.rng.random() >= self.cfg.historical:
                 continue
-            seen_codes.add(f["code"])
-            out.append(self._procedure_fact(rng, f, "historical", hist_section, style))
-            n_hist += 1
-        return out
+            n_hist += self._procedure_fact(ctx, f, "historical", seen)
 
-    def _procedure_fact(
-        self,
-        rng: random.Random,
-        f: dict[str, Any],
-        assertion: Assertion,
-        section: LetterSection,
-        style: dict[str, Any],
-    ) -> RecipeFact:
-        display = f.get("display") or f["code"]
-        parts = [x.strip() for x in display.split(": ") if x.strip()]
-        last = parts[-1] if parts else display
-        short = (
-            last
-            if last[:1].isupper() and not last.startswith(_QUALIFIERS)
-            else parts[0]
-            if parts
-            else display
+    def _procedure_fact(self, ctx: _Ctx, f: dict[str, Any], assertion: Assertion, seen: set[str]) -> int:
+        code = self._slot_code(f, OPS_SYSTEMS, "procedure")
+        name: str | None = None
+        pinned: str | None = None
+        if code:
+            got = self._name(ctx, "ops", code, prefer_specific=0.3)
+            if got:
+                name, pinned = got
+        if name is None:
+            text = f.get("text") or (f.get("display") if not code else None) or ""
+            if not text or ": " in text or len(text) > 60:
+                self.stats["dropped/procedure_without_name"] += 1
+                return 0
+            name, pinned = text, self.lex.pinned_code("ops", text)
+            self.stats["procedure_as_text"] += 1
+        if name in seen:
+            return 0
+        section = self._place(ctx, "procedure")
+        if section is None:
+            return 0
+        seen.add(name)
+        written = ""
+        if code and pinned and ctx.rng.random() < self.cfg.code_written.get("procedure", 0.0):
+            written = code if code.startswith(pinned) and self.lex.in_catalogue("ops", code) == code else ""
+        p = 0.8 if assertion == "historical" else 0.5
+        date_s, date_g = self._date(
+            ctx, _d(f.get("date")), p, ctx.style["history_date_style"] if assertion == "historical" else None
         )
-        names = [display, short] if short != display else [display]
-        text = names[0] if rng.random() < 0.5 else names[-1]
-        date_s, date_g = self._date(rng, _d(f.get("date")), style)
-        gold = {"text": text, "ops": f["code"], "date": date_g}
-        say = {
-            "phrase": self._phrase(rng, assertion, text),
-            "code": self._code(rng, "procedure", f["code"]),
-            "date": date_s,
-        }
-        return RecipeFact("", "procedure", section, assertion, gold, say, [n for n in names if n != text])
+        gold = {"text": name, "ops": written or pinned, "date": date_g}
+        self._add(ctx, "procedure", section, assertion, gold, {"name": name, "code": written, "date": date_s})
+        return 1
 
-    def _medications(
-        self,
-        rng: random.Random,
-        facts: list[dict[str, Any]],
-        sections: list[LetterSection],
-        style: dict[str, Any],
-    ) -> list[RecipeFact]:
-        out: list[RecipeFact] = []
-        seen: set[tuple[str, str]] = set()
-        for f in facts:
+    def _radiotherapy(
+        self, ctx: _Ctx, own: list[dict[str, Any]], earlier: list[dict[str, Any]], start: date
+    ) -> None:
+        for f, assertion in [(f, "present") for f in own] + [(f, "historical") for f in earlier]:
+            if f["category"] != "radiotherapy":
+                continue
+            ex = self._x(f)
+            target = ex.get("target") or f.get("text")
+            if not target or len(target) > 60:
+                self.stats["dropped/radiotherapy_without_target"] += 1
+                continue
+            begin = _d(f.get("date"))
+            asrt: Assertion = (
+                "historical"
+                if assertion == "historical" or (begin and begin < start and ctx.rng.random() < 0.5)
+                else "present"
+            )
+            if asrt == "historical" and ctx.rng.random() >= max(self.cfg.historical, 0.7):
+                continue
+            section = self._place(ctx, "radiotherapy")
+            if section is None:
+                continue
+            rng = ctx.rng
+            gold: dict[str, Any] = {"target": target}
+            say: dict[str, Any] = {"name": target}
+            total = ex.get("total_gy", f.get("value_num"))
+            if total:
+                gold["total_gy"] = float(total)
+                say["total"] = f"{P.format_number(float(total))} Gy"
+            if ex.get("fraction_gy") and rng.random() < 0.7:
+                gold["fraction_gy"] = float(ex["fraction_gy"])
+                say["fraction"] = f"{P.format_number(float(ex['fraction_gy']))} Gy"
+            if ex.get("fractions") and rng.random() < 0.6:
+                gold["fractions"] = int(ex["fractions"])
+                say["fractions"] = str(int(ex["fractions"]))
+            ds = ctx.style["history_date_style"] if asrt == "historical" else None
+            s_s, s_g = self._date(ctx, begin, 0.7, ds)
+            e_s, e_g = self._date(ctx, _d(ex.get("end_date") or f.get("end_date")), 0.6 if s_g else 0.0, ds)
+            gold["start"], gold["end"] = s_g, e_g
+            say["start"], say["end"] = s_s, e_s
+            intent = ex.get("intent")
+            if intent in P.INTENT_TEXT and rng.random() < 0.6:
+                gold["intent"] = intent
+                say["intent"] = P.INTENT_TEXT[intent]
+            self._add(ctx, "radiotherapy", section, asrt, gold, say)
+
+    # ------------------------------------------------------------------ medications
+    def _drug_name(
+        self, ctx: _Ctx, code: str | None, f: dict[str, Any], brand_p: float
+    ) -> tuple[str, str | None] | None:
+        if code:
+            got = self._drugs.get(code)
+            if got is None:
+                names = self.lex.names_with_codes("atc", code)
+                concept = self.cat.atc.lookup(code)
+                inn = [n for n in names if concept is not None and n[0] == concept.display]
+                got = self._drugs[code] = (inn[:1] or names[:1], [n for n in names if n not in inn])
+            first, others = got
+            if others and ctx.rng.random() < brand_p:
+                return P.pick(ctx.rng, others)
+            if first:
+                return first[0]
+        text = f.get("display") or f.get("text")
+        if text and len(text) <= 60 and ": " not in text:
+            self.stats["medication_as_text"] += 1
+            return text, self.lex.pinned_code("atc", text)
+        return None
+
+    def _medications(self, ctx: _Ctx, own: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> None:
+        rng = ctx.rng
+        n = 0
+        seen: set[tuple[Any, ...]] = set()
+        for f in own:
+            if f["category"] != "medication" or n >= self.cfg.max_facts["medication"]:
+                continue
+            ex = self._x(f)
+            context = (
+                "therapy" if ex.get("therapy") else _CONTEXT_OF_ROLE.get(f.get("role") or "", "inpatient")
+            )
             if (
-                f["category"] != "medication"
-                or not f.get("code")
-                or len(out) >= self.cfg.max_facts["medication"]
+                context == "discharge"
+                and "medikation" not in ctx.sections
+                and "anamnese" in ctx.sections
+                and rng.random() < 0.5
             ):
+                context = "admission"
+            dose = ex.get("dose", f.get("value_num"))
+            key = (f.get("code") or f.get("display"), context, dose, ex.get("frequency"), ex.get("day"))
+            if key in seen or rng.random() >= self.cfg.keep["medication"]:
                 continue
-            extra = PatientRecord.extra(f)
-            context: MedicationContext = (
-                "discharge"
-                if f.get("role") == "community"
-                else "therapy"
-                if extra.get("therapy")
-                else "inpatient"
-            )
-            section: LetterSection = "medikation" if context == "discharge" else "verlauf"
-            if section not in sections:
-                continue  # not written: not in the letter, not in the gold
-            if (f["code"], context) in seen or rng.random() >= self.cfg.keep["medication"]:
+            seen.add(key)
+            n += self._medication_fact(ctx, f, context, "present")
+        # history: earlier therapy drugs ("Z.n. 6 Zyklen mFOLFOX6"), one fact per substance
+        done: set[str] = set()
+        for f in sorted(earlier, key=lambda f: (f.get("date") or "", f["resource_id"]), reverse=True):
+            if f["category"] != "medication" or not self._x(f).get("therapy"):
                 continue
-            seen.add((f["code"], context))
-            name = f.get("display") or f["code"]
-            dose = extra.get("dose", f.get("value_num"))
-            unit = extra.get("dose_unit", f.get("unit"))
-            route = P.ROUTE_DISPLAY.get(extra.get("route") or "", extra.get("route") or "")
-            schedule = extra.get("schedule")
-            gold: dict[str, Any] = {
-                "name": name,
-                "atc": f["code"],
-                "dose": dose,
-                "unit": unit,
-                "route": route or None,
-                "context": context,
-            }
-            say = {
-                "phrase": name,
-                "code": self._code(rng, "medication", f["code"]),
-                "dose": P.format_number(dose) if dose is not None else "",
-                "unit": P.pick(rng, P.unit_variants(unit)) if unit else "",
-                "route": route,
-                "schedule": "",
-            }
-            if schedule and len(schedule) == 4:
-                gold["schedule"] = [float(x) for x in schedule]
-                four = schedule[3] != 0 or rng.random() < 0.3
-                say["schedule"] = "-".join(
-                    P.format_number(float(x)) for x in (schedule if four else schedule[:3])
-                )
-            out.append(RecipeFact("", "medication", section, "present", gold, say, []))
-        return out
+            code = f.get("code") or ""
+            if code in done or len(done) >= 3:
+                continue
+            done.add(code)
+            if rng.random() < self.cfg.historical:
+                self._medication_fact(ctx, f, "therapy", "historical")
 
-    def _labs(
-        self,
-        rng: random.Random,
-        facts: list[dict[str, Any]],
-        sections: list[LetterSection],
-        style: dict[str, Any],
-        sex: str,
-    ) -> list[RecipeFact]:
-        if "befunde" not in sections:
-            return []
-        out: list[RecipeFact] = []
+    def _medication_fact(self, ctx: _Ctx, f: dict[str, Any], context: str, assertion: Assertion) -> int:
+        rng = ctx.rng
+        ex = self._x(f)
+        code = self._slot_code(f, ATC_SYSTEMS, "medication")
+        got = self._drug_name(ctx, code, f, 0.15 if context == "therapy" else 0.35)
+        if got is None:
+            self.stats["dropped/medication_without_name"] += 1
+            return 0
+        name, atc = got
+        section = self._place(ctx, f"medication:{context}")
+        if section is None:
+            return 0
+        gold: dict[str, Any] = {"name": name, "atc": atc, "context": context}
+        say: dict[str, Any] = {"name": name, "context": context}
+        dose = ex.get("dose", f.get("value_num"))
+        unit = ex.get("dose_unit", f.get("unit"))
+        if assertion == "present" and dose is not None:
+            gold["dose"] = float(dose)
+            say["dose"] = P.format_number(float(dose), 1 if float(dose) < 100 else 0)
+            if float(P.format_number(float(dose), 1 if float(dose) < 100 else 0).replace(",", ".")) != float(
+                dose
+            ):
+                gold["dose"] = float(say["dose"].replace(",", "."))
+            if unit:
+                gold["unit"] = unit
+                say["unit"] = P.pick(rng, P.unit_variants(unit))
+        sched = ex.get("schedule")
+        if assertion == "present" and sched and len(sched) == 4 and not ex.get("as_needed"):
+            gold["schedule"] = [float(x) for x in sched]
+            four = sched[3] != 0 or rng.random() < 0.3
+            say["schedule"] = "-".join(P.format_number(float(x)) for x in (sched if four else sched[:3]))
+        if assertion == "present" and ex.get("frequency") and rng.random() < 0.8:
+            gold["frequency"] = str(ex["frequency"])
+            say["frequency"] = str(ex["frequency"])
+        if ex.get("as_needed"):
+            gold["as_needed"] = True
+            say["as_needed"] = P.pick(rng, P.AS_NEEDED)
+        route = P.ROUTE_DISPLAY.get(ex.get("route") or "", "")
+        if route and assertion == "present" and rng.random() < (0.8 if context == "therapy" else 0.35):
+            gold["route"] = route
+            say["route"] = route
+        reg_key = ex.get("regimen")
+        if reg_key and context == "therapy":
+            reg = self.cat.regimens.get(reg_key)
+            reg_name = reg.name if reg else str(reg_key)
+            if rng.random() < 0.8:
+                gold["regimen"] = reg_name
+                say["regimen"] = reg_name
+            if isinstance(ex.get("cycle"), int) and ex["cycle"] >= 1 and rng.random() < 0.75:
+                gold["cycle"] = ex["cycle"]
+                say["cycle"] = str(ex["cycle"])
+            if (
+                assertion == "present"
+                and isinstance(ex.get("day"), int)
+                and ex["day"] >= 1
+                and rng.random() < 0.5
+            ):
+                gold["day"] = ex["day"]
+                say["day"] = str(ex["day"])
+            if ex.get("intent") in P.INTENT_TEXT and rng.random() < 0.5:
+                gold["intent"] = ex["intent"]
+                say["intent"] = P.INTENT_TEXT[ex["intent"]]
+        self._add(ctx, "medication", section, assertion, gold, say)
+        return 1
+
+    # ------------------------------------------------------------------ labs, vitals, risk factors
+    def _labs(self, ctx: _Ctx, own: list[dict[str, Any]], earlier: list[dict[str, Any]], sex: str) -> None:
+        rng = ctx.rng
+        labs = [f for f in own if f["category"] == "lab" and f.get("value_num") is not None]
+        if not labs:
+            return
+        by_date: dict[str, list[dict[str, Any]]] = {}
+        for f in labs:
+            by_date.setdefault((f.get("date") or "")[:10], []).append(f)
+        block_day = sorted(by_date)[0] if rng.random() < 0.6 else sorted(by_date)[-1]
+        block = by_date[block_day]
+        section = self._place(ctx, "lab")
+        if section is None:
+            return
+        date_s, date_g = self._date(ctx, _d(block_day), 0.8)
+        n = 0
         seen: set[str] = set()
-        labs = [f for f in facts if f["category"] == "lab" and f.get("value_num") is not None]
-        for f in sorted(labs, key=lambda f: (f.get("date") or "", f["resource_id"])):
-            code = f["code"]
-            if code in seen or self._is_marker(code) or len(out) >= self.cfg.max_facts["lab"]:
+        abnormal_first = sorted(block, key=lambda f: (not self._flag(f), f["resource_id"]))
+        for f in abnormal_first:
+            code = self._slot_code(f, LOINC_SYSTEMS, "lab")
+            if n >= self.cfg.max_facts["lab"] or (code or "") in seen or rng.random() >= self.cfg.keep["lab"]:
                 continue
-            if rng.random() >= self.cfg.keep["lab"]:
-                continue
-            seen.add(code)
-            lab = self.cat.labs.get(code)
-            name = (lab.name_de if lab else None) or f.get("display") or f.get("text") or code
-            shorts = P.LAB_SHORT.get(name, ())
-            written = P.pick(rng, shorts) if shorts and style["abbreviations"] else name
-            extra = PatientRecord.extra(f)
-            low, high = extra.get("ref_low"), extra.get("ref_high")
-            value = f["value_num"]
-            flag = (
-                "↓" if low is not None and value < low else "↑" if high is not None and value > high else ""
-            )
-            date_s, date_g = self._date(rng, _d(f.get("date")), style)
-            gold = {"name": written, "loinc": code, "value": value, "unit": f.get("unit"), "date": date_g}
-            say = {
-                "phrase": written,
-                "code": self._code(rng, "lab", code),
-                "value": P.format_number(value, lab.decimals if lab else None),
-                "unit": P.pick(rng, P.unit_variants(f.get("unit"))),
-                "flag": flag,
-                "ref": (
-                    f"{P.format_number(low)}–{P.format_number(high)}"
-                    if low is not None and high is not None
-                    else ""
-                ),
-                "date": date_s,
-            }
-            out.append(
-                RecipeFact(
-                    "", "lab", "befunde", "present", gold, say, [n for n in (name, *shorts) if n != written]
+            if code and self.cat.labs.get(code) and self.cat.labs[code].marker and rng.random() < 0.5:
+                continue  # tumour markers also stand in the tumour block
+            made = self._lab_fact(ctx, f, code, section, "present", date_s, date_g)
+            if made:
+                seen.add(code or "")
+                n += 1
+        # an earlier value for comparison ("Vorwert"), as history
+        if earlier and rng.random() < self.cfg.historical * 0.5:
+            prev = [
+                f
+                for f in earlier
+                if f["category"] == "lab" and f.get("value_num") is not None and f.get("code") in seen
+            ]
+            if prev:
+                f = max(prev, key=lambda f: (f.get("date") or "", f["resource_id"]))
+                d_s, d_g = self._date(ctx, _d(f.get("date")), 1.0)
+                self._lab_fact(
+                    ctx, f, self._slot_code(f, LOINC_SYSTEMS, "lab"), section, "historical", d_s, d_g
                 )
-            )
-        return out
 
-    def _ruled_out(
+    def _flag(self, f: dict[str, Any]) -> str | None:
+        ex = self._x(f)
+        low, high, value = ex.get("ref_low"), ex.get("ref_high"), f.get("value_num")
+        if value is None:
+            return None
+        if low is not None and value < low:
+            return "low"
+        if high is not None and value > high:
+            return "high"
+        return None
+
+    def _lab_fact(
+        self,
+        ctx: _Ctx,
+        f: dict[str, Any],
+        code: str | None,
+        section: LetterSection,
+        assertion: Assertion,
+        date_s: str,
+        date_g: str | None,
+    ) -> bool:
+        rng = ctx.rng
+        lab = self.cat.labs.get(code) if code else None
+        full = (lab.name_de if lab else None) or f.get("display") or f.get("text")
+        if not full:
+            return False
+        shorts = P.LAB_SHORT.get(full, ())
+        name = P.pick(rng, shorts) if shorts and ctx.style["abbreviations"] else full
+        loinc = self.lex.pinned_code("loinc", name) if code else None
+        if loinc is not None and code is not None and loinc != code:
+            loinc = code if self.lex.pinned_code("loinc", full) == code else None
+        value = float(f["value_num"])
+        decimals = lab.decimals if lab else None
+        value_s = P.format_number(value, decimals)
+        gold: dict[str, Any] = {
+            "name": name,
+            "loinc": loinc,
+            "value": float(value_s.replace(",", ".")),
+            "date": date_g,
+        }
+        say: dict[str, Any] = {"name": name, "value": value_s, "date": date_s, "unit": "", "flag": ""}
+        unit = f.get("unit")
+        if ctx.style["lab_units"] and unit:
+            shown = P.pick(rng, P.unit_variants(unit))
+            say["unit"] = shown
+            if shown:
+                gold["unit"] = unit
+        flag = self._flag(f)
+        if flag and ctx.style["lab_flags"] and assertion == "present":
+            gold["flag"] = flag
+            say["flag"] = P.pick(rng, {"high": ("↑", "H", "+"), "low": ("↓", "L", "-")}[flag])
+        self._add(ctx, "lab", section, assertion, gold, say)
+        return True
+
+    def _vitals(self, ctx: _Ctx, own: list[dict[str, Any]]) -> None:
+        rng = ctx.rng
+        vitals = [f for f in own if f["category"] == "vital" and f.get("value_num") is not None]
+        if not vitals or rng.random() < 0.35:
+            return
+        section = self._place(ctx, "vital")
+        if section is None:
+            return
+        first = min((f.get("date") or "")[:10] for f in vitals)
+        date_s, date_g = self._date(ctx, _d(first), 0.3)
+        seen: set[str] = set()
+        for f in sorted(vitals, key=lambda f: (f.get("date") or "", f["resource_id"])):
+            code = self._slot_code(f, LOINC_SYSTEMS, "vital")
+            if (code or "") in seen or (f.get("date") or "")[:10] != first or rng.random() < 0.25:
+                continue
+            seen.add(code or "")
+            names = P.VITAL_NAMES.get(code or "", ())
+            name = P.pick(rng, names) if names else (f.get("text") or f.get("display"))
+            if not name:
+                continue
+            loinc = code if code and self.cat.loinc.lookup(code) else None
+            if code and loinc is None:
+                self.stats["vital_loinc_not_in_catalogue"] += 1
+            value = float(f["value_num"])
+            value_s = P.format_number(value, 1)
+            unit = f.get("unit") or ""
+            shown = P.pick(rng, P.unit_variants(unit)) if unit else ""
+            gold = {
+                "name": name,
+                "loinc": loinc,
+                "value": float(value_s.replace(",", ".")),
+                "unit": unit if shown else None,
+                "date": date_g,
+            }
+            self._add(
+                ctx,
+                "vital",
+                section,
+                "present",
+                gold,
+                {"name": name, "value": value_s, "unit": shown, "date": date_s},
+            )
+
+    def _risk_factors(self, ctx: _Ctx, smoking: list[dict[str, Any]]) -> None:
+        rng = ctx.rng
+        for f in smoking:
+            status = f.get("value_str")
+            if status not in ("never", "former", "current") or rng.random() < 0.3:
+                continue
+            section = self._place(ctx, "risk_factor")
+            if section is None:
+                return
+            py = self._x(f).get("pack_years")
+            say: dict[str, Any] = {}
+            if status == "never":
+                assertion: Assertion = "negated"
+                name = P.pick(rng, ("Nichtraucher", "Nikotinabusus", "Nikotinkonsum"))
+                say["cued"] = name == "Nichtraucher"  # the name carries its own negation
+            elif status == "former":
+                assertion = "historical"
+                name = P.pick(rng, ("Ex-Raucher", "Nikotinabusus", "Nikotinkonsum"))
+                say["cued"] = name == "Ex-Raucher"
+            else:
+                assertion = "present"
+                name = P.pick(rng, ("Nikotinabusus", "aktiver Raucher", "Nikotinkonsum"))
+            gold: dict[str, Any] = {"kind": "smoking", "text": name}
+            say["name"] = name
+            if py and status != "never" and rng.random() < 0.7:
+                gold["pack_years"] = float(py)
+                say["pack_years"] = P.format_number(float(py))
+            self._add(ctx, "risk_factor", section, assertion, gold, say)
+
+    # ------------------------------------------------------------------ assertion pools
+    def _pool(
+        self,
+        ctx: _Ctx,
+        facts: list[dict[str, Any]],
+        main: dict[str, Any] | None,
+        earlier: list[dict[str, Any]],
+        sex: str,
+    ) -> None:
+        """Negated, suspected and historical facts beyond the record's own: ruled-out metastases of the
+        entity, suspected and past complications, drugs not given, intolerances, procedures not needed."""
+        rng = ctx.rng
+        cfg = self.cfg
+        ent = self._entity_of_icd.get((main or {}).get("code") or "")
+        held = set(ctx.held_icd)
+        for f in facts:
+            if f["category"] in ("diagnosis", "metastasis") and f.get("code"):
+                held.add(str(f["code"]))
+        mets = [c for c, _ in (ent.metastasis_sites if ent else [])] + list(P.METASTASES)
+        mets = list(dict.fromkeys(mets))
+        comps = list(P.COMPLICATIONS)
+
+        def free(code: str) -> bool:
+            """Neither the code, an ancestor nor a descendant of it is stated present."""
+            return code not in covered and not any(code[:n] in held for n in (3, 5))
+
+        covered = {h[:n] for h in held for n in (3, 5, 6)}
+
+        n_neg = _count(rng, cfg.negated_counts)
+        n_susp = _count(rng, cfg.suspected_counts)
+        neg_pool = [c for c in mets[:6] + comps if free(c)]
+        rng.shuffle(neg_pool)
+        for code in neg_pool[:n_neg]:
+            self._pool_diagnosis(ctx, code, "negated")
+            held.add(code)
+            covered.update(code[:n] for n in (3, 5, 6))
+        susp_pool = [c for c in mets[:4] + comps[:12] if free(c)]
+        rng.shuffle(susp_pool)
+        for code in susp_pool[:n_susp]:
+            self._pool_diagnosis(ctx, code, "suspected")
+            held.add(code)
+            covered.update(code[:n] for n in (3, 5, 6))
+        # earlier illnesses: the record's earlier complications first, then typical ones
+        hist = [
+            str(f["code"])
+            for f in earlier
+            if f["category"] == "diagnosis" and f.get("code") and not str(f["code"]).startswith(("C", "Z"))
+        ]
+        hist = [c for c in dict.fromkeys(hist) if free(c)] or [c for c in P.HISTORY if free(c)]
+        if rng.random() < cfg.historical:
+            self._pool_diagnosis(ctx, P.pick(rng, hist), "historical")
+        other = cfg.negated_other
+        if rng.random() < other.get("procedure", 0.0):
+            code = P.pick(rng, P.NEGATABLE_PROCEDURES)
+            section = self._place(ctx, "procedure")
+            got = self._name(ctx, "ops", code, prefer_specific=1.0)
+            if section and got:
+                self._add(
+                    ctx,
+                    "procedure",
+                    section,
+                    "negated",
+                    {"text": got[0], "ops": got[1]},
+                    {"name": got[0], "code": "", "date": ""},
+                )
+        if rng.random() < other.get("medication", 0.0):
+            given = {f.gold.get("atc") for f in ctx.facts if f.kind == "medication"}
+            options = [c for c in P.NEGATABLE_DRUGS if c not in given]
+            if options:
+                code = P.pick(rng, options)
+                section = self._place(ctx, "medication:inpatient")
+                got = self._drug_name(ctx, code, {}, 0.2)
+                if section and got:
+                    self._add(
+                        ctx,
+                        "medication",
+                        section,
+                        "negated",
+                        {"name": got[0], "atc": got[1], "context": "inpatient"},
+                        {"name": got[0], "context": "inpatient"},
+                    )
+        if rng.random() < other.get("allergy", 0.0):
+            code = P.pick(rng, P.ALLERGENS)
+            section = self._place(ctx, "medication:allergy")
+            got = self._drug_name(ctx, code, {}, 0.3)
+            if section and got:
+                assertion: Assertion = "suspected" if rng.random() < 0.35 else "present"
+                self._add(
+                    ctx,
+                    "medication",
+                    section,
+                    assertion,
+                    {"name": got[0], "atc": got[1], "context": "allergy"},
+                    {"name": got[0], "context": "allergy"},
+                )
+        has_earlier = any(f.kind == "tumor" and f.assertion == "historical" for f in ctx.facts)
+        if main is not None and not has_earlier and rng.random() < other.get("earlier_tumor", 0.0):
+            self._earlier_tumor(ctx, ent, sex)
+        if main is not None and rng.random() < other.get("tumor", 0.0):
+            section = self._place(ctx, "tumor")
+            if section:
+                name = P.pick(rng, ("Tumorrezidiv", "Lokalrezidiv"))
+                self._add(
+                    ctx,
+                    "tumor",
+                    section,
+                    "negated",
+                    {"entity": name, "status": "recurrence"},
+                    {"entity": name, "name": name},
+                )
+
+    def _earlier_tumor(self, ctx: _Ctx, current: Any, sex: str) -> None:
+        """A second primary in the history ("Z.n. Mammakarzinom 2012, in Remission"): an entity other
+        than the current one that fits the patient's sex."""
+        rng = ctx.rng
+        options = [
+            e
+            for e in self.cat.entities
+            if e is not current and e.sex in ("any", sex) and e.has_tnm and e.key not in ("pancreas", "liver")
+        ]
+        if not options:
+            return
+        ent = P.pick(rng, options)
+        got = self._name(ctx, "icd10gm", ent.icd[0][0][:3], prefer_specific=1.0)
+        section = self._place(ctx, "tumor")
+        if got is None or section is None:
+            return
+        name, pinned = got
+        gold: dict[str, Any] = {"entity": name, "icd10gm": pinned, "status": "complete_remission"}
+        say: dict[str, Any] = {"entity": name, "name": name, "code": ""}
+        if rng.random() < 0.6:
+            say["status"] = P.pick(rng, P.TUMOR_STATUS["complete_remission"])
+        else:
+            del gold["status"]
+        self._add(ctx, "tumor", section, "historical", gold, say)
+
+    def _pool_diagnosis(self, ctx: _Ctx, code: str, assertion: Assertion) -> None:
+        got = self._name(ctx, "icd10gm", code, prefer_specific=1.0)
+        section = self._place(ctx, "diagnosis")
+        if got is None or section is None:
+            return
+        name, pinned = got
+        written = ""
+        if (
+            assertion == "suspected"
+            and ctx.style["codes"]
+            and section == "diagnosen"
+            and ctx.rng.random() < 0.4
+        ):
+            written = self._written_icd(ctx, code, pinned, section)
+        date_s, date_g = ("", None)
+        if assertion == "historical":
+            date_s, date_g = self._date(ctx, None, 0.0)
+        gold = {"text": name, "icd10gm": written or pinned, "date": date_g}
+        self._add(
+            ctx,
+            "diagnosis",
+            section,
+            assertion,
+            gold,
+            {"name": name, "code": written, "date": date_s, "role": ""},
+        )
+
+    # ------------------------------------------------------------------ head
+    def _header(
         self,
         rng: random.Random,
-        facts: list[RecipeFact],
-        sections: list[LetterSection],
+        rec: PatientRecord,
+        enc: dict[str, Any],
         style: dict[str, Any],
-    ) -> list[RecipeFact]:
-        """Negated and suspected findings: codes the patient does not have in this recipe."""
-        held = {f.gold.get("icd10gm") for f in facts if f.kind == "diagnosis"}
-        pool = [c for c in P.RULE_OUT if c not in held]
-        rng.shuffle(pool)
-        n_neg = rng.choices(range(len(self.cfg.negated_counts)), weights=self.cfg.negated_counts)[0]
-        n_susp = 1 if rng.random() < self.cfg.suspected else 0
-        out: list[RecipeFact] = []
-        narrative: tuple[LetterSection, ...] = ("befunde", "verlauf", "epikrise")
-        where_neg: list[LetterSection] = [s for s in narrative if s in sections] or ["diagnosen"]
-        for k, code in enumerate(pool[: n_neg + n_susp]):
-            assertion: Assertion = "negated" if k < n_neg else "suspected"
-            noun = P.RULE_OUT[code]
-            section: LetterSection = P.pick(rng, where_neg) if assertion == "negated" else "diagnosen"
-            c = self.cat.icd10gm.lookup(code)
-            gold = {"text": noun, "icd10gm": code, "role": "secondary" if assertion == "suspected" else None}
-            say = {
-                "phrase": self._phrase(rng, assertion, noun),
-                "code": self._code(rng, "diagnosis", code) if assertion == "suspected" else "",
-                "date": "",
-                "role": "secondary",
-            }
-            synonyms = list(dict(c.extra).get("synonyms") or ()) if c else []
-            out.append(
-                RecipeFact("", "diagnosis", section, assertion, gold, say, [s for s in synonyms if s != noun])
-            )
-        return out
-
-    def _header(
-        self, rng: random.Random, rec: PatientRecord, enc: dict[str, Any], style: dict[str, Any]
-    ) -> dict[str, Any]:
+        letter_type: LetterType,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
         self.faker.seed_instance(rng.getrandbits(32))
-        ds = style["date_style"] if style["date_style"] != "my" else "dmy"
+        ds = style["date_style"]
         p = rec.patient
+        start, end = _d(enc["start"]), _d(enc["end"])
+        assert start is not None and end is not None
         birth = _d(p.get("birth_date"))
-        return {
-            "clinic": f"Klinik für {enc.get('department') or 'Innere Medizin'}",
+        department = enc.get("department") or "Innere Medizin"
+        name = f"{p.get('given') or ''} {p.get('family') or ''}".strip()
+        sex = p.get("sex") or ""
+        kontakt = (enc.get("kontaktart") or "").lower()
+        stay_type = "day_case" if "teil" in kontakt or "vor" in kontakt else "inpatient"
+        if letter_type == "Verlegungsbrief":
+            stay_type = "transfer"
+        letter_date = end if rng.random() < 0.7 else date.fromordinal(end.toordinal() + rng.randint(1, 5))
+        header: dict[str, Any] = {
+            "title": letter_type,
+            "clinic": f"Klinik für {department}",
             "hospital": f"{P.pick(rng, HOSPITAL_KINDS)} {self.faker.city()}",
-            "date": P.format_date(_day(enc["end"]), ds),
-            "patient": f"{p.get('given') or ''} {p.get('family') or ''}".strip() or "Patient/in",
-            "sex": p.get("sex") or "",
+            "date": P.format_date(letter_date, ds),
+            "patient": name or "Patient/in",
+            "sex": sex,
             "birth": P.format_date(birth, ds) if birth else "",
-            "start": P.format_date(_day(enc["start"]), ds),
-            "end": P.format_date(_day(enc["end"]), ds),
+            "start": P.format_date(start, ds),
+            "end": P.format_date(end, ds),
+            "stay_type": stay_type,
             "doctors": [
                 f"Dr. med. {self.faker.last_name()}",
                 f"{self.faker.first_name()} {self.faker.last_name()}",
@@ -597,6 +1400,36 @@ class Sampler:
                     "Sehr geehrte Kolleginnen und Kollegen,",
                     "Liebe Kolleginnen und Kollegen,",
                     "Sehr geehrte Frau Kollegin, sehr geehrter Herr Kollege,",
+                    "Sehr geehrte Damen und Herren,",
                 ),
             ),
+            "phone": f"0{rng.randint(200, 999)}-{rng.randint(100, 999)}-{rng.randint(1000, 99999)}",
         }
+        untagged = [header["date"], header["phone"]]
+        if letter_type == "Verlegungsbrief":
+            header["reason"] = P.pick(rng, P.TRANSFER_REASONS)
+            header["destination"] = P.pick(rng, P.TRANSFER_DESTINATIONS)
+        if rng.random() < 0.6:
+            follow = date.fromordinal(end.toordinal() + rng.randint(7, 28))
+            header["follow_up"] = P.format_date(follow, ds)
+            untagged.append(header["follow_up"])
+        encounter = {
+            "admission": P.gold_date(start, ds),
+            "discharge": P.gold_date(end, ds),
+            "type": stay_type,
+            "department": department,
+            "letter_type": letter_type,
+        }
+        patient: dict[str, Any] = {
+            "name": name or None,
+            "birth_date": P.gold_date(birth, ds) if birth else None,
+        }
+        if sex in ("female", "male"):
+            patient["sex"] = sex
+        return header, encounter, {k: v for k, v in patient.items() if v}, untagged
+
+
+def _uicc_ok(value: str) -> bool:
+    import re
+
+    return re.fullmatch(r"(0|0a|0is|I{1,3}[ABC]?[1-3]?|IV[ABC]?)", value) is not None

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from clinsynth.terminology._io import data_text, read_csv
 from clinsynth.terminology.catalog import Catalog, load_catalog
@@ -126,6 +127,7 @@ class Lexicon:
             "loinc": cat.loinc,
         }
         self._by_name: dict[tuple[str, str], str] = {}
+        self._cache: dict[tuple[str, str, str], Any] = {}
         self._names: dict[tuple[str, str], list[str]] = {}
         for system, code, name in rows:
             self._add(system, code, name)
@@ -142,6 +144,14 @@ class Lexicon:
 
     def in_catalogue(self, system: str, code: str | None) -> str | None:
         """The code itself if the catalogue holds it, else its nearest held ancestor, else None."""
+        if code is None:
+            return None
+        key = ("held", system, code)
+        if key not in self._cache:
+            self._cache[key] = self._in_catalogue(system, code)
+        return self._cache[key]
+
+    def _in_catalogue(self, system: str, code: str | None) -> str | None:
         table = self._tables[system]
         while code is not None:
             if table.lookup(code) is not None:
@@ -150,6 +160,12 @@ class Lexicon:
         return None
 
     def pinned_code(self, system: str, text: str) -> str | None:
+        key = ("pin", system, text)
+        if key not in self._cache:
+            self._cache[key] = self._pinned_code(system, text)
+        return self._cache[key]
+
+    def _pinned_code(self, system: str, text: str) -> str | None:
         if system not in self._tables:
             raise ValueError(f"unknown code system {system!r}; known: {SYSTEMS}")
         raw = text.strip()
@@ -168,32 +184,37 @@ class Lexicon:
         """(name, pinned code) for every name whose pinned code is `code` or an ancestor of it,
         most specific first; names whose pinned level the catalogue lacks carry its nearest
         held ancestor (the code they put into gold)."""
-        out: list[tuple[str, str]] = []
-        level: str | None = code
-        while level is not None:
-            held = self.in_catalogue(system, level)
-            if held is not None:
-                out += [(n, held) for n in self._names.get((system, level), ())]
-            level = _parent(system, level)
-        return out
+        return [(n, c) for n, c in self.names_with_codes(system, code) if c is not None]
 
     def names_with_codes(self, system: str, code: str) -> list[tuple[str, str | None]]:
         """Like `names_for`, plus the names whose pinned level (and every ancestor) the catalogue
         lacks, with None: such a name is written and its gold carries no code."""
+        key = ("names", system, code)
+        if key in self._cache:
+            return self._cache[key]
         out: list[tuple[str, str | None]] = []
         level: str | None = code
         while level is not None:
             held = self.in_catalogue(system, level)
             out += [(n, held) for n in self._names.get((system, level), ())]
             level = _parent(system, level)
+        self._cache[key] = out
         return out
+
+
+def _csv_rows() -> list[dict[str, str]]:
+    return read_csv(data_text("clinical_names.csv"))
+
+
+#: drug names of the lexicon file (brands and INN aliases) -> ATC, for scanners that look for drug names
+BRANDS: dict[str, str] = {r["name"]: r["code"] for r in _csv_rows() if r["system"] == "atc"}
 
 
 @functools.lru_cache(maxsize=1)
 def lexicon() -> Lexicon:
     """The packaged lexicon, loaded once per process."""
     cat = load_catalog()
-    rows = [(r["system"], r["code"], r["name"]) for r in read_csv(data_text("clinical_names.csv"))]
+    rows = [(r["system"], r["code"], r["name"]) for r in _csv_rows()]
     lex = Lexicon(cat, rows)
     for concept in cat.atc:  # INN names determine the substance
         if len(concept.code) == 7 and (("atc", normalize(concept.display)) not in lex._by_name):
