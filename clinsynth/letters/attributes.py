@@ -90,6 +90,8 @@ class Place:
     section_end: int
     #: where the text that belongs to this name starts: a code written before the name on its line
     lead: int = -1
+    #: tumours: where the codes that belong to the entity end (the next other fact's name)
+    code_end: int = -1
 
     def __post_init__(self) -> None:
         if self.lead < 0:
@@ -124,9 +126,9 @@ def _dates(lt: LetterText, start: int, end: int) -> list[Token]:
 
 def _date(lt: LetterText, p: Place, iso: str, what: str = "date", block: bool = False) -> list[str]:
     """The gold date among the dates beside the name (for blocks dated once: the block's last date before)."""
-    near = _dates(lt, p.start, p.region_end)
+    near = _dates(lt, p.lead, p.region_end)  # "22.08.2022: Port-Implantation" counts too
     if len(iso) == 4:
-        years = lt.tokens("years", p.start, p.region_end)
+        years = lt.tokens("years", p.lead, p.region_end)
         if any(t.value == int(iso) for t in years):
             return []
     if any(t.value.matches(iso) for t in near):
@@ -178,8 +180,8 @@ def check_medication(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[
     para = lt.n[slice(*lt.paragraph(p.start))]
     if gold.get("regimen"):
         pat = name_pattern(gold["regimen"])
-        if pat is not None and not pat.search(para) and not pat.search(lt.n[p.section_start : p.section_end]):
-            out.append(f"regimen mismatch: gold {gold['regimen']!r} not written with the drug")
+        if pat is not None and not pat.search(lt.n):  # a regimen is named once for all its drugs
+            out.append(f"regimen mismatch: gold {gold['regimen']!r} not written")
     if gold.get("cycle"):
         where = [sentence, para, lt.n[p.section_start : p.section_end]]
         found: list[int] = []
@@ -230,7 +232,19 @@ _RIGHT = re.compile(r"(?<!\w)(?:rechts\w*|re\.|rechte[nrms]?)(?!\w)")
 _BOTH = re.compile(r"(?<!\w)(?:beidseit\w*|bds\.|bilateral\w*)(?!\w)")
 _MIDLINE = re.compile(r"(?<!\w)(?:mittellinie|median)(?!\w)")
 _LATERALITY = {"L": _LEFT, "R": _RIGHT, "B": _BOTH, "M": _MIDLINE}
-_UICC = re.compile(r"(?<!\w)uicc(?:[- ]?stadium)?\s*:?\s*(0is|0a|0|iv[abc]?|i{1,3}[abc]?[1-3]?)(?!\w)")
+_UICC = re.compile(
+    r"(?<!\w)(?:uicc(?:[- ]?stadium)?|(?<![\w-])stadium)\s*:?\s*(0is|0a|0|iv[abc]?|i{1,3}[abc]?[1-3]?)(?!\w)"
+    r"(?!\s*(?:nach|gemäß|n\.)\s*(?:ann|figo|binet|rai|iss|r-iss|durie))"
+)
+#: a stage named by its system after the value: "Stadium IIIA nach Ann Arbor"
+_STAGE_AFTER = re.compile(
+    r"(?<!\w)stadium\s+([0-9ivxabcesk]+)\s*(?:nach|gemäß|n\.)\s*"
+    r"(ann[- ]arbor|figo|binet|rai|r-iss|iss|durie[- ]salmon)"
+)
+_SYSTEM_NAMES = {
+    "ann arbor": "Ann Arbor", "ann-arbor": "Ann Arbor", "figo": "FIGO", "binet": "Binet", "rai": "Rai",
+    "iss": "ISS", "r-iss": "R-ISS", "durie-salmon": "Durie-Salmon", "durie salmon": "Durie-Salmon",
+}  # fmt: skip
 _STAGE_SYSTEMS = {
     "Ann Arbor": r"ann[- ]arbor(?:[- ]stadium)?",
     "ISS": r"(?<!r-)iss(?:[- ]stadium)?",
@@ -247,7 +261,7 @@ _STAGE = {
     k: re.compile(rf"(?<!\w){v}\s*:?\s*([0-9ivxabcesk+=()/-]+(?:\s*[+=]\s*[0-9]+)*)(?![\w])")
     for k, v in _STAGE_SYSTEMS.items()
 }
-_ECOG = re.compile(r"(?<!\w)ecog(?:[- ]?ps)?\s*:?\s*([0-5])(?!\d)")
+_ECOG = re.compile(r"(?<!\w)ecog(?:[- ]?(?:ps|status|performance[- ]status))?\s*:?\s*([0-5])(?!\d)")
 _KARNOFSKY = re.compile(r"(?<!\w)(?:karnofsky|kps)(?:[- ]index)?\s*:?\s*(\d{2,3})\s*%?")
 _RESULT_WORDS: dict[str, re.Pattern[str]] = {
     "wildtype": re.compile(
@@ -270,18 +284,18 @@ def _stage_key(s: str) -> str:
 
 
 def _marker_windows(lt: LetterText, name: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The text from each occurrence of a marker's name to the next comma/semicolon/clause end (<= 48)."""
     pat = name_pattern(name)
     if pat is None:
         return []
     out = []
     for m in pat.finditer(lt.n, lo, hi):
-        end = m.end()
-        stop = len(lt.n)
-        for ch in (",", ";", "\n", ". "):
-            i = lt.n.find(ch, end + 1)
+        stop = min(lt.sentence(m.start(), m.end())[1], m.end() + 48)
+        for ch in (",", ";"):
+            i = lt.n.find(ch, m.end(), stop)
             if i != -1:
-                stop = min(stop, i)
-        out.append((end, min(stop, end + 40)))
+                stop = i
+        out.append((m.start(), stop))
     return out
 
 
@@ -294,6 +308,7 @@ def _marker_problem(lt: LetterText, marker: Mapping[str, Any], region: tuple[int
     for ws, we in windows:
         problems = []
         w = lt.n[ws:we]
+        w_flat = w.replace(" ", "")
         if marker.get("value") is not None:
             hits = _num_hits(lt.tokens("numbers", ws, we), float(marker["value"]))
             if not hits:
@@ -302,7 +317,7 @@ def _marker_problem(lt: LetterText, marker: Mapping[str, Any], region: tuple[int
                 marker.get("unit") and hits[0].value[1] and hits[0].value[1] not in unit_keys(marker["unit"])
             ):
                 problems.append(f"unit {marker['unit']}")
-        if marker.get("text") and norm(marker["text"]) not in w:
+        if marker.get("text") and norm(marker["text"]).replace(" ", "") not in w_flat:
             problems.append(f"finding {marker['text']!r}")
         result = marker.get("result")
         said = {k for k, p in _RESULT_WORDS.items() if p.search(w)}
@@ -393,8 +408,11 @@ def check_tumor(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[str]:
     gold_stages: dict[str, set[str]] = {}
     for st in gold.get("stages") or ():
         gold_stages.setdefault(st["system"], set()).add(_stage_key(st["value"]))
+    named_after: dict[str, set[str]] = {}
+    for m in _STAGE_AFTER.finditer(region):
+        named_after.setdefault(_SYSTEM_NAMES.get(m.group(2), m.group(2)), set()).add(_stage_key(m.group(1)))
     for system, pat in _STAGE.items():
-        written = {_stage_key(m.group(1)) for m in pat.finditer(region)}
+        written = {_stage_key(m.group(1)) for m in pat.finditer(region)} | named_after.get(system, set())
         want = gold_stages.get(system, set())
         if want and not (want & written):
             shown = ", ".join(sorted(written)) or "none"
@@ -454,11 +472,8 @@ def check_codes(lt: LetterText, p: Place, kind: str, gold: Mapping[str, Any]) ->
     the same specificity: C18 written with gold C18.7 fails, and so does a sibling."""
     out: list[str] = []
     unwritten: list[str] = []
-    lo = p.lead if kind != "tumor" else p.start
-    tokens = lt.tokens("codes", lo, p.region_end)
-    if kind == "tumor":  # codes at the end of the entity's line ("Rektumkarzinom (C20)")
-        ls, le = lt.line(p.start)
-        tokens = sorted({*tokens, *lt.tokens("codes", ls, le)}, key=lambda t: t.start)
+    hi = p.code_end if kind == "tumor" and p.code_end >= 0 else p.region_end
+    tokens = lt.tokens("codes", p.lead, hi)
     for system, fields in CODE_FIELDS.get(kind, ()):
         written = [t.text for t in tokens if t.value == system]
         want = {str(gold[f]) for f in fields if gold.get(f)}

@@ -162,7 +162,12 @@ class Analysis:
                 start + TUMOUR_BLOCK_MAX,
                 self._next_line_of_other_fact(f, end),
             )
-            return Place(start, end, max(end, stop), sec_s, sec_e)
+            # codes belong to the entity up to the next other name ("Bronchial-CA (C34.3), Adipositas (E66.0)")
+            ls, _ = lt.line(start)
+            i = bisect.bisect_left(self.occ_starts, start) - 1
+            prev_end = max((e for s, e in self.all_occ[max(0, i - 3) : i + 1] if e <= start), default=0)
+            code_end = self._next_other_fact(f, end)
+            return Place(start, end, max(end, stop), sec_s, sec_e, lead=max(ls, prev_end), code_end=code_end)
         s_start, s_end = lt.sentence(start, end)
         region_end = min(self._next_other(start, end), s_end)
         # the text before the name on its line belongs to it if no other name stands there
@@ -170,6 +175,17 @@ class Analysis:
         i = bisect.bisect_left(self.occ_starts, start) - 1
         prev_end = max((e for s, e in self.all_occ[max(0, i - 3) : i + 1] if e <= start), default=0)
         return Place(start, end, max(end, region_end), sec_s, sec_e, lead=max(ls, prev_end, s_start))
+
+    def _next_other_fact(self, f: RecipeFact, end: int) -> int:
+        """Start of the next name that is not this fact's own (nor a lab/marker inside its block)."""
+        own = set(self.occ[f.id])
+        i = bisect.bisect_left(self.occ_starts, end)
+        while i < len(self.all_occ):
+            o = self.all_occ[i]
+            if o not in own and o[0] >= end and not self._is_marker_like(*o):
+                return o[0]
+            i += 1
+        return len(self.lt.n)
 
     def _same_name(self, f: RecipeFact, pos: int) -> bool:
         return any(s == pos for s, _ in self.occ[f.id])

@@ -37,7 +37,9 @@ __all__ = ["CODE_PATTERNS", "Verdict", "bind_facts", "foreign_codes", "spans", "
 
 try:  # the clinical-name lexicon: the code a name pins ("Sigmakarzinom" -> C18.7, "Kolonkarzinom" -> C18)
     from clinsynth.terminology.names import covers as _covers
-    from clinsynth.terminology.names import pinned_code as _pinned_code
+    from clinsynth.terminology.names import pinned_code as _pinned_code_uncached
+
+    _pinned_code = functools.lru_cache(maxsize=65536)(_pinned_code_uncached)
 except ImportError:  # pragma: no cover - trees without the lexicon skip the specificity check
     _pinned_code = None  # type: ignore[assignment]
     _covers = None  # type: ignore[assignment]
@@ -57,8 +59,8 @@ class Verdict:
 
 
 @functools.lru_cache(maxsize=1)
-def _lexicons() -> dict[str, dict[str, list[str]]]:
-    """Words that name a drug, a finding or a lab test: first word -> full names (normalised)."""
+def _lexicon() -> dict[str, list[tuple[str, str]]]:
+    """Words that name a drug, a finding or a lab test: first word -> (kind, full name), normalised."""
     drugs: set[str] = set()
     labs: set[str] = set()
     findings: set[str] = set(FINDINGS)
@@ -71,33 +73,18 @@ def _lexicons() -> dict[str, dict[str, list[str]]]:
     except Exception:  # pragma: no cover - the catalogue always loads in a working install
         pass
     try:
-        from clinsynth.sampling import phrases
-
-        labs |= {s for v in getattr(phrases, "LAB_SHORT", {}).values() for s in v if len(s) > 1}
-        findings |= set(getattr(phrases, "RULE_OUT", {}).values())
-    except ImportError:  # pragma: no cover
-        pass
-    try:
         from clinsynth.terminology import names as lexicon
 
-        for attr in ("BRANDS", "BRAND_NAMES"):
-            brands = getattr(lexicon, attr, None)
-            if isinstance(brands, Mapping):
-                for k, v in brands.items():
-                    drugs |= {k} if isinstance(k, str) and not re.fullmatch(r"[A-Z]\d\d\w*", k) else set()
-                    drugs |= (
-                        set(v) if isinstance(v, (list, tuple, set)) else {v} if isinstance(v, str) else set()
-                    )
-    except ImportError:
+        drugs |= set(getattr(lexicon, "BRANDS", {}))
+        labs |= {s for v in getattr(lexicon, "LAB_SHORT", {}).values() for s in v if len(s) > 1}
+    except ImportError:  # pragma: no cover
         pass
-    out: dict[str, dict[str, list[str]]] = {}
+    out: dict[str, list[tuple[str, str]]] = {}
     for kind, names in (("drug", drugs), ("finding", findings), ("lab", labs)):
-        table: dict[str, list[str]] = {}
         for n in names:
             words = norm(n).split()
             if words and len(words[0]) > 1:
-                table.setdefault(words[0], []).append(" ".join(words))
-        out[kind] = table
+                out.setdefault(words[0], []).append((kind, " ".join(words)))
     return out
 
 
@@ -115,18 +102,15 @@ _WORD = re.compile(r"[^\W_][\w-]*")
 
 def _lexicon_hits(lt: LetterText) -> Iterator[tuple[str, int, int, str]]:
     """(kind, start, end, name) of every lexicon word in the text."""
-    lex = _lexicons()
+    lex = _lexicon()
     for m in _WORD.finditer(lt.n):
-        w = m.group(0)
-        for kind, table in lex.items():
-            for name in table.get(w, ()):
+        hits = lex.get(m.group(0))
+        if hits:
+            for kind, name in hits:
                 if " " not in name:
                     yield kind, m.start(), m.end(), name
                 elif lt.n.startswith(name, m.start()):
                     yield kind, m.start(), m.start() + len(name), name
-
-
-# ---------------------------------------------------------------------------------------------- checks
 
 
 def _label(f: RecipeFact, names: Sequence[str]) -> str:
@@ -210,7 +194,7 @@ def _foreign(lt: LetterText, recipe: Recipe, free: Sequence[tuple[int, int]]) ->
     return sorted(set(found))
 
 
-def _free_spans(lt: LetterText, recipe: Recipe) -> list[tuple[int, int]]:
+def _free_spans(lt: LetterText, recipe: Recipe, untagged: Sequence[str] = ()) -> list[tuple[int, int]]:
     """Spans written on purpose without gold: the untagged strings and the head's strings."""
     out = []
 
@@ -224,7 +208,7 @@ def _free_spans(lt: LetterText, recipe: Recipe) -> list[tuple[int, int]]:
             for v in x:
                 yield from strings(v)
 
-    for s in [*recipe.untagged, *strings(recipe.header)]:
+    for s in [*recipe.untagged, *untagged, *strings(recipe.header)]:
         s = norm(s.strip())
         if len(s) < 2:
             continue
@@ -281,8 +265,10 @@ def _reverse(
     regions = _Cover([*[(p.lead, p.region_end) for p in places], *a.all_occ, *free])
     gold_dates = _gold_dates(recipe)
     out: list[str] = []
-    for kind, s, e, _name in _lexicon_hits(lt):
+    for kind, s, e, name in _lexicon_hits(lt):
         if kind == "lab":
+            if len(name) <= 3 and not lt.raw[s].isupper():
+                continue  # "mg" is a unit, "Mg" magnesium
             nxt = lt.tokens("numbers", e, e + 16)
             if nxt and not regions.covers(s, nxt[0].end):
                 out.append(f"untagged: lab {lt.raw[s:e]!r} {nxt[0].text}")
@@ -307,12 +293,21 @@ def verify(
     finish_reasons: Mapping[str, str] | None = None,
     llm_sections: Sequence[str] = (),
     whole_letter_llm: bool = False,
+    untagged: Sequence[str] = (),
+    noise: Sequence[Sequence[str]] = (),
 ) -> Verdict:
     """Check `text` (the whole letter) against `recipe`'s gold.
 
     `finish_reasons`: generation part -> finish reason ("length" = truncated);
-    `llm_sections`: sections written by an LLM (names matched fuzzily there); `whole_letter_llm`: all of it.
+    `llm_sections`: sections written by an LLM (names matched fuzzily there); `whole_letter_llm`: all of it;
+    `untagged`: strings the writer added without gold (the letter record's list; the recipe's count too);
+    `noise`: (fact string, as written) pairs the noise changed on purpose: exactly these are undone
+    before checking (gold holds the clean value), nothing else is tolerated.
     """
+    for pair in noise:
+        clean, written = str(pair[0]), str(pair[1])
+        if written and written in text:
+            text = text.replace(written, clean)
     reasons: list[str] = []
     per_fact: dict[str, str] = {}
     for part, reason in (finish_reasons or {}).items():
@@ -370,7 +365,7 @@ def verify(
         rs = fact_reasons[f.id]
         per_fact[f.id] = rs[0] if rs else "ok"
         reasons += rs
-    free = _free_spans(lt, recipe)
+    free = _free_spans(lt, recipe, untagged)
     reasons += [f"foreign code: {c}" for c in _foreign(lt, recipe, free)]
     reasons += _reverse(a, places, free, recipe)
     return Verdict(ok=not reasons, reasons=reasons, facts=per_fact, bindings=bindings)

@@ -75,6 +75,8 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                     finish_reasons=letter.get("finish_reasons") or {},
                     llm_sections=letter.get("llm_sections") or (),
                     whole_letter_llm=letter.get("mode") == "llm",
+                    untagged=letter.get("untagged") or (),
+                    noise=letter.get("noise") or (),
                 )
                 row = {
                     "spec_id": sid,
