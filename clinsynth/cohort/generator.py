@@ -47,6 +47,7 @@ _PANEL = (
     "1920-8",
     "2885-2",
 )
+GLUCOSE, HBA1C = "2345-7", "4548-4"
 HB, LEUKO, NEUTRO, PLT, CREA, EGFR, CRP = "718-7", "6690-2", "26499-4", "777-3", "2160-0", "62238-1", "1988-5"
 _HAEM = ("dlbcl", "hodgkin", "myeloma", "aml", "cll")
 #: LOINC of the receptor results that have MII profiles (ER, PR, HER2 status)
@@ -109,6 +110,7 @@ class _Case:
     ecog: int
     five_ht3: Any
     laterality: str | None = None
+    diabetes: bool = False
     #: an earlier second primary (resected, in remission), its ICD code and side
     other: Tumor | None = None
     other_icd: str = ""
@@ -213,6 +215,7 @@ class CohortGenerator:
             five_ht3,
             rng.choice(("L", "R")) if entity.paired_organ else None,
         )
+        case.diabetes = any(x.icd.startswith("E11") for x in comorbid)
         if age >= 45 and rng.random() < 0.04:
             self._earlier_tumor(rng, case)
         plan = self._plan(rng, case)
@@ -1114,6 +1117,13 @@ class CohortGenerator:
             out.append(
                 Lab(loinc, test.name_de, _rounded(value, floor, test.decimals), test.unit, when, lo, hi)
             )
+        if c.diabetes and not nadir:  # treated type 2 diabetes: glucose and HbA1c above the range
+            for loinc, lo_v, hi_v in ((GLUCOSE, 125.0, 230.0), (HBA1C, 6.4, 8.6)):
+                extra = self.cat.labs.get(loinc)
+                if extra is not None:
+                    lo, hi = bounds[loinc, sex]
+                    value = round(rng.uniform(lo_v, hi_v), extra.decimals)
+                    out.append(Lab(loinc, extra.name_de, value, extra.unit, when, lo, hi))
         for loinc in c.entity.markers:
             marker = self.cat.labs.get(loinc)
             if marker is None or nadir:
@@ -1290,7 +1300,9 @@ def _markers(rng: random.Random, entity: str, morph: str, stage: str | None, m: 
     elif entity in ("stomach", "oesophagus") and m1:
         her2 = rng.random() < 0.15
         out.append(
-            Marker("HER2", "positive" if her2 else "negative", None, None, None, "3+" if her2 else "1+")
+            Marker(
+                "HER2", "positive" if her2 else "negative", _LOINC_HER2, None, None, "3+" if her2 else "1+"
+            )
         )
     elif entity == "dlbcl":
         out.append(Marker("CD20", "positive"))

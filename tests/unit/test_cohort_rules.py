@@ -581,3 +581,27 @@ def test_earlier_second_primary_for_a_few_patients(people):
             assert len(dx) == 1 and dx[0].primary_tumor and dx[0].role == "secondary"
             assert dx[0].onset == t2.when
     assert 0.01 * N < with_second < 0.08 * N
+
+
+def test_medication_and_lab_dates_lie_in_their_stay(people):
+    for _, st in stays(people):
+        for m in st.medications:
+            assert st.start <= m.start <= st.end, (st.key, m.name, m.start)
+            if m.context == "inpatient" and m.end is not None:
+                assert m.start <= m.end <= st.end, (st.key, m.name)
+        for x in [*st.labs, *st.vitals]:
+            assert st.start <= x.when <= st.end
+        for x in st.procedures:
+            assert st.start <= x.when <= st.end
+
+
+def test_labs_follow_comorbidities(people):
+    diabetic = 0
+    for _, st in stays(people):
+        labs = first_labs(st)
+        if "E11.90" in {d.icd for d in st.diagnoses} and st.kind != "complication":
+            diabetic += 1
+            assert labs["4548-4"] >= 6.4 and labs["2345-7"] > 100, st.key
+        if "C91.10" in {d.icd for d in st.diagnoses} and st.kind == "diagnostic":
+            assert labs[LEUKO] > 15  # CLL: lymphocytosis at diagnosis
+    assert diabetic > 10
