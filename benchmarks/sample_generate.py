@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clinsynth.letters.generate import LetterWriter
-from clinsynth.letters.render import environment, section_context
+from clinsynth.letters.render import environment, section_context, template_name
 from clinsynth.letters.verify import verify
 from clinsynth.records import iter_patients
 from clinsynth.sampling.sampler import Sampler
@@ -93,17 +93,14 @@ def main() -> None:
         env = environment()
         letter_tpl = env.get_template("letter.j2")
         section_tpls = {
-            k: env.get_template(f"sections/{k}.j2")
-            for k in ("diagnosen", "tumor", "anamnese", "befunde", "verlauf", "medikation", "epikrise")
+            k: env.get_template(template_name(k)) for k in {s["key"] for r in recipes for s in r.sections}
         }
         contexts = [[(s, section_context(r, s)) for s in r.sections] for r in recipes]
 
         def plain_jinja() -> int:
             for r, ctxs in zip(recipes, contexts, strict=True):
                 rendered = {s["key"]: section_tpls[s["key"]].render(c) for s, c in ctxs}
-                letter_tpl.render(
-                    h=r.header, letter_type=r.letter_type, sections=r.sections, rendered=rendered
-                )
+                letter_tpl.render(parts=[r.header.get("salutation", ""), *rendered.values()])
             return len(recipes)
 
         writer = LetterWriter("template")

@@ -37,7 +37,17 @@ MODALITIES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
         ),
     ),
     (
-        ("infekt", "sepsis", "anämie", "neutropenie", "insuffizienz", "niereninsuff", "hypo", "hyper"),
+        (
+            "infekt",
+            "sepsis",
+            "anämie",
+            "neutropenie",
+            "insuffizienz",
+            "syndrom",
+            "toxizität",
+            "hypo",
+            "hyper",
+        ),
         ("laborchemisch ", "klinisch ", "klinisch und laborchemisch ", "laborchemisch und klinisch "),
     ),
     (

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from clinsynth.sampling.recipe import RecipeFact
 
-_WORD = re.compile(r"[A-Za-zÄÖÜäöüß]{5,}")
 #: OCR confusions inside fact strings: (pattern, replacement)
 OCR_FACT = (
     (re.compile(r"M1"), "Ml"),
@@ -41,31 +40,42 @@ def _typo(word: str, rng: random.Random) -> str:
     return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
-def _spans(text: str, protected: Sequence[str]) -> list[tuple[int, int]]:
-    out = []
-    for s in set(protected):
-        if not s or len(s) < 1:
-            continue
-        start = 0
-        while True:
-            i = text.find(s, start)
-            if i < 0:
-                break
-            out.append((i, i + len(s)))
-            start = i + 1
-    return out
+def _whole_word(text: str, word: str) -> int:
+    """The first position of `word` not inside a longer word, or -1."""
+    at = text.find(word)
+    while at >= 0:
+        before = text[at - 1] if at else " "
+        after = text[at + len(word)] if at + len(word) < len(text) else " "
+        if not before.isalnum() and not after.isalnum():
+            return at
+        at = text.find(word, at + 1)
+    return -1
 
 
 def add_noise(
-    text: str, protected: Sequence[str], facts: Sequence[RecipeFact], rng: random.Random, level: float
+    text: str,
+    protected: Callable[[], Sequence[str]],
+    facts: Sequence[RecipeFact],
+    rng: random.Random,
+    level: float,
 ) -> tuple[str, list[tuple[str, str]]]:
-    """(noised text, [(fact string, as written)]); `level` ~ typos per 100 words."""
-    spans = _spans(text, protected)
-    words = [m for m in _WORD.finditer(text) if not any(a < m.end() and m.start() < b for a, b in spans)]
-    n = int(len(text.split()) * level / 100 + rng.random())
-    chosen = sorted(rng.sample(words, min(n, len(words))), key=lambda m: m.start(), reverse=True)
-    for m in chosen:
-        text = text[: m.start()] + _typo(m.group(), rng) + text[m.end() :]
+    """(noised text, [(fact string, as written)]); `level` ~ typos per 100 words; `protected()`
+    gives the strings no typo may touch (called only when a typo is due)."""
+    tokens = text.split()
+    n = int(len(tokens) * level / 100 + rng.random())
+    if n:
+        guard = "\n".join(protected())
+        for _ in range(4 * n):  # a few draws per typo: most tokens are short, numbers or fact words
+            if n == 0:
+                break
+            word = tokens[rng.randrange(len(tokens))].strip(".,;:()[]!?")
+            # a word inside any fact (or other protected) string is never touched, anywhere
+            if len(word) < 5 or not word.isalpha() or word in guard:
+                continue
+            at = _whole_word(text, word)
+            if at >= 0:
+                text = text[:at] + _typo(word, rng) + text[at + len(word) :]
+                n -= 1
     noised: list[tuple[str, str]] = []
     if rng.random() < min(1.0, level / 3):  # OCR in a fact string: at level 0.3 about one letter in ten
         candidates = [

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import random
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -46,7 +48,12 @@ HEADINGS = {
     "epikrise": ("Epikrise", "Zusammenfassung", "Beurteilung", "Epikrise und Therapieempfehlung"),
     "procedere": ("Procedere", "Empfehlung", "Weiteres Vorgehen", "Therapieempfehlung"),
 }
-MERGES = (("anamnese", "aufnahmebefund"), ("verlauf", "epikrise"), ("epikrise", "procedere"))
+#: neighbouring sections a letter may write under one heading, with the headings it then uses
+MERGES = {
+    ("anamnese", "aufnahmebefund"): ("Anamnese und Aufnahmebefund", "Anamnese/Befund", "Aufnahme"),
+    ("verlauf", "epikrise"): ("Therapie und Verlauf/Epikrise", "Verlauf und Epikrise", "Epikrise"),
+    ("epikrise", "procedere"): ("Epikrise und Procedere", "Beurteilung und Procedere", "Epikrise/Procedere"),
+}
 TITLES = {
     "Entlassungsbrief": ("Entlassungsbrief", "Entlassungsbericht", "Arztbrief"),
     "Arztbrief": ("Arztbrief", "Ärztlicher Bericht", ""),
@@ -119,7 +126,7 @@ class SectionWriter:
         self.section = section
         self.key = str(section["key"])
         self.style = recipe.style
-        self.rng = random.Random(_seed("section", recipe.spec_id, self.key))
+        self.rng = random.Random(zlib.crc32(f"section|{recipe.spec_id}|{self.key}".encode()))
         self.variant = int(section.get("variant", 0) or 0) % 3
         self.layout = str(section.get("layout") or "prose")
         self.frames: dict[str, str] = {}
@@ -363,7 +370,8 @@ class SectionWriter:
                 else f"Staging {p['date']}"
             )
         if p["hist"]:
-            bits.append(self.pick(("histologisch ", "Histologie: ", "")) + p["hist"])
+            label = self.pick(("histologisch ", "Histologie: ", "")) if f.say.get("histology") else ""
+            bits.append(label + p["hist"])
         if p["staging"]:
             bits.append(p["staging"])
         if p["markers"]:
@@ -542,8 +550,14 @@ class SectionWriter:
         therapy = self.therapy_meds(meds)
         return [f for f in meds if f not in therapy]
 
-    def all_present(self, facts: Sequence[RecipeFact]) -> bool:
-        return all(f.assertion == "present" for f in facts)
+    def support(self, meds: Sequence[RecipeFact]) -> str:
+        """Supportive drugs during the stay: a labelled list when all are given, else sentences."""
+        if meds and all(f.assertion == "present" for f in meds) and self.chance(0.6):
+            for f in meds:
+                self.frames[f.id] = "medication.present:support-list|"
+            label = self.pick(("Supportiv: ", "Begleitend: ", "Prämedikation und Supportivtherapie: "))
+            return label + ", ".join(medline(f) for f in meds) + "."
+        return " ".join(self.sentences(meds, group=False))
 
     def az_ez(self) -> tuple[str, ...]:
         return F.AZ_EZ
@@ -588,9 +602,14 @@ class SectionWriter:
         return out
 
     def filler(self, key: str | None = None, n: int = 1) -> list[str]:
-        pool = list(F.FILLER.get(key or self.key, ()))
-        self.rng.shuffle(pool)
-        return pool[:n]
+        """n fact-free sentences from the section's pool, from a random start with a random stride."""
+        pool = F.FILLER.get(key or self.key, ())
+        if not pool:
+            return []
+        start, step = self.rng.randrange(len(pool)), self.pick((1, 1, 3, 5, 7))
+        if math.gcd(step, len(pool)) != 1:
+            step = 1
+        return [pool[(start + i * step) % len(pool)] for i in range(min(n, len(pool)))]
 
 
 # ---------------------------------------------------------------------------- environment
@@ -602,6 +621,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,  # a template asking for a missing key is a bug, not a blank
         autoescape=False,  # plain text letters, not HTML
+        auto_reload=False,  # templates ship with the package: no stat() per render
     )
     env.filters.update(coded=coded, medline=medline, capfirst=capfirst, period=period)
     return env
@@ -617,6 +637,7 @@ def templates_version() -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
 def template_name(key: str) -> str:
     path = TEMPLATES / "sections" / f"{key}.j2"
     return f"sections/{key}.j2" if path.is_file() else "sections/generic.j2"
@@ -800,6 +821,12 @@ def render(
 
     # section order, merges, headings
     order = [str(s["key"]) for s in recipe.sections]
+    if "anamnese" in order and order[0] == "diagnosen" and rng.random() < 0.15:
+        order.remove("anamnese")
+        order.insert(0, "anamnese")
+    if "befunde" in order and "verlauf" in order and rng.random() < 0.2:
+        order.remove("befunde")
+        order.insert(order.index("verlauf") + 1, "befunde")
     if "medikation" in order and rng.random() < 0.35:
         order.remove("medikation")
         order.insert(
@@ -807,7 +834,6 @@ def render(
         )
     headings = {str(s["key"]): str(s.get("heading") or "") for s in recipe.sections}
     hstyle = rng.choice((0, 0, 0, 1, 2, 3))
-    merged: set[str] = set()
     blocks: list[tuple[list[str], str]] = []  # (keys, heading)
     i = 0
     while i < len(order):
@@ -819,10 +845,7 @@ def render(
             and rng.random() < 0.3
             and not (bodies and (key in bodies or nxt in bodies))
         ):
-            a = headings[key] or rng.choice(HEADINGS.get(key, (key.title(),)))
-            b = headings[nxt] or rng.choice(HEADINGS.get(nxt, (nxt.title(),)))
-            blocks.append(([key, nxt], f"{a} und {b}" if rng.random() < 0.5 else f"{a}/{b}"))
-            merged |= {key, nxt}
+            blocks.append(([key, nxt], rng.choice(MERGES[(key, nxt)])))
             i += 2
             continue
         blocks.append(([key], headings[key] or rng.choice(HEADINGS.get(key, (key.title(),)))))
@@ -870,12 +893,17 @@ def render(
     level = float(recipe.style.get("noise", DEFAULT_NOISE) if noise is None else noise)
     noised: list[tuple[str, str]] = []
     if level > 0:
-        protected = (
-            [v for f in recipe.facts for v in F.say_values(f)]
-            + untagged
-            + [str(v) for v in h.values() if isinstance(v, str)]
-            + [str(d) for d in doctors]
-        )
+
+        def protected() -> list[str]:
+            out = untagged + [str(v) for v in h.values() if isinstance(v, str)] + doctors
+            for f in recipe.facts:
+                for v in f.say.values():
+                    if isinstance(v, str):
+                        out.append(v)
+                    elif isinstance(v, list):
+                        out += [str(x) for x in v]
+            return out
+
         text, noised = add_noise(
             text, protected, recipe.facts, random.Random(_seed("noise", recipe.spec_id)), level
         )
