@@ -171,6 +171,7 @@ class Sampler:
         self._days: dict[int, date | None] = {}
         self._by_enc: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._code_of: dict[str, str] | None = None
+        self._alive: list[dict[str, Any]] = []
         self._drugs: dict[str, tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]] = {}
         self._indexed: PatientRecord | None = None  # holding it keeps the ids of its facts unique
 
@@ -194,6 +195,7 @@ class Sampler:
             self._days = {}
             self._by_enc = {}
             self._code_of = None
+            self._alive = []
             for eid, enc in rec.encounters.items():
                 groups: dict[str, list[dict[str, Any]]] = {}
                 for f in enc.facts:
@@ -244,6 +246,19 @@ class Sampler:
             dropped += len(facts_) - len(ok)
             known[cat] = ok
         self.stats["future_facts_dropped"] += dropped
+        # the main diagnosis is always written: one confirmed only after discharge (histology
+        # pending on a diagnostic stay) is a suspicion at discharge ("V.a."), without its later date
+        own_dx = index[encounter_id].get("diagnosis", [])
+        if own_dx and not any(f.get("role") == "main" for f in known.get("diagnosis", [])):
+            late = next((f for f in own_dx if f.get("role") == "main"), None)
+            if late is not None:
+                pending = dict(late, date=None)
+                was = late.get("assertion")
+                pending["assertion"] = "suspected" if was == "present" else was
+                self._extras[id(pending)] = self._x(late)
+                self._alive.append(pending)  # keeps its id unique while the cache holds it
+                known["diagnosis"] = [pending, *known.get("diagnosis", [])]
+                self.stats["main_pending_as_suspected"] += 1
         before = [
             eid
             for eid, enc_ in rec.encounters.items()
@@ -944,7 +959,7 @@ class Sampler:
                 context = "admission"
             dose = ex.get("dose", f.get("value_num"))
             key = (f.get("code") or f.get("display"), context, dose, ex.get("frequency"), ex.get("day"))
-            if key in seen or rng.random() >= self.cfg.keep["medication"]:
+            if key in seen or (context != "therapy" and rng.random() >= self.cfg.keep["medication"]):
                 continue
             seen.add(key)
             n += self._medication_fact(ctx, f, context, "present")

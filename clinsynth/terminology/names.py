@@ -72,8 +72,10 @@ _SPACES = re.compile(r"\s+")
 def normalize(text: str) -> str:
     """Case- and spacing-insensitive key; "Rektum-CA" and "Rektumkarzinom" meet."""
     t = _SPACES.sub(" ", text.strip().casefold()).strip(" .,;:")
-    t = re.sub(r"[- ]ca$", "karzinom", t)
-    return t
+    return _CA.sub("karzinom", t)
+
+
+_CA = re.compile(r"[- ]ca$")
 
 
 def _strip_side(key: str) -> str:
@@ -177,7 +179,7 @@ class Lexicon:
         key = normalize(raw)
         code = self._by_name.get((system, key))
         if code is None:
-            code = self._by_name.get((system, _strip_side(key)))
+            code = self._by_name.get((system, _CA.sub("karzinom", _strip_side(key))))
         return self.in_catalogue(system, code) if code else None
 
     def names_for(self, system: str, code: str) -> list[tuple[str, str]]:
