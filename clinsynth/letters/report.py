@@ -69,8 +69,9 @@ SECTION_MARGIN = 0.05
 MIN_NEGATED_DIAGNOSIS_FRAMES = 50
 #: distinct frames kept per kind × assertion (about 100 bytes each); more is reported as "at least"
 FRAME_CAP = 10_000
-#: frames (the costly count) come from every letter up to this many, then from every 4th
-FRAMES_ALL = 20_000
+#: frames (the costly count) come from every letter up to this many, then from every 8th
+FRAMES_ALL = 10_000
+FRAMES_STRIDE = 8
 TOP_FRAMES = 5
 #: code fields checked for specificity, by kind: (field = pinning system, the `say` key holding
 #: the code as written, the `say` keys whose text pins the code; topography is never pinned)
@@ -186,6 +187,8 @@ _DATE = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
+#: a list item's number or bullet: layout, not part of the frame
+_LIST_MARK = re.compile(r"^\s*(?:[0-9]{1,2}[.)]|[-•*·])\s+")
 _SPACE = re.compile(r"\s+")
 
 
@@ -267,7 +270,8 @@ class _Letter:
     def template(self, start: int, end: int, masks: Iterable[tuple[int, int, str, int]]) -> str:
         """text[start:end] as a frame: mask intervals (start, end, placeholder, rank) chosen
         longest first, then by rank (the fact's own before others'), never overlapping; then
-        dates -> §date§, numbers -> 0, lower case, whitespace collapsed."""
+        dates -> §date§, a leading list number or bullet dropped, numbers -> 0, lower case,
+        whitespace collapsed."""
         chosen: list[tuple[int, int, str]] = []
         taken = bytearray(end - start)  # 1 where a chosen mask sits
         for a, b, ph, _ in sorted(masks, key=lambda m: (m[0] - m[1], m[3], m[0])):
@@ -279,22 +283,30 @@ class _Letter:
             parts += [self.text[pos:a], ph]
             pos = b
         parts.append(self.text[pos:end])
-        out = _NUMBER.sub("0", _DATE.sub("§date§", "".join(parts)))
+        out = _NUMBER.sub("0", _LIST_MARK.sub("", _DATE.sub("§date§", "".join(parts))))
         return _SPACE.sub(" ", out).strip(" \t-•*:,;").lower()
 
 
 def frame(sentence: str, own: Mapping[str, Sequence[str]], others: Iterable[str] = ()) -> str:
-    """The sentence as a template: the fact's own strings -> §key§, other facts' strings -> §f§,
-    dates -> §date§, numbers -> 0, lower case, whitespace collapsed. Longer strings are masked
+    """The sentence as a template: the fact's own strings -> §key§, other facts' strings -> §f§
+    (names always, other strings when they are words), dates -> §date§, numbers -> 0, lower
+    case, whitespace collapsed. Longer strings are masked
     first; a string that is both the fact's own and another's counts as its own."""
     letter = _Letter(sentence)
-    masks = [(a, b, f"§{k}§", 0) for k, ss in own.items() for s in ss for a, b in letter.find(s)]
-    masks += [(a, b, "§f§", 1) for s in others for a, b in letter.find(s)]
+    masks = [
+        (a, b, f"§{k}§", 0)
+        for k, ss in own.items()
+        for s in ss
+        if k == "name" or _maskable(s)
+        for a, b in letter.find(s)
+    ]
+    masks += [(a, b, "§f§", 1) for s in others if _maskable(s) for a, b in letter.find(s)]
     return letter.template(0, len(letter.text), masks)
 
 
+@functools.lru_cache(maxsize=65536)
 def _maskable(s: str) -> bool:
-    """Another fact's string worth masking: a word (numbers become 0 anyway; "H" is too short)."""
+    """A string worth masking: a word (numbers become 0 anyway; "H" and "mg" are too short)."""
     return len(s) >= 3 and any(c.isalpha() for c in s)
 
 
@@ -429,7 +441,7 @@ class LettersReport:
     """Streaming counts over (recipe, text, verdict): `add` each letter, then `to_dict`."""
 
     def __init__(
-        self, frame_cap: int = FRAME_CAP, frames_all: int = FRAMES_ALL, frames_stride: int = 4
+        self, frame_cap: int = FRAME_CAP, frames_all: int = FRAMES_ALL, frames_stride: int = FRAMES_STRIDE
     ) -> None:
         self.frame_cap = frame_cap
         #: frames come from the first `frames_all` letters and every `frames_stride`-th after them
@@ -498,15 +510,17 @@ class LettersReport:
         own = {f.id: own_strings(f) for f in recipe.facts}
         # every string of every fact (and of the head) once, with the facts it belongs to
         owners: dict[str, dict[str, str]] = {}
+        # (numbers, units and other short strings are left to the digit rule: "0 mg" in every frame)
         for fid, strings in own.items():
             for k, ss in strings.items():
                 for s in ss:
-                    owners.setdefault(s, {}).setdefault(fid, f"§{k}§")
+                    if k == "name" or _maskable(s):
+                        owners.setdefault(s, {}).setdefault(fid, f"§{k}§")
         for s in _strings(list(recipe.header.values())) + _strings(recipe.untagged):
-            owners.setdefault(s, {})
+            if _maskable(s):
+                owners.setdefault(s, {})
         occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
         starts = [o[0] for o in occurrences]
-        maskable = {s: _maskable(s) for s in owners}
         out: list[tuple[str, str, str]] = []
         for f in recipe.facts:
             span = spans.get(f.id)
@@ -519,7 +533,7 @@ class LettersReport:
                 ph = owners[s].get(f.id)
                 if ph is not None:
                     masks.append((s_, e_, ph, 0))
-                elif maskable[s]:
+                elif _maskable(s):
                     masks.append((s_, e_, "§f§", 1))
             out.append((f.kind, f.assertion, letter.template(a, b, masks)))
         return out

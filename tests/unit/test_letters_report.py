@@ -197,6 +197,7 @@ def test_a_frame_masks_the_fact_other_facts_dates_and_digits():
     assert (
         rep.frame(sentence, own, ["Aszites"]) == "kein hinweis auf §name§ oder §f§ (ct vom §date§, 0 herde)."
     )
+    assert rep.frame("2. Lebermetastasen (ED 7.6.23)", own) == "§name§ (ed §date§)"  # list number dropped
     # a string that is both the fact's and another's counts as the fact's; other dates -> §date§
     assert rep.frame("Hb 10,2 g/dl am 7. Juni 2023", {"name": ["Hb"], "unit": ["g/dl"]}, ["g/dl"]) == (
         "§name§ 0 §unit§ am §date§"
@@ -232,7 +233,7 @@ def test_distinct_frames_per_kind_and_assertion(counted):
     assert (present["distinct"], present["top"][0]) == (2, {"frame": "§name§ (§code§)", "facts": 3})
     assert counted["frames"]["diagnosis"]["suspected"]["top"][0]["frame"] == "v.a. §name§"
     med = counted["frames"]["medication"]["present"]["top"][0]["frame"]
-    assert med.startswith("§name§ §dose§ §unit§ §schedule§")
+    assert med == "§name§ 0 mg 0-0-0 (l0bb0)"  # numbers, "mg" and the scheme are left to the digit rule
     row = _row(counted, "distinct frames of negated diagnoses")
     assert (row["value"], row["met"]) == (2, False)
 
