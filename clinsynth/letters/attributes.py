@@ -159,7 +159,9 @@ def check_medication(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[
         out += _value(lt, p, float(gold["dose"]), gold.get("unit"), "dose")
     if gold.get("schedule"):
         want = schedule_strings(gold["schedule"])
-        written = [parse_schedule(t.text) for t in lt.tokens("schedules", p.end, p.region_end)]
+        # a table may write the scheme before the name ("1-0-0     Amlodipin 5 mg")
+        lo = p.lead if p.lead == lt.line(p.start)[0] else p.end
+        written = [parse_schedule(t.text) for t in lt.tokens("schedules", lo, p.region_end)]
         if not any(w in want for w in written):
             gs = "-".join(f"{x:g}" for x in gold["schedule"])
             shown = f", text {'-'.join(f'{x:g}' for x in written[0])}" if written else " not written"
@@ -172,7 +174,8 @@ def check_medication(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[
         and norm(gold["frequency"]) not in sentence
     ):
         out.append(f"frequency mismatch: gold {gold['frequency']!r} not written beside its name")
-    says_prn = bool(_AS_NEEDED.search(region))
+    lead = lt.n[p.lead : p.start] if p.lead == lt.line(p.start)[0] else ""
+    says_prn = bool(_AS_NEEDED.search(region) or _AS_NEEDED.search(lead))
     if gold.get("as_needed") and not says_prn:
         out.append("as-needed mismatch: gold as needed, text does not say 'bei Bedarf'")
     elif says_prn and not gold.get("as_needed"):
@@ -317,7 +320,8 @@ def _marker_problem(lt: LetterText, marker: Mapping[str, Any], region: tuple[int
                 marker.get("unit") and hits[0].value[1] and hits[0].value[1] not in unit_keys(marker["unit"])
             ):
                 problems.append(f"unit {marker['unit']}")
-        if marker.get("text") and norm(marker["text"]).replace(" ", "") not in w_flat:
+        wide = lt.n[ws : ws + len(name) + len(marker.get("text") or "") + 24].replace(" ", "")
+        if marker.get("text") and norm(marker["text"]).replace(" ", "") not in wide:
             problems.append(f"finding {marker['text']!r}")
         result = marker.get("result")
         said = {k for k, p in _RESULT_WORDS.items() if p.search(w)}
@@ -473,7 +477,9 @@ def check_codes(lt: LetterText, p: Place, kind: str, gold: Mapping[str, Any]) ->
     out: list[str] = []
     unwritten: list[str] = []
     hi = p.code_end if kind == "tumor" and p.code_end >= 0 else p.region_end
-    tokens = lt.tokens("codes", p.lead, hi)
+    # a code before the name belongs to it only at the start of its line ("1. C83.3 Diffuses ...")
+    lo = p.lead if p.lead == lt.line(p.start)[0] else p.start
+    tokens = lt.tokens("codes", lo, hi)
     for system, fields in CODE_FIELDS.get(kind, ()):
         written = [t.text for t in tokens if t.value == system]
         want = {str(gold[f]) for f in fields if gold.get(f)}

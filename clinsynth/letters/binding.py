@@ -124,6 +124,16 @@ class Analysis:
                 hits = self._fuzzy(self.names[f.id])
                 self.fuzzy[f.id] = bool(hits)
             self.occ[f.id] = hits
+        # an occurrence inside a longer name of another fact of its kind is that fact's ("nicht komplexe
+        # Chemotherapie"); a tumour inside its diagnosis's name ("Mammakarzinom links") stays
+        kind_of = {f.id: f.kind for f in recipe.facts}
+        by_kind: dict[str, set[tuple[int, int]]] = {}
+        for fid, hs in self.occ.items():
+            by_kind.setdefault(kind_of[fid], set()).update(hs)
+        for fid, hs in self.occ.items():
+            own = set(hs)
+            others = [o for o in by_kind[kind_of[fid]] if o not in own]
+            self.occ[fid] = [h for h in hs if not any(o[0] <= h[0] and h[1] <= o[1] for o in others)]
         self.all_occ = sorted({h for hs in self.occ.values() for h in hs})
         self.occ_starts = [s for s, _ in self.all_occ]
         tumour_names = [h for f in recipe.facts if f.kind == "tumor" for h in self.occ[f.id]]
@@ -162,7 +172,7 @@ class Analysis:
                 start + TUMOUR_BLOCK_MAX,
                 self._next_line_of_other_fact(f, end),
             )
-            # codes belong to the entity up to the next other name ("Bronchial-CA (C34.3), Adipositas (E66.0)")
+            # codes belong to the entity up to the next other name ("Mamma-CA (C50.9), Adipositas (E66.0)")
             ls, _ = lt.line(start)
             i = bisect.bisect_left(self.occ_starts, start) - 1
             prev_end = max((e for s, e in self.all_occ[max(0, i - 3) : i + 1] if e <= start), default=0)

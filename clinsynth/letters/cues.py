@@ -28,15 +28,22 @@ from clinsynth.schema import Assertion
 
 _NOUN_CUE = r"(?:hinweis|anhalt|anhaltspunkt|nachweis|zeichen|verdacht|evidenz|befund)\w*"
 _ART = r"(?:auf|für|von|vom|einer?|eines|einen|einem|den|die|das|der)"
+_VORLIEGEN = r"(?:\s+(?:das\s+)?vorliegen\s+(?:von|einer?|eines))?"
 _NICHT_AUSZ = r"nicht\s+(?:sicher\s+|ganz\s+|mit\s+sicherheit\s+)?auszuschlie(?:ß|ss)en"
 
 #: (pattern, assertion, strong, where: "pre" | "post" | "both"); the first alternative that matches wins
 CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
     # suspicion first: "nicht sicher auszuschließen" is no negation
     (_NICHT_AUSZ, "suspected", True, "both"),
+    (r"keine?\s+(?:einnahme|gabe|anwendung|durchführung)(?:\s+(?:von|des|der))?", "negated", True, "both"),
     # "Exsikkose: kein Nachweis" (no preposition follows: the cue closes the clause, so it looks back)
     (rf"kein(?:e[nmrs]?)?\s+{_NOUN_CUE}(?!\s+{_ART})", "negated", True, "both"),
-    (rf"kein(?:e[nmrs]?)?(?:\s+[\w-]+){{0,2}}?\s+{_NOUN_CUE}(?:\s+{_ART})?", "negated", True, "pre"),
+    (
+        rf"kein(?:e[nmrs]?)?(?:\s+[\w-]+){{0,2}}?\s+{_NOUN_CUE}(?:\s+{_ART})?{_VORLIEGEN}",
+        "negated",
+        True,
+        "pre",
+    ),
     (rf"ohne(?:\s+[\w-]+)?\s+{_NOUN_CUE}(?:\s+{_ART})?", "negated", True, "pre"),
     (r"kein(?:e[nmrs]?)?", "negated", True, "pre"),
     (r"ohne", "negated", True, "pre"),
@@ -50,16 +57,28 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         r"durchgeführt|erfolgt|gegeben|verabreicht|eingenommen|eingesetzt|indiziert|notwendig|erforderlich|"
         r"aufgetreten|beobachtet)"
         r"|(?:bestehen|besteht|lag|liegt|liegen|fand\s+sich|fanden\s+sich|zeigte\s+sich|ergab\s+sich)"
-        r"(?:\s+[\w-]+)?\s+nicht(?:\s+vor)?",
+        r"(?:[ \t]+[\w-]+){0,3}[ \t]+nicht(?:[ \t]+vor)?",
         "negated",
         True,
         "post",
     ),
-    (r"verneint", "negated", True, "post"),
+    (
+        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|bestätigte?n?[ \t]+sich(?:[ \t]+[\w-]+){0,2}[ \t]+nicht",
+        "negated",
+        True,
+        "post",
+    ),
+    (r"verzicht(?:et)?\s+auf|abgesetzt:?|pausiert:?", "negated", True, "pre"),
     (r"negativ|unauffällig|o\.\s?b\.|regelrecht|normwertig", "negated", False, "post"),
     (r"\(\s*(?:v\.\s?a\.|verdacht|dd|fraglich)\s*\)", "suspected", True, "post"),
     (r"v\.\s?a\.|verdachts?\s+auf|dringende[rn]?\s+verdacht\s+auf|verdacht", "suspected", True, "pre"),
-    (r"nicht\s+sicher(?:\s+\w+)?(?<!auszuschließen)(?<!ausgeschlossen)", "suspected", True, "post"),
+    (r"nicht[ \t]+sicher(?:[ \t]+\w+)?(?<!auszuschließen)(?<!ausgeschlossen)", "suspected", True, "post"),
+    (
+        r"(?:fraglich\w*|unklar\w*)[ \t]+(?:einnahme|gabe|anwendung)(?:[ \t]+(?:von|des|der))?",
+        "suspected",
+        True,
+        "pre",
+    ),
     (r"verdachtsdiagnose|vermutet", "suspected", True, "post"),
     (r"dd:?|differen[tz]ialdiagnostisch", "suspected", True, "pre"),
     (
@@ -69,13 +88,14 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         "both",
     ),
     (
-        r"am\s+ehesten|a\.\s?e\.|vereinbar\s+mit|möglich\w*|passend\s+zu|bild\s+(?:wie\s+bei|einer?|eines)|"
-        r"im\s+sinne\s+(?:einer?|eines)|unklar\w*",
+        r"am\s+ehesten|a\.\s?e\.|vereinbar\s+mit|mögliche[rnms]?|passend\s+zu|bild\s+(?:wie\s+bei|einer?|eines)|"
+        r"im\s+sinne\s+(?:einer?|eines)|unklare[rnms]?",
         "suspected",
         False,
         "pre",
     ),
-    (r"möglich|unklar", "suspected", False, "post"),
+    (r"möglich|unklar", "suspected", False, "both"),
+    (r"z\.\s?n\.(?=[ \t]*(?:$|[\n;)]))", "historical", True, "post"),  # "Neutropenie, Z.n."
     (
         r"z\.\s?n\.|zustand\s+nach|st\.\s?[np]\.|status\s+(?:nach|post)|s\.\s?p\.|ehemal\w*|damalig\w*|"
         r"stattgehabt\w*|vorausgegangen\w*|zurückliegend\w*",
@@ -85,6 +105,7 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
     ),
     (r"früher\w*|damals", "historical", True, "both"),
     (r"(?:in\s+der\s+|zur\s+)?vorgeschichte:?", "historical", True, "both"),
+    (r"zuvor|vorbefund:?|vorwert\w*|voruntersuchung", "historical", True, "both"),
     (r"ausgeheilt|abgeheilt|abgeklungen|überstanden|sistiert|in\s+vollremission", "historical", True, "post"),
     (r"vor\s+\d+\s+jahren", "historical", True, "post"),
     (r"anamnestisch|vorbekannt\w*|bekannt\w*", "historical", False, "both"),
@@ -97,14 +118,31 @@ _PATTERNS = [re.compile(rf"(?:{p})(?:(?<=\w)(?!\w)|(?<!\w))") for p, *_ in CUE_T
 #: of the words with a dict lookup each is ~20x faster than one alternation tried at every position
 _TRIGGERS: dict[str, tuple[str, ...]] = {
     "ni": ("nicht sicher auszuschließen", "nicht nachweisbar", "nicht sicher"),
-    "ke": ("kein nachweis", "kein hinweis auf", "kein"),
+    "ke": (
+        "kein nachweis",
+        "keine einnahme von",
+        "kein hinweis auf",
+        "kein anhalt für das vorliegen von",
+        "kein",
+    ),
     "oh": ("ohne nachweis von", "ohne"),
     "au": ("ausschluss einer", "ausgeschlossen", "ausgeräumt", "ausgeheilt"),
-    "fr": ("frei von", "fraglich", "früher"),
+    "fr": ("frei von", "fragliche einnahme von", "fraglich", "früher"),
     "ne": ("negativ für", "negativ"),
     "wi": ("widerlegt",),
-    "ve": ("verneint", "verdacht auf", "verdachtsdiagnose", "vermutlich", "verdächtig", "vereinbar mit"),
-    "un": ("unauffällig", "unklar"),
+    "wu": ("wurde abgesehen",),
+    "ab": ("abgesehen", "abgesetzt", "abgeheilt", "abgeklungen"),
+    "pa": ("passend zu", "pausiert"),
+    "ve": (
+        "verzicht auf",
+        "verneint",
+        "verdacht auf",
+        "verdachtsdiagnose",
+        "vermutlich",
+        "verdächtig",
+        "vereinbar mit",
+    ),
+    "un": ("unauffällig", "unklare einnahme von", "unklare", "unklar"),
     "o": ("o.b.",),
     "re": ("regelrecht",),
     "no": ("normwertig",),
@@ -116,22 +154,28 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "am": ("am ehesten",),
     "a": ("a.e.",),
     "mö": ("möglich",),
-    "pa": ("passend zu",),
     "z": ("z.n.",),
-    "zu": ("zustand nach", "zurückliegend", "zur vorgeschichte"),
+    "zu": ("zustand nach", "zurückliegend", "zur vorgeschichte", "zuvor"),
     "st": ("st.n.", "status nach", "stattgehabt"),
     "s": ("s.p.",),
     "eh": ("ehemalig",),
     "da": ("damalig", "damals"),
-    "vo": ("vorausgegangen", "vor 3 jahren", "vorbekannt", "vorgeschichte"),
+    "vo": (
+        "vorausgegangen",
+        "vor 3 jahren",
+        "vorbekannt",
+        "vorgeschichte",
+        "vorbefund",
+        "vorwerte",
+        "voruntersuchung",
+    ),
     "in": ("in der vorgeschichte", "in vollremission"),
     "im": ("im sinne einer",),
     "bi": ("bild wie bei",),
     "(": ("(v.a.)", "(fraglich)"),
-    "ab": ("abgeheilt", "abgeklungen"),
     "üb": ("überstanden",),
     "si": ("sistiert",),
-    "be": ("bekannt", "besteht nicht"),
+    "be": ("bekannt", "besteht nicht", "bestätigte sich nicht"),
     "la": ("lag nicht vor",),
     "li": ("liegt nicht vor",),
     "fa": ("fand sich nicht",),

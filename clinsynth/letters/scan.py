@@ -53,7 +53,7 @@ _MONTH_ALT = "|".join(MONTHS_DE)
 #: 07.06.2023 · 7.6.23 · 06/2023 (the day or month group holds its first digit, checked behind it)
 DATE_PATTERN = re.compile(
     r"(?P<d>\d(?<![\w.,/]\d)\d?)\.\s?(?P<m>[01]?\d)\.\s?(?P<y>\d{4}|\d{2})(?!\d)"
-    r"|(?P<mm>\d(?<![\w.,/(]\d)\d?)/(?P<my>\d{4}|\d{2})(?![\d/])"
+    r"|(?P<mm>\d(?<![\w.,/]\d)\d?)/(?P<my>\d{4}|\d{2})(?![\d/])"
 )
 #: 7. Juni 2023 · Juni 2023 (the day is looked up before the month)
 LONG_DATE_PATTERN = re.compile(rf"(?P<lm>{_MONTH_ALT})\s+(?P<ly>\d{{4}})(?!\d)")
@@ -95,8 +95,8 @@ UNIT_WORDS = (
     "ml/min/1,73m²", "ml/min/1,73 m²", "ml/min", "mg/m²", "mg/m2", "mg/kg", "µg/kg", "g/dl", "mg/dl",
     "µg/dl", "ng/dl", "mmol/l", "µmol/l", "nmol/l", "pmol/l", "tsd/µl", "mio/µl", "g/l", "mg/l", "µg/l",
     "ng/ml", "µg/ml", "pg/ml", "u/ml", "ku/l", "u/l", "mu/l", "µiu/ml", "ie/ml", "/nl", "/pl", "/µl",
-    "t/l", "mmhg", "/min", "°c", "auc", "mg", "µg", "mcg", "ie", "i.e.", "g", "ml", "l", "gy", "%",
-    "fl", "sek", "s", "kg", "cm", "pg", "mosm/kg",
+    "t/l", "mmhg", "/min", "°c", "auc", "mg", "µg", "mcg", "ie", "i.e.", "g", "ml", "gy", "%",
+    "fl", "kg", "cm", "pg", "mosm/kg", "bpm",
 )  # fmt: skip
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(UNIT_WORDS, key=len, reverse=True))
 UNIT_AFTER = re.compile(rf"\s?(?:{_UNIT_ALT})(?![\w/])")
@@ -121,7 +121,8 @@ def name_pattern(name: str) -> re.Pattern[str] | None:
     words = [re.escape(w) for w in norm(name).split()]
     if not words:
         return None
-    return re.compile(r"(?<![\w])" + r"\s+".join(words) + r"(?![\w])")
+    # not the tail of a compound ("Metamizol-Natrium" does not name Natrium)
+    return re.compile(r"(?<![\w])(?<![\w]-)" + r"\s+".join(words) + r"(?![\w])")
 
 
 def unit_key(u: str) -> str:
@@ -346,6 +347,9 @@ class LetterText:
             for axes in split_stagings(parse_tnm(m.group(0), m.start())):
                 s, e = axes[0].start, axes[-1].end
                 self.tnm.append(Token(s, e, raw[s:e], axes))
+        if self.tnm:  # "(2/18)" in a TNM string is a node count, not a date
+            spans = [(t.start, t.end) for t in self.tnm]
+            self.dates = [d for d in self.dates if not any(s <= d.start < e for s, e in spans)]
         # numbers inside dates, codes, schemes and TNM strings are not values
         masked = sorted((t.start, t.end) for t in (*self.codes, *self.dates, *self.schedules, *self.tnm))
         mask_starts = [s for s, _ in masked]

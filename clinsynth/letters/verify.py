@@ -243,6 +243,10 @@ class _Cover:
         return i >= 0 and self.spans[i][1] >= end
 
 
+#: units of values a letter may write without a fact ("Fieber über 38 °C", "95 %"): not checked
+_FREE_UNITS = frozenset({"°c", "mmhg", "/min", "bpm", "kg", "cm", "%", "s"})
+
+
 def _gold_dates(recipe: Recipe) -> list[str]:
     out = []
     for f in recipe.facts:
@@ -278,7 +282,7 @@ def _reverse(
         if not regions.covers(t.start, t.end) and not any(t.value.matches(d) for d in gold_dates):
             out.append(f"untagged: date {t.text!r}")
     for t in lt.numbers:
-        if t.value[1] is not None and not regions.covers(t.start, t.end):
+        if t.value[1] is not None and t.value[1] not in _FREE_UNITS and not regions.covers(t.start, t.end):
             out.append(f"untagged: value {lt.raw[t.start : t.end]} {t.value[1]}")
     for t in lt.tnm:
         if any(x.axis in ("t", "n", "m") for x in t.value) and not regions.covers(t.start, t.end):
