@@ -311,7 +311,6 @@ def _marker_problem(lt: LetterText, marker: Mapping[str, Any], region: tuple[int
     for ws, we in windows:
         problems = []
         w = lt.n[ws:we]
-        w_flat = w.replace(" ", "")
         if marker.get("value") is not None:
             hits = _num_hits(lt.tokens("numbers", ws, we), float(marker["value"]))
             if not hits:

@@ -63,7 +63,8 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         "post",
     ),
     (
-        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|bestätigte?n?[ \t]+sich(?:[ \t]+[\w-]+){0,2}[ \t]+nicht",
+        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|"
+        r"bestätigte?n?[ \t]+sich(?:[ \t]+[\w-]+){0,2}[ \t]+nicht",
         "negated",
         True,
         "post",
