@@ -2,9 +2,10 @@
 
 Every patient is a pure function of (seed, index): shards and relaunches give the same
 people. Dates run diagnosis <= (neoadjuvant therapy) <= surgery <= adjuvant/palliative
-therapy, all on or before the reference day. The clinical rules (regimen by entity, stage
-and receptor status, antiemetics by emetogenic risk, G-CSF, OPS by regimen, work-up by
-entity, M category by metastasis sites) live in `clinsynth.cohort.clinic`.
+therapy, all on or before the reference day. The clinical rules live beside it: the
+regimen a case gets in `plan`, the tables (antiemetics by emetogenic risk, G-CSF, OPS by
+regimen, work-up by entity, M category by sites) in `clinic`, the tumour's markers, stages
+and metastasis sites in `tumour`, creatinine/eGFR in `renal`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from clinsynth.cohort import clinic
-from clinsynth.cohort.model import Dx, Lab, Marker, Med, Person, Proc, Radiotherapy, Stay, Tumor, Vital
+from clinsynth.cohort.model import Dx, Lab, Med, Person, Proc, Radiotherapy, Stay, Tumor, Vital
+from clinsynth.cohort.plan import Plan, plan_course
+from clinsynth.cohort.renal import ckd_epi, cockcroft_gault, creatinine_for_egfr
+from clinsynth.cohort.tumour import (
+    entity_stages,
+    examined_nodes,
+    metastasis_sites,
+    positive_nodes,
+    stage_rank,
+    tumour_markers,
+    weighted,
+)
 
 T = TypeVar("T")
 
@@ -50,8 +62,6 @@ _PANEL = (
 GLUCOSE, HBA1C = "2345-7", "4548-4"
 HB, LEUKO, NEUTRO, PLT, CREA, EGFR, CRP = "718-7", "6690-2", "26499-4", "777-3", "2160-0", "62238-1", "1988-5"
 _HAEM = ("dlbcl", "hodgkin", "myeloma", "aml", "cll")
-#: LOINC of the receptor results that have MII profiles (ER, PR, HER2 status)
-_LOINC_ER, _LOINC_PR, _LOINC_HER2 = "40556-3", "85339-0", "48676-1"
 #: entities that are typical earlier, cured second primaries
 _SECOND_PRIMARY = ("breast", "prostate", "colon", "melanoma", "kidney", "bladder", "endometrium")
 _STEROID = ("H02AB",)
@@ -65,32 +75,8 @@ class CohortConfig:
     comorbidity_scale: float = 1.0
 
 
-def _weighted(rng: random.Random, pairs: list[tuple[T, float]]) -> T:
-    """One item by weight (same draws as random.choices with weights, which it is)."""
-    items, weights = zip(*pairs, strict=True)
-    return rng.choices(items, weights=weights, k=1)[0]
-
-
 def _clip(x: float, lo: float, hi: float) -> float:
     return max(lo, min(hi, x))
-
-
-@dataclass
-class _Plan:
-    """The course a case gets: what happens before and after surgery, and what is taken at home."""
-
-    intent: str = "palliative"
-    neo: str | None = None  # inpatient neoadjuvant regimen
-    neo_cycles: int = 4
-    neo_rt: tuple[str, float, int] | None = None
-    neo_rt_drug: str | None = None
-    surgery: bool = False
-    surgery_code: str | None = None
-    systemic: str | None = None  # inpatient regimen after surgery / without surgery
-    systemic_intent: str = "palliative"
-    rt: tuple[str, float, int] | None = None  # definitive / adjuvant RT (outpatient or with systemic)
-    rt_drug: str | None = None
-    home: list[tuple[str, str]] = field(default_factory=list)  # (outpatient regimen, intent)
 
 
 @dataclass
@@ -148,7 +134,7 @@ class CohortGenerator:
     def person(self, index: int) -> Person:
         cfg, cat = self.cfg, self.cat
         rng = random.Random(f"clinsynth-cohort:{cfg.seed}:{index}")
-        entity = _weighted(rng, self.entities)
+        entity = weighted(rng, self.entities)
         sex = entity.sex if entity.sex in ("female", "male") else rng.choice(("female", "male"))
         ref = cfg.reference_date
         diag = ref - timedelta(days=rng.randint(45, 3 * 365))
@@ -199,7 +185,7 @@ class CohortGenerator:
                 if clinic.drug_class(d.atc) not in classes:
                     classes.add(clinic.drug_class(d.atc))
                     long_term.append(d)
-        five_ht3 = self.support[_weighted(rng, [("A04AA01", 5), ("A04AA02", 3), ("A04AA05", 2)])]
+        five_ht3 = self.support[weighted(rng, [("A04AA01", 5), ("A04AA02", 3), ("A04AA05", 2)])]
         case = _Case(
             p,
             entity,
@@ -211,14 +197,14 @@ class CohortGenerator:
             long_term,
             egfr,
             any(c.icd.startswith("I10") for c in comorbid),
-            _weighted(rng, [(0, 5), (1, 4), (2, 1)]),
+            weighted(rng, [(0, 5), (1, 4), (2, 1)]),
             five_ht3,
             rng.choice(("L", "R")) if entity.paired_organ else None,
         )
         case.diabetes = any(x.icd.startswith("E11") for x in comorbid)
         if age >= 45 and rng.random() < 0.04:
             self._earlier_tumor(rng, case)
-        plan = self._plan(rng, case)
+        plan = plan_course(rng, entity, case.tumor, age, case.egfr)
         self._course(rng, case, plan)
         p.stays = case.stays
         return p
@@ -226,22 +212,22 @@ class CohortGenerator:
     # ------------------------------------------------------------------ the tumour
     def _tumor(self, rng: random.Random, entity: Any, diag: date, age: int) -> tuple[Tumor, str]:
         cat = self.cat
-        icd = _weighted(rng, entity.icd)
-        stage = _weighted(rng, entity.stage_weights) if entity.stage_weights else None
+        icd = weighted(rng, entity.icd)
+        stage = weighted(rng, entity.stage_weights) if entity.stage_weights else None
         t = n = m = None
         if entity.has_tnm and stage is not None:
             t, n, m = entity.tnm_for_stage(stage, rng)
         morph = entity.morphology_for(icd, rng)
         topo = entity.topography_for(icd, rng)
-        grading = _weighted(rng, entity.grading)
+        grading = weighted(rng, entity.grading)
         morph_display = (cat.icdo3_morphology.lookup(morph) or _Named(morph)).display
         tumor = Tumor(
             entity.key, morph, morph_display, topo, grading, "c", t, n, m, stage, diag, entity.staging
         )
         tumor.m_prefix = "c"
-        tumor.metastasis_sites = self._sites(rng, entity, (m or "M0").removeprefix("M")) if m else []
-        tumor.stages = _entity_stages(rng, entity.key, stage)
-        tumor.markers = _markers(rng, entity.key, morph, stage, m)
+        tumor.metastasis_sites = metastasis_sites(rng, entity, (m or "M0").removeprefix("M")) if m else []
+        tumor.stages = entity_stages(rng, entity.key, stage)
+        tumor.markers = tumour_markers(rng, entity.key, morph, stage, m)
         tumor.status = "new"
         return tumor, icd
 
@@ -252,22 +238,22 @@ class CohortGenerator:
             for e in self.cat.entities
             if e.key in _SECOND_PRIMARY and e.key != c.entity.key and e.sex in ("any", c.p.sex)
         ]
-        e = _weighted(rng, pool)
+        e = weighted(rng, pool)
         when = c.diag - timedelta(days=rng.randint(4 * 365, 15 * 365))
         if when < c.p.birth + timedelta(days=35 * 365):
             return
-        early = [(s, w) for s, w in e.stage_weights if _stage_rank(s) in (1, 2)]
-        stage = _weighted(rng, early)
+        early = [(s, w) for s, w in e.stage_weights if stage_rank(s) in (1, 2)]
+        stage = weighted(rng, early)
         t, n, m = e.tnm_for_stage(stage, rng)
-        icd = _weighted(rng, e.icd)
+        icd = weighted(rng, e.icd)
         morph = e.morphology_for(icd, rng)
-        pos = _positive_nodes(rng, n)
+        pos = positive_nodes(rng, n)
         c.other = Tumor(
             e.key,
             morph,
             (self.cat.icdo3_morphology.lookup(morph) or _Named(morph)).display,
             e.topography_for(icd, rng),
-            _weighted(rng, e.grading),
+            weighted(rng, e.grading),
             "p",
             t,
             n,
@@ -277,256 +263,19 @@ class CohortGenerator:
             e.staging,
             key="t2",
             m_prefix="c",
-            nodes=f"{pos}/{_examined(rng, e.key, pos)}",
+            nodes=f"{pos}/{examined_nodes(rng, e.key, pos)}",
             r="R0",
             kind="initial",
-            stages=_entity_stages(rng, e.key, stage),
-            markers=_markers(rng, e.key, morph, stage, m),
+            stages=entity_stages(rng, e.key, stage),
+            markers=tumour_markers(rng, e.key, morph, stage, m),
             status="complete_remission",
         )
         c.other_icd = icd
         c.other_laterality = rng.choice(("L", "R")) if e.paired_organ else None
 
-    def _sites(self, rng: random.Random, entity: Any, m: str) -> list[str]:
-        """Metastasis sites (ICD C77-C79) that make exactly the drawn M category."""
-        if m == "0":
-            return []
-        sites = dict(entity.metastasis_sites)
-
-        def pick(allowed: set[str] | None = None, exclude: set[str] | frozenset[str] = frozenset()) -> str:
-            pool = [
-                (c, w) for c, w in sites.items() if (allowed is None or c in allowed) and c not in exclude
-            ]
-            return _weighted(rng, pool)
-
-        e = entity.key
-        out: list[str] = []
-        if e == "lung":
-            thoracic = set(clinic.PLEURA_CONTRALATERAL)
-            if m == "1a":
-                out = [pick(thoracic)]
-            elif m == "1b":
-                out = [pick(exclude=thoracic)]
-            else:
-                first = pick(exclude=thoracic)
-                out = [first, pick(exclude=thoracic | {first})]
-        elif e in ("colon", "rectum"):
-            peri = {clinic.PERITONEUM}
-            if m == "1a":
-                out = [pick(exclude=peri)]
-            elif m == "1b":
-                first = pick(exclude=peri)
-                out = [first, pick(exclude=peri | {first})]
-            else:
-                out = [clinic.PERITONEUM] + ([pick(exclude=peri)] if rng.random() < 0.4 else [])
-        elif e == "prostate":
-            lymph = {c for c in sites if c.startswith("C77")}
-            if m == "1a":
-                out = [pick(lymph)]
-            elif m == "1b":
-                out = [clinic.BONE] + ([pick(lymph)] if rng.random() < 0.3 else [])
-            else:
-                out = [pick(exclude=lymph | {clinic.BONE})] + ([clinic.BONE] if rng.random() < 0.6 else [])
-        elif e == "bladder":
-            lymph = {c for c in sites if c.startswith("C77")}
-            out = [pick(lymph)] if m == "1a" else [pick(exclude=lymph)]
-        elif e == "melanoma":
-            soft = {c for c in sites if c.startswith("C77")} | {"C79.2"}
-            if m == "1a":
-                out = [pick(soft & set(sites))]
-            elif m == "1b":
-                out = [clinic.LUNG]
-            elif m == "1c":
-                out = [pick(exclude=soft | {clinic.LUNG, clinic.BRAIN})]
-            else:
-                out = [clinic.BRAIN] + ([pick(exclude={clinic.BRAIN})] if rng.random() < 0.5 else [])
-        else:
-            first = pick()
-            out = [first] + ([pick(exclude={first})] if len(sites) > 1 and rng.random() < 0.35 else [])
-        return out
-
     # ------------------------------------------------------------------ the plan
-    def _plan(self, rng: random.Random, c: _Case) -> _Plan:
-        """Regimen by entity, stage, intent and receptor/mutation status (clinic's rules, written out)."""
-        e, t = c.entity.key, c.tumor
-        stage = t.uicc or ""
-        m1 = (t.m or "M0").startswith("M1")
-        mk = {x.name: x for x in t.markers}
-        low_gfr = c.egfr < 60
-        pl = _Plan()
-
-        def nocis(reg: str) -> str:
-            return clinic.CISPLATIN_FREE.get(reg, reg) if low_gfr else reg
-
-        stage_num = _stage_rank(stage)
-        if e in ("colon", "rectum"):
-            if m1:
-                ras_wt = mk.get("RAS") is not None and mk["RAS"].result == "wildtype"
-                pl.systemic = (
-                    _weighted(rng, [("folfiri_cetuximab", 6), ("mfolfox6", 4)])
-                    if ras_wt
-                    else _weighted(rng, [("mfolfox6_bevacizumab", 6), ("folfiri", 2), ("mfolfox6", 2)])
-                )
-            else:
-                pl.surgery = rng.random() < 0.92
-                if e == "rectum" and stage_num >= 2 and pl.surgery:
-                    pl.neo_rt, pl.neo_rt_drug = clinic.RT_RECTUM, "Capecitabin"
-                if stage_num == 3 and pl.surgery and (e == "colon" or rng.random() < 0.5):
-                    pl.systemic, pl.systemic_intent = (
-                        _weighted(rng, [("capox", 4), ("mfolfox6", 6)]),
-                        "adjuvant",
-                    )
-                elif e == "colon" and stage in ("IIB", "IIC") and rng.random() < 0.4:
-                    pl.systemic, pl.systemic_intent = "capox", "adjuvant"
-        elif e == "breast":
-            hr = any(mk[k].result == "positive" for k in ("ER", "PR") if k in mk)
-            her2 = "HER2" in mk and mk["HER2"].result == "positive"
-            endocrine = "tamoxifen" if c.age < 52 else "letrozol"
-            if m1:
-                if her2:
-                    pl.systemic = "trastuzumab_pertuzumab"
-                elif hr:
-                    pl.home.append(
-                        (_weighted(rng, [("palbociclib_letrozol", 7), ("letrozol", 3)]), "palliative")
-                    )
-                else:
-                    pl.systemic = "paclitaxel_weekly"
-            else:
-                pl.surgery = True
-                if (her2 or not hr) and stage_num >= 2:
-                    pl.neo = "ec" if her2 else _weighted(rng, [("ec", 5), ("ec_dd", 5)])
-                    if her2:
-                        pl.systemic, pl.systemic_intent = "trastuzumab_pertuzumab", "adjuvant"
-                elif her2:
-                    pl.systemic, pl.systemic_intent = "paclitaxel_trastuzumab", "adjuvant"
-                elif stage_num >= 2 and rng.random() < 0.6:
-                    pl.systemic = _weighted(rng, [("ec", 4), ("tac", 3), ("ec_dd", 3)])
-                    pl.systemic_intent = "adjuvant"
-                if hr:
-                    pl.home.append((endocrine, "adjuvant"))
-        elif e == "lung":
-            egfr_mut = "EGFR" in mk and mk["EGFR"].result == "mutated"
-            alk = "ALK" in mk and mk["ALK"].result == "positive"
-            pdl1 = mk["PD-L1"].value if "PD-L1" in mk and mk["PD-L1"].value is not None else 0.0
-            if m1:
-                if egfr_mut:
-                    pl.home.append(("osimertinib", "palliative"))
-                elif alk:
-                    pl.home.append(("alectinib", "palliative"))
-                elif pdl1 >= 50 and rng.random() < 0.6:
-                    pl.systemic = "pembrolizumab"
-                elif t.morphology.startswith(("807", "805")):
-                    pl.systemic = "carboplatin_paclitaxel_pembrolizumab"
-                else:
-                    pl.systemic = "carboplatin_pemetrexed_pembrolizumab"
-            elif stage_num <= 2 or (stage == "IIIA" and rng.random() < 0.5):
-                pl.surgery = True
-                if stage != "IA1" and stage_num >= 2:
-                    if egfr_mut:
-                        pl.home.append(("osimertinib", "adjuvant"))
-                    else:
-                        pl.systemic, pl.systemic_intent = nocis("cisplatin_vinorelbin"), "adjuvant"
-            else:
-                pl.systemic, pl.systemic_intent = "carboplatin_paclitaxel", "curative"
-                pl.rt, pl.rt_drug = clinic.RT_LUNG, "Carboplatin/Paclitaxel"
-        elif e == "prostate":
-            if m1:
-                pl.home.append(("leuprorelin", "palliative"))
-                choice = _weighted(
-                    rng, [("enzalutamid", 35), ("abirateron_prednison", 35), ("docetaxel_prednison", 30)]
-                )
-                if choice == "docetaxel_prednison":
-                    pl.systemic = choice
-                else:
-                    pl.home.append((choice, "palliative"))
-            elif stage_num <= 2 and rng.random() < 0.65:
-                pl.surgery = True
-            else:
-                pl.rt = clinic.RT_PROSTATE
-                pl.home.append(("leuprorelin", "curative"))
-        elif e == "pancreas":
-            if not m1 and stage_num <= 2:
-                pl.surgery = True
-                if c.age < 76:
-                    pl.systemic, pl.systemic_intent = "mfolfirinox", "adjuvant"
-            else:
-                pl.systemic = "mfolfirinox" if c.age < 70 else "gemcitabin_nab_paclitaxel"
-        elif e in ("stomach", "oesophagus"):
-            if m1:
-                pl.systemic = "nivolumab" if e == "oesophagus" and rng.random() < 0.4 else "flot"
-            else:
-                pl.surgery = True
-                if stage not in ("I", "IA"):
-                    pl.neo = "flot"
-        elif e == "bladder":
-            if m1:
-                pl.systemic = nocis("gemcitabin_cisplatin")
-            else:
-                pl.surgery = True
-                pl.surgery_code = "5-573.4" if stage == "I" else "5-576"
-                if stage_num >= 2 and not low_gfr:
-                    pl.neo = "gemcitabin_cisplatin"
-        elif e == "kidney":
-            if m1:
-                pl.systemic = _weighted(rng, [("nivolumab_ipilimumab", 6), ("nivolumab", 4)])
-            else:
-                pl.surgery = True
-        elif e == "liver":
-            if not m1 and stage_num <= 2:
-                pl.surgery = True
-            else:
-                pl.systemic = "atezolizumab_bevacizumab"
-        elif e == "melanoma":
-            braf = "BRAF" in mk and mk["BRAF"].result == "mutated"
-            if m1:
-                if braf and rng.random() < 0.5:
-                    pl.home.append(("dabrafenib_trametinib", "palliative"))
-                else:
-                    pl.systemic = _weighted(rng, [("nivolumab_ipilimumab", 6), ("nivolumab", 4)])
-            else:
-                pl.surgery = True
-                if stage_num >= 3:
-                    if braf and rng.random() < 0.4:
-                        pl.home.append(("dabrafenib_trametinib", "adjuvant"))
-                    else:
-                        pl.systemic, pl.systemic_intent = "nivolumab", "adjuvant"
-        elif e == "head_neck":
-            if m1:
-                pl.systemic = "nivolumab"
-            else:
-                pl.systemic, pl.systemic_intent = nocis("cisplatin_weekly_rt"), "curative"
-                pl.rt = clinic.RT_HEAD_NECK
-                pl.rt_drug = "Cisplatin" if pl.systemic == "cisplatin_weekly_rt" else "Cetuximab"
-        elif e in ("ovary", "endometrium"):
-            if m1:
-                pl.systemic = "carboplatin_paclitaxel"
-            else:
-                pl.surgery = True
-                if (e == "ovary" and stage not in ("IA", "IB")) or (e == "endometrium" and stage_num >= 3):
-                    pl.systemic, pl.systemic_intent = "carboplatin_paclitaxel", "adjuvant"
-        elif e == "dlbcl":
-            pl.systemic, pl.systemic_intent = "r_chop_21", "curative"
-        elif e == "hodgkin":
-            pl.systemic, pl.systemic_intent = "abvd", "curative"
-        elif e == "myeloma":
-            pl.systemic, pl.systemic_intent = "vrd", "induction"
-        elif e == "aml":
-            pl.systemic, pl.systemic_intent = "aml_7plus3", "induction"
-        elif e == "cll" and stage in ("B", "C"):
-            pl.home.append(("ibrutinib", "palliative"))
-        if pl.surgery and pl.surgery_code is None and c.entity.surgeries:
-            pl.surgery_code = _weighted(rng, c.entity.surgeries)
-        if not c.entity.surgeries:
-            pl.surgery = False
-        if e == "breast" and pl.surgery_code == "5-870.0":
-            pl.rt = clinic.RT_BREAST
-        pl.intent = "curative" if not m1 and e not in ("cll",) else "palliative"
-        if pl.systemic and m1:
-            pl.systemic_intent = "palliative"
-        return pl
-
     # ------------------------------------------------------------------ the stays
-    def _course(self, rng: random.Random, c: _Case, pl: _Plan) -> None:
+    def _course(self, rng: random.Random, c: _Case, pl: Plan) -> None:
         ref = self.cfg.reference_date
         e = c.entity.key
         provisional = e not in _HAEM and rng.random() < 0.35
@@ -691,7 +440,7 @@ class CohortGenerator:
                 return None
             status = tumor.status if cycle == 1 else "stable"
             if intent in ("palliative", "neoadjuvant") and cycle >= 3:
-                status = _weighted(rng, [("partial_remission", 4), ("stable", 4), ("progression", 2)])
+                status = weighted(rng, [("partial_remission", 4), ("stable", 4), ("progression", 2)])
             elif intent == "adjuvant":
                 status = "complete_remission"
             st_tumor = _with(tumor, status=status, ecog=c.ecog)
@@ -897,8 +646,8 @@ class CohortGenerator:
             t = "T" + rng.choice(ts[: max(1, len(ts))])
             n = "N" + (ns[0] if rng.random() < 0.6 else rng.choice(ns))
         stage = self.cat.stage_group(e.key, t, n, m)
-        pos = _positive_nodes(rng, n)
-        examined = _examined(rng, e.key, pos)
+        pos = positive_nodes(rng, n)
+        examined = examined_nodes(rng, e.key, pos)
         r = "R0" if rng.random() < 0.88 else "R1"
         return _with(
             t0,
@@ -985,7 +734,7 @@ class CohortGenerator:
         return out
 
     def _start_home(
-        self, rng: random.Random, c: _Case, pl: _Plan, st: Stay, when: date, adjuvant_only: bool
+        self, rng: random.Random, c: _Case, pl: Plan, st: Stay, when: date, adjuvant_only: bool
     ) -> None:
         """Outpatient (oral / hormonal) therapy begins at this discharge and runs on."""
         for key, intent in pl.home:
@@ -1163,159 +912,6 @@ def _rt_course(std: tuple[str, float, int], start: date, intent: str, drug: str 
     return Radiotherapy(target, gy, round(gy / fx, 2), fx, start, end, intent, clinic.RT_OPS, drug)
 
 
-def _stage_rank(stage: str) -> int:
-    """I -> 1, II -> 2, III -> 3, IV -> 4 (the roman numeral of a UICC/FIGO stage)."""
-    for roman, rank in (("IV", 4), ("III", 3), ("II", 2), ("I", 1)):
-        if stage.startswith(roman):
-            return rank
-    return 0
-
-
-def _examined(rng: random.Random, entity: str, positive: int) -> int:
-    """Lymph nodes examined: sentinel/axillary few in breast and melanoma, >= 12 in a GI resection."""
-    if entity in ("breast", "melanoma"):
-        return positive + rng.randint(1, 12)
-    return max(positive + rng.randint(3, 12), rng.randint(12, 26))
-
-
-def _positive_nodes(rng: random.Random, n: str) -> int:
-    v = n.removeprefix("N")
-    if v.startswith("0") or v.startswith("X"):
-        return 0
-    if v.startswith("1"):
-        return rng.randint(1, 3)
-    if v.startswith("2"):
-        return rng.randint(4, 9)
-    return rng.randint(10, 16)
-
-
-def _entity_stages(rng: random.Random, entity: str, stage: str | None) -> list[tuple[str, str]]:
-    """Entity-specific stages beside UICC: Gleason/ISUP, FIGO, Ann Arbor, ISS, Binet, ELN risk."""
-    if entity == "prostate":
-        isup = _weighted(
-            rng,
-            [(1, 2), (2, 4), (3, 3), (4, 2), (5, 2)]
-            if _stage_rank(stage or "") >= 3
-            else [(1, 5), (2, 5), (3, 2), (4, 1)],
-        )
-        gleason = {
-            1: "3+3=6",
-            2: "3+4=7",
-            3: "4+3=7",
-            4: rng.choice(("4+4=8", "3+5=8")),
-            5: rng.choice(("4+5=9", "5+4=9")),
-        }
-        return [("Gleason", gleason[isup]), ("ISUP", str(isup))]
-    if entity in ("ovary", "endometrium") and stage:
-        return [("FIGO", stage)]
-    if entity in ("dlbcl", "hodgkin") and stage:
-        return [("Ann Arbor", stage + rng.choice("AAB"))]
-    if entity == "myeloma" and stage:
-        return [("ISS", stage)]
-    if entity == "cll" and stage:
-        return [("Binet", stage)]
-    if entity == "aml":
-        return [("ELN 2022", _weighted(rng, [("günstig", 3), ("intermediär", 3), ("ungünstig", 4)]))]
-    return []
-
-
-def _markers(rng: random.Random, entity: str, morph: str, stage: str | None, m: str | None) -> list[Marker]:
-    """Receptor, mutation and IHC status the entity's work-up reports."""
-    out: list[Marker] = []
-    m1 = (m or "").startswith("M1")
-    if entity == "breast":
-        subtype = _weighted(rng, [("luminal", 70), ("her2", 15), ("tnbc", 15)])
-        hr = subtype == "luminal" or (subtype == "her2" and rng.random() < 0.6)
-        er = rng.choice((60, 70, 80, 90, 95, 100)) if hr else 0
-        pr = rng.choice((0, 10, 30, 50, 70, 90)) if hr else 0
-        out.append(Marker("ER", "positive" if er >= 1 else "negative", _LOINC_ER, float(er), "%"))
-        out.append(Marker("PR", "positive" if pr >= 1 else "negative", _LOINC_PR, float(pr), "%"))
-        if subtype == "her2":
-            out.append(
-                Marker("HER2", "positive", _LOINC_HER2, None, None, rng.choice(("3+", "2+, ISH positiv")))
-            )
-        else:
-            out.append(
-                Marker(
-                    "HER2", "negative", _LOINC_HER2, None, None, rng.choice(("0", "1+", "2+, ISH negativ"))
-                )
-            )
-        ki = rng.choice((5, 10, 15, 20, 30, 40, 60)) if subtype == "luminal" else rng.choice((30, 40, 60, 80))
-        out.append(Marker("Ki-67", "high" if ki >= 20 else "low", None, float(ki), "%"))
-    elif entity == "lung":
-        adeno = not morph.startswith(("807", "805", "804"))
-        if adeno:
-            egfr = rng.random() < 0.15
-            out.append(
-                Marker(
-                    "EGFR",
-                    "mutated" if egfr else "wildtype",
-                    None,
-                    None,
-                    None,
-                    rng.choice(("Exon-19-Deletion", "L858R")) if egfr else None,
-                )
-            )
-            alk = not egfr and rng.random() < 0.05
-            out.append(Marker("ALK", "positive" if alk else "negative"))
-            kras = not egfr and not alk and rng.random() < 0.3
-            out.append(
-                Marker(
-                    "KRAS",
-                    "mutated" if kras else "wildtype",
-                    None,
-                    None,
-                    None,
-                    rng.choice(("G12C", "G12V", "G12D")) if kras else None,
-                )
-            )
-        tps = float(_weighted(rng, [(0, 3), (5, 2), (20, 2), (40, 1), (60, 2), (80, 1)]))
-        out.append(Marker("PD-L1", "positive" if tps >= 1 else "negative", None, tps, "%", f"TPS {tps:g} %"))
-    elif entity in ("colon", "rectum"):
-        msi = rng.random() < 0.12 and not m1
-        out.append(
-            Marker("MSI", "positive" if msi else "negative", None, None, None, "MSI-H" if msi else "MSS")
-        )
-        if m1:
-            ras = rng.random() < 0.45
-            out.append(
-                Marker(
-                    "RAS",
-                    "mutated" if ras else "wildtype",
-                    None,
-                    None,
-                    None,
-                    rng.choice(("KRAS G12D", "KRAS G12V", "NRAS Q61K")) if ras else None,
-                )
-            )
-            braf = not ras and rng.random() < 0.12
-            out.append(
-                Marker("BRAF", "mutated" if braf else "wildtype", None, None, None, "V600E" if braf else None)
-            )
-    elif entity == "melanoma" and _stage_rank(stage or "") >= 3:
-        braf = rng.random() < 0.45
-        out.append(
-            Marker("BRAF", "mutated" if braf else "wildtype", None, None, None, "V600E" if braf else None)
-        )
-    elif entity in ("stomach", "oesophagus") and m1:
-        her2 = rng.random() < 0.15
-        out.append(
-            Marker(
-                "HER2", "positive" if her2 else "negative", _LOINC_HER2, None, None, "3+" if her2 else "1+"
-            )
-        )
-    elif entity == "dlbcl":
-        out.append(Marker("CD20", "positive"))
-    elif entity == "hodgkin":
-        out.append(Marker("CD30", "positive"))
-    elif entity == "aml":
-        npm1 = rng.random() < 0.3
-        out.append(Marker("NPM1", "mutated" if npm1 else "wildtype"))
-        flt3 = rng.random() < 0.25
-        out.append(Marker("FLT3-ITD", "mutated" if flt3 else "wildtype"))
-    return out
-
-
 @dataclass
 class _Named:
     display: str
@@ -1394,26 +990,3 @@ def _prevalence(c: Any, age: int) -> float:
         if age >= min_age:
             p = prob
     return p
-
-
-def ckd_epi(creatinine: float, age: int, sex: str) -> float:
-    """eGFR (ml/min/1.73 m²) by CKD-EPI 2021 from serum creatinine in mg/dl."""
-    k, a = (0.7, -0.241) if sex == "female" else (0.9, -0.302)
-    x = creatinine / k
-    return 142 * min(x, 1) ** a * max(x, 1) ** -1.2 * 0.9938**age * (1.012 if sex == "female" else 1.0)
-
-
-def creatinine_for_egfr(egfr: float, age: int, sex: str) -> float:
-    """The creatinine (mg/dl, 2 decimals) that CKD-EPI 2021 turns into this eGFR."""
-    k, a = (0.7, -0.241) if sex == "female" else (0.9, -0.302)
-    base = 142 * 0.9938**age * (1.012 if sex == "female" else 1.0)
-    r = egfr / base
-    x = r ** (1 / a) if r >= 1 else r ** (1 / -1.2)
-    return round(max(0.3, x * k), 2)
-
-
-def cockcroft_gault(p: Person, when: date, creatinine: float) -> float:
-    """Creatinine clearance (ml/min) for the Calvert formula, capped at 125 as usual."""
-    age = (when - p.birth).days // 365
-    gfr = (140 - age) * p.weight_kg / (72 * creatinine) * (0.85 if p.sex == "female" else 1.0)
-    return round(min(gfr, 125.0), 1)

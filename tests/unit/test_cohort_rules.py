@@ -13,8 +13,9 @@ from datetime import date
 
 import pytest
 
-from clinsynth.cohort.generator import CohortConfig, CohortGenerator, ckd_epi, cockcroft_gault
+from clinsynth.cohort.generator import CohortConfig, CohortGenerator
 from clinsynth.cohort.model import Med, Person, Stay
+from clinsynth.cohort.renal import ckd_epi, cockcroft_gault
 from clinsynth.terminology import load_catalog
 
 REF = date(2025, 6, 30)
