@@ -349,7 +349,8 @@ def code_support(f: RecipeFact, text: str | _Letter) -> list[dict[str, Any]]:
         if not gold:
             continue
         gold = _bare(str(gold))
-        written = next((c for c in _strings(f.say.get(say_key)) if letter.find(c)), None)
+        # the code as the recipe says it is written, or gold's own code written anywhere in the letter
+        written = next((c for c in [*_strings(f.say.get(say_key)), gold] if letter.find(c)), None)
         source = "written"
         supported: str | None = None
         if written:

@@ -307,6 +307,8 @@ def test_gold_codes_against_the_sampler_pinning(monkeypatch):
     checks = {c["field"]: c["outcome"] for c in rep.code_support(tumor, "Lungenkrebs links, Adenokarzinom")}
     # the topography is never pinned by a name: gold holds it though the letter does not write it
     assert checks == {"icd10gm": "ok", "topography": "more_specific", "morphology": "ok"}
+    written = rep.code_support(tumor, "Lungenkrebs links (C34.1), Adenokarzinom")
+    assert {c["field"]: c["outcome"] for c in written}["topography"] == "ok"  # written, if not said so
 
 
 def test_written_codes_atc_loinc_and_verdicts(counted):
