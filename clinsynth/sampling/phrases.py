@@ -289,6 +289,9 @@ INTENT_TEXT = {
     "maintenance": "Erhaltung",
 }
 
+#: noise level names -> the renderer's level (typos and OCR confusions per 100 words, roughly)
+NOISE_LEVEL = {"none": 0.0, "light": 0.3, "heavy": 1.0}
+
 AS_NEEDED = ("bei Bedarf", "b.B.", "bei Bedarf bis 3x täglich")
 
 #: letter types: the reason and destination a Verlegungsbrief names in its head

@@ -56,7 +56,8 @@ Contract between the sampler (what is said) and the renderer (how it is written)
   `table`, `target_words` (by letter type, close to the development letters), `code_style`
   (paren | line_end | bracket | prefix), `codes` (does the diagnosis list write ICD codes),
   `lab_units`, `lab_flags`, `lab_layout` (inline | table | list), `heading_case` (title | upper),
-  `numbered_diagnoses`, `noise` (none | light | heavy), `tnm_layout` (spaced | compact | prefix_once).
+  `numbered_diagnoses`, `noise` (float: 0 none, 0.3 light, 1.0 heavy — typos per 100 words),
+  `tnm_layout` (spaced | compact | prefix_once).
 """
 
 from __future__ import annotations

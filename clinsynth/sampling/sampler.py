@@ -25,7 +25,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from faker import Faker
 from pydantic import model_validator
@@ -96,8 +96,8 @@ class SamplerConfig(StageConfig):
     abbreviations: float = identity(ge=0, le=1)
     #: words per letter type: (low, high) of a uniform draw
     target_words: dict[LetterType, tuple[int, int]] = identity()
-    #: weights of the letter's noise level (typos, OCR confusions, shifted rows)
-    noise: dict[str, float] = identity()
+    #: weights of the letter's noise level (typos, OCR confusions, shifted rows): none | light | heavy
+    noise: dict[Literal["none", "light", "heavy"], float] = identity()
 
     @model_validator(mode="after")
     def _splits_sum_to_one(self) -> SamplerConfig:
@@ -327,7 +327,7 @@ class Sampler:
             "lab_layout": _weighted(rng, {"inline": 3, "table": 2, "list": 1}),
             "heading_case": _weighted(rng, {"title": 5, "upper": 2}),
             "numbered_diagnoses": rng.random() < 0.6,
-            "noise": _weighted(rng, self.cfg.noise) if self.cfg.noise else "none",
+            "noise": P.NOISE_LEVEL[_weighted(rng, self.cfg.noise)] if self.cfg.noise else 0.0,
             "tnm_layout": _weighted(rng, {"spaced": 3, "compact": 2, "prefix_once": 1}),
         }
 
