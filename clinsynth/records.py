@@ -17,7 +17,8 @@ historical | suspected (| entered-in-error), `extra` is a JSON object (`PatientR
 Tumour facts (every category from `histology` to `metastasis` below, and diagnoses that
 belong to a tumour) carry `extra.tumor`: the id of the primary-tumour Condition they
 describe (FHIR Observation.focus / the condition-related extension), so the facts of two
-tumours of one patient stay apart. On the primary-tumour Condition itself `extra.tumor`
+tumours of one patient stay apart; it may name a Condition of an earlier encounter when
+the tumour has no diagnosis row in this one. On the primary-tumour Condition itself `extra.tumor`
 is its own resource id. Staging facts (tnm_*, uicc_stage, stage_other, lymph_nodes) carry
 `extra.staging` = initial | current where the source says which, and `date` = the date
 the staging refers to.
@@ -34,12 +35,15 @@ radiotherapy  code = OPS 8-52x, else SNOMED (33195004 for a      total_gy, fract
               course without OPS): check `system`;            target (text as written), intent
               value_num = total dose, unit = Gy;              (curative | palliative | adjuvant ...),
               date = start, end_date = end                    intention (MII K | P ...), end_date,
-                                                              tumor
+                                                              concurrent (drug given alongside), tumor
 medication    code = ATC (else PZN/SNOMED/ASK with system);   dose, dose_unit, route, schedule
               value_num/unit = dose; role = MedicationState-  ([m, n, e, night]), frequency (text),
               ment category (inpatient | community ...)       dosage_text, therapy ("systemic"),
                                                               as_needed (bool), regimen, cycle (int),
-                                                              day (int), intent
+                                                              day (int), intent, per_dose + per_unit
+                                                              (the prescription per body measure:
+                                                              85 mg/m2, AUC 5; dose is then the
+                                                              calculated absolute dose)
 lab           code = LOINC (else the source's system);        ref_low, ref_high, interpretation
               value_num/unit or value_str
 vital         code = LOINC (8480-6 systolic, 8462-4           -
@@ -50,6 +54,7 @@ smoking       code = SNOMED status code; value_str = never |  pack_years
               former | current (None when not one of these)
 histology     code = ICD-O-3 morphology (8140/3)              histology_text, topography, tumor
 grading       code = grade (1, 2, 3, 4, X, L, M, H, B)        tumor
+              (neither exists for a tumour before histology: the "V.a." diagnostic stay)
 tnm_t/n/m     code = T3c / N1 / M1b (UICC)                    prefix (c/p/yp/r/a/u: per axis), staging,
                                                               tumor
 tnm_l/v/pn    code = L1 / V0 / Pn0                            tumor, staging
@@ -77,7 +82,8 @@ observation   any other Observation: code/value as given      -
 
 Encounters keep their rows as before (`kontaktart`, `class_code`, department) plus
 `stay_kind` (diagnostic | surgery | therapy | complication | palliative, None for foreign
-sources). Smoking is a patient-level fact written once, in the patient's first encounter.
+sources) and `postponed_reason` (a stay whose cycle was not given: leukocytes | neutrophils |
+platelets). Smoking is a patient-level fact written once, in the patient's first encounter.
 
 Radiotherapy in nuclear medicine (radioiodine) states an activity, not a dose: there
 `total_gy`/`fraction_gy` are absent and `total_dose`/`fraction_dose` + `dose_unit` (MBq)
@@ -126,6 +132,8 @@ _ENCOUNTERS_COLUMNS: list[tuple[str, pa.DataType]] = [
     #: the stay's kind where the source says it (clinsynth's stay-kind extension): diagnostic |
     #: surgery | therapy | complication | palliative
     ("stay_kind", pa.string()),
+    #: admitted for a cycle that was not given: why (leukocytes | neutrophils | platelets); else None
+    ("postponed_reason", pa.string()),
     ("source", pa.string()),
 ]
 ENCOUNTERS = pa.schema(_ENCOUNTERS_COLUMNS)

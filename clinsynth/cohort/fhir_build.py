@@ -155,7 +155,8 @@ def _stay(
         "resourceType": "Encounter",
         "id": eid,
         "meta": _meta("Encounter"),
-        "extension": [{"url": fc.EXT_STAY_KIND, "valueCode": st.kind}],
+        "extension": [{"url": fc.EXT_STAY_KIND, "valueCode": st.kind}]
+        + ([{"url": fc.EXT_POSTPONED, "valueCode": st.postpone_reason or "other"}] if st.postponed else []),
         "status": "finished",
         "class": _coding(fc.ENCOUNTER_CLASS, "IMP", "inpatient encounter"),
         "type": [
@@ -262,6 +263,8 @@ def _radiotherapy(rid: str, rt: Radiotherapy, subject: dict, enc: dict, cond: st
         {"url": fc.MII_RADIOTHERAPY_FRACTION, "valueQuantity": _gy(rt.fraction_gy)},
         {"url": fc.EXT_FRACTIONS, "valuePositiveInt": rt.fractions},
     ]
+    if rt.concurrent:
+        ext.append({"url": fc.EXT_CONCURRENT, "valueString": rt.concurrent})
     if rt.intent:
         if rt.intent in _MII_INTENTION:
             code, display = _MII_INTENTION[rt.intent]
@@ -309,6 +312,15 @@ def _medication_statement(rid: str, med: Med, subject: dict, enc: dict, med_id: 
             }
         ],
     }
+    if med.per_dose is not None and med.per_unit:
+        # the prescription per body measure (85 mg/m2, AUC 5) beside the dose it gave (160 mg)
+        dosage["doseAndRate"][0]["type"] = {"coding": [_coding(fc.DOSE_RATE_TYPE, "calculated")]}
+        dosage["doseAndRate"].append(
+            {
+                "type": {"coding": [_coding(fc.DOSE_RATE_TYPE, "ordered")]},
+                "doseQuantity": _quantity(med.per_dose, med.per_unit),
+            }
+        )
     if med.as_needed:
         dosage["asNeededBoolean"] = True
     if route:
@@ -456,7 +468,12 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
         return res
 
     base = f"{st.key}-{t.key}"
-    tnm_method = {"coding": [_coding(fc.TNM_VERSION, "8", "8. Auflage")]}
+    if t.confirmed:  # before histology (a "V.a." stay) neither morphology nor grade is known
+        yield from _histology(obs, base, t)
+    yield from _staging(obs, base, t, kind_ext)
+
+
+def _histology(obs: Any, base: str, t: Tumor) -> Iterator[dict[str, Any]]:
     yield obs(
         "Observation.histology",
         f"histo-{base}",
@@ -471,6 +488,11 @@ def _tumor(st: Stay, t: Tumor, subject: dict, enc: dict, cond_id: str) -> Iterat
         {"coding": [_coding(fc.LOINC, "33732-9", "Histology grade [Identifier] in Cancer specimen")]},
         {"coding": [_coding(fc.GRADING, grade)]},
     )
+
+
+def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """TNM with L/V/Pn/R and lymph nodes, stage groups, markers, ECOG, status, metastasis sites."""
+    tnm_method = {"coding": [_coding(fc.TNM_VERSION, "8", "8. Auflage")]}
     members = []
     prefixes = {"t": t.prefix, "n": t.n_prefix or t.prefix, "m": t.m_prefix or t.prefix}
     for axis, value, snomed in (("t", t.t, "399504009"), ("n", t.n, "399534004"), ("m", t.m, "399387003")):
@@ -647,7 +669,7 @@ def truth(p: Person) -> dict[str, Any]:
     tumor_cond = _tumor_conditions(p)
     cond_icd = {f"cond-{st.key}-{i}": dx.icd for st in p.stays for i, dx in enumerate(st.diagnoses)}
     for st in p.stays:
-        put("encounter.stay_kind", f"enc-{st.key}:{st.kind}")
+        put("encounter.stay_kind", f"enc-{st.key}:{st.kind}:{st.postpone_reason if st.postponed else '-'}")
         cats["diagnosis"] += [d.icd for d in st.diagnoses]
         main_key = st.tumor.key if st.tumor is not None else None
         for d in st.diagnoses:
@@ -665,6 +687,12 @@ def truth(p: Person) -> dict[str, Any]:
                 f"{m.atc}:{'as_needed' if m.as_needed else '-'}:{m.frequency or '-'}:{m.regimen or '-'}:"
                 f"{_g(m.cycle)}:{_g(m.day)}:{m.intent or '-'}:{_d(m.start)}:{_d(m.end) if m.end else '-'}",
             )
+            per = m.per_dose is not None and m.per_unit
+            put(
+                "medication.dose",
+                f"{m.atc}:{_g(m.dose)}:{_UCUM.get(m.unit, m.unit)}:{_g(m.per_dose) if per else '-'}:"
+                f"{_UCUM.get(m.per_unit, m.per_unit) if per and m.per_unit else '-'}",
+            )
         cats["lab"] += [x.loinc for x in st.labs]
         for r in st.radiotherapy:
             code = r.ops or "33195004"
@@ -672,7 +700,7 @@ def truth(p: Person) -> dict[str, Any]:
             put(
                 "radiotherapy",
                 f"{code}:{r.target}:{_g(r.total_gy)}:{_g(r.fraction_gy)}:{r.fractions}:{_d(r.start)}:"
-                f"{_d(r.end)}:{r.intent or '-'}",
+                f"{_d(r.end)}:{r.intent or '-'}:{r.concurrent or '-'}",
             )
         for v in st.vitals:
             cats["vital"].append(v.loinc)
@@ -689,8 +717,9 @@ def truth(p: Person) -> dict[str, Any]:
                 if staged:
                     put("staging", f"{cat}={code}:{t.kind}:{_d(t.when)}")
 
-            fact("histology", t.morphology)
-            fact("grading", _GRADING.get(t.grading, t.grading.removeprefix("G")))
+            if t.confirmed:
+                fact("histology", t.morphology)
+                fact("grading", _GRADING.get(t.grading, t.grading.removeprefix("G")))
             prefixes = {"t": t.prefix, "n": t.n_prefix or t.prefix, "m": t.m_prefix or t.prefix}
             for axis, value in (("t", t.t), ("n", t.n), ("m", t.m)):
                 if value is not None:

@@ -118,6 +118,10 @@ EXT_DAY = f"{CLINSYNTH_EXT}/cycle-day"  # MedicationStatement: day within the cy
 EXT_INTENT = f"{CLINSYNTH_EXT}/intent"  # MedicationStatement, Procedure: curative | palliative | ...
 EXT_FRACTIONS = f"{CLINSYNTH_EXT}/fractions"  # radiotherapy Procedure: number of fractions
 EXT_STAY_KIND = f"{CLINSYNTH_EXT}/stay-kind"  # Encounter: diagnostic | surgery | therapy | ...
+#: Encounter: admitted for a cycle that was not given; valueCode = why (leukocytes | neutrophils | platelets)
+EXT_POSTPONED = f"{CLINSYNTH_EXT}/cycle-postponed"
+EXT_CONCURRENT = f"{CLINSYNTH_EXT}/concurrent-drug"  # radiotherapy Procedure: drug given alongside
+DOSE_RATE_TYPE = "http://terminology.hl7.org/CodeSystem/dose-rate-type"  # ordered | calculated
 #: code systems
 MARKER_CS = f"{CLINSYNTH_CS}/marker"  # a marker without LOINC: code = its name ("Ki-67")
 MARKER_RESULT = f"{CLINSYNTH_CS}/marker-result"  # positive | negative | equivocal | mutated | ...

@@ -204,7 +204,7 @@ def _patient(res: dict[str, Any]) -> Extracted:
         "type.coding.system": (fc.KONTAKTART, fc.KONTAKTEBENE),
         "diagnosis.use.coding.code": ("CC", "AD", "DD"),
         "diagnosis.rank": (1, 2),
-        "extension.url": (fc.EXT_STAY_KIND, f"{fc.ONKO}/other"),
+        "extension.url": (fc.EXT_STAY_KIND, fc.EXT_POSTPONED, f"{fc.ONKO}/other"),
     },
 )
 def _encounter(res: dict[str, Any]) -> Extracted:
@@ -226,6 +226,9 @@ def _encounter(res: dict[str, Any]) -> Extracted:
         "department": (svc.get("display") if svc else None),
         "stay_kind": next(
             (e.get("valueCode") for e in res.get("extension") or () if e.get("url") == fc.EXT_STAY_KIND), None
+        ),
+        "postponed_reason": next(
+            (e.get("valueCode") for e in res.get("extension") or () if e.get("url") == fc.EXT_POSTPONED), None
         ),
     }
     ex = Extracted("encounter", rows=[row], patient_ref=ref_id(res.get("subject"), "Patient"))
@@ -325,6 +328,7 @@ _RADIOTHERAPY_PROFILES = (
             fc.MII_RADIOTHERAPY_TOTAL,
             fc.MII_RADIOTHERAPY_FRACTION,
             fc.EXT_FRACTIONS,
+            fc.EXT_CONCURRENT,
             fc.EXT_INTENT,
             f"{fc.ONKO}/other",
         ),
@@ -359,6 +363,8 @@ def _procedure(res: dict[str, Any]) -> Extracted:
             extra["intent"] = e.get("valueCode")
         elif url == fc.EXT_FRACTIONS:
             extra["fractions"] = e.get("valuePositiveInt")
+        elif url == fc.EXT_CONCURRENT:
+            extra["concurrent"] = e.get("valueString")
         elif url in (fc.MII_RADIOTHERAPY_TOTAL, fc.MII_RADIOTHERAPY_FRACTION):
             q = e.get("valueQuantity") or {}
             total = url == fc.MII_RADIOTHERAPY_TOTAL
@@ -438,11 +444,17 @@ _WHEN = {
 
 def _dosage(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for dr in d.get("doseAndRate") or []:
+    rates = d.get("doseAndRate") or []
+    for dr in rates:
         q = dr.get("doseQuantity")
         if q and q.get("value") is not None:
-            out["dose"] = q["value"]
-            out["dose_unit"] = q.get("code") or q.get("unit")
+            if len(rates) > 1 and (_any_coding(dr.get("type")) or {}).get("code") == "ordered":
+                # the prescription per body measure (85 mg/m2) beside the calculated dose
+                out["per_dose"] = q["value"]
+                out["per_unit"] = q.get("code") or q.get("unit")
+            else:
+                out["dose"] = q["value"]
+                out["dose_unit"] = q.get("code") or q.get("unit")
     route = _any_coding(d.get("route"))
     if route:
         out["route"] = route.get("display") or route.get("code")
@@ -494,6 +506,8 @@ _MED_EXTENSIONS = {
                 ("periodUnit", ("d", "h", "wk")),
             )
         },
+        "dosage.doseAndRate.type.coding.code": ("ordered", "calculated"),
+        "dosageInstruction.doseAndRate.type.coding.code": ("ordered", "calculated"),
         "extension.url": (fc.EXT_REGIMEN, fc.EXT_CYCLE, fc.EXT_DAY, fc.EXT_INTENT, f"{fc.ONKO}/other"),
     },
 )

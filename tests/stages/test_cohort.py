@@ -164,6 +164,11 @@ def from_records(rec: PatientRecord) -> tuple[dict[str, list], dict[str, list[st
                 put("diagnosis.tumor", f"{code}->{by_id[x['tumor']]['code']}")
         elif cat == "medication":
             put(
+                "medication.dose",
+                f"{code}:{_g(x.get('dose'))}:{x.get('dose_unit')}:{_g(x.get('per_dose'))}:"
+                f"{x.get('per_unit') or '-'}",
+            )
+            put(
                 "medication.v2",
                 f"{code}:{'as_needed' if x.get('as_needed') else '-'}:{x.get('frequency') or '-'}:"
                 f"{x.get('regimen') or '-'}:{_g(x.get('cycle'))}:{_g(x.get('day'))}:{x.get('intent') or '-'}:"
@@ -174,7 +179,8 @@ def from_records(rec: PatientRecord) -> tuple[dict[str, list], dict[str, list[st
             put(
                 "radiotherapy",
                 f"{code}:{x.get('target')}:{_g(x.get('total_gy'))}:{_g(x.get('fraction_gy'))}:"
-                f"{x.get('fractions')}:{f['date']}:{f['end_date']}:{x.get('intent') or '-'}",
+                f"{x.get('fractions')}:{f['date']}:{f['end_date']}:{x.get('intent') or '-'}:"
+                f"{x.get('concurrent') or '-'}",
             )
         elif cat == "vital":
             put("vital", f"{code}:{_g(f['value_num'])}:{f['unit']}:{f['date']}")
@@ -197,7 +203,11 @@ def from_records(rec: PatientRecord) -> tuple[dict[str, list], dict[str, list[st
             assert x.get("tumor"), f"{f['resource_id']}: a tumour fact without extra.tumor"
             groups.setdefault((f["encounter_id"], x["tumor"]), []).append(f"{cat}={code}")
     for enc in rec.encounters.values():
-        put("encounter.stay_kind", f"{enc.row['encounter_id']}:{enc.row['stay_kind']}")
+        row = enc.row
+        put(
+            "encounter.stay_kind",
+            f"{row['encounter_id']}:{row['stay_kind']}:{row['postponed_reason'] or '-'}",
+        )
     for (enc, tumor), group in groups.items():
         put("tumor.facts", f"{enc}|{by_id[tumor]['code']}|" + ",".join(sorted(group)))
     return {k: sorted(v) for k, v in codes.items()}, {k: sorted(v) for k, v in fields.items()}
@@ -238,16 +248,19 @@ def full_person(key: str, k: int) -> Person:
         ],
         procedures=[Proc("5-870.a0", "Mastektomie", d(2025, 3, 20), "operation")],
         medications=[
-            Med("L01CD01", "Paclitaxel", 80.0 + k, "mg/m2", "i.v.", d(2025, 3, 21), d(2025, 3, 21),
+            Med("L01CD01", "Paclitaxel", 150.0 + k, "mg", "i.v.", d(2025, 3, 21), d(2025, 3, 21),
                 therapy=True, regimen="Paclitaxel weekly", cycle=3 + k, day=1 + k, intent="palliative",
-                frequency="wöchentlich"),
+                frequency="wöchentlich", per_dose=80.0, per_unit="mg/m2"),
+            Med("L01XA02", "Carboplatin", 450.0 + k, "mg", "i.v.", d(2025, 3, 21), therapy=True,
+                per_dose=5.0 if k else None, per_unit="AUC" if k else None),
             Med("N02BE01", "Metamizol", 500.0, "mg", "p.o.", d(2025, 3, 21), context="discharge",
                 as_needed=True, schedule=(1, 1, 1, 1)),
         ],
         labs=[Lab("718-7", "Hb", 10.2, "g/dL", d(2025, 3, 18), 12.0, 16.0)],
         tumor=t1, other_tumors=[t2],
         radiotherapy=[
-            Radiotherapy("Mamma links", 50.4, 1.8, 28, d(2025, 1, 2), d(2025, 2, 10), "adjuvant"),
+            Radiotherapy("Mamma links", 50.4, 1.8, 28, d(2025, 1, 2), d(2025, 2, 10), "adjuvant",
+                         concurrent="Capecitabin" if k % 2 else None),
             Radiotherapy("LWK 3", 20.0 + k, 4.0, 5, d(2025, 3, 22), d(2025, 3, 26), "palliative",
                          ops="8-522.91"),
         ],
@@ -265,7 +278,8 @@ def full_person(key: str, k: int) -> Person:
         key=f"{key}-s1", start=d(2025, 5, 2), end=d(2025, 5, 6), department_code="0100", department="Innere",
         diagnoses=[Dx("C50.4", "Mammakarzinom", "main", d(2025, 3, 1), primary_tumor=True, tumor_key="t1")],
         tumor=Tumor(**{**t1.__dict__, "kind": "current", "when": d(2025, 5, 3), "status": "progression",
-                       "markers": [], "stages": []}),
+                       "markers": [], "stages": [], "confirmed": k != 1}),
+        postponed=k == 2, postpone_reason="neutrophils" if k == 2 else None,
         kind=("diagnostic", "complication", "palliative")[k % 3],
         other_tumors=[Tumor(**{**t2.__dict__, "status": "stable", "when": d(2025, 5, 3)})],
     )  # fmt: skip
@@ -277,8 +291,9 @@ def full_person(key: str, k: int) -> Person:
 
 
 FIELDS = (
-    "diagnosis.assertion", "diagnosis.tumor", "medication.v2", "radiotherapy", "vital", "smoking", "staging",
-    "tnm.prefix", "lymph_nodes", "stage_other.system", "marker_status", "tumor.facts", "encounter.stay_kind",
+    "diagnosis.assertion", "diagnosis.tumor", "medication.v2", "medication.dose", "radiotherapy", "vital",
+    "smoking", "staging", "tnm.prefix", "lymph_nodes", "stage_other.system", "marker_status", "tumor.facts",
+    "encounter.stay_kind",
 )  # fmt: skip
 
 
