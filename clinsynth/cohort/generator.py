@@ -373,10 +373,25 @@ class CohortGenerator:
         # 4. systemic therapy (adjuvant, definitive with RT, palliative)
         if pl.systemic and pl.systemic not in clinic.OUTPATIENT:
             concurrent = None
+            outpatient: list[Radiotherapy] = []
             if pl.rt is not None and pl.rt is not clinic.RT_BREAST:
                 concurrent = _rt_course(pl.rt, last, pl.systemic_intent, pl.rt_drug)
+            elif pl.rt is clinic.RT_BREAST and pl.systemic == "trastuzumab_pertuzumab":
+                # antibody maintenance runs on; the breast is irradiated at the same time, as an outpatient
+                outpatient = [self._breast_rt(c, last + timedelta(days=rng.randint(0, 10)))]
+                pl.rt = None
             cycles = rng.randint(1, self.cfg.max_chemo_cycles)
-            end = self._cycles(rng, c, pl.systemic, pl.systemic_intent, last, cycles, tumor, rt=concurrent)
+            end = self._cycles(
+                rng,
+                c,
+                pl.systemic,
+                pl.systemic_intent,
+                last,
+                cycles,
+                tumor,
+                rt=concurrent,
+                history=outpatient,
+            )
             if end is None:
                 return
             last = end + timedelta(days=rng.randint(14, 30))
@@ -407,6 +422,55 @@ class CohortGenerator:
                 self._support("N02AA05", st.start, "discharge"),
             ]
             self._discharge(rng, c, st)
+            return
+
+        # 6. outpatient radiotherapy (breast after BET, prostate definitive), then for some a recurrence
+        curative = pl.surgery or pl.rt in (clinic.RT_PROSTATE, clinic.RT_LUNG, clinic.RT_HEAD_NECK)
+        if (
+            (tumor.m or "M0").startswith("M1")
+            or e in _HAEM
+            or not curative
+            or pl.systemic_intent == "palliative"
+        ):
+            return
+        courses: list[Radiotherapy] = []
+        if pl.rt in (clinic.RT_BREAST, clinic.RT_PROSTATE):
+            breast = pl.rt is clinic.RT_BREAST
+            rt = self._breast_rt(c, last) if breast else _rt_course(pl.rt, last, "curative", None)
+            courses.append(rt)
+            last = rt.end + timedelta(days=rng.randint(14, 60))
+        if rng.random() < 0.18:
+            self._recurrence(rng, c, last + timedelta(days=rng.randint(240, 900)), tumor, courses)
+
+    def _breast_rt(self, c: _Case, start: date) -> Radiotherapy:
+        rt = _rt_course(clinic.RT_BREAST, start, "adjuvant", None)
+        rt.target = "Mamma links" if c.laterality == "L" else "Mamma rechts"
+        return rt
+
+    def _recurrence(
+        self, rng: random.Random, c: _Case, start: date, tumor: Tumor, rts: list[Radiotherapy]
+    ) -> None:
+        """A local recurrence worked up months after curative therapy (rTNM, current staging)."""
+        dept = _MEDICAL_DEPT if rng.random() < 0.5 else _surgical_dept(c.icd)
+        st = self._stay(c, start, rng.randint(2, 7), dept, "diagnostic")
+        if st is None:
+            return
+        st.radiotherapy = [r for r in rts if r.end < st.start]
+        work_up = clinic.DIAGNOSTICS.get(c.entity.key, ())
+        for i, code in enumerate(work_up[:2]):
+            st.procedures.append(self._proc(code, st.start + timedelta(days=min(i, _los(st))), "diagnostic"))
+        t = tumor
+        if t.t is not None and t.n is not None and t.m is not None:
+            uicc = self.cat.stage_group(c.entity.key, t.t, "N0", "M0")
+            t = _with(t, prefix="r", n_prefix=None, m_prefix="c", n="N0", m="M0", uicc=uicc, nodes=None,
+                      l=None, v=None, pn=None, r=None)  # fmt: skip
+        t = _with(t, kind="current", status="recurrence", when=st.start + timedelta(days=min(1, _los(st))),
+                  ecog=c.ecog)  # fmt: skip
+        st.tumor = t
+        st.diagnoses = self._diagnoses(c, st, t)
+        st.labs = self._labs(rng, c, st, burden=1.0, cycle=0)
+        st.vitals = self._vitals(rng, c, st)
+        self._discharge(rng, c, st)
 
     def _cycles(
         self,
@@ -418,6 +482,7 @@ class CohortGenerator:
         cycles: int,
         tumor: Tumor,
         rt: Radiotherapy | None = None,
+        history: list[Radiotherapy] | None = None,
     ) -> date | None:
         """Inpatient cycles of one regimen with postponements and febrile neutropenia between them."""
         regimen = self.cat.regimens[key]
@@ -451,6 +516,7 @@ class CohortGenerator:
                 postpone = rng.choice(("leukocytes", "neutrophils", "platelets"))
             st.labs = self._labs(rng, c, st, burden=0.7, cycle=cycle, low=postpone, aml=key == "aml_7plus3")
             st.vitals = self._vitals(rng, c, st)
+            st.radiotherapy = [r for r in history or () if r.end < st.start]
             if rt is not None and cycle == 1:
                 st.radiotherapy = [rt]
                 st.procedures.append(self._proc(clinic.RT_OPS, st.start, "radiotherapy"))

@@ -19,7 +19,7 @@ from clinsynth.cohort.renal import ckd_epi, cockcroft_gault
 from clinsynth.terminology import load_catalog
 
 REF = date(2025, 6, 30)
-N = 600
+N = 1500
 
 FIVE_HT3, NK1, DEXA = "A04AA", "A04AD", "H02AB02"
 GCSF = ("L03AA02", "L03AA13")
@@ -538,10 +538,34 @@ def test_radiotherapy_courses(people):
                 seen[rt.intent] += 1
                 if rt.intent == "neoadjuvant":
                     assert entity(p) == "rectum" and key == (50.4, 28) and rt.end < st.start
+                if rt.intent == "adjuvant":  # after breast-conserving surgery, shown on a later stay
+                    assert entity(p) == "breast" and key == (40.05, 15) and rt.end < st.start
+                    assert rt.target.startswith("Mamma") and "5-870.0" in {
+                        x.ops for s in p.stays for x in s.procedures
+                    }
                 if st.kind == "palliative":
                     assert key in ((30.0, 10), (20.0, 5)) and st.start <= rt.start and rt.end <= st.end
                     assert any(x.kind == "radiotherapy" for x in st.procedures)
-    assert seen["neoadjuvant"] > 2 and seen["palliative"] > 2 and seen["curative"] > 2, seen
+    assert seen["adjuvant"] and all(seen[k] > 5 for k in ("neoadjuvant", "palliative", "curative")), seen
+
+
+def test_recurrence_only_after_curative_treatment(people):
+    seen = 0
+    for p in people:
+        for i, st in enumerate(p.stays):
+            if st.tumor is None or st.tumor.status != "recurrence":
+                continue
+            seen += 1
+            t0 = p.stays[0].tumor
+            assert i > 0 and st.kind == "diagnostic" and st.tumor.kind == "current"
+            assert t0.m is not None and t0.m == "M0" and st.tumor.m == "M0"
+            assert st.tumor.prefix == "r" and st.tumor.uicc is not None
+            treated = any(x.kind == "operation" for s in p.stays[:i] for x in s.procedures) or any(
+                r.intent == "curative" for s in p.stays[: i + 1] for r in s.radiotherapy
+            )
+            assert treated, st.key
+            assert (st.start - p.stays[i - 1].end).days >= 200
+    assert seen > 5
 
 
 def test_vitals_ecog_and_smoking(people):
