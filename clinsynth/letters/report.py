@@ -69,7 +69,8 @@ SECTION_MARGIN = 0.05
 MIN_NEGATED_DIAGNOSIS_FRAMES = 50
 #: distinct frames kept per kind × assertion (about 100 bytes each); more is reported as "at least"
 FRAME_CAP = 10_000
-#: frames (the costly count) come from every letter up to this many, then from every 8th
+#: frames and style features (the costly counts) come from every letter up to this many, then
+#: from every 8th; words, facts, codes and sections from every letter
 FRAMES_ALL = 10_000
 FRAMES_STRIDE = 8
 TOP_FRAMES = 5
@@ -145,10 +146,13 @@ def distribution(hist: Mapping[int, int]) -> dict[str, Any]:
 
 
 class TextStats:
-    """Words, features and written codes of letters, as histograms and counters (no text kept)."""
+    """Words, features and written codes of letters, as histograms and counters (no text kept).
+    Words and codes are counted on every letter; the style features (the costly part) on the
+    letters measured `with_features`."""
 
     def __init__(self) -> None:
         self.letters = 0
+        self.featured = 0
         self.words: Counter[int] = Counter()
         self.features: Counter[str] = Counter({k: 0 for k in feat.feature_names()})
         self.codes: Counter[str] = Counter({k: 0 for k in feat.CODE_PATTERNS})
@@ -157,23 +161,26 @@ class TextStats:
         self.add_measured(*self.measure(text))
 
     @staticmethod
-    def measure(text: str) -> tuple[int, dict[str, bool], dict[str, int]]:
+    def measure(text: str, with_features: bool = True) -> tuple[int, dict[str, bool] | None, dict[str, int]]:
         codes = feat.written_codes(text)
-        return feat.word_count(text), feat.features(text, codes), codes
+        return feat.word_count(text), feat.features(text, codes) if with_features else None, codes
 
-    def add_measured(self, words: int, features: Mapping[str, bool], codes: Mapping[str, int]) -> None:
+    def add_measured(self, words: int, features: Mapping[str, bool] | None, codes: Mapping[str, int]) -> None:
         self.letters += 1
         self.words[words] += 1
-        for name, has in features.items():
-            self.features[name] += has
+        if features is not None:
+            self.featured += 1
+            for name, has in features.items():
+                self.features[name] += has
         self.codes.update(codes)
 
     def summary(self) -> dict[str, Any]:
         return {
             "letters": self.letters,
             "words": distribution(self.words),
+            "features_counted_on_letters": self.featured,
             "feature_letters": dict(self.features),
-            "feature_shares": feat.shares(self.features, self.letters),
+            "feature_shares": feat.shares(self.features, self.featured),
             "written_codes": dict(self.codes),
         }
 
@@ -483,11 +490,11 @@ class LettersReport:
     def _add(self, recipe: Recipe, text: str, verdict: Mapping[str, Any] | None) -> None:
         # everything is measured before anything is counted: a letter counts whole or not at all
         letter = _Letter(text)
-        measured = TextStats.measure(text)
-        spans = bindings(recipe, text, verdict)
-        checks = [(f, code_support(f, letter)) for f in recipe.facts]
         n = self.text.letters
         framed = n < self.frames_all or (n - self.frames_all) % self.frames_stride == 0
+        measured = TextStats.measure(text, with_features=framed)
+        spans = bindings(recipe, text, verdict)
+        checks = [(f, code_support(f, letter)) for f in recipe.facts]
         frames = self._frames(recipe, letter, spans) if framed else []
         self.text.add_measured(*measured)
         self.words_by_type.setdefault(recipe.letter_type, Counter())[measured[0]] += 1
@@ -729,7 +736,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Letters with each feature",
         "",
-        "| feature | these letters | development letters |",
+        f"| feature | these letters ({text['features_counted_on_letters']}) | "
+        f"development letters ({dev.get('letters', '–')}) |",
         "|---|---|---|",
     ]
     dev_shares = dev.get("feature_shares") or {}

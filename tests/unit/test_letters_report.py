@@ -390,7 +390,12 @@ def test_frames_come_from_the_first_letters_then_every_nth():
     assert out["frames_counted_on_letters"] == 2
     assert out["frames"]["diagnosis"]["negated"]["facts"] == 3 and out["frames"]["medication"] == {}
     assert out["facts"]["medication"]["present"] == 1  # counts and codes come from every letter
-    assert out["text"]["written_codes"]["atc"] == 1
+    assert out["text"]["written_codes"]["atc"] == 1 and out["text"]["words"]["n"] == 3
+    # style features like frames: s1 (negation, no suspicion) and s2 (negation, suspicion)
+    assert out["text"]["features_counted_on_letters"] == 2
+    assert (
+        out["text"]["feature_letters"]["negation"] == 2 and out["text"]["feature_shares"]["suspicion"] == 0.5
+    )
 
 
 def test_write_report_writes_json_and_a_readable_summary(tmp_path, counted):
@@ -419,6 +424,7 @@ def test_committed_dev_letter_stats_are_aggregates_only():
     assert set(dev) == {
         "letters",
         "words",
+        "features_counted_on_letters",
         "feature_letters",
         "feature_shares",
         "written_codes",
