@@ -177,6 +177,8 @@ class Analysis:
             i = bisect.bisect_left(self.occ_starts, start) - 1
             prev_end = max((e for s, e in self.all_occ[max(0, i - 3) : i + 1] if e <= start), default=0)
             code_end = self._next_other_fact(f, end)
+            if code_end < len(lt.n) and lt.line(code_end)[0] > end:  # a later line belongs to that fact
+                code_end = lt.line(code_end)[0]
             return Place(start, end, max(end, stop), sec_s, sec_e, lead=max(ls, prev_end), code_end=code_end)
         s_start, s_end = lt.sentence(start, end)
         region_end = min(self._next_other(start, end), s_end)
@@ -196,6 +198,15 @@ class Analysis:
                 return o[0]
             i += 1
         return len(self.lt.n)
+
+    def inside_other(self, f: RecipeFact, occ: tuple[int, int]) -> bool:
+        """Is the occurrence part of another fact's longer name?"""
+        i = bisect.bisect_right(self.occ_starts, occ[0])
+        own = set(self.occ[f.id])
+        for o in self.all_occ[max(0, i - 8) : i]:
+            if o not in own and o[0] <= occ[0] and occ[1] <= o[1] and o != occ:
+                return True
+        return False
 
     def _same_name(self, f: RecipeFact, pos: int) -> bool:
         return any(s == pos for s, _ in self.occ[f.id])

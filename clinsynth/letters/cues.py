@@ -7,7 +7,7 @@ Scope (NegEx-like, tuned for German letters):
 * it never crosses a clause end (". ", ";", ":", a line break) or a contrast word ("aber", "jedoch" ...);
 * before the name, at most 3 words may sit between cue and name, all lower case (German nouns are
   capitalised: "Keine Beschwerden bei Rektumkarzinom" does not negate the carcinoma);
-* after the name, at most 3 words of any case ("Lungenmetastasen CT-morphologisch nicht nachweisbar"),
+* after the name, at most 4 words of any case ("Lungenmetastasen CT-morphologisch nicht nachweisbar"),
   or just a comma ("Leberläsion, metastasensuspekt");
 * a list of names joined by ",", "und", "oder", "sowie" shares the cue ("Kein Hinweis auf
   Lebermetastasen oder Aszites", "Leber- und Lungenmetastasen ausgeschlossen" if both are written).
@@ -56,15 +56,18 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         r"erkennbar|vorhanden|bestätigt|bestätigen|feststellbar|gesehen|detektierbar|zu\s+sehen|eruierbar|"
         r"durchgeführt|erfolgt|gegeben|verabreicht|eingenommen|eingesetzt|indiziert|notwendig|erforderlich|"
         r"aufgetreten|beobachtet)"
-        r"|(?:bestehen|besteht|lag|liegt|liegen|fand\s+sich|fanden\s+sich|zeigte\s+sich|ergab\s+sich)"
+        r"|(?:bestehen|besteht|lag|liegt|liegen|fand\s+sich|fanden\s+sich|zeigte\s+sich|ergab\s+sich|"
+        r"erfolgte|erfolgt|wurde|wurden|wird|werden)"
         r"(?:[ \t]+[\w-]+){0,3}[ \t]+nicht(?:[ \t]+vor)?",
         "negated",
         True,
         "post",
     ),
     (
-        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|"
-        r"bestätigte?n?[ \t]+sich(?:[ \t]+[\w-]+){0,2}[ \t]+nicht",
+        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|(?:wurde|wird)\s+verzichtet|verzichtet|"
+        r"bestätigte?n?[ \t]+sich(?:[ \t]+[\w-]+){0,3}[ \t]+nicht|"
+        r"(?:ergab|ergibt|fand|findet|zeigte|zeigt)[ \t]+sich(?:[ \t]+[\w-]+){0,3}[ \t]+kein(?:e[nmrs]?)?"
+        r"(?:[ \t]+\w+)?(?=[ \t]*(?:$|[\n.,;)]))",
         "negated",
         True,
         "post",
@@ -110,7 +113,12 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
     (r"ausgeheilt|abgeheilt|abgeklungen|überstanden|sistiert|in\s+vollremission", "historical", True, "post"),
     (r"vor\s+\d+\s+jahren", "historical", True, "post"),
     (r"anamnestisch|vorbekannt\w*|bekannt\w*", "historical", False, "both"),
-    (r"\(\s*(?:\d{1,2}/)?(?:19|20)\d{2}\s*\)|(?<![./])(?:19|20)\d{2}", "historical", False, "post"),
+    (
+        r"\(\s*(?:\d{1,2}/)?(?:19|20)\d{2}\s*\)|(?<![./])(?:19|20)\d{2}(?=[ \t]*(?:$|[\n.,;)]))",
+        "historical",
+        False,
+        "post",
+    ),
 )
 
 #: each cue's pattern, matched at a word start
@@ -131,11 +139,13 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "fr": ("frei von", "fragliche einnahme von", "fraglich", "früher"),
     "ne": ("negativ für", "negativ"),
     "wi": ("widerlegt",),
-    "wu": ("wurde abgesehen",),
+    "wu": ("wurde abgesehen", "wurde nicht"),
+    "we": ("werden nicht",),
     "ab": ("abgesehen", "abgesetzt", "abgeheilt", "abgeklungen"),
     "pa": ("passend zu", "pausiert"),
     "ve": (
         "verzicht auf",
+        "verzichtet",
         "verneint",
         "verdacht auf",
         "verdachtsdiagnose",
@@ -180,8 +190,9 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "la": ("lag nicht vor",),
     "li": ("liegt nicht vor",),
     "fa": ("fand sich nicht",),
-    "ze": ("zeigte sich nicht",),
-    "er": ("ergab sich nicht",),
+    "er": ("ergab sich nicht", "erfolgte nicht", "ergab sich klinisch kein anhalt"),
+    "fi": ("findet sich kein",),
+    "ze": ("zeigte sich nicht", "zeigte sich kein"),
     "an": ("anamnestisch",),
     "19": ("1998",),
     "20": ("2015",),
@@ -200,6 +211,10 @@ _LIST_JOIN = re.compile(
     r"\s*(?:,|/|\+)?\s*(?:(?:und|oder|sowie|bzw\.?|u\.|od\.|noch|resp\.)\s+)?"
     r"(?:(?:ein|eine|einer|eines|einen|einem|der|die|das|den|dem|des)\s+)?"
 )
+_PARENS = re.compile(r"\([^()\n]*\)")
+_CODE_IN_GAP = re.compile(r"(?<![\w.])[A-Z][0-9]{2}(?:\.[0-9]{1,2})?(?![\w])|(?<![\w/])[89]\d{3}/\d")
+_DATE_IN_GAP = re.compile(r"(?<![\w.])\d{1,2}\.\d{1,2}\.\d{2,4}(?!\d)|(?<![\w/])\d{1,2}/\d{2,4}(?!\d)")
+_LAT_IN_GAP = re.compile(r"(?<!\w)(?:li\.|re\.|bds\.|links|rechts|beidseits)(?!\w)", re.IGNORECASE)
 _GAP_WORD = re.compile(r"[^\W\d_][\w.-]*|\d[\w.,/-]*")
 
 
@@ -259,13 +274,20 @@ def gap_ok(lt: LetterText, a: int, b: int, *, before: bool) -> bool:
         return False
     if b == a:
         return True
-    gap = lt.n[a:b]
+    if not _no_stop(lt, a, b):
+        return False
+    # a bracket ("(C18.0)", "(auswärts, Vorgeschichte") and a code ("V.a. C67.0 X") do not stop a cue
+    raw = _CODE_IN_GAP.sub(" ", _PARENS.sub(" ", lt.raw[a:b]))
+    raw = _LAT_IN_GAP.sub(" ", _DATE_IN_GAP.sub(" ", raw))
+    if not before and raw.lstrip().startswith("("):  # "X (auswärts, Vorgeschichte)"
+        raw = raw.lstrip()[1:].replace(",", " ")
+    gap = raw.lower()
     if not before and gap.strip() == ",":
         return True  # "Leberläsion, metastasensuspekt"
-    if "," in gap or not _no_stop(lt, a, b) or _CONTRAST.search(gap):
+    if "," in gap or _CONTRAST.search(gap):
         return False
-    words = _GAP_WORD.findall(lt.raw[a:b])
-    if len(words) > 3:
+    words = _GAP_WORD.findall(raw)
+    if len(words) > (3 if before else 4):
         return False
     return not (before and any(w[0].isupper() for w in words))
 

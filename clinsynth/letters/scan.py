@@ -43,7 +43,9 @@ CODE_PATTERNS: dict[str, re.Pattern[str]] = {
     "icd10gm": re.compile(
         r"[A-Z](?<![\w/.-][A-Z])(?<!Vitamin [A-Z])[0-9]{2}(?:\.[0-9]{1,2})?(?![\w/-]|\.\d)"
     ),
-    "ops": re.compile(r"[1-9](?<![\w/.,-][1-9])-[0-9]{2}[0-9a-z]?(?:\.[0-9a-z]{1,2})?(?![\w-]|\.\w)"),
+    "ops": re.compile(
+        r"[1-9](?<![\w/.,-][1-9])(?<!Tag [1-9])(?<!Tage [1-9])(?<!Tagen [1-9])-[0-9]{2}[0-9a-z]?(?:\.[0-9a-z]{1,2})?(?![\w-]|\.\w)"
+    ),
     "atc": re.compile(r"[A-Z](?<![\w-][A-Z])[0-9]{2}[A-Z]{2}[0-9]{2}(?![\w-])"),
     "loinc": re.compile(r"[0-9](?<![\w.,/-][0-9])(?<!CA [0-9])(?<!CA-[0-9])[0-9]{1,6}-[0-9](?![\w.,/-])"),
     "morphology": re.compile(r"[89](?<![\w/.,][89])[0-9]{3}/[0-9](?![\w/])"),
@@ -52,7 +54,7 @@ CODE_PATTERNS: dict[str, re.Pattern[str]] = {
 _MONTH_ALT = "|".join(MONTHS_DE)
 #: 07.06.2023 · 7.6.23 · 06/2023 (the day or month group holds its first digit, checked behind it)
 DATE_PATTERN = re.compile(
-    r"(?P<d>\d(?<![\w.,/]\d)\d?)\.\s?(?P<m>[01]?\d)\.\s?(?P<y>\d{4}|\d{2})(?!\d)"
+    r"(?P<d>\d(?<![\w.,/]\d)\d?)\.(?P<m>[01]?\d)\.(?P<y>\d{4}|\d{2})(?!\d)"
     r"|(?P<mm>\d(?<![\w.,/]\d)\d?)/(?P<my>\d{4}|\d{2})(?![\d/])"
 )
 #: 7. Juni 2023 · Juni 2023 (the day is looked up before the month)
@@ -106,12 +108,32 @@ UNIT_AFTER = re.compile(rf"\s?(?:{_UNIT_ALT})(?![\w/])")
 _STOP = re.compile(r"[.!?](?=\s)|;|\n")
 ABBREVIATIONS = re.compile(
     r"(?:^|[\s(])(?:z\.n|v\.a|z\.b|i\.v|p\.o|s\.c|o\.n\.a|dr|med|ca|ggf|bzw|vs|u\.a|d\.h|geb|tel|nr|pat|"
-    r"li|re|bds|st\.n|st\.p|s\.p|neg|pos|temp|kum|bek|art|a\.e|o\.b|b\.b|z\.t|mind|max|std|tägl|ca|evtl|i\.s|insb|inkl|zzgl|ggü|"
+    r"li|re|bds|st\.n|st\.p|s\.p|neg|pos|temp|kum|bek|art|mio|mrd|a\.e|o\.b|b\.b|z\.t|mind|max|std|tägl|ca|evtl|i\.s|insb|inkl|zzgl|ggü|"
     r"[a-zäöü])\.$"
 )
 _FIRST_WORD = re.compile(r"\w+")
-#: "der 3. Zyklus", "am 7. Juni": a period after a one- or two-digit number is no sentence end
+#: "der 3. Zyklus", "am 7. Juni": a period after a one- or two-digit number is no sentence end when an
+#: article or preposition stands before it or an ordinal's noun after it ("ALAT 31. Vorbefund" ends one)
 _ORDINAL = re.compile(r"(?:^|(?<=[\s(]))\d{1,2}\.$")
+_ORDINAL_BEFORE = re.compile(
+    r"(?:^|\s)(?:am|an|den|der|dem|des|die|das|im|zum|zur|vom|ab|bis|seit|nach|vor|ein|einem|einer|eines|"
+    r"bzw|und|oder|zu|mit|für)\s+$"
+)
+_ORDINAL_AFTER = re.compile(
+    rf"\s*(?:{_MONTH_ALT}|zyklus|gabe|tag|kurs|linie|woche|monat|jahr|lebensjahr|fraktion|"
+    r"postoperativ|rezidiv|dosis|applikation|ssw|quartal|halbjahr)",
+)
+
+
+def _is_ordinal(n: str, stop: int) -> bool:
+    if not _ORDINAL.search(n, max(0, stop - 3), stop + 1):
+        return False
+    i = stop - 1
+    while i >= 0 and n[i].isdigit():
+        i -= 1
+    return bool(_ORDINAL_BEFORE.search(n, max(0, i - 12), i + 1) or _ORDINAL_AFTER.match(n, stop + 1))
+
+
 _WORD = re.compile(r"[\wäöüß][\wäöüß.-]*")
 
 
@@ -311,8 +333,7 @@ class LetterText:
             for m in _STOP.finditer(n)
             if n[m.start()] in ";\n"
             or not (
-                ABBREVIATIONS.search(n[max(0, m.start() - 8) : m.start() + 1])
-                or _ORDINAL.search(n, max(0, m.start() - 3), m.start() + 1)
+                ABBREVIATIONS.search(n[max(0, m.start() - 8) : m.start() + 1]) or _is_ordinal(n, m.start())
             )
         ]
         raw = self.raw

@@ -343,8 +343,8 @@ def verify(
             occs = [(b.start, b.end)] + [o for o in b.occurrences if o != (b.start, b.end)]
             if f.assertion == "present":
                 for o in occs:
-                    if o in claimed:
-                        continue
+                    if o in claimed or a.inside_other(f, o):
+                        continue  # another fact's expression ("Neutropenie nach Chemotherapie, ausgeheilt")
                     ok, cue = judge(a.cues_at(*o), "present")
                     if not ok and cue is not None:
                         b.cue, b.cue_assertion = lt.raw[cue.start : cue.end], cue.assertion
