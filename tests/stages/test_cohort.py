@@ -68,6 +68,21 @@ def test_courses_are_clinically_consistent(people):
     assert len(entities) >= 8  # the inpatient mix reaches many entities
 
 
+def test_nothing_happens_after_the_export_day():
+    """Ingest quarantines a date after the reference date (impossible_date): the cohort must make none."""
+    gen = CohortGenerator(CohortConfig(seed=7, reference_date=REF))
+    late = []
+    for i in range(1000):
+        p = gen.person(i)
+        for st in p.stays:
+            dates = [("stay", st.end), *(("radiotherapy", r.end) for r in st.radiotherapy)]
+            dates += [("medication", m.end) for m in st.medications if m.end is not None]
+            dates += [("procedure", x.when) for x in st.procedures] + [("lab", x.when) for x in st.labs]
+            dates += [("vital", x.when) for x in st.vitals] + [("diagnosis", d.onset) for d in st.diagnoses]
+            late += [(p.key, st.key, what, when) for what, when in dates if when > REF]
+    assert not late, f"{len(late)} dates after {REF}, e.g. {late[:3]}"
+
+
 def test_chemotherapy_doses_follow_body_surface_and_labs_show_toxicity(people):
     cat = load_catalog()
     seen = 0
