@@ -163,7 +163,11 @@ class Sampler:
         self.seed = seed
         self.cat = load_catalog()
         self.lex = lexicon()
-        self.faker = Faker("de_DE")
+        faker = Faker("de_DE")
+        faker.seed_instance(20240601)  # a fixed pool: drawing from it is ~10x cheaper than Faker per letter
+        self._cities = [faker.city() for _ in range(400)]
+        self._last = [faker.last_name() for _ in range(400)]
+        self._first = [faker.first_name() for _ in range(400)]
         self.stats: Counter[str] = Counter()
         self.entities = {e.label_de: e for e in self.cat.entities}
         self._entity_of_icd = {icd: e for e in self.cat.entities for icd, _ in e.icd}
@@ -1380,7 +1384,6 @@ class Sampler:
         style: dict[str, Any],
         letter_type: LetterType,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
-        self.faker.seed_instance(rng.getrandbits(32))
         ds = style["date_style"]
         p = rec.patient
         start, end = _d(enc["start"]), _d(enc["end"])
@@ -1397,7 +1400,7 @@ class Sampler:
         header: dict[str, Any] = {
             "title": letter_type,
             "clinic": f"Klinik für {department}",
-            "hospital": f"{P.pick(rng, HOSPITAL_KINDS)} {self.faker.city()}",
+            "hospital": f"{P.pick(rng, HOSPITAL_KINDS)} {P.pick(rng, self._cities)}",
             "date": P.format_date(letter_date, ds),
             "patient": name or "Patient/in",
             "sex": sex,
@@ -1406,8 +1409,8 @@ class Sampler:
             "end": P.format_date(end, ds),
             "stay_type": stay_type,
             "doctors": [
-                f"Dr. med. {self.faker.last_name()}",
-                f"{self.faker.first_name()} {self.faker.last_name()}",
+                f"Dr. med. {P.pick(rng, self._last)}",
+                f"{P.pick(rng, self._first)} {P.pick(rng, self._last)}",
             ],
             "salutation": P.pick(
                 rng,
