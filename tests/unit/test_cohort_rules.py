@@ -506,6 +506,14 @@ def test_nadir_and_febrile_neutropenia_between_cycles(people):
             assert any(v.loinc == "8310-5" and v.value >= 38.3 for v in st.vitals)
             assert next(d for d in st.diagnoses if d.role == "main").icd.startswith("D70")
     assert fn > 3
+    induction = 0
+    for _, st in stays(people):
+        if any(m.regimen == "aml_7plus3" for m in given(st)):  # the nadir inside the induction stay
+            induction += 1
+            days = sorted({x.when for x in st.labs})
+            assert len(days) == 2 and days[1] > st.start
+            assert min(x.value for x in st.labs if x.loinc == NEUTRO and x.when == days[1]) < 0.5
+    assert induction > 3
     late = [x.value for p in people for st in p.stays[3:] for x in st.labs if x.loinc == "718-7"]
     first = [x.value for p in people for x in p.stays[0].labs if x.loinc == "718-7"]
     assert sum(late) / len(late) < sum(first) / len(first)  # anaemia under chemotherapy
@@ -579,6 +587,8 @@ def test_vitals_ecog_and_smoking(people):
     for p in people:
         assert p.smoking in ("never", "former", "current")
         assert (p.pack_years is not None) == (p.smoking != "never")
+        if any(d.icd == "F17.1" for st in p.stays for d in st.diagnoses):
+            assert p.smoking == "current"
         smokers[entity(p)] += p.smoking != "never"
     counts = Counter(entity(p) for p in people)
     assert smokers["lung"] / counts["lung"] > smokers["breast"] / counts["breast"] + 0.2
