@@ -244,6 +244,26 @@ MEDICATION: dict[str, tuple[str, ...]] = {
     "suspected": ("Fragliche Einnahme von {x}", "{x}? (Einnahme unklar)", "Einnahme von {x} nicht sicher"),
 }
 
+#: a drug the patient does not tolerate (medication context "allergy"); {x} = the drug's name
+ALLERGY: dict[str, tuple[str, ...]] = {
+    "present": (
+        "Unverträglichkeit gegen {x}",
+        "Allergie gegen {x}",
+        "Bekannte Unverträglichkeit: {x}",
+        "Allergien: {x}",
+        "{x}-Unverträglichkeit",
+        "Unverträglichkeiten: {x}",
+    ),
+    "suspected": (
+        "V.a. Unverträglichkeit gegen {x}",
+        "Fragliche Allergie gegen {x}",
+        "V.a. allergische Reaktion auf {x}",
+        "Unverträglichkeit gegen {x} (fraglich)",
+    ),
+    "negated": ("Keine Unverträglichkeit gegen {x}", "Allergie gegen {x} ausgeschlossen"),
+    "historical": ("Z.n. allergischer Reaktion auf {x}", "Früher Unverträglichkeit gegen {x}"),
+}
+
 LAB: dict[str, tuple[str, ...]] = {
     "present": ("{x}",),
     "negated": (
@@ -306,6 +326,7 @@ FRAMES: dict[str, Mapping[str, tuple[str, ...]]] = {
     "lab": LAB,
     "vital": VITAL,
     "risk_factor": RISK,
+    "allergy": ALLERGY,
 }
 
 # ---------------------------------------------------------------------------- fillers
@@ -425,27 +446,28 @@ OPENINGS: dict[str, tuple[str, ...]] = {
     ),
     "transfer": (
         "wir verlegen heute {o} {p}, geb. {b}, {rel} sich seit dem {s} in unserer Behandlung befand, "
-        "in {dest} zur {reason}.",
-        "{p}, geb. {b}, wird nach stationärer Behandlung vom {s} bis {e} zur {reason} in {dest} verlegt.",
-        "wir bitten um Übernahme {g} {p} (geb. {b}), stationär bei uns seit {s}, zur {reason} in {dest}.",
+        "{reason}. Aufnehmende Abteilung: {dest}.",
+        "{p}, geb. {b}, wird nach stationärer Behandlung vom {s} bis {e} {reason} verlegt "
+        "(Übernahme: {dest}).",
+        "wir bitten um Übernahme {g} {p} (geb. {b}), stationär bei uns seit {s}, {reason}. "
+        "Zielstation: {dest}.",
+        "Verlegung {g} {p}, geb. {b}, am {e} {reason}. Weiterbehandlung: {dest}.",
     ),
 }
 DESTINATIONS = (
-    "die Klinik für Strahlentherapie",
-    "die Abteilung für Palliativmedizin",
-    "die Klinik für Allgemein- und Viszeralchirurgie",
-    "die Geriatrie",
-    "eine Rehabilitationsklinik",
-    "die Intensivstation",
-    "die Klinik für Hämatologie und Onkologie",
+    "Klinik für Strahlentherapie",
+    "Palliativstation",
+    "Klinik für Allgemein- und Viszeralchirurgie",
+    "Geriatrie",
+    "Rehabilitationsklinik",
+    "Intensivstation",
 )
 REASONS = (
-    "Fortführung der Therapie",
-    "weiteren Behandlung",
-    "palliativmedizinischen Mitbetreuung",
-    "Anschlussheilbehandlung",
-    "operativen Versorgung",
-    "Weiterbehandlung heimatnah",
+    "zur Fortführung der Therapie",
+    "zur weiteren Behandlung",
+    "zur palliativmedizinischen Mitbetreuung",
+    "zur Anschlussheilbehandlung",
+    "zur operativen Versorgung",
 )
 CLOSINGS = (
     "Mit freundlichen kollegialen Grüßen",
@@ -457,10 +479,12 @@ CLOSINGS = (
 
 # ---------------------------------------------------------------------------- choosing and filling
 def fill(frame: str, x: str, m: str = "", d: str = "") -> str:
-    """A frame with its words; `{M}` is the modality at a sentence start (capitalised)."""
+    """A frame with its words; `{M}` is the modality at a sentence start (capitalised). A sentence
+    that starts with the fact's own words keeps them as written (verbatim beats capitalisation)."""
     out = frame.replace("{M}", m[:1].upper() + m[1:] if m else "").replace("{m}", m)
+    starts_with_fact = out.startswith(("{x}", "{d}"))
     out = out.replace("{x}", x).replace("{d}", d)
-    return out[:1].upper() + out[1:]
+    return out if starts_with_fact else out[:1].upper() + out[1:]
 
 
 def choose(
@@ -494,12 +518,16 @@ def list_frame(rng: random.Random, assertion: str) -> str:
     return frames[rng.randrange(len(frames))]
 
 
+#: `say` keys that steer the rendering but are no text (role, staging kind, drug context, cue flag)
+NOT_WRITTEN = frozenset(("role", "staging", "context", "cued"))
+
+
 def say_values(f: RecipeFact) -> list[str]:
     """Every string of `f.say` the letter must write verbatim (codes of drugs and labs excepted:
     ATC and LOINC codes are never written)."""
     out: list[str] = []
     for k, v in f.say.items():
-        if k in ("role", "staging") or not v:
+        if k in NOT_WRITTEN or not v or isinstance(v, bool):
             continue
         if k == "code" and f.kind in ("medication", "lab", "vital"):
             continue

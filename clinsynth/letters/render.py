@@ -94,10 +94,11 @@ def coded(f: RecipeFact | Mapping[str, Any], style: Mapping[str, Any]) -> str:
     return f"{name} ({'OPS ' if kind == 'procedure' else ''}{code})"
 
 
-def medline(f: RecipeFact | Mapping[str, Any]) -> str:
-    """A drug as a medication line writes it: name, dose, unit, route, schedule, frequency, as needed."""
+def medline(f: RecipeFact | Mapping[str, Any], intent: bool = True) -> str:
+    """A drug as a medication line writes it: name, dose, unit, route, schedule, frequency, as needed
+    (and its therapy intent, unless the caller writes that once for a whole cycle)."""
     say = _say(f)
-    keys = ("dose_unit", "route", "schedule", "frequency", "as_needed")
+    keys = ("dose_unit", "route", "schedule", "frequency", "as_needed") + (("intent",) if intent else ())
     parts = [_name(say)]
     for k in keys:
         if k == "dose_unit":
@@ -128,6 +129,9 @@ class SectionWriter:
         self.style = recipe.style
         self.rng = random.Random(zlib.crc32(f"section|{recipe.spec_id}|{self.key}".encode()))
         self.variant = int(section.get("variant", 0) or 0) % 3
+        numbered = recipe.style.get("numbered_diagnoses")
+        if self.key == "diagnosen" and numbered is not None:  # 0 = numbered list, 1/2 = unnumbered
+            self.variant = 0 if numbered else 1 + self.variant % 2
         self.layout = str(section.get("layout") or "prose")
         self.frames: dict[str, str] = {}
         self.female = recipe.header.get("sex") == "female"
@@ -153,8 +157,8 @@ class SectionWriter:
             return ""
         code += str(f.say.get("mark") or "")
         cs = self.style.get("code_style", "paren")
-        if where == "line" and cs != "bracket" and self.chance(0.5):
-            return "\t" + code
+        if where == "line" and (cs == "line_end" or (cs == "paren" and self.chance(0.2))):
+            return self.pick(("\t", "\t\t", "   ", " - ")) + code
         if cs == "bracket":
             return f" [{code}]"
         if f.kind == "procedure" and self.chance(0.5):
@@ -187,10 +191,19 @@ class SectionWriter:
         """The fact in a frame of its kind and assertion; `item` = a list line (no final period)."""
         if f.kind == "tumor":
             return self.tumor_inline(f)
+        if f.kind == "medication" and f.say.get("context") == "allergy":
+            frame, mod, fid = F.choose(self.rng, "allergy", f.assertion, _name(f.say))
+            self.frames[f.id] = fid.replace("allergy.", "medication.", 1)
+            return self._end(F.fill(frame, _name(f.say)), item)
+        if f.kind == "risk_factor" and f.say.get("cued"):
+            self.frames[f.id] = f"risk_factor.{f.assertion}:cued|"
+            return self._end(self.risk(f), item)
         if f.kind == "medication":
-            x = medline(f)
+            x = medline(f) + self.cycle_note(f)
         elif f.kind in ("lab", "vital"):
             x = self.labtext(f)
+            if f.say.get("date"):
+                x += self.pick((f" ({f.say['date']})", f" am {f.say['date']}", f" vom {f.say['date']}"))
         elif f.kind == "radiotherapy":
             x = self.radio(f)
         elif f.kind == "risk_factor":
@@ -243,6 +256,18 @@ class SectionWriter:
         return out
 
     # -- kinds
+    def cycle_note(self, f: RecipeFact) -> str:
+        """Regimen, cycle and day of a drug written on its own (not in a cycle sentence)."""
+        s = f.say
+        bits = []
+        if s.get("regimen"):
+            bits.append(str(s["regimen"]))
+        if s.get("cycle"):
+            bits.append(self.pick((f"Zyklus {s['cycle']}", f"C{s['cycle']}", f"{s['cycle']}. Zyklus")))
+        if s.get("day"):
+            bits.append(self.pick((f"Tag {s['day']}", f"d{s['day']}")))
+        return f" ({', '.join(bits)})" if bits else ""
+
     def labtext(self, f: RecipeFact) -> str:
         say = f.say
         value = " ".join(str(say.get(k) or "") for k in ("value", "unit", "flag") if say.get(k))
@@ -306,7 +331,13 @@ class SectionWriter:
             )
         if s.get("grading"):
             hist = (hist + ", " if hist else "") + str(s["grading"])
-        staging = ", ".join(str(s[k]) for k in ("tnm", "stage") if s.get(k))
+        stages = [str(s[k]) for k in ("tnm", "stage") if s.get(k)]
+        more = s.get("stages") or []
+        stages += [str(x) for x in ([more] if isinstance(more, str) else more) if x]
+        staging = ", ".join(stages)
+        if s.get("topography"):
+            topo = str(s["topography"])
+            hist = (hist + ", " if hist else "") + self.pick((f"Topographie {topo}", f"ICD-O-T {topo}"))
         markers = s.get("markers") or []
         if isinstance(markers, str):
             markers = [markers]
@@ -393,18 +424,25 @@ class SectionWriter:
         return out
 
     # -- blocks used by the templates
-    def lab_block(self, labs: Sequence[RecipeFact]) -> list[str]:
-        """Present labs grouped by date (the date written once), in one of several layouts."""
+    def lab_block(self, labs: Sequence[RecipeFact], inline: bool = False) -> list[str]:
+        """Present labs grouped by date (the date written once), in one of several layouts
+        (`inline`: running text, as in Verlauf or Epikrise)."""
         present = [f for f in labs if f.assertion == "present"]
         out: list[str] = []
         by_date: dict[str, list[RecipeFact]] = {}
         for f in present:
             by_date.setdefault(str(f.say.get("date") or ""), []).append(f)
-        layout = self.layout if self.layout in ("table", "prose") else "prose"
+        layout = str(self.style.get("lab_layout") or ("table" if self.layout == "table" else "inline"))
+        if inline:
+            layout = "inline"
         for d, group in by_date.items():
             for f in group:
                 self.frames[f.id] = f"{f.kind}.present:{layout}|"
-            head = self.pick(("Labor", "Laborwerte", "Labor bei Aufnahme", "Laborchemisch", "Blutwerte"))
+            head = self.pick(
+                ("Labor", "Laborwerte", "Laborchemisch", "Blutwerte")
+                if inline
+                else ("Labor", "Laborwerte", "Labor bei Aufnahme", "Laborchemisch", "Blutwerte")
+            )
             head += (self.pick((f" vom {d}", f" ({d})", f" {d}")) if d else "") + ":"
             if layout == "table":
                 width = max(len(_name(f.say)) for f in group) + 2
@@ -414,6 +452,10 @@ class SectionWriter:
                     for f in group
                 ]
                 out.append(head + "\n" + "\n".join(rows))
+            elif layout == "list":
+                out.append(
+                    head + "\n" + "\n".join(self.pick(("- ", "", "  ")) + self.labtext(f) for f in group)
+                )
             else:
                 sep = self.pick(("; ", ", ", " · "))
                 out.append(head + " " + sep.join(self.labtext(f) for f in group) + ".")
@@ -422,7 +464,13 @@ class SectionWriter:
 
     def med_table(self, meds: Sequence[RecipeFact]) -> list[str]:
         """Medication lines in one of several layouts (the scheme column stays beside its drug)."""
-        present = [f for f in meds if f.assertion == "present"]
+        present = [
+            f
+            for f in meds
+            if f.assertion == "present"
+            and f.say.get("context") != "allergy"
+            and not any(f.say.get(k) for k in ("regimen", "cycle", "day", "intent"))
+        ]
         layout = (
             self.pick(("dash", "colon", "columns", "scheme_first", "inline"))
             if self.layout != "table"
@@ -460,8 +508,8 @@ class SectionWriter:
                 elif layout == "columns":
                     rows.append(f"{name:<{width}}{dose:<12}{route:<6}{when}".rstrip())
                 else:
-                    rows.append(f"{when or '-':<12}{' '.join(p for p in (name, dose, route) if p)}")
-        rows += self.sentences([f for f in meds if f.assertion != "present"], group=False)
+                    rows.append(f"{when or '-':<11} {' '.join(p for p in (name, dose, route) if p)}")
+        rows += self.sentences([f for f in meds if f not in present], group=False)
         return rows
 
     def therapy(self, meds: Sequence[RecipeFact]) -> list[str]:
@@ -473,10 +521,12 @@ class SectionWriter:
         for (regimen, cycle), fs in groups.items():
             days = {str(f.say.get("day") or "") for f in fs}
             one_day = next(iter(days)) if len(days) == 1 else ""
+            intents = {str(f.say.get("intent") or "") for f in fs}
+            one_intent = next(iter(intents)) if len(intents) == 1 else ""
             drugs = []
             for f in fs:
                 self.frames[f.id] = f"medication.{f.assertion}:therapy|"
-                line = medline(f)
+                line = medline(f, intent=not one_intent)
                 if f.say.get("day") and not one_day:
                     line += self.pick((f" (d{f.say['day']})", f" an Tag {f.say['day']}"))
                 drugs.append(line)
@@ -507,7 +557,15 @@ class SectionWriter:
                 .replace("{D}", f" ({day})" if day else "")
                 .replace("{x}", ", ".join(drugs))
             )
-            out.append(period(capfirst(sentence.replace("  ", " "))))
+            if one_intent:
+                sentence = self.pick(
+                    (
+                        f"{sentence}. Intention: {one_intent}",
+                        f"{sentence} ({one_intent})",
+                        f"{one_intent}: {sentence}",
+                    )
+                )
+            out.append(period(sentence.replace("  ", " ")))
         return out
 
     def dx_entries(self, facts: Sequence[RecipeFact]) -> list[dict[str, Any]]:
@@ -544,7 +602,13 @@ class SectionWriter:
 
     def therapy_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
         """Drugs of a regimen or cycle (written per cycle), present ones only."""
-        return [f for f in meds if f.assertion == "present" and (f.say.get("regimen") or f.say.get("cycle"))]
+        return [
+            f
+            for f in meds
+            if f.assertion == "present"
+            and f.say.get("context") != "allergy"
+            and (f.say.get("regimen") or f.say.get("cycle"))
+        ]
 
     def support_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
         therapy = self.therapy_meds(meds)
@@ -552,7 +616,8 @@ class SectionWriter:
 
     def support(self, meds: Sequence[RecipeFact]) -> str:
         """Supportive drugs during the stay: a labelled list when all are given, else sentences."""
-        if meds and all(f.assertion == "present" for f in meds) and self.chance(0.6):
+        plain = all(f.assertion == "present" and f.say.get("context") != "allergy" for f in meds)
+        if meds and plain and self.chance(0.6):
             for f in meds:
                 self.frames[f.id] = "medication.present:support-list|"
             label = self.pick(("Supportiv: ", "Begleitend: ", "Prämedikation und Supportivtherapie: "))
@@ -727,12 +792,14 @@ def _fmt(d: date, style: str) -> str:
 
 def procedere_dates(recipe: Recipe) -> list[str]:
     """Follow-up dates after discharge (untagged: no gold holds them), in the letter's date style."""
+    follow = [str(recipe.header["follow_up"])] if recipe.header.get("follow_up") else []
     end = _iso(recipe.encounter.get("discharge")) if recipe.encounter else None
     if end is None:
-        return []
+        return follow
     rng = random.Random(_seed("dates", recipe.spec_id))
     style = str(recipe.style.get("date_style") or "dmy")
-    return [_fmt(end + timedelta(days=rng.choice(days)), style) for days in ((7, 10, 14, 21), (28, 42, 56))]
+    own = [_fmt(end + timedelta(days=rng.choice(days)), style) for days in ((7, 10, 14, 21), (28, 42, 56))]
+    return (follow + own)[:2]
 
 
 def _heading(text: str, rng: random.Random, style: int) -> str:
@@ -751,9 +818,9 @@ def _opening(recipe: Recipe, rng: random.Random, untagged: list[str]) -> str:
     kind = {"Kurzarztbrief": "short", "Verlegungsbrief": "transfer"}.get(recipe.letter_type, "full")
     frame = rng.choice(F.OPENINGS[kind])
     dest = str(h.get("destination") or rng.choice(F.DESTINATIONS))
-    reason = str(h.get("transfer_reason") or rng.choice(F.REASONS))
+    reason = str(h.get("reason") or rng.choice(F.REASONS))
     if kind == "transfer":
-        untagged.append(dest)
+        untagged += [dest, reason]
     vals = {
         "o": "unsere gemeinsame Patientin" if female else "unseren gemeinsamen Patienten",
         "g": "Ihrer Patientin" if female else "Ihres Patienten",
@@ -770,6 +837,24 @@ def _opening(recipe: Recipe, rng: random.Random, untagged: list[str]) -> str:
     for k, v in vals.items():
         out = out.replace("{" + k + "}", v)
     return out
+
+
+#: the sampler's noise levels (style.noise) as typos per 100 words
+NOISE_LEVELS = {"none": 0.0, "light": 0.4, "heavy": 1.5}
+
+
+def noise_level(style_noise: Any, override: float | None = None) -> float:
+    """The noise level: the caller's override, else the recipe's style.noise (a level name or a
+    number), else DEFAULT_NOISE. An unknown name is an error naming the known ones."""
+    if override is not None:
+        return float(override)
+    if style_noise is None or style_noise == "":
+        return DEFAULT_NOISE
+    if isinstance(style_noise, str):
+        if style_noise not in NOISE_LEVELS:
+            raise ValueError(f"style.noise {style_noise!r} is not one of {sorted(NOISE_LEVELS)} or a number")
+        return NOISE_LEVELS[style_noise]
+    return float(style_noise)
 
 
 def _words(text: str) -> int:
@@ -804,8 +889,13 @@ def render(
 
     # head, opening, closing
     h = recipe.header
-    title = rng.choice(TITLES.get(recipe.letter_type, ("Arztbrief",)))
+    title = str(h.get("title") or rng.choice(TITLES.get(recipe.letter_type, ("Arztbrief",))))
+    upper = recipe.style.get("heading_case") == "upper"
+    if upper:
+        title = title.upper()
     head = "\n".join(str(h.get(k)) for k in ("hospital", "clinic") if h.get(k))
+    if h.get("phone") and rng.random() < 0.4:
+        head += ("\n" if head else "") + rng.choice(("Tel. ", "Telefon ", "Tel.: ")) + str(h["phone"])
     if h.get("date"):
         head += ("\n" if head else "") + (rng.choice(("", "Datum: ", "den ")) + str(h["date"]))
     salutation = str(h.get("salutation") or "Sehr geehrte Kolleginnen und Kollegen,")
@@ -833,7 +923,8 @@ def render(
             len(order) - (1 if order and order[-1] == "procedere" and rng.random() < 0.5 else 0), "medikation"
         )
     headings = {str(s["key"]): str(s.get("heading") or "") for s in recipe.sections}
-    hstyle = rng.choice((0, 0, 0, 1, 2, 3))
+    # given headings are written as the recipe has them (with or without a colon); others by style
+    hstyle = rng.choice((0, 0, 0, 2)) if upper or any(headings.values()) else rng.choice((0, 0, 0, 1, 2, 3))
     blocks: list[tuple[list[str], str]] = []  # (keys, heading)
     i = 0
     while i < len(order):
@@ -845,10 +936,12 @@ def render(
             and rng.random() < 0.3
             and not (bodies and (key in bodies or nxt in bodies))
         ):
-            blocks.append(([key, nxt], rng.choice(MERGES[(key, nxt)])))
+            merged = rng.choice(MERGES[(key, nxt)])
+            blocks.append(([key, nxt], merged.upper() if upper else merged))
             i += 2
             continue
-        blocks.append(([key], headings[key] or rng.choice(HEADINGS.get(key, (key.title(),)))))
+        own = headings[key] or rng.choice(HEADINGS.get(key, (key.title(),)))
+        blocks.append(([key], own.upper() if upper else own))
         i += 1
 
     # length: fact-free narrative until the target (Kurzarztbrief: no narrative beyond its sections)
@@ -890,7 +983,7 @@ def render(
     parts.append(closing)
     text = environment().get_template("letter.j2").render(parts=[p for p in parts if p]).strip() + "\n"
 
-    level = float(recipe.style.get("noise", DEFAULT_NOISE) if noise is None else noise)
+    level = noise_level(recipe.style.get("noise"), noise)
     noised: list[tuple[str, str]] = []
     if level > 0:
 

@@ -185,13 +185,17 @@ def recipe(
             "end": "18.04.2025",
             "doctors": ["Dr. med. A. Muster", "B. Probe"],
             "salutation": "Sehr geehrte Kolleginnen und Kollegen,",
+            "title": letter_type,
+            "stay_type": "inpatient",
+            "phone": "0561-123-4567",
+            "follow_up": "05.05.2025",
         },
         sections=[
             {"key": k, "heading": "", "layout": "table" if i % 2 else "prose", "variant": i % 3}
             for i, k in enumerate(keys)
         ],
         facts=facts,
-        style={"date_style": "dmy", "target_words": target, "code_style": "paren", **style},
+        style={"date_style": "dmy", "target_words": target, "code_style": "paren", "noise": "light", **style},
         encounter={
             "admission": "2025-04-14",
             "discharge": "2025-04-18",
@@ -199,7 +203,7 @@ def recipe(
             "letter_type": letter_type,
         },
         patient={"sex": sex, "birth_date": "1958-05-03"},
-        untagged=["18.04.2025"],
+        untagged=["18.04.2025", "0561-123-4567", "05.05.2025"],
     )
 
 
@@ -564,10 +568,24 @@ def transfer() -> Recipe:
         ],
         220,
     )
-    r.header["destination"] = "die Klinik für Strahlentherapie"
-    r.header["transfer_reason"] = "Fortführung der Radiatio"
+    r.header["destination"] = "Klinik für Strahlentherapie"
+    r.header["reason"] = "zur Fortführung der Radiatio"
     return r
 
 
+#: the sampler's letter-wide style choices, spread over the six recipes
+STYLES: dict[str, dict[str, Any]] = {
+    "crc-1": {"lab_layout": "table", "numbered_diagnoses": True},
+    "bc-1": {"code_style": "bracket", "lab_layout": "list", "heading_case": "upper"},
+    "lung-1": {"code_style": "line_end", "numbered_diagnoses": False},
+    "dlbcl-1": {"lab_layout": "inline", "noise": "heavy"},
+    "blca-1": {"code_style": "prefix", "noise": "none"},
+    "pca-1": {"code_style": "line_end", "lab_layout": "table"},
+}
+
+
 def all_recipes() -> list[Recipe]:
-    return [colorectal(), breast(), lung(), lymphoma(), bladder_short(), transfer()]
+    out = [colorectal(), breast(), lung(), lymphoma(), bladder_short(), transfer()]
+    for r in out:
+        r.style.update(STYLES[r.spec_id])
+    return out
