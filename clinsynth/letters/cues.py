@@ -64,7 +64,7 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         "post",
     ),
     (
-        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|(?:wurde|wird)\s+verzichtet|verzichtet|"
+        r"verneint|(?:wurde|wird)\s+abgesehen|abgesehen|(?:wurde|wird)\s+verzichtet|verzichtet|abgelehnt|"
         r"bestätigte?n?[ \t]+sich(?:[ \t]+[\w-]+){0,3}[ \t]+nicht|"
         r"(?:ergab|ergibt|fand|findet|zeigte|zeigt)[ \t]+sich(?:[ \t]+[\w-]+){0,3}[ \t]+kein(?:e[nmrs]?)?"
         r"(?:[ \t]+\w+)?(?=[ \t]*(?:$|[\n.,;)]))",
@@ -72,7 +72,8 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         True,
         "post",
     ),
-    (r"verzicht(?:et)?\s+auf|abgesetzt:?|pausiert:?", "negated", True, "pre"),
+    (r"verzicht(?:et)?\s+auf", "negated", True, "pre"),
+    (r"abgesetzt|pausiert", "historical", True, "post"),
     (r"negativ|unauffällig|o\.\s?b\.|regelrecht|normwertig", "negated", False, "post"),
     (r"\(\s*(?:v\.\s?a\.|verdacht|dd|fraglich)\s*\)", "suspected", True, "post"),
     (r"v\.\s?a\.|verdachts?\s+auf|dringende[rn]?\s+verdacht\s+auf|verdacht", "suspected", True, "pre"),
@@ -107,7 +108,8 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
         True,
         "pre",
     ),
-    (r"früher\w*|damals", "historical", True, "both"),
+    (r"früher\w*|damals|vormals|bisherige[rnms]?", "historical", True, "both"),
+    (r"(?:ist|sind|wurde|wurden)?[ \t]*abgeschlossen|beendet", "historical", True, "post"),
     (r"(?:in\s+der\s+|zur\s+)?vorgeschichte:?", "historical", True, "both"),
     (r"zuvor|vorbefund:?|vorwert\w*|voruntersuchung", "historical", True, "both"),
     (r"ausgeheilt|abgeheilt|abgeklungen|überstanden|sistiert|in\s+vollremission", "historical", True, "post"),
@@ -139,9 +141,9 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "fr": ("frei von", "fragliche einnahme von", "fraglich", "früher"),
     "ne": ("negativ für", "negativ"),
     "wi": ("widerlegt",),
-    "wu": ("wurde abgesehen", "wurde nicht"),
+    "wu": ("wurde abgesehen", "wurde nicht", "wurde abgeschlossen"),
     "we": ("werden nicht",),
-    "ab": ("abgesehen", "abgesetzt", "abgeheilt", "abgeklungen"),
+    "ab": ("abgesehen", "abgesetzt", "abgeheilt", "abgeklungen", "abgeschlossen", "abgelehnt"),
     "pa": ("passend zu", "pausiert"),
     "ve": (
         "verzicht auf",
@@ -171,7 +173,11 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "s": ("s.p.",),
     "eh": ("ehemalig",),
     "da": ("damalig", "damals"),
+    "is": ("ist abgeschlossen",),
+    "si": ("sind abgeschlossen", "sistiert"),
+    "bi": ("bild wie bei", "bisherige"),
     "vo": (
+        "vormals",
         "vorausgegangen",
         "vor 3 jahren",
         "vorbekannt",
@@ -182,11 +188,9 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     ),
     "in": ("in der vorgeschichte", "in vollremission"),
     "im": ("im sinne einer",),
-    "bi": ("bild wie bei",),
     "(": ("(v.a.)", "(fraglich)"),
     "üb": ("überstanden",),
-    "si": ("sistiert",),
-    "be": ("bekannt", "besteht nicht", "bestätigte sich nicht"),
+    "be": ("bekannt", "besteht nicht", "bestätigte sich nicht", "beendet"),
     "la": ("lag nicht vor",),
     "li": ("liegt nicht vor",),
     "fa": ("fand sich nicht",),
@@ -279,8 +283,8 @@ def gap_ok(lt: LetterText, a: int, b: int, *, before: bool) -> bool:
     # a bracket ("(C18.0)", "(auswärts, Vorgeschichte") and a code ("V.a. C67.0 X") do not stop a cue
     raw = _CODE_IN_GAP.sub(" ", _PARENS.sub(" ", lt.raw[a:b]))
     raw = _LAT_IN_GAP.sub(" ", _DATE_IN_GAP.sub(" ", raw))
-    if not before and raw.lstrip().startswith("("):  # "X (auswärts, Vorgeschichte)"
-        raw = raw.lstrip()[1:].replace(",", " ")
+    if not before and "(" in raw:  # "X, 04/2023 (auswärts, Vorgeschichte)": the cue opens a bracket
+        raw = raw[: raw.rindex("(")]
     gap = raw.lower()
     if not before and gap.strip() == ",":
         return True  # "Leberläsion, metastasensuspekt"
