@@ -153,6 +153,8 @@ class _Ctx:
         self.facts: list[RecipeFact] = []
         self.held_icd: set[str] = set()  # ICD codes stated present (never negated as well)
         self.places: dict[str, tuple[list[LetterSection], list[float]]] = {}
+        self.marker_labs: list[dict[str, Any]] = []  # this stay's tumour-marker values (CEA, PSA ...)
+        self.in_tumor: set[int] = set()  # those written in the tumour block instead of the lab block
 
 
 class Sampler:
@@ -282,6 +284,14 @@ class Sampler:
 
         tumor_known = [f for c in _TUMOR_CATEGORIES for f in k(c)]
         tumor_earlier = [f for c in _TUMOR_CATEGORIES for f in e(c)]
+        ctx.marker_labs = [
+            f
+            for f in k("lab")
+            if f.get("value_num") is not None
+            and (f.get("system") or "") in LOINC_SYSTEMS
+            and (lab := self.cat.labs.get(str(f.get("code")))) is not None
+            and lab.marker
+        ]
         main = self._diagnoses(ctx, k("diagnosis"))
         self._tumors(ctx, tumor_known, tumor_earlier, main)
         self._procedures(ctx, k("procedure"), e("procedure"), start)
@@ -670,6 +680,7 @@ class Sampler:
             self._stages(ctx, latest, stages, gold, say)
         if current:
             self._markers(ctx, markers, gold, say)
+            self._marker_values(ctx, gold, say)
             ecog = latest.get("ecog")
             if ecog and str(ecog.get("code")).isdigit() and rng.random() < 0.7:
                 gold["ecog"] = int(ecog["code"])
@@ -819,6 +830,29 @@ class Sampler:
         if out:
             gold["markers"] = out
             say["markers"] = written
+
+    def _marker_values(self, ctx: _Ctx, gold: dict[str, Any], say: dict[str, Any]) -> None:
+        """The stay's latest tumour-marker values (CEA 4,1 ng/ml) in the tumour block, up to two."""
+        rng = ctx.rng
+        latest: dict[str, dict[str, Any]] = {}
+        for f in sorted(ctx.marker_labs, key=lambda f: (f.get("date") or "", f["resource_id"])):
+            latest[str(f.get("code"))] = f
+        for code, f in list(latest.items())[:2]:
+            if rng.random() >= 0.5:
+                continue
+            lab = self.cat.labs[code]
+            name = lab.name_de
+            value_s = P.format_number(float(f["value_num"]), lab.decimals)
+            unit = f.get("unit") or ""
+            shown = P.pick(rng, P.unit_variants(unit)) if unit else ""
+            marker: dict[str, Any] = {"name": name, "value": float(value_s.replace(",", "."))}
+            if self.lex.pinned_code("loinc", name) == code:
+                marker["loinc"] = code
+            if shown:
+                marker["unit"] = unit
+            gold.setdefault("markers", []).append(marker)
+            say.setdefault("markers", []).append(f"{name} {value_s} {shown}".strip())
+            ctx.in_tumor.add(id(f))
 
     # ------------------------------------------------------------------ procedures, radiotherapy
     def _procedures(
@@ -1066,8 +1100,8 @@ class Sampler:
             code = self._slot_code(f, LOINC_SYSTEMS, "lab")
             if n >= self.cfg.max_facts["lab"] or (code or "") in seen or rng.random() >= self.cfg.keep["lab"]:
                 continue
-            if code and self.cat.labs.get(code) and self.cat.labs[code].marker and rng.random() < 0.5:
-                continue  # tumour markers also stand in the tumour block
+            if id(f) in ctx.in_tumor:
+                continue  # this tumour-marker value stands in the tumour block
             made = self._lab_fact(ctx, f, code, section, "present", date_s, date_g)
             if made:
                 seen.add(code or "")
