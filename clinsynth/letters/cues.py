@@ -219,6 +219,12 @@ _PARENS = re.compile(r"\([^()\n]*\)")
 _CODE_IN_GAP = re.compile(r"(?<![\w.])[A-Z][0-9]{2}(?:\.[0-9]{1,2})?(?![\w])|(?<![\w/])[89]\d{3}/\d")
 _DATE_IN_GAP = re.compile(r"(?<![\w.])\d{1,2}\.\d{1,2}\.\d{2,4}(?!\d)|(?<![\w/])\d{1,2}/\d{2,4}(?!\d)")
 _LAT_IN_GAP = re.compile(r"(?<!\w)(?:li\.|re\.|bds\.|links|rechts|beidseits)(?!\w)", re.IGNORECASE)
+#: capitalised words a cue reaches across before a name ("Z.n. Therapie mit X", "St.p. RTX X")
+_GAP_NOUNS = frozenset(
+    "rtx ctx rct rcht radiatio bestrahlung therapie gabe einnahme behandlung anlage implantation hinweise "
+    "hinweis anhalt nachweis zeichen verdacht vorliegen entwicklung auftreten resektion".split()
+)
+_DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d)")
 _GAP_WORD = re.compile(r"[^\W\d_][\w.-]*|\d[\w.,/-]*")
 
 
@@ -282,7 +288,7 @@ def gap_ok(lt: LetterText, a: int, b: int, *, before: bool) -> bool:
         return False
     # a bracket ("(C18.0)", "(auswärts, Vorgeschichte") and a code ("V.a. C67.0 X") do not stop a cue
     raw = _CODE_IN_GAP.sub(" ", _PARENS.sub(" ", lt.raw[a:b]))
-    raw = _LAT_IN_GAP.sub(" ", _DATE_IN_GAP.sub(" ", raw))
+    raw = _DECIMAL_COMMA.sub(".", _LAT_IN_GAP.sub(" ", _DATE_IN_GAP.sub(" ", raw)))
     if not before and "(" in raw:  # "X, 04/2023 (auswärts, Vorgeschichte)": the cue opens a bracket
         raw = raw[: raw.rindex("(")]
     gap = raw.lower()
@@ -293,7 +299,7 @@ def gap_ok(lt: LetterText, a: int, b: int, *, before: bool) -> bool:
     words = _GAP_WORD.findall(raw)
     if len(words) > (3 if before else 4):
         return False
-    return not (before and any(w[0].isupper() for w in words))
+    return not (before and any(w[0].isupper() and w.lower() not in _GAP_NOUNS for w in words))
 
 
 def list_joined(lt: LetterText, a: int, b: int) -> bool:
