@@ -221,7 +221,30 @@ _DATE_IN_GAP = re.compile(r"(?<![\w.])\d{1,2}\.\d{1,2}\.\d{2,4}(?!\d)|(?<![\w/])
 _LAT_IN_GAP = re.compile(r"(?<!\w)(?:li\.|re\.|bds\.|links|rechts|beidseits)(?!\w)", re.IGNORECASE)
 #: capitalised words a cue reaches across before a name ("Z.n. Therapie mit X", "St.p. RTX X")
 _GAP_NOUNS = frozenset(
-    ["rtx", "ctx", "rct", "rcht", "radiatio", "bestrahlung", "therapie", "gabe", "einnahme", "behandlung", "anlage", "implantation", "hinweise", "hinweis", "anhalt", "nachweis", "zeichen", "verdacht", "vorliegen", "entwicklung", "auftreten", "resektion"]
+    [
+        "rtx",
+        "ctx",
+        "rct",
+        "rcht",
+        "radiatio",
+        "bestrahlung",
+        "therapie",
+        "gabe",
+        "einnahme",
+        "behandlung",
+        "anlage",
+        "implantation",
+        "hinweise",
+        "hinweis",
+        "anhalt",
+        "nachweis",
+        "zeichen",
+        "verdacht",
+        "vorliegen",
+        "entwicklung",
+        "auftreten",
+        "resektion",
+    ]
 )
 _DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d)")
 _GAP_WORD = re.compile(r"[^\W\d_][\w.-]*|\d[\w.,/-]*")
