@@ -73,6 +73,19 @@ CISPLATIN_FREE = {
 }
 CISPLATIN = "L01XA01"
 
+#: the second palliative line after progression (only where the entity lists it)
+SECOND_LINE = {
+    "mfolfox6": "folfiri",
+    "mfolfox6_bevacizumab": "folfiri",
+    "capox": "folfiri",
+    "folfiri": "mfolfox6",
+    "folfiri_cetuximab": "mfolfox6",
+    "mfolfirinox": "gemcitabin_nab_paclitaxel",
+    "gemcitabin_cisplatin": "nivolumab",
+    "gemcitabin_carboplatin": "nivolumab",
+    "carboplatin_paclitaxel": "paclitaxel_weekly",
+}
+
 #: loading doses of the first cycle (per_unit as in the regimen): trastuzumab, pertuzumab
 LOADING = {
     "trastuzumab_pertuzumab": {"L01FD01": 8.0, "L01FD02": 840.0},

@@ -104,6 +104,7 @@ class _Case:
     stays: list[Stay] = field(default_factory=list)
     home_meds: list[Med] = field(default_factory=list)  # outpatient therapy running from their start
     gcsf_secondary: bool = False
+    progressed: date | None = None  # a palliative line ended with progression; the next cycle was due then
     n: int = 0  # stay counter
 
     def key(self) -> str:
@@ -376,6 +377,8 @@ class CohortGenerator:
             outpatient: list[Radiotherapy] = []
             if pl.rt is not None and pl.rt is not clinic.RT_BREAST:
                 concurrent = _rt_course(pl.rt, last, pl.systemic_intent, pl.rt_drug)
+                if concurrent.end >= self.cfg.reference_date:  # no course that ends after the data do
+                    return
             elif pl.rt is clinic.RT_BREAST and pl.systemic == "trastuzumab_pertuzumab":
                 # antibody maintenance runs on; the breast is irradiated at the same time, as an outpatient
                 outpatient = [self._breast_rt(c, last + timedelta(days=rng.randint(0, 10)))]
@@ -394,6 +397,15 @@ class CohortGenerator:
             )
             if end is None:
                 return
+            second = clinic.SECOND_LINE.get(pl.systemic)
+            if c.progressed is not None and second in c.entity.regimens:
+                assert second is not None
+                cycles = rng.randint(1, self.cfg.max_chemo_cycles)
+                t2 = _with(tumor, status="progression")
+                end = self._cycles(rng, c, second, "palliative", c.progressed, cycles, t2, line=2)
+                if end is None:
+                    return
+                tumor = t2
             last = end + timedelta(days=rng.randint(14, 30))
         # 5. palliative radiotherapy of brain / bone metastases, or an outpatient RT shown on a later stay
         sites = tumor.metastasis_sites
@@ -483,8 +495,13 @@ class CohortGenerator:
         tumor: Tumor,
         rt: Radiotherapy | None = None,
         history: list[Radiotherapy] | None = None,
+        line: int = 1,
     ) -> date | None:
-        """Inpatient cycles of one regimen with postponements and febrile neutropenia between them."""
+        """Inpatient cycles of one regimen with postponements and febrile neutropenia between them.
+
+        A palliative first line stops at a restaging that shows progression (`_Case.progressed`
+        holds the day the next cycle was due); the caller may start a second line then.
+        """
         regimen = self.cat.regimens[key]
         e = c.entity.key
         last_end: date | None = None
@@ -492,6 +509,21 @@ class CohortGenerator:
         attempts = 0
         while cycle <= cycles and attempts < cycles + 3:
             attempts += 1
+            status = tumor.status if cycle == 1 else "stable"
+            if intent == "palliative" and cycle >= 3:
+                outcomes = [
+                    ("partial_remission", 4.0),
+                    ("stable", 4.0),
+                    ("progression", 2.0 if line == 1 else 0.0),
+                ]
+                status = weighted(rng, outcomes)
+                if status == "progression":
+                    c.progressed = start
+                    return last_end
+            elif intent == "neoadjuvant" and cycle >= 3:
+                status = weighted(rng, [("partial_remission", 6), ("stable", 3)])
+            elif intent == "adjuvant":
+                status = "complete_remission"
             if key == "aml_7plus3":
                 los = rng.randint(26, 34)
             elif any(d.note.startswith(("46", "24")) for d in regimen.drugs):
@@ -503,11 +535,6 @@ class CohortGenerator:
             st = self._stay(c, start, los, _MEDICAL_DEPT, "therapy")
             if st is None:
                 return None
-            status = tumor.status if cycle == 1 else "stable"
-            if intent in ("palliative", "neoadjuvant") and cycle >= 3:
-                status = weighted(rng, [("partial_remission", 4), ("stable", 4), ("progression", 2)])
-            elif intent == "adjuvant":
-                status = "complete_remission"
             st_tumor = _with(tumor, status=status, ecog=c.ecog)
             st.tumor = st_tumor
             st.diagnoses = self._diagnoses(c, st, st_tumor)

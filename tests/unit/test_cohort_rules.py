@@ -640,3 +640,22 @@ def test_labs_follow_comorbidities(people):
         if "C91.10" in {d.icd for d in st.diagnoses} and st.kind == "diagnostic":
             assert labs[LEUKO] > 15  # CLL: lymphocytosis at diagnosis
     assert diabetic > 10
+
+
+def test_progression_ends_the_line_and_a_second_line_differs(people):
+    second = 0
+    for p in people:
+        for i, st in enumerate(p.stays):
+            if st.tumor is None or st.tumor.status != "progression" or not given(st):
+                continue
+            before = {m.regimen for s in p.stays[:i] for m in given(s)}
+            now = {m.regimen for m in given(st)}
+            assert before and not now & before, (
+                st.key,
+                before,
+                now,
+            )  # a new line, never the failed one again
+            later = {m.regimen for s in p.stays[i:] for m in given(s)}
+            assert not later & before, st.key
+            second += 1
+    assert second > 5
