@@ -527,6 +527,11 @@ class Sampler:
             got = self._name(ctx, "icd10gm", code, prefer_specific=0.35)
             if got:
                 name, pinned = got
+        if name is None and code:
+            fallback = self.lex.fallback_name("icd10gm", code)
+            if fallback is not None:
+                name, pinned = fallback
+                self.stats["diagnosis_named_by_category_title"] += 1
         if name is None:
             text = f.get("text") or ""
             if text and ": " not in text and self.lex.pinned_code("icd10gm", text) in (None, code):
@@ -643,6 +648,10 @@ class Sampler:
                     written = self._written_icd(ctx, code, pinned, "diagnosen")
                 gold["icd10gm"] = written or pinned
                 say["code"] = written
+        if entity_name is None and code:
+            fallback = self.lex.fallback_name("icd10gm", code)
+            if fallback is not None:
+                entity_name, gold["icd10gm"] = fallback
         if entity_name is None:
             ent = self._entity_of_icd.get(code or "")
             entity_name = ent.label_de if ent else (dx.get("text") if dx else None) or "Tumorerkrankung"

@@ -65,6 +65,8 @@ LAB_SHORT: dict[str, tuple[str, ...]] = {
     "Neutrophile Granulozyten abs.": ("Neutrophile",),
 }
 
+#: catalogue title openings that qualify rather than name ("Sonstige ...", "Ohne Angabe ...")
+_QUALIFIERS = ("Sonstige", "Ohne", "Nicht", "Mit ", "Andere", "Bösartige Neubildung ungenau", "Sekundäre und")
 _LATERALITY_WORDS = ("links", "rechts", "beidseits", "bds", "li", "re", "bds.", "li.", "re.")
 _SPACES = re.compile(r"\s+")
 
@@ -131,6 +133,9 @@ class Lexicon:
         self._by_name: dict[tuple[str, str], str] = {}
         self._cache: dict[tuple[str, str, str], Any] = {}
         self._names: dict[tuple[str, str], list[str]] = {}
+        #: ICD-10-GM category titles (3-character level, no qualifier): they name their category
+        #: exactly, so they pin it; the sampler uses them only for codes without a clinical name
+        self._fallback: dict[str, str] = {}
         for system, code, name in rows:
             self._add(system, code, name)
 
@@ -143,6 +148,19 @@ class Lexicon:
                 f"clinical_names: {name!r} pins both {self._by_name[key]} and {code} in {system}"
             )
         self._names.setdefault((system, code), []).append(name)
+
+    def add_fallback(self, code: str, title: str) -> None:
+        key = ("icd10gm", normalize(title))
+        if key not in self._by_name and code not in self._fallback:
+            self._by_name[key] = code
+            self._fallback[code] = title
+
+    def fallback_name(self, system: str, code: str) -> tuple[str, str] | None:
+        """The category title of an ICD code (C71 "Bösartige Neubildung des Gehirns") and the
+        category it pins, for codes the clinical names do not cover."""
+        if system != "icd10gm" or len(code) < 3 or code[:3] not in self._fallback:
+            return None
+        return self._fallback[code[:3]], code[:3]
 
     def in_catalogue(self, system: str, code: str | None) -> str | None:
         """The code itself if the catalogue holds it, else its nearest held ancestor, else None."""
@@ -221,6 +239,10 @@ def lexicon() -> Lexicon:
     for concept in cat.atc:  # INN names determine the substance
         if len(concept.code) == 7 and (("atc", normalize(concept.display)) not in lex._by_name):
             lex._add("atc", concept.code, concept.display)
+    for concept in cat.icd10gm:
+        title = str(concept.extra.get("title") or "")
+        if len(concept.code) == 3 and title and not title.startswith(_QUALIFIERS):
+            lex.add_fallback(concept.code, title)
     for loinc, lab in cat.labs.items():
         for name in (lab.name_de, *LAB_SHORT.get(lab.name_de, ())):
             if ("loinc", normalize(name)) not in lex._by_name:

@@ -41,6 +41,10 @@ def test_what_a_name_does_not_pin() -> None:
     assert pinned_code("icd10gm", "Bösartige Neubildung: Colon ascendens") is None  # no catalogue titles
     assert pinned_code("ops", "Retropubisch") is None  # no OPS fragments
     assert pinned_code("ops", "tiefe anteriore Rektumresektion") is None  # 5-484.5: no level held
+    # an ICD category title names its category (a fallback for codes without a clinical name)
+    assert pinned_code("icd10gm", "Bösartige Neubildung des Gehirns") == "C71"
+    assert pinned_code("icd10gm", "Sonstige Sepsis") is None  # a qualifier, not a name
+    assert lexicon().fallback_name("icd10gm", "C71.9") == ("Bösartige Neubildung des Gehirns", "C71")
     with pytest.raises(ValueError, match="unknown code system"):
         pinned_code("snomed", "Appendektomie")
 
