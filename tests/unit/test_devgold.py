@@ -123,3 +123,19 @@ def test_a_broken_gold_file_names_the_file(tmp_path: Path) -> None:
         devset.load_gold("Meyr", tmp_path)
     with pytest.raises(devset.DevGoldError, match="missing"):
         devset.load_gold("Rieser", tmp_path)
+
+
+def test_agreement_table_counts_the_committed_gold(gold: dict[str, ClinicalExtraction]) -> None:
+    """The second annotator's counts must describe the files as they are, not an earlier state."""
+    rows = {r[0]: r for r in _table("## Agreement (second annotator)")}
+    assert set(rows) == {*devset.DEV_LETTERS, "all"}
+    total = 0
+    for name, ex in gold.items():
+        n = sum(len(getattr(ex, field)) for field in LISTS.values())
+        total += n
+        facts_2nd, facts_1st, changed, added, removed = (int(c) for c in rows[name][1:6])
+        assert facts_2nd == n, f"{name}: ANNOTATION.md says {facts_2nd} facts, gold has {n}"
+        assert facts_2nd == facts_1st + added - removed, name
+        agreed, union = (int(x) for x in re.findall(r"\d+", rows[name][6])[:2])
+        assert union == facts_2nd + removed and agreed == facts_1st - changed - removed, name
+    assert int(rows["all"][1]) == total
