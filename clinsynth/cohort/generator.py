@@ -282,7 +282,8 @@ class CohortGenerator:
         provisional = e not in _HAEM and rng.random() < 0.35
         # 1. diagnostic stay (surgical work-up departments for organ tumours half the time)
         dept = _MEDICAL_DEPT if e in _HAEM or rng.random() < 0.5 else _surgical_dept(c.icd)
-        s1 = self._stay(c, c.diag - timedelta(days=rng.randint(0, 3)), rng.randint(2, 6), dept, "diagnostic")
+        los = rng.randint(2, 6)  # the diagnosis falls inside the stay
+        s1 = self._stay(c, c.diag - timedelta(days=rng.randint(0, min(3, los))), los, dept, "diagnostic")
         if s1 is None:
             return
         tumor = c.tumor
@@ -729,7 +730,7 @@ class CohortGenerator:
         """pT/pN (ypT/ypN after neoadjuvant therapy) with nodes, L/V/Pn and R; M stays clinical (cM0)."""
         t0 = c.tumor
         e = c.entity
-        when = st.start + timedelta(days=3)
+        when = min(st.start + timedelta(days=3), st.end)  # the pathology report
         if t0.t is None or t0.n is None or t0.m is None:
             return _with(t0, when=when, ecog=c.ecog)
         t, n, m = t0.t, t0.n, t0.m

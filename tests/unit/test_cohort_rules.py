@@ -628,6 +628,12 @@ def test_medication_and_lab_dates_lie_in_their_stay(people):
             assert st.start <= x.when <= st.end
         for x in st.procedures:
             assert st.start <= x.when <= st.end
+        for t in [st.tumor] if st.tumor is not None else []:
+            assert t.when <= st.end, st.key
+        for d in st.diagnoses:
+            assert d.onset <= st.end, (st.key, d.icd)
+        for r in st.radiotherapy:
+            assert r.start <= r.end <= REF
 
 
 def test_labs_follow_comorbidities(people):
