@@ -274,6 +274,15 @@ class _Letter:
             out = [m.span() for m in _needle(s).finditer(self.text)]
         return out
 
+    def item(self, start: int, end: int, name_start: int, name_end: int) -> tuple[int, int]:
+        """The list item of the clause [start, end) that holds the name: between the list
+        separators (· ; | or a comma) around it."""
+        left = start
+        for sep in _RAW_SEP.finditer(self.text, start, name_start):
+            left = sep.end()
+        right = _RAW_SEP.search(self.text, name_end, end)
+        return left, right.start() if right else end
+
     def template(self, start: int, end: int, masks: Iterable[tuple[int, int, str, int]]) -> str:
         """text[start:end] as a frame: mask intervals (start, end, placeholder, rank) chosen
         longest first, then by rank (the fact's own before others'), never overlapping; then
@@ -291,7 +300,29 @@ class _Letter:
             pos = b
         parts.append(self.text[pos:end])
         out = _NUMBER.sub("0", _LIST_MARK.sub("", _DATE.sub("§date§", "".join(parts))))
-        return _SPACE.sub(" ", out).strip(" \t-•*:,;").lower()
+        return _collapse_others(_SPACE.sub(" ", out).strip(" \t-•*:,;").lower())
+
+
+_ITEM_SEP = re.compile(r"(\s*[·;|,]\s*)")
+_RAW_SEP = re.compile(r"[·;|]|,\s")
+_OWN_MASK = re.compile(r"§(?!f§|date§)[a-z_]+§")
+
+
+def _collapse_others(frame: str) -> str:
+    """A run of list items that hold only other facts ("Hb 0 g/dl · Leuko 0 /nl") becomes one
+    "§f§…": the frame is the wording around the fact, not the length of its list or its place."""
+    pieces = _ITEM_SEP.split(frame)
+    out: list[str] = []
+    for i in range(0, len(pieces), 2):
+        item = pieces[i]
+        other = "§f§" in item and not _OWN_MASK.search(item)
+        if other and out and out[-1].endswith("§f§…"):
+            continue
+        if i:
+            out.append(pieces[i - 1])
+        # words before the first other fact stay ("labor: §f§…"): they are the frame's lead
+        out.append(item[: item.index("§f§")] + "§f§…" if other else item)
+    return "".join(out)
 
 
 def frame(sentence: str, own: Mapping[str, Sequence[str]], others: Iterable[str] = ()) -> str:
@@ -536,19 +567,22 @@ class LettersReport:
                 owners.setdefault(s, {})
         occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
         starts = [o[0] for o in occurrences]
+        names = {s for s, o in owners.items() if "§name§" in o.values()}
         out: list[tuple[str, str, str]] = []
         for f in recipe.facts:
             span = spans.get(f.id)
             if span is None or span[0] < 0:
                 continue
             a, b = int(span[2]), int(span[3])
+            # the fact's own values count only in its list item ("Hb 0 g/dl" of "Hb 0 g/dl · K 0 mmol/l")
+            item_a, item_b = letter.item(a, b, int(span[0]), int(span[1]))
             masks = []
             for i in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
                 s_, e_, s = occurrences[i]
                 ph = owners[s].get(f.id)
-                if ph is not None:
+                if ph is not None and (ph == "§name§" or (item_a <= s_ and e_ <= item_b)):
                     masks.append((s_, e_, ph, 0))
-                elif _maskable(s):
+                elif s in names or _maskable(s):
                     masks.append((s_, e_, "§f§", 1))
             out.append((f.kind, f.assertion, letter.template(a, b, masks)))
         return out

@@ -204,6 +204,28 @@ def test_a_frame_masks_the_fact_other_facts_dates_and_digits():
     )
 
 
+def test_a_list_frame_is_the_item_with_its_neighbours_collapsed():
+    text = "Befunde\nLabor: Hb 10,2 g/dl · Kalium 4,1 mmol/l · Natrium 140 mmol/l\n"
+    labs = [
+        fact("hb", "lab", "befunde", "present", "Hb", value="10,2", unit="g/dl"),
+        fact("k", "lab", "befunde", "present", "Kalium", value="4,1", unit="mmol/l"),
+        fact("na", "lab", "befunde", "present", "Natrium", value="140", unit="mmol/l"),
+    ]
+    acc = rep.LettersReport()
+    acc.add(recipe("s", "Arztbrief", labs), text)
+    frames = acc.to_dict()["frames"]["lab"]["present"]["top"]
+    # Natrium's "mmol/l" is not Kalium's unit: its own values count only in its own list item
+    assert sorted(f["frame"] for f in frames) == [
+        "labor: §f§… · §name§ 0 §unit§",
+        "labor: §f§… · §name§ 0 §unit§ · §f§…",
+        "labor: §name§ 0 §unit§ · §f§…",
+    ]
+    assert (
+        rep._collapse_others("vp: §f§ 0 §f§, §f§ 0 §f§, §name§ 0 °c, §f§: 0 kg")
+        == "vp: §f§…, §name§ 0 °c, §f§…"
+    )
+
+
 def test_words_per_letter_type(counted):
     ent = counted["words_by_letter_type"]["Entlassungsbrief"]
     assert (ent["n"], ent["median"], ent["q1"], ent["q3"]) == (2, 13.5, 12.75, 14.25)
