@@ -303,6 +303,14 @@ class Sampler:
         self._risk_factors(ctx, smoking[:1])
         sex = rec.patient.get("sex") or ""
         self._pool(ctx, k("diagnosis") + k("metastasis") + e("diagnosis"), main, e("diagnosis"), sex)
+        if enc.get("postponed_reason"):
+            # admitted for a cycle that could not be given (leukocytes too low): the letter says so
+            section = self._place(ctx, "procedure")
+            name = P.pick(rng, ("Chemotherapie", "Chemotherapie-Gabe"))
+            if section is not None:
+                gold = {"text": name, "ops": self.lex.pinned_code("ops", name)}
+                self._add(ctx, "procedure", section, "negated", gold, {"name": name, "code": "", "date": ""})
+                self.stats["postponed_cycle_negated"] += 1
         facts = ctx.facts
         for i, f in enumerate(facts):
             f.id = f"f{i:02d}-{f.kind}"
@@ -943,7 +951,7 @@ class Sampler:
             rng = ctx.rng
             gold: dict[str, Any] = {"target": target}
             say: dict[str, Any] = {"name": target}
-            total = ex.get("total_gy", f.get("value_num"))
+            total = ex.get("total_gy")  # absent for an activity in MBq (radioiodine)
             if total:
                 gold["total_gy"] = float(total)
                 say["total"] = f"{P.format_number(float(total))} Gy"
@@ -1039,12 +1047,12 @@ class Sampler:
         dose = ex.get("dose", f.get("value_num"))
         unit = ex.get("dose_unit", f.get("unit"))
         if assertion == "present" and dose is not None:
-            gold["dose"] = float(dose)
-            say["dose"] = P.format_number(float(dose), 1 if float(dose) < 100 else 0)
-            if float(P.format_number(float(dose), 1 if float(dose) < 100 else 0).replace(",", ".")) != float(
-                dose
-            ):
-                gold["dose"] = float(say["dose"].replace(",", "."))
+            per, per_unit = ex.get("per_dose"), ex.get("per_unit")
+            if per is not None and per_unit and rng.random() < 0.6:
+                dose, unit = per, per_unit  # as prescribed: 85 mg/m², AUC 5
+            x = float(dose)
+            say["dose"] = P.format_number(x, 2 if x < 10 else 1 if x < 100 else 0)
+            gold["dose"] = float(say["dose"].replace(",", "."))  # the dose as written
             if unit:
                 gold["unit"] = unit
                 say["unit"] = P.pick(rng, P.unit_variants(unit))
