@@ -217,11 +217,12 @@ def _strings(value: Any) -> list[str]:
 
 
 def fact_names(f: RecipeFact) -> list[str]:
-    """The names a letter writes a fact under: `say` name/entity first, then the gold's."""
+    """The names a letter writes a fact under: `say` name/entity first, then the gold's, then
+    the recipe's synonyms."""
     out = _strings(f.say.get("name")) + _strings(f.say.get("entity"))
     for key in ("text", "name", "entity", "target"):
         out += _strings(f.gold.get(key))
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out + _strings(f.synonyms)))
 
 
 def own_strings(f: RecipeFact) -> dict[str, list[str]]:
@@ -236,8 +237,8 @@ def _isword(c: str) -> bool:
 
 
 class _Letter:
-    """A letter's NFC text with its sentence ends and a cached whole-word, any-case finder
-    (str.find on the lower-cased text: a regex per name is ~20x slower at paper scale)."""
+    """A letter's NFC text (the verifier's spans count in it) with a cached whole-word, any-case
+    finder (str.find on the lower-cased text: a regex per name is ~20x slower at paper scale)."""
 
     def __init__(self, text: str) -> None:
         self.text = unicodedata.normalize("NFC", text)
