@@ -46,10 +46,12 @@ medication    code = ATC (else PZN/SNOMED/ASK with system);   dose, dose_unit, r
                                                               calculated absolute dose)
 lab           code = LOINC (else the source's system);        ref_low, ref_high, interpretation
               value_num/unit or value_str
-vital         code = LOINC (8480-6 systolic, 8462-4           -
+vital         code = LOINC (8480-6 systolic, 8462-4
               diastolic, 8867-4 pulse, 8310-5 temperature,
               29463-7 weight, 8302-2 height, 59408-5 SpO2,
-              9279-1 respiratory rate); value_num, unit
+              9279-1 respiratory rate); value_num, unit;      panel (a panel's code: its components,
+              a panel (BP 85354-9) gives one row per           e.g. 8480-6 and 8462-4, share one
+              measured component                               resource_id)
 smoking       code = SNOMED status code; value_str = never |  pack_years
               former | current (None when not one of these)
 histology     code = ICD-O-3 morphology (8140/3)              histology_text, topography, tumor

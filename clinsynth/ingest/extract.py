@@ -606,6 +606,7 @@ _ONKO_PROFILES = tuple(f"{fc.ONKO}/mii-pr-onko-{suffix}" for suffix in fc.ONKO_C
         "meta.profile": (fc.PROFILE["Observation.lab"], fc.PROFILE["Observation.vital"], *_ONKO_PROFILES),
         "category.coding.code": ("laboratory", "vital-signs", "exam", "social-history"),
         "code.coding.system": (*fc.LAB_SYSTEMS, fc.UICC, fc.MARKER_CS),
+        "component.code.coding.system": fc.LAB_SYSTEMS,
         "code.extension.url": (f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix", f"{fc.ONKO}/other"),
         "valueCodeableConcept.coding.system": (
             fc.UICC,
@@ -722,15 +723,41 @@ def _observation(res: dict[str, Any]) -> Extracted:
         end_date=end,
         extra=extra or None,
     )
+    rows = [row]
+    parts = [x for x in res.get("component") or [] if (x.get("valueQuantity") or {}).get("value") is not None]
+    if category == "vital" and value_num is None and parts:
+        # a panel (blood pressure 85354-9): one vital per measured component (systolic, diastolic)
+        rows = []
+        for x in parts:
+            cc = _first_coding(x.get("code"), fc.LAB_SYSTEMS) or _any_coding(x.get("code")) or {}
+            q = x["valueQuantity"]
+            rows.append(
+                _fact(
+                    res,
+                    "vital",
+                    system=cc.get("system"),
+                    code=cc.get("code"),
+                    display=cc.get("display"),
+                    text=code.get("text"),
+                    value_num=q["value"],
+                    unit=q.get("code") or q.get("unit"),
+                    date=date,
+                    end_date=end,
+                    extra={**extra, "panel": c.get("code")} if c else extra or None,
+                )
+            )
     ex = Extracted(
         "facts",
-        rows=[row],
+        rows=rows,
         patient_ref=ref_id(res.get("subject"), "Patient"),
         encounter_ref=ref_id(res.get("encounter"), "Encounter") if res.get("encounter") else None,
     )
     _codings(code, "code", ex.systems)
     if vcc:
         _codings(vcc, "valueCodeableConcept", ex.systems)
+    if len(rows) > 1 or rows[0] is not row:
+        for x in parts:
+            _codings(x.get("code"), "component.code", ex.systems)
     if date:
         ex.dates.append(("effective", date))
     return ex

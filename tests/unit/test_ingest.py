@@ -226,6 +226,26 @@ def test_ingest_prefers_the_schema_system_and_keeps_foreign_systems(tmp_path):
     }
 
 
+def test_a_blood_pressure_panel_becomes_one_vital_per_component(tmp_path):
+    panel = fs.lab("bp")
+    panel["meta"]["profile"] = ["http://hl7.org/fhir/StructureDefinition/bp"]
+    panel["category"][0]["coding"][0]["code"] = "vital-signs"
+    panel["code"] = {"coding": [{"system": fc.LOINC, "code": "85354-9"}]}
+    del panel["valueQuantity"]
+    panel["component"] = [
+        {
+            "code": {"coding": [{"system": fc.LOINC, "code": code}]},
+            "valueQuantity": {"value": v, "unit": "mmHg", "system": fc.UCUM, "code": "mm[Hg]"},
+        }
+        for code, v in (("8480-6", 135), ("8462-4", 85))
+    ]
+    src = write_ndjson(tmp_path / "in", [fs.patient(), fs.encounter(), panel])
+    assert ingest(read_ndjson(src), tmp_path / "out", OPTS)["resources_quarantined"] == 0
+    [rec] = list(iter_patients(tmp_path / "out" / "records"))
+    got = sorted((f["category"], f["code"], f["value_num"], f["unit"]) for f in rec.all_facts())
+    assert got == [("vital", "8462-4", 85, "mm[Hg]"), ("vital", "8480-6", 135, "mm[Hg]")]
+
+
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 MII = SHARED / "external" / "mii-testdata" / "kds-testdata" / "fsh-generated" / "resources"
 
@@ -266,6 +286,9 @@ def test_mii_test_bundles_ingest_without_quarantining_valid_fhir(tmp_path):
     rt = {f["code"]: onko.extra(f) for f in by_cat["radiotherapy"]}
     assert rt["8-522.6"]["total_gy"] == 50 and rt["8-522.6"]["fraction_gy"] == 2
     assert "total_gy" not in rt["8-531"] and rt["8-531"]["dose_unit"]  # radioiodine: an activity, not Gy
+    vitals = {f["code"] for r in iter_patients(tmp_path / "out" / "records") for f in r.all_facts()
+              if f["category"] == "vital"}  # fmt: skip
+    assert {"8480-6", "8462-4", "8867-4", "29463-7"} <= vitals  # the BP panel as systolic + diastolic
 
 
 def test_worker_byte_ranges_keep_file_and_line(tmp_path):
