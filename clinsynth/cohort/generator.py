@@ -690,8 +690,9 @@ class CohortGenerator:
         out: list[Med] = []
         if risk in ("high", "moderate"):
             out.append(self._support(c.five_ht3.atc, st.start, "inpatient"))
-            if not steroid_in_regimen:
-                out.append(self._support("H02AB02", st.start, "inpatient"))
+            if not steroid_in_regimen:  # 12 mg with an NK1 antagonist (high risk), 8 mg otherwise
+                dexa = self._support("H02AB02", st.start, "inpatient")
+                out.append(_with(dexa, dose=12.0) if risk == "high" else dexa)
             if risk == "high":
                 out.append(
                     _with(self._support("A04AD12", st.start, "inpatient"), dose=125.0, frequency="Tag 1")
