@@ -137,7 +137,12 @@ def test_every_emitted_resource_validates_and_references_resolve(people):
     assert refs and set(refs) <= ids
     for prof in ("Patient", "KontaktGesundheitseinrichtung", "Diagnose", "mii-pr-onko-diagnose-primaertumor",
                  "Procedure", "MedicationStatement", "ObservationLab", "mii-pr-onko-tnm-t-kategorie",
-                 "mii-pr-onko-grading", "mii-pr-onko-histologie-icdo3", "Medication"):  # fmt: skip
+                 "mii-pr-onko-grading", "mii-pr-onko-histologie-icdo3", "Medication",
+                 "mii-pr-onko-strahlentherapie", "vitalsigns",
+                 "mii-pr-onko-allgemeiner-leistungszustand-ecog", "mii-pr-onko-verlauf",
+                 "mii-pr-onko-fernmetastasen", "mii-pr-onko-tnm-l-kategorie", "mii-pr-onko-residualstatus",
+                 "mii-pr-onko-anzahl-befallene-lymphknoten", "mii-pr-onko-weitere-klassifikationen",
+                 "mii-pr-onko-mamma-rezeptorstatus-estrogen"):  # fmt: skip
         assert profiles[prof], f"no resource with profile {prof}"
 
 
@@ -223,8 +228,8 @@ def from_records(rec: PatientRecord) -> tuple[dict[str, list], dict[str, list[st
             "encounter.stay_kind",
             f"{row['encounter_id']}:{row['stay_kind']}:{row['postponed_reason'] or '-'}",
         )
-    for (enc, tumor), group in groups.items():
-        put("tumor.facts", f"{enc}|{by_id[tumor]['code']}|" + ",".join(sorted(group)))
+    for (enc_id, tumor), group in groups.items():
+        put("tumor.facts", f"{enc_id}|{by_id[tumor]['code']}|" + ",".join(sorted(group)))
     return {k: sorted(v) for k, v in codes.items()}, {k: sorted(v) for k, v in fields.items()}
 
 
