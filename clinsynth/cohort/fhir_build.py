@@ -1,4 +1,14 @@
-"""A `Person` as MII-profiled FHIR R4 resources (dicts), with resolvable references."""
+"""A `Person` as MII-profiled FHIR R4 resources (dicts), with resolvable references.
+
+The MII core and oncology profiles carry most of the course (TNM with L/V/Pn/R and lymph
+nodes, residual status, further classifications, ECOG, Verlauf, distant metastases,
+receptor status, radiotherapy doses). What they have no element for (initial vs current
+staging, regimen/cycle/day, stay kind, postponed cycles, a marker result code) goes into
+clinsynth extensions and code systems (`conventions.CLINSYNTH`), so that every model field
+survives ingest: `truth()` states them per field and tests/stages/test_cohort.py checks each.
+Tumour observations point to their primary-tumour Condition (`focus`), so two tumours of
+one patient stay apart.
+"""
 
 from __future__ import annotations
 
