@@ -148,7 +148,6 @@ FINDING: dict[str, tuple[str, ...]] = {
         "Vorgeschichte: {x}",
         "Früher {x}, aktuell ohne Bedeutung",
         "Ehemals {x}",
-        "{x}, Z.n.",
     ),
 }
 #: dated historical forms ({d} = the date as written)

@@ -12,7 +12,18 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
+from clinsynth.letters import frames as F
 from clinsynth.sampling.recipe import RecipeFact
+
+#: every word of every frame: a cue ("ausgeschlossen", "Vorgeschichte", "suspekt") never gets a
+#: typo, so the assertion a frame writes stays readable (typos go to fillers and the head)
+CUE_TEXT = "\n".join(
+    [fr for table in F.FRAMES.values() for frames in table.values() for fr in frames]
+    + [fr for frames in F.PROCEDURE_DATED.values() for fr in frames]
+    + list(F.FINDING_DATED_HISTORY + F.LIST_NEGATED + F.LIST_SUSPECTED + F.LIST_HISTORICAL)
+    + [m for _keys, mods in F.MODALITIES for m in mods]
+    + list(F.GENERIC_MODALITIES)
+)
 
 #: OCR confusions inside fact strings: (pattern, replacement)
 OCR_FACT = (
@@ -64,7 +75,7 @@ def add_noise(
     tokens = text.split()
     n = int(len(tokens) * level / 100 + rng.random())
     if n:
-        guard = "\n".join(protected())
+        guard = "\n".join(protected()) + "\n" + CUE_TEXT
         for _ in range(4 * n):  # a few draws per typo: most tokens are short, numbers or fact words
             if n == 0:
                 break

@@ -36,7 +36,9 @@ DEFAULT_WORDS = {"Entlassungsbrief": 260, "Arztbrief": 250, "Kurzarztbrief": 175
 #: noise level when the recipe sets no `style.noise` (typos per 100 words ~ level)
 DEFAULT_NOISE = 0.3
 #: narrative sections that take fact-free sentences to reach the target length
-NARRATIVE = ("anamnese", "aufnahmebefund", "verlauf", "epikrise", "procedere")
+NARRATIVE = ("anamnese", "aufnahmebefund", "verlauf", "epikrise", "procedere", "befunde")
+#: at most this many fact-free sentences per section (a letter short of facts stays short)
+MAX_FILLER = 6
 HEADINGS = {
     "diagnosen": ("Diagnosen", "Diagnose(n)", "Haupt- und Nebendiagnosen", "Diagnose"),
     "tumor": ("Onkologische Diagnose", "Tumorklassifikation", "Histologie", "Verlauf der Tumorerkrankung"),
@@ -134,6 +136,7 @@ class SectionWriter:
             self.variant = 0 if numbered else 1 + self.variant % 2
         self.layout = str(section.get("layout") or "prose")
         self.frames: dict[str, str] = {}
+        self.last_frame = ""
         self.female = recipe.header.get("sex") == "female"
 
     # -- small helpers
@@ -216,6 +219,11 @@ class SectionWriter:
         d = str(f.say.get("date") or "") if f.kind in ("diagnosis", "procedure") else ""
         use_date = bool(d) and (f.kind == "procedure" or f.assertion == "historical") and self.chance(0.7)
         frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), dated=d if use_date else "")
+        if frame == self.last_frame:  # the same frame twice in a row reads like a template
+            frame, mod, fid = F.choose(
+                self.rng, f.kind, f.assertion, _name(f.say), dated=d if use_date else ""
+            )
+        self.last_frame = frame
         self.frames[f.id] = fid
         if use_date and "{d}" in frame:
             return self._end(F.fill(frame, x, mod, d), item)
@@ -378,7 +386,8 @@ class SectionWriter:
         if p["hist"]:
             lines.append(self.pick(("Histologie: ", "Histo: ", "")) + p["hist"])
         if p["staging"]:
-            lines.append(self.pick(("", "Stadium: ", "TNM: ", "Klassifikation: ")) + p["staging"])
+            labels = ("", "TNM: ", "Klassifikation: ") if f.say.get("tnm") else ("", "Klassifikation: ")
+            lines.append(self.pick(labels) + p["staging"])
         if p["markers"]:
             lines.append(
                 self.pick(("", "Rezeptorstatus/Marker: ", "Molekularpathologie: ", "Marker: ")) + p["markers"]
@@ -560,7 +569,7 @@ class SectionWriter:
             if one_intent:
                 sentence = self.pick(
                     (
-                        f"{sentence}. Intention: {one_intent}",
+                        f"{period(sentence)} Intention: {one_intent}",
                         f"{sentence} ({one_intent})",
                         f"{one_intent}: {sentence}",
                     )
@@ -575,30 +584,39 @@ class SectionWriter:
         tumors = self.of(facts, "tumor")
         rest = [f for f in facts if f not in main and f not in tumors]
         entries: list[dict[str, Any]] = []
-        for i, f in enumerate(main):
+        for f in main:
             lines = [self.phrase(f, item=True)]
-            if i == 0:
-                for t in tumors:
-                    tl = self.tumor_lines(t)
-                    ent = str(t.say.get("entity") or "")
-                    lat = str(t.say.get("laterality") or "")
-                    dn = _name(f.say)
-                    if t.assertion == "present" and ent and ent in dn and lat in dn and not t.say.get("code"):
-                        if t.say.get("date") and str(t.say["date"]) in str(f.say.get("date") or ""):
-                            tl = tl[1:]
-                        elif t.say.get("date"):
-                            tl[0] = tl[0][len(self.tumor_parts(t)["entity"]) :].lstrip(" ,")
-                            tl[0] = tl[0] if tl[0] else ""
-                        else:
-                            tl = tl[1:]
-                    lines += [x for x in tl if x]
-                tumors = []
+            for t in [t for t in tumors if self.same_tumour(f, t)]:
+                tumors.remove(t)
+                tl = self.tumor_lines(t)
+                ent = str(t.say.get("entity") or "")
+                lat = str(t.say.get("laterality") or "")
+                dn = _name(f.say)
+                if ent and ent in dn and lat in dn and not t.say.get("code"):
+                    if t.say.get("date") and str(t.say["date"]) in str(f.say.get("date") or ""):
+                        tl = tl[1:]
+                    elif t.say.get("date"):
+                        tl[0] = tl[0][len(self.tumor_parts(t)["entity"]) :].lstrip(" ,")
+                    else:
+                        tl = tl[1:]
+                lines += [x for x in tl if x]
             entries.append({"lines": lines, "main": True})
         for t in tumors:
             entries.append({"lines": self.tumor_lines(t), "main": not entries})
         for f in rest:
             entries.append({"lines": [self.phrase(f, item=True)], "main": False})
         return entries
+
+    @staticmethod
+    def same_tumour(dx: RecipeFact, t: RecipeFact) -> bool:
+        """A present tumour record that belongs under this main diagnosis (same name or ICD group)."""
+        if t.assertion != "present":
+            return False
+        ent, dn = str(t.say.get("entity") or ""), _name(dx.say)
+        if ent and (ent in dn or dn in ent):
+            return True
+        a, b = str(dx.gold.get("icd10gm") or ""), str(t.gold.get("icd10gm") or "")
+        return bool(a and b and a[:3] == b[:3])
 
     def therapy_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
         """Drugs of a regimen or cycle (written per cycle), present ones only."""
@@ -628,12 +646,20 @@ class SectionWriter:
         return F.AZ_EZ
 
     def vitals(self, vitals: Sequence[RecipeFact]) -> str:
+        """Vital signs grouped by date, the date written once before its group."""
         present = [f for f in vitals if f.assertion == "present"]
+        by_date: dict[str, list[RecipeFact]] = {}
         for f in present:
             self.frames[f.id] = "vital.present:list|"
-        out = self.pick((", ", "; ", ", ")).join(self.labtext(f) for f in present)
+            by_date.setdefault(str(f.say.get("date") or ""), []).append(f)
+        sep = self.pick((", ", "; ", ", "))
+        groups = [
+            (self.pick((f"am {d}: ", f"({d}) ", f"{d}: ")) if d else "")
+            + sep.join(self.labtext(f) for f in fs)
+            for d, fs in by_date.items()
+        ]
         rest = self.sentences([f for f in vitals if f.assertion != "present"], group=False)
-        return " ".join(([period(out)] if out else []) + rest)
+        return " ".join([period(g) for g in groups] + rest)
 
     def exams(self, exams: Sequence[RecipeFact], findings: Sequence[RecipeFact]) -> list[dict[str, str]]:
         """Examinations each with a "Beurteilung" holding the findings (shared out in order)."""
@@ -643,7 +669,7 @@ class SectionWriter:
         for i, e in enumerate(exams):
             share = findings[: max(1, len(findings) // max(1, n - i))] if findings else []
             findings = findings[len(share) :]
-            if e.assertion == "present":
+            if e.assertion == "present" and share:
                 d = str(e.say.get("date") or "")
                 head = self.named(e) + (self.pick((f" vom {d}", f" ({d})", f" am {d}")) if d else "") + ":"
                 self.frames[e.id] = "procedure.present:exam|"
@@ -949,7 +975,7 @@ def render(
     words = _words(head) + _words(opening) + _words(closing) + 8
     words += sum(_words(rendered[k]) + 2 for k in order)
     pools = {
-        k: [x for x in writers[k].filler(k, 20) if x not in rendered[k]]
+        k: [x for x in writers[k].filler(k, MAX_FILLER) if x not in rendered[k]]
         for k in NARRATIVE
         if k in writers and k in rendered
     }

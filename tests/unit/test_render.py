@@ -18,7 +18,7 @@ from clinsynth.letters.render import RenderedLetter, render, render_letter, rend
 from clinsynth.sampling.recipe import Recipe
 from tests.unit import render_recipes as RR
 
-VARIANTS = 60  # spec ids per hand-built recipe (the seed of every rendering choice)
+VARIANTS = 40  # spec ids per hand-built recipe (the seed of every rendering choice)
 
 
 def variants(r: Recipe, n: int = VARIANTS) -> list[Recipe]:
@@ -109,7 +109,7 @@ def test_frames_do_not_depend_on_the_section() -> None:
     per_section: dict[str, set[str]] = {}
     for section in ("diagnosen", "befunde", "verlauf", "epikrise", "anamnese"):
         frames_seen: set[str] = set()
-        for v in variants(r, 120):
+        for v in variants(r, 60):
             neg = next(f for f in v.facts if f.kind == "diagnosis" and f.assertion == "negated")
             v = replace(v, facts=[replace(f, section=section) if f is neg else f for f in v.facts])
             if not v.has_section(section):
@@ -148,14 +148,18 @@ def test_letter_types_differ_in_body(letters: list) -> None:
 
 
 def test_length_follows_target_words() -> None:
+    """At the recipe's target within 15 %; a higher target gives a longer letter (fact-free
+    narrative, at most MAX_FILLER sentences per section)."""
+
+    def median_words(r: Recipe, target: int) -> float:
+        style = {**r.style, "target_words": target}
+        return statistics.median(len(render(replace(v, style=style)).text.split()) for v in variants(r, 10))
+
     for r in RR.all_recipes():
-        for target in (r.style["target_words"], r.style["target_words"] + 60):
-            counts = [
-                len(render(replace(v, style={**v.style, "target_words": target})).text.split())
-                for v in variants(r, 10)
-            ]
-            med = statistics.median(counts)
-            assert abs(med - target) <= 0.15 * target, (r.spec_id, target, med)
+        target = r.style["target_words"]
+        med = median_words(r, target)
+        assert abs(med - target) <= 0.15 * target, (r.spec_id, target, med)
+        assert median_words(r, target + 60) >= med + 20, r.spec_id
 
 
 def test_dates_outside_facts_are_untagged(letters: list) -> None:
@@ -199,7 +203,7 @@ def test_noise_levels_by_name_and_a_clear_error_for_an_unknown_one() -> None:
 
     assert noise_level("none") == 0 and noise_level("light") < noise_level("heavy")
     assert noise_level(None) > 0 and noise_level("heavy", 0.0) == 0.0
-    with pytest.raises(ValueError, match="style.noise 'loud' is not one of"):
+    with pytest.raises(ValueError, match=r"style\.noise .loud. is not one of"):
         noise_level("loud")
 
 
