@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date
@@ -34,7 +35,7 @@ from clinsynth.core.config import StageConfig, identity
 from clinsynth.records import PatientRecord
 from clinsynth.sampling import phrases as P
 from clinsynth.sampling.recipe import Recipe, RecipeFact
-from clinsynth.schema import Assertion, FactKind, LetterSection, LetterType, Split
+from clinsynth.schema import M_VALUE, N_VALUE, T_VALUE, Assertion, FactKind, LetterSection, LetterType, Split
 from clinsynth.terminology import load_catalog
 from clinsynth.terminology.names import lexicon
 
@@ -760,11 +761,7 @@ class Sampler:
                 parts.append(str(f["code"]))
         if not parts:
             return
-        try:
-            from clinsynth.schema import TNM
-
-            TNM.model_validate(tnm)
-        except Exception:  # a foreign value (T4b(m)) the schema's pattern refuses: leave TNM out
+        if not _tnm_ok(tnm):  # a foreign value (T4b(m)) the schema's pattern refuses: leave TNM out
             self.stats["tnm_not_schema"] += 1
             return
         gold["tnm"] = tnm
@@ -1277,10 +1274,7 @@ class Sampler:
         rng = ctx.rng
         cfg = self.cfg
         ent = self._entity_of_icd.get((main or {}).get("code") or "")
-        held = set(ctx.held_icd)
-        for f in facts:
-            if f["category"] in ("diagnosis", "metastasis") and f.get("code"):
-                held.add(str(f["code"]))
+        held = ctx.held_icd | {str(f["code"]) for f in facts if f.get("code")}
         mets = [c for c, _ in (ent.metastasis_sites if ent else [])] + list(P.METASTASES)
         mets = list(dict.fromkeys(mets))
         comps = list(P.COMPLICATIONS)
@@ -1289,7 +1283,7 @@ class Sampler:
             """Neither the code, an ancestor nor a descendant of it is stated present."""
             return code not in covered and not any(code[:n] in held for n in (3, 5))
 
-        covered = {h[:n] for h in held for n in (3, 5, 6)}
+        covered = {h[:3] for h in held} | {h[:5] for h in held} | held
 
         n_neg = _count(rng, cfg.negated_counts)
         n_susp = _count(rng, cfg.suspected_counts)
@@ -1498,7 +1492,22 @@ class Sampler:
         return header, encounter, {k: v for k, v in patient.items() if v}, untagged
 
 
-def _uicc_ok(value: str) -> bool:
-    import re
+_T_RE, _N_RE, _M_RE = re.compile(T_VALUE), re.compile(N_VALUE), re.compile(M_VALUE)
+_SUFFIX = {
+    "l": ("L0", "L1", "LX"),
+    "v": ("V0", "V1", "V2", "VX"),
+    "pn": ("Pn0", "Pn1", "PnX"),
+    "r": ("R0", "R1", "R2", "RX"),
+}
 
+
+def _tnm_ok(tnm: dict[str, Any]) -> bool:
+    """The schema's TNM patterns, checked without building the model (hot path)."""
+    for axis, rx in (("t", _T_RE), ("n", _N_RE), ("m", _M_RE)):
+        if axis in tnm and not rx.fullmatch(tnm[axis]["value"]):
+            return False
+    return all(tnm[k] in allowed for k, allowed in _SUFFIX.items() if k in tnm)
+
+
+def _uicc_ok(value: str) -> bool:
     return re.fullmatch(r"(0|0a|0is|I{1,3}[ABC]?[1-3]?|IV[ABC]?)", value) is not None
