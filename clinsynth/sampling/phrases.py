@@ -157,6 +157,21 @@ COMPLICATIONS: tuple[str, ...] = (
 METASTASES: tuple[str, ...] = (
     "C78.7", "C78.0", "C79.5", "C79.3", "C78.2", "C78.6", "C79.7", "C77", "C77.2", "C77.1", "C79.2",
 )  # fmt: skip
+#: (LOINC, flag) -> ICD codes a letter must not rule out when the stay's lab shows it
+SHOWN_BY_LAB: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("718-7", "low"): ("D64", "D63.0", "D61.10", "D61.1"),
+    ("6690-2", "low"): ("D70", "D70.1", "D61.10"),
+    ("26464-8", "low"): ("D70", "D70.1"),
+    ("26499-4", "low"): ("D70", "D70.1"),
+    ("777-3", "low"): ("D69.5", "D61.10"),
+    ("2951-2", "low"): ("E87.1",),
+    ("2823-3", "low"): ("E87.6",),
+    ("2160-0", "high"): ("N17",),
+    ("62238-1", "low"): ("N17",),
+    ("1988-5", "high"): ("A41", "J18", "R50"),
+    ("33959-8", "high"): ("A41", "J18"),
+    ("2000-8", "high"): ("E83.5",),
+}
 #: earlier illnesses a history may mention ("Z.n. Pneumonie")
 HISTORY: tuple[str, ...] = ("J18", "I26", "I80.2", "A41", "N17", "D70.1", "K59.0", "E86")
 #: procedures that natural letters state as not done ("eine Transfusion war nicht erforderlich")

@@ -156,6 +156,7 @@ class _Ctx:
         self.places: dict[str, tuple[list[LetterSection], list[float]]] = {}
         self.marker_labs: list[dict[str, Any]] = []  # this stay's tumour-marker values (CEA, PSA ...)
         self.in_tumor: set[int] = set()  # those written in the tumour block instead of the lab block
+        self.lab_flags: set[tuple[str, str | None]] = set()  # (LOINC, high | low | None) of the stay
 
 
 class Sampler:
@@ -293,6 +294,7 @@ class Sampler:
             and (lab := self.cat.labs.get(str(f.get("code")))) is not None
             and lab.marker
         ]
+        ctx.lab_flags = {(str(f.get("code")), self._flag(f)) for f in k("lab")}
         main = self._diagnoses(ctx, k("diagnosis"))
         self._tumors(ctx, tumor_known, tumor_earlier, main)
         self._procedures(ctx, k("procedure"), e("procedure"), start)
@@ -1275,6 +1277,8 @@ class Sampler:
         cfg = self.cfg
         ent = self._entity_of_icd.get((main or {}).get("code") or "")
         held = ctx.held_icd | {str(f["code"]) for f in facts if f.get("code")}
+        # never rule out what the stay's own labs show (no "kein Anhalt für Anämie" beside Hb 9,1 ↓)
+        held |= {code for lab in ctx.lab_flags for code in P.SHOWN_BY_LAB.get(lab, ())}
         mets = [c for c, _ in (ent.metastasis_sites if ent else [])] + list(P.METASTASES)
         mets = list(dict.fromkeys(mets))
         comps = list(P.COMPLICATIONS)

@@ -309,3 +309,22 @@ def test_codes_of_another_system_never_enter_a_slot(cfg: SamplerConfig) -> None:
                 assert f.gold.get("ops") is None or f.gold["text"] == "Koloskopie"
     assert seen_text["Appendektomie"] > 0  # kept as text
     assert sampler.stats["foreign_system/procedure"] > 0 and sampler.stats["foreign_system/medication"] > 0
+
+
+def test_no_ruled_out_finding_contradicts_the_stays_labs(
+    records: list[PatientRecord], recipes: list[Recipe], cfg: SamplerConfig
+) -> None:
+    """No "kein Anhalt für Anämie" beside Hb 9,1 ↓: the negation pool skips what the labs show."""
+    from clinsynth.sampling.phrases import SHOWN_BY_LAB
+
+    sampler = Sampler(cfg, seed=0)
+    by_id = {e.row["encounter_id"]: e for rec in records for e in rec.encounters.values()}
+    checked = 0
+    for r in recipes:
+        labs = [f for f in by_id[r.encounter_id].facts if f["category"] == "lab"]
+        shown = {c for f in labs for c in SHOWN_BY_LAB.get((f["code"], sampler._flag(f)), ())}
+        for f in r.facts:
+            if f.kind == "diagnosis" and f.assertion == "negated":
+                checked += 1
+                assert f.gold.get("icd10gm") not in shown, (r.spec_id, f.gold)
+    assert checked > 100
