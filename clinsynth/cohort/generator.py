@@ -443,7 +443,7 @@ class CohortGenerator:
             (tumor.m or "M0").startswith("M1")
             or e in _HAEM
             or not curative
-            or pl.systemic_intent == "palliative"
+            or (pl.systemic and pl.systemic_intent == "palliative")
         ):
             return
         courses: list[Radiotherapy] = []
