@@ -665,3 +665,12 @@ def test_progression_ends_the_line_and_a_second_line_differs(people):
             assert not later & before, st.key
             second += 1
     assert second > 5
+
+
+def test_renal_formulas_against_hand_computed_values():
+    """CKD-EPI 2021 and Cockcroft-Gault at points computed by hand from the published equations."""
+    assert ckd_epi(1.0, 60, "male") == pytest.approx(142 * (1.0 / 0.9) ** -1.2 * 0.9938**60, rel=1e-9)
+    assert round(ckd_epi(1.0, 60, "male")) == 86 and round(ckd_epi(0.7, 50, "female")) == 105
+    p = Person("x", "male", date(1960, 1, 1), "", "", "", "", 175, 70)
+    assert cockcroft_gault(p, date(2020, 1, 2), 1.0) == pytest.approx(80 * 70 / 72, abs=0.05)
+    assert cockcroft_gault(p, date(2020, 1, 2), 0.3) == 125.0  # capped for the Calvert formula
