@@ -731,7 +731,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {t} | {d['n']} | {d['median']:g} | {d['q1']:g}–{d['q3']:g} | {d['min']}–{d['max']} |"
             )
-    lines += ["", "## Facts per kind and assertion (distinct frames; share of the most common frame)", ""]
+    lines += [
+        "",
+        "## Facts per kind and assertion",
+        "",
+        f"facts (distinct frames over {report['frames_counted_on_letters']} letters; share of the most "
+        "common frame)",
+        "",
+    ]
     lines += ["| kind | " + " | ".join(ASSERTIONS) + " |", "|---" * (len(ASSERTIONS) + 1) + "|"]
     for k, by in report["facts"].items():
         cells = []
