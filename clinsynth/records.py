@@ -4,8 +4,8 @@ records/patients-0003.parquet, encounters-0003.parquet, facts-0003.parquet hold 
 patient whose id hashes to bucket 3, so a reader can walk patients bucket by bucket
 with bounded memory.
 
-Facts (one row per FHIR resource, `category` says what it is)
---------------------------------------------------------------
+Facts (one row per FHIR resource, a vital-signs panel one per component; `category` says what)
+-----------------------------------------------------------------------------------------------
 Columns every fact has: `system` + `code` are the code ingest took, *with its own system*:
 ingest prefers the schema's system (ICD-10-GM for diagnoses, OPS for procedures, ATC for
 medications, LOINC for labs and vitals) and otherwise keeps the resource's first coding
@@ -18,8 +18,10 @@ Tumour facts (every category from `histology` to `metastasis` below, and diagnos
 belong to a tumour) carry `extra.tumor`: the id of the primary-tumour Condition they
 describe (FHIR Observation.focus / the condition-related extension), so the facts of two
 tumours of one patient stay apart; it may name a Condition of an earlier encounter when
-the tumour has no diagnosis row in this one. On the primary-tumour Condition itself `extra.tumor`
-is its own resource id. Staging facts (tnm_*, uicc_stage, stage_other, lymph_nodes) carry
+the tumour has no diagnosis row in this one. On the primary-tumour Condition itself
+`extra.tumor` is its own resource id. Foreign sources: only where their resource names the
+tumour (Observation.focus, Procedure.reasonReference); MII ECOG and genetic variants often don't.
+Staging facts (tnm_*, uicc_stage, stage_other, lymph_nodes) carry
 `extra.staging` = initial | current where the source says which, and `date` = the date
 the staging refers to.
 
@@ -68,7 +70,8 @@ stage_other   code = the stage as written (IIB, 3+4=7, 2, A);  system (Ann Arbor
               system column: one code system per staging      Rai | FIGO | Gleason | ISUP | ELN |
               system (conventions.STAGE_SYSTEMS), or None      Durie-Salmon | other), tumor, staging
 marker_status code = LOINC; without one: system = clinsynth's    result (positive | negative | equivocal |
-              marker code system and code = the name (Ki-67);   mutated | wildtype | amplified), text
+              marker code system and code = the name (Ki-67);   mutated | wildtype | amplified; Ki-67:
+                                                                high | low), text
               text = marker name; value_num/unit = a number     ("Exon-19-Deletion", "3+"), tumor;
               if stated (ER 90 %); value_str = the value code   foreign sources: value_display
               of foreign sources (LA6576-8)
