@@ -285,13 +285,14 @@ class _Letter:
         return left, right.start() if right else end
 
     def template(self, start: int, end: int, masks: Iterable[tuple[int, int, str, int]]) -> str:
-        """text[start:end] as a frame: mask intervals (start, end, placeholder, rank) chosen
-        longest first, then by rank (the fact's own before others'), never overlapping; then
+        """text[start:end] as a frame: mask intervals (start, end, placeholder, rank) chosen by
+        rank (the fact's own before others': a tumour named inside a longer diagnosis name stays
+        the tumour's), then longest first, never overlapping; then
         dates -> §date§, a leading list number or bullet dropped, numbers -> 0, lower case,
         whitespace collapsed."""
         chosen: list[tuple[int, int, str]] = []
         taken = bytearray(end - start)  # 1 where a chosen mask sits
-        for a, b, ph, _ in sorted(masks, key=lambda m: (m[0] - m[1], m[3], m[0])):
+        for a, b, ph, _ in sorted(masks, key=lambda m: (m[3], m[0] - m[1], m[0])):
             if start <= a and b <= end and taken.find(1, a - start, b - start) < 0:
                 chosen.append((a, b, ph))
                 taken[a - start : b - start] = b"\x01" * (b - a)
@@ -304,6 +305,8 @@ class _Letter:
         return _collapse_others(_SPACE.sub(" ", out).strip(" \t-•*:,;").lower())
 
 
+#: the placeholders of a fact's names (masked wherever they stand in the clause)
+_NAME_MASKS = frozenset({"§name§", "§entity§"})
 _ITEM_SEP = re.compile(r"(\s*[·;|,]\s*)")
 _RAW_SEP = re.compile(r"[·;|]|,\s")
 _OWN_MASK = re.compile(r"§(?!f§|date§)[a-z_]+§")
@@ -329,8 +332,8 @@ def _collapse_others(frame: str) -> str:
 def frame(sentence: str, own: Mapping[str, Sequence[str]], others: Iterable[str] = ()) -> str:
     """The sentence as a template: the fact's own strings -> §key§, other facts' strings -> §f§
     (names always, other strings when they are words), dates -> §date§, numbers -> 0, lower
-    case, whitespace collapsed. Longer strings are masked
-    first; a string that is both the fact's own and another's counts as its own."""
+    case, whitespace collapsed. The fact's own strings are masked first (longest first), then
+    the others' where they do not overlap them."""
     letter = _Letter(sentence)
     masks = [
         (a, b, f"§{k}§", 0)
@@ -568,7 +571,7 @@ class LettersReport:
                 owners.setdefault(s, {})
         occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
         starts = [o[0] for o in occurrences]
-        names = {s for s, o in owners.items() if "§name§" in o.values()}
+        names = {s for s, o in owners.items() if _NAME_MASKS & set(o.values())}
         out: list[tuple[str, str, str]] = []
         for f in recipe.facts:
             span = spans.get(f.id)
@@ -581,7 +584,7 @@ class LettersReport:
             for i in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
                 s_, e_, s = occurrences[i]
                 ph = owners[s].get(f.id)
-                if ph is not None and (ph == "§name§" or (item_a <= s_ and e_ <= item_b)):
+                if ph is not None and (ph in _NAME_MASKS or (item_a <= s_ and e_ <= item_b)):
                     masks.append((s_, e_, ph, 0))
                 elif s in names or _maskable(s):
                     masks.append((s_, e_, "§f§", 1))

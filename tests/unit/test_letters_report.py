@@ -198,6 +198,10 @@ def test_a_frame_masks_the_fact_other_facts_dates_and_digits():
         rep.frame(sentence, own, ["Aszites"]) == "kein hinweis auf §name§ oder §f§ (ct vom §date§, 0 herde)."
     )
     assert rep.frame("2. Lebermetastasen (ED 7.6.23)", own) == "§name§ (ed §date§)"  # list number dropped
+    # the fact's own name inside another fact's longer name stays the fact's
+    assert rep.frame(
+        "Mammakarzinom links, ED 2023", {"entity": ["Mammakarzinom"]}, ["Mammakarzinom links"]
+    ) == ("§entity§ links, ed 0")
     # a string that is both the fact's and another's counts as the fact's; other dates -> §date§
     assert rep.frame("Hb 10,2 g/dl am 7. Juni 2023", {"name": ["Hb"], "unit": ["g/dl"]}, ["g/dl"]) == (
         "§name§ 0 §unit§ am §date§"
