@@ -180,6 +180,7 @@ class Sampler:
         self._by_enc: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._code_of: dict[str, str] | None = None
         self._alive: list[dict[str, Any]] = []
+        self._group_keys: dict[int, str | None] = {}  # a fact's tumour group (None: not a tumour fact)
         self._drugs: dict[str, tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]] = {}
         self._indexed: PatientRecord | None = None  # holding it keeps the ids of its facts unique
 
@@ -204,6 +205,7 @@ class Sampler:
             self._by_enc = {}
             self._code_of = None
             self._alive = []
+            self._group_keys = {}
             for eid, enc in rec.encounters.items():
                 groups: dict[str, list[dict[str, Any]]] = {}
                 for f in enc.facts:
@@ -584,12 +586,16 @@ class Sampler:
                         tid = x.get("tumor") or f["resource_id"]
                         self._code_of[tid] = str(f.get("code") or f["resource_id"])
         groups: dict[str, list[dict[str, Any]]] = {}
+        keys = self._group_keys
         for f in facts:
-            x = self._x(f)
-            if f["category"] == "diagnosis" and not x.get("primary_tumor"):
-                continue
-            tid = x.get("tumor") or ""
-            groups.setdefault(self._code_of.get(tid, tid or "_"), []).append(f)
+            key = keys.get(id(f), "")
+            if key == "":
+                x = self._x(f)
+                tid = x.get("tumor") or ""
+                skip = f["category"] == "diagnosis" and not x.get("primary_tumor")
+                key = keys[id(f)] = None if skip else self._code_of.get(tid, tid or "_")
+            if key is not None:
+                groups.setdefault(key, []).append(f)
         return groups
 
     def _tumors(
