@@ -15,6 +15,11 @@ Assertions are decoupled from sections: negated, suspected and historical facts 
 are drawn from clinically plausible pools (the entity's metastasis sites, therapy
 complications, earlier stays) and placed with the same section weights as present facts
 (`phrases.SECTION_WEIGHTS`), so the section alone does not predict the assertion.
+
+`Sampler.stats` counts for the sample report: `codes/<slot>/written|pinned` (how each gold
+code is supported), `foreign_system/<kind>` (codes of another system kept out of a slot),
+`no_name/<system>`, `dropped/<why>`, `future_facts_dropped`, `main_pending_as_suspected`,
+`postponed_cycle_negated`, `vital_loinc_not_in_catalogue`.
 """
 
 from __future__ import annotations
@@ -57,6 +62,15 @@ _TUMOR_CATEGORIES = (
     "diagnosis", "histology", "grading", "tnm_t", "tnm_n", "tnm_m", "tnm_l", "tnm_v", "tnm_pn", "tnm_r",
     "lymph_nodes", "uicc_stage", "stage_other", "marker_status", "ecog", "tumor_status", "metastasis",
 )  # fmt: skip
+#: gold code slots and the say key of a written code (None: never written)
+_CODE_SLOTS = (
+    ("icd10gm", "code"),
+    ("ops", "code"),
+    ("morphology", "morphology"),
+    ("topography", "topography"),
+    ("atc", None),
+    ("loinc", None),
+)
 _ASSERTION_OF: dict[str, Assertion] = {
     "present": "present",
     "negated": "negated",
@@ -458,6 +472,9 @@ class Sampler:
         clean = {k: v for k, v in gold.items() if v is not None and v != []}
         f = RecipeFact("", kind, section, assertion, clean, say, synonyms or [])
         ctx.facts.append(f)
+        for slot, say_key in _CODE_SLOTS:
+            if slot in clean:  # how each gold code is supported: written, or pinned by the name
+                self.stats[f"codes/{slot}/{'written' if say_key and say.get(say_key) else 'pinned'}"] += 1
         return f
 
     # ------------------------------------------------------------------ diagnoses
