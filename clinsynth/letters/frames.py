@@ -96,8 +96,8 @@ FINDING: dict[str, tuple[str, ...]] = {
         "Es ergab sich {m}kein Hinweis auf {x}",
         "Es fand sich {m}kein Anhalt für {x}",
         "Ausschluss von {x}",
-        "Für {x} ergab sich {m}kein Anhalt",
-        "Für {x} fand sich {m}kein Hinweis",
+        "Für {x} ergab sich kein Anhalt",
+        "Für {x} fand sich kein Hinweis",
         "Kein Verdacht auf {x}",
         "Ein Anhalt für {x} besteht {m}nicht",
         "{M}keine Hinweise auf {x}",
@@ -107,10 +107,9 @@ FINDING: dict[str, tuple[str, ...]] = {
         "{x} {m}ausgeschlossen",
         "{x} {m}nicht nachweisbar",
         "{x} {m}nicht nachgewiesen",
-        "{x}: {m}kein Nachweis",
         "{x} {m}sicher ausgeschlossen",
         "{x} {m}nicht bestätigt",
-        "{x}: ausgeschlossen",
+        "{x}, ausgeschlossen",
         "{x} - {m}negativ",
         "{x} {m}nicht abgrenzbar",
     ),
@@ -124,7 +123,6 @@ FINDING: dict[str, tuple[str, ...]] = {
         "A.e. {x}",
         "Am ehesten {x}",
         "{M}vereinbar mit {x}",
-        "Befund vereinbar mit {x}",
         "Fraglich {x}",
         "{M}suspekt auf {x}",
         "Bild wie bei {x}",
@@ -132,7 +130,7 @@ FINDING: dict[str, tuple[str, ...]] = {
         "{x} wahrscheinlich",
         "{x} (V.a.)",
         "{x}, fraglich",
-        "{x}?",
+        "{x} (DD)",
         "{x} vermutet, Abklärung ambulant",
         "{x} möglich, Kontrolle empfohlen",
     ),
@@ -175,7 +173,7 @@ PROCEDURE: dict[str, tuple[str, ...]] = {
     ),
     "negated": (
         "{x} nicht durchgeführt",
-        "{x}: nicht erfolgt",
+        "{x} nicht erfolgt",
         "Auf {x} wurde verzichtet",
         "Verzicht auf {x}",
         "{x} vom Pat. abgelehnt",
@@ -189,10 +187,14 @@ PROCEDURE: dict[str, tuple[str, ...]] = {
         "St.p. {x}",
         "Zustand nach {x}",
         "{x} (auswärts, Vorgeschichte)",
-        "Vorausgegangen: {x}",
+        "Vorausgegangen war {x}",
         "Früher {x}",
     ),
-    "suspected": ("Fraglich {x} (auswärts, Unterlagen ausstehend)", "Anamnestisch fraglich {x}", "{x}?"),
+    "suspected": (
+        "Fraglich {x} (auswärts, Unterlagen ausstehend)",
+        "Anamnestisch fraglich {x}",
+        "{x} (fraglich)",
+    ),
 }
 PROCEDURE_DATED: dict[str, tuple[str, ...]] = {
     "present": (
@@ -226,7 +228,7 @@ MEDICATION: dict[str, tuple[str, ...]] = {
         "Auf {x} wurde verzichtet",
         "{x} nicht verabreicht",
         "Verzicht auf {x}",
-        "{x}: keine Einnahme",
+        "{x} nicht eingenommen",
         "Eine Therapie mit {x} erfolgte nicht",
         "{x} nicht gegeben",
         "{x} wird nicht eingenommen",
@@ -240,7 +242,7 @@ MEDICATION: dict[str, tuple[str, ...]] = {
         "{x} (frühere Medikation)",
         "Die Therapie mit {x} ist abgeschlossen",
     ),
-    "suspected": ("Fragliche Einnahme von {x}", "{x}? (Einnahme unklar)", "Einnahme von {x} nicht sicher"),
+    "suspected": ("Fragliche Einnahme von {x}", "{x} (fraglich)", "Einnahme von {x} nicht sicher"),
 }
 
 #: a drug the patient does not tolerate (medication context "allergy"); {x} = the drug's name
@@ -250,55 +252,42 @@ ALLERGY: dict[str, tuple[str, ...]] = {
         "Allergie gegen {x}",
         "Bekannte Unverträglichkeit: {x}",
         "Allergien: {x}",
-        "{x}-Unverträglichkeit",
         "Unverträglichkeiten: {x}",
     ),
     "suspected": (
-        "V.a. Unverträglichkeit gegen {x}",
-        "Fragliche Allergie gegen {x}",
-        "V.a. allergische Reaktion auf {x}",
+        "Unverträglichkeit gegen {x} (V.a.)",
         "Unverträglichkeit gegen {x} (fraglich)",
+        "Allergie gegen {x} fraglich",
+        "Allergie gegen {x} vermutet",
     ),
-    "negated": ("Keine Unverträglichkeit gegen {x}", "Allergie gegen {x} ausgeschlossen"),
-    "historical": ("Z.n. allergischer Reaktion auf {x}", "Früher Unverträglichkeit gegen {x}"),
+    "negated": ("Unverträglichkeit gegen {x} ausgeschlossen", "Allergie gegen {x} verneint"),
+    "historical": ("Unverträglichkeit gegen {x}, abgeklungen", "Allergie gegen {x}, früher"),
 }
 
 LAB: dict[str, tuple[str, ...]] = {
     "present": ("{x}",),
-    "negated": (
-        "{x} negativ",
-        "{x} nicht nachweisbar",
-        "Kein Nachweis von {x}",
-        "{x}: negativ",
-        "{x} unter der Nachweisgrenze",
-    ),
-    "historical": ("Vorwert {x}", "{x} (Vorbefund)", "Zuvor {x}", "Vorbefund: {x}"),
-    "suspected": ("{x} (fraglich, Kontrolle)", "Fraglich {x}", "{x}?"),
+    "negated": ("{x} negativ", "{x} nicht nachweisbar", "Kein Nachweis von {x}", "{x} nicht nachgewiesen"),
+    "historical": ("Vorwert {x}", "Zuvor {x}", "Vorbefund: {x}", "Vorwerte: {x}"),
+    "suspected": ("{x} (fraglich)", "Fraglich {x}", "{x}, fraglich"),
 }
 
 VITAL: dict[str, tuple[str, ...]] = {
     "present": ("{x}",),
-    "negated": ("{x}: negativ", "{x} verneint", "{x}: verneint"),
-    "historical": ("Vorwert {x}", "{x} (Vorbefund)", "Zuvor {x}"),
-    "suspected": ("{x} (fraglich, Kontrolle)", "Fraglich {x}", "{x}?"),
+    "negated": ("{x} negativ", "{x} verneint"),
+    "historical": ("Vorwert {x}", "Zuvor {x}", "Vorbefund: {x}"),
+    "suspected": ("{x} (fraglich)", "Fraglich {x}"),
 }
 
 RISK: dict[str, tuple[str, ...]] = {
     "present": ("{x}", "Bek. {x}", "Risikofaktor: {x}", "{x} (aktuell)", "Noxen: {x}"),
-    "negated": (
-        "{x} verneint",
-        "{x}: verneint",
-        "{x} wird verneint",
-        "Kein Anhalt für {x}",
-        "Noxen: {x} verneint",
-    ),
+    "negated": ("{x} verneint", "{x} wird verneint", "Kein Anhalt für {x}", "Noxen: {x} verneint"),
     "historical": ("Z.n. {x}", "Ehemals {x}", "{x} (früher, beendet)", "Anamnestisch {x}, beendet"),
     "suspected": ("Fraglich {x}", "V.a. {x}"),
 }
 
 RADIO: dict[str, tuple[str, ...]] = {
     "present": ("{x}", "Es erfolgte {x}", "Durchführung: {x}", "Aktuell {x}"),
-    "historical": ("Z.n. {x}", "St.p. {x}", "Zustand nach {x}", "Vorausgegangen: {x}"),
+    "historical": ("Z.n. {x}", "St.p. {x}", "Zustand nach {x}", "Vorausgegangen war {x}"),
     "negated": ("Keine {x}", "Auf {x} wurde verzichtet", "{x} nicht erfolgt", "Verzicht auf {x}"),
     "suspected": ("Fraglich {x} (Unterlagen ausstehend)",),
 }
@@ -311,7 +300,7 @@ LIST_NEGATED = (
     "{x} {m}ausgeschlossen",
     "{x} {m}nicht nachweisbar",
     "Es fanden sich {m}keine Hinweise auf {x}",
-    "Für {x} ergab sich {m}kein Anhalt",
+    "Für {x} ergab sich kein Anhalt",
 )
 LIST_SUSPECTED = ("V.a. {x}", "DD {x}", "{M}vereinbar mit {x}")
 LIST_HISTORICAL = ("Z.n. {x}", "Vorgeschichte: {x}", "St.p. {x}")

@@ -15,14 +15,25 @@ from collections.abc import Callable, Sequence
 from clinsynth.letters import frames as F
 from clinsynth.sampling.recipe import RecipeFact
 
-#: every word of every frame: a cue ("ausgeschlossen", "Vorgeschichte", "suspekt") never gets a
-#: typo, so the assertion a frame writes stays readable (typos go to fillers and the head)
-CUE_TEXT = "\n".join(
-    [fr for table in F.FRAMES.values() for frames in table.values() for fr in frames]
-    + [fr for frames in F.PROCEDURE_DATED.values() for fr in frames]
-    + list(F.FINDING_DATED_HISTORY + F.LIST_NEGATED + F.LIST_SUSPECTED + F.LIST_HISTORICAL)
-    + [m for _keys, mods in F.MODALITIES for m in mods]
-    + list(F.GENERIC_MODALITIES)
+#: the only words a typo may touch: those of the fact-free sentences (fillers, openings,
+#: closings). Cues, "Zyklus", "Tag", labels and fact strings never get one, so every assertion,
+#: cycle and value stays readable where it is bound to its fact.
+NOISABLE = frozenset(
+    w.strip(".,;:()")
+    for text in (
+        [x for pool in F.FILLER.values() for x in pool]
+        + list(F.AZ_EZ)
+        + [x for pool in F.OPENINGS.values() for x in pool]
+        + list(F.CLOSINGS)
+    )
+    for w in text.split()
+    if len(w.strip(".,;:()")) >= 5 and w.strip(".,;:()").isalpha()
+) - frozenset(  # minus every word a frame uses ("Vorgeschichte" is a filler word and a cue)
+    w.strip(".,;:()")
+    for table in (*F.FRAMES.values(), F.PROCEDURE_DATED)
+    for frames in table.values()
+    for fr in frames
+    for w in fr.split()
 )
 
 #: OCR confusions inside fact strings: (pattern, replacement)
@@ -75,13 +86,13 @@ def add_noise(
     tokens = text.split()
     n = int(len(tokens) * level / 100 + rng.random())
     if n:
-        guard = "\n".join(protected()) + "\n" + CUE_TEXT
+        guard = "\n".join(protected())
         for _ in range(4 * n):  # a few draws per typo: most tokens are short, numbers or fact words
             if n == 0:
                 break
             word = tokens[rng.randrange(len(tokens))].strip(".,;:()[]!?")
             # a word inside any fact (or other protected) string is never touched, anywhere
-            if len(word) < 5 or not word.isalpha() or word in guard:
+            if word not in NOISABLE or word in guard:
                 continue
             at = _whole_word(text, word)
             if at >= 0:

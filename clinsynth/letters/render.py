@@ -35,6 +35,12 @@ TEMPLATES = Path(__file__).with_name("templates")
 DEFAULT_WORDS = {"Entlassungsbrief": 260, "Arztbrief": 250, "Kurzarztbrief": 175, "Verlegungsbrief": 215}
 #: noise level when the recipe sets no `style.noise` (typos per 100 words ~ level)
 DEFAULT_NOISE = 0.3
+#: assertion cues written right after a radiotherapy's target
+RADIO_CUES = {
+    "historical": (" in der Vorgeschichte", " (Vorgeschichte)", ", abgeschlossen,", " (früher)"),
+    "negated": (" nicht erfolgt,", ", auf die verzichtet wurde,", " (nicht durchgeführt)"),
+    "suspected": (" (fraglich)", ", fraglich,"),
+}
 #: narrative sections that take fact-free sentences to reach the target length
 NARRATIVE = ("anamnese", "aufnahmebefund", "verlauf", "epikrise", "procedere", "befunde")
 #: at most this many fact-free sentences per section (a letter short of facts stays short)
@@ -207,6 +213,11 @@ class SectionWriter:
             x = self.labtext(f)
             if f.say.get("date"):
                 x += self.pick((f" ({f.say['date']})", f" am {f.say['date']}", f" vom {f.say['date']}"))
+        elif f.kind == "radiotherapy" and f.assertion != "present":
+            # the cue right after the target (a pre-cue would have "Radiatio" between it and the name)
+            cue = self.pick(RADIO_CUES[f.assertion])
+            self.frames[f.id] = f"radiotherapy.{f.assertion}:after:{cue.strip(' ,()')}|"
+            return self._end(self.radio(f, cue), item)
         elif f.kind == "radiotherapy":
             x = self.radio(f)
         elif f.kind == "risk_factor":
@@ -227,6 +238,13 @@ class SectionWriter:
         self.frames[f.id] = fid
         if use_date and "{d}" in frame:
             return self._end(F.fill(frame, x, mod, d), item)
+        if f.assertion != "present" and frame.startswith("{x}") and f.kind in ("diagnosis", "procedure"):
+            # a cue after the name: code and date go to the end, nothing sits between name and cue
+            code = str(f.say.get("code") or "")
+            tail = (f" ({code}{f.say.get('mark') or ''})" if code else "") + (
+                self.pick((f" ({d})", f", {d}")) if d else ""
+            )
+            return self._end(F.fill(frame, _name(f.say), mod) + tail, item)
         return self._end(F.fill(frame, self.dated(f, x) if d else x, mod), item)
 
     def _end(self, s: str, item: bool) -> str:
@@ -282,10 +300,11 @@ class SectionWriter:
         sep = self.pick((" ", ": ", " ")) if f.assertion == "present" else " "
         return f"{_name(say)}{sep}{value}".strip() if value else _name(say)
 
-    def radio(self, f: RecipeFact) -> str:
+    def radio(self, f: RecipeFact, cue: str = "") -> str:
+        """Radiotherapy: target, dose, fractions, dates, intent; `cue` right after the target."""
         s = f.say
         head = self.pick(("Radiatio", "RTX", "Bestrahlung", "perkutane Radiatio", "Strahlentherapie"))
-        out = f"{head} {_name(s)}".strip()
+        out = f"{head} {_name(s)}".strip() + cue
         if s.get("total"):
             out += f" mit {s['total']}" if self.chance(0.6) else f", GD {s['total']}"
         if s.get("fractions") and s.get("fraction"):
