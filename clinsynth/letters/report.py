@@ -438,6 +438,73 @@ def _pinned(system: str, name: str) -> str | None:
 # ---------------------------------------------------------------- the report
 
 
+def measure_letter(
+    recipe: Recipe, text: str, verdict: Mapping[str, Any] | None = None, *, framed: bool = True
+) -> dict[str, Any]:
+    """Everything the report counts of one letter, as plain picklable data: a verifier worker may
+    measure beside its verdict and the stage count it (`LettersReport.add_measured`). `framed`:
+    also the costly counts (sentence frames, style features; see `LettersReport.framed`)."""
+    letter = _Letter(text)
+    words, features, codes = TextStats.measure(text, with_features=framed)
+    spans = bindings(recipe, text, verdict)
+    facts = []
+    for f in recipe.facts:
+        span = spans.get(f.id)
+        found = span is not None and span[0] >= 0
+        # the section the fact stands in, as the binder found it (else the recipe's)
+        section = (span[4] if span is not None and found and span[4] else None) or f.section
+        facts.append((f.id, f.kind, f.assertion, section, found, code_support(f, letter), fact_names(f)[:1]))
+    return {
+        "spec_id": recipe.spec_id,
+        "letter_type": recipe.letter_type,
+        "words": words,
+        "features": features,
+        "codes": codes,
+        "ok": verdict.get("ok") if verdict is not None else None,
+        "facts": facts,
+        "framed": framed,
+        "frames": _frames(recipe, letter, spans) if framed else [],
+    }
+
+
+def _frames(recipe: Recipe, letter: _Letter, spans: Spans) -> list[tuple[str, str, str]]:
+    """(kind, assertion, frame) of each bound fact: the costly count, bounded at paper scale by
+    counting it on a sample of the letters."""
+    own = {f.id: own_strings(f) for f in recipe.facts}
+    # every string of every fact (and of the head) once, with the facts it belongs to
+    owners: dict[str, dict[str, str]] = {}
+    # (numbers, units and other short strings are left to the digit rule: "0 mg" in every frame)
+    for fid, strings in own.items():
+        for k, ss in strings.items():
+            for s in ss:
+                if k == "name" or _maskable(s):
+                    owners.setdefault(s, {}).setdefault(fid, f"§{k}§")
+    for s in _strings(list(recipe.header.values())) + _strings(recipe.untagged):
+        if _maskable(s):
+            owners.setdefault(s, {})
+    occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
+    starts = [o[0] for o in occurrences]
+    names = {s for s, o in owners.items() if _NAME_MASKS & set(o.values())}
+    out: list[tuple[str, str, str]] = []
+    for f in recipe.facts:
+        span = spans.get(f.id)
+        if span is None or span[0] < 0:
+            continue
+        a, b = int(span[2]), int(span[3])
+        # the fact's own values count only in its list item ("Hb 0 g/dl" of "Hb 0 g/dl · K 0 mmol/l")
+        item_a, item_b = letter.item(a, b, int(span[0]), int(span[1]))
+        masks = []
+        for i in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
+            s_, e_, s = occurrences[i]
+            ph = owners[s].get(f.id)
+            if ph is not None and (ph in _NAME_MASKS or (item_a <= s_ and e_ <= item_b)):
+                masks.append((s_, e_, ph, 0))
+            elif s in names or _maskable(s):
+                masks.append((s_, e_, "§f§", 1))
+        out.append((f.kind, f.assertion, letter.template(a, b, masks)))
+    return out
+
+
 class FrameCounter:
     """Distinct frames (exact up to FRAME_CAP) and how often each of them occurs."""
 
@@ -511,85 +578,43 @@ class LettersReport:
         self.failed = 0
         self.errors: list[str] = []
 
+    def framed(self, index: int) -> bool:
+        """Whether letter number `index` (0-based, in run order) gets frames and style features."""
+        return index < self.frames_all or (index - self.frames_all) % self.frames_stride == 0
+
     def add(self, recipe: Recipe, text: str, verdict: Mapping[str, Any] | None = None) -> None:
         """Count one letter. A record the counters cannot read is reported, never fatal: the
         report is a view on the run, and one odd recipe must not stop the verify stage."""
         try:
-            self._add(recipe, text, verdict)
+            measured = measure_letter(recipe, text, verdict, framed=self.framed(self.text.letters))
         except Exception as exc:  # reported under "letters_not_counted"
             self.failed += 1
             if len(self.errors) < 20:
                 sid = getattr(recipe, "spec_id", "?")
                 self.errors.append(f"{sid}: {type(exc).__name__}: {exc} (the letter is not counted)")
+            return
+        self.add_measured(measured)
 
-    def _add(self, recipe: Recipe, text: str, verdict: Mapping[str, Any] | None) -> None:
-        # everything is measured before anything is counted: a letter counts whole or not at all
-        letter = _Letter(text)
-        n = self.text.letters
-        framed = n < self.frames_all or (n - self.frames_all) % self.frames_stride == 0
-        measured = TextStats.measure(text, with_features=framed)
-        spans = bindings(recipe, text, verdict)
-        checks = [(f, code_support(f, letter)) for f in recipe.facts]
-        frames = self._frames(recipe, letter, spans) if framed else []
-        self.text.add_measured(*measured)
-        self.words_by_type.setdefault(recipe.letter_type, Counter())[measured[0]] += 1
-        if verdict is not None and "ok" in verdict:
+    def add_measured(self, m: Mapping[str, Any]) -> None:
+        """Count a letter measured by `measure_letter` (here or in a worker process)."""
+        self.text.add_measured(m["words"], m["features"], m["codes"])
+        self.words_by_type.setdefault(m["letter_type"], Counter())[m["words"]] += 1
+        if m["ok"] is not None:
             self.verdicts += 1
-            self.passed += bool(verdict["ok"])
-        for f, fact_checks in checks:
-            span = spans.get(f.id)
-            found = span is not None and span[0] >= 0
-            self.facts[f.kind, f.assertion] += 1
+            self.passed += bool(m["ok"])
+        for _fid, kind, assertion, section, found, checks, name in m["facts"]:
+            self.facts[kind, assertion] += 1
             if not found:
-                self.unlocated[f.kind] += 1
-            # the section the fact stands in, as the binder found it (else the recipe's)
-            section = (span[4] if span is not None and found and span[4] else None) or f.section
-            self.sections[f.kind, section, f.assertion] += 1
-            for check in fact_checks:
-                self.codes[f.kind, check["field"], check["outcome"]] += 1
+                self.unlocated[kind] += 1
+            self.sections[kind, section, assertion] += 1
+            for check in checks:
+                self.codes[kind, check["field"], check["outcome"]] += 1
                 if check["outcome"] in _WRONG_CODE and len(self.code_examples) < 20:
-                    example = {"spec_id": recipe.spec_id, "fact": f.id, "name": fact_names(f)[:1]}
+                    example = {"spec_id": m["spec_id"], "fact": _fid, "name": name}
                     self.code_examples.append({**example, **check})
-        self.frame_letters += framed
-        for kind, assertion, fr in frames:
+        self.frame_letters += bool(m["framed"])
+        for kind, assertion, fr in m["frames"]:
             self.frames.setdefault((kind, assertion), FrameCounter(self.frame_cap)).add(fr)
-
-    def _frames(self, recipe: Recipe, letter: _Letter, spans: Spans) -> list[tuple[str, str, str]]:
-        """(kind, assertion, frame) of each bound fact: the costly count, bounded at paper scale by
-        counting it on a sample of the letters."""
-        own = {f.id: own_strings(f) for f in recipe.facts}
-        # every string of every fact (and of the head) once, with the facts it belongs to
-        owners: dict[str, dict[str, str]] = {}
-        # (numbers, units and other short strings are left to the digit rule: "0 mg" in every frame)
-        for fid, strings in own.items():
-            for k, ss in strings.items():
-                for s in ss:
-                    if k == "name" or _maskable(s):
-                        owners.setdefault(s, {}).setdefault(fid, f"§{k}§")
-        for s in _strings(list(recipe.header.values())) + _strings(recipe.untagged):
-            if _maskable(s):
-                owners.setdefault(s, {})
-        occurrences = sorted((a, b, s) for s in owners for a, b in letter.find(s))
-        starts = [o[0] for o in occurrences]
-        names = {s for s, o in owners.items() if _NAME_MASKS & set(o.values())}
-        out: list[tuple[str, str, str]] = []
-        for f in recipe.facts:
-            span = spans.get(f.id)
-            if span is None or span[0] < 0:
-                continue
-            a, b = int(span[2]), int(span[3])
-            # the fact's own values count only in its list item ("Hb 0 g/dl" of "Hb 0 g/dl · K 0 mmol/l")
-            item_a, item_b = letter.item(a, b, int(span[0]), int(span[1]))
-            masks = []
-            for i in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
-                s_, e_, s = occurrences[i]
-                ph = owners[s].get(f.id)
-                if ph is not None and (ph in _NAME_MASKS or (item_a <= s_ and e_ <= item_b)):
-                    masks.append((s_, e_, ph, 0))
-                elif s in names or _maskable(s):
-                    masks.append((s_, e_, "§f§", 1))
-            out.append((f.kind, f.assertion, letter.template(a, b, masks)))
-        return out
 
     def to_dict(self, dev: Mapping[str, Any] | None = None) -> dict[str, Any]:
         kinds = list(APPLICABLE)

@@ -5,6 +5,7 @@ count where ../shared is present."""
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import statistics
 import sys
 from pathlib import Path
@@ -422,6 +423,23 @@ def test_frames_come_from_the_first_letters_then_every_nth():
     assert (
         out["text"]["feature_letters"]["negation"] == 2 and out["text"]["feature_shares"]["suspicion"] == 0.5
     )
+
+
+def test_letters_measured_elsewhere_count_the_same(counted):
+    """A verifier worker may measure a letter (plain, picklable data) and the stage count it."""
+    saved = rep.PINNED
+    rep.PINNED = lambda system, name: PINS.get(name)
+    try:
+        acc = rep.LettersReport()
+        for i, (r, text, verdict) in enumerate(letters()):
+            m = pickle.loads(pickle.dumps(rep.measure_letter(r, text, verdict, framed=acc.framed(i))))
+            acc.add_measured(m)
+        out = acc.to_dict(
+            {"letters": 6, "words": {"median": 12.0}, "feature_shares": {}, "written_codes": {}}
+        )
+    finally:
+        rep.PINNED = saved
+    assert out == counted
 
 
 def test_write_report_writes_json_and_a_readable_summary(tmp_path, counted):
