@@ -306,7 +306,7 @@ class CohortGenerator:
         tumor = _with(tumor, m_prefix="p" if biopsy_m else "c", confirmed=not provisional, ecog=c.ecog)
         s1.tumor = tumor
         s1.diagnoses = self._diagnoses(c, s1, tumor, provisional=provisional)
-        s1.labs = self._labs(rng, c, s1, burden=1.0, cycle=0)
+        s1.labs = self._labs(rng, c, s1, burden=1.0, cycle=0, aml=e == "aml")
         s1.vitals = self._vitals(rng, c, s1)
         if not (pl.surgery and pl.surgery_code):
             self._start_home(rng, c, pl, s1, when=s1.end, adjuvant_only=False)
@@ -949,7 +949,9 @@ class CohortGenerator:
             if loinc in values:
                 value = values[loinc]
             elif loinc == HB:
-                if cycle:
+                if aml or (c.entity.key == "myeloma" and cycle == 0):  # marrow failure / myeloma anaemia
+                    value = rng.uniform(7.2, 10.5)
+                elif cycle:
                     value = lo - 0.2 * cycle * rng.random() * (hi - lo)  # chemotherapy-induced anaemia
                 else:
                     value = gauss(lo + 0.35 * (hi - lo), (hi - lo) / 6)

@@ -638,13 +638,15 @@ def test_medication_and_lab_dates_lie_in_their_stay(people):
 
 def test_labs_follow_comorbidities(people):
     diabetic = 0
-    for _, st in stays(people):
+    for p, st in stays(people):
         labs = first_labs(st)
         if "E11.90" in {d.icd for d in st.diagnoses} and st.kind != "complication":
             diabetic += 1
             assert labs["4548-4"] >= 6.4 and labs["2345-7"] > 100, st.key
         if "C91.10" in {d.icd for d in st.diagnoses} and st.kind == "diagnostic":
             assert labs[LEUKO] > 15  # CLL: lymphocytosis at diagnosis
+        if entity(p) == "aml" and st.kind == "diagnostic":
+            assert labs["718-7"] < 11 and labs[PLT] < 150  # AML: anaemia and thrombocytopenia at diagnosis
     assert diabetic > 10
 
 
