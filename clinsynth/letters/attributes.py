@@ -256,12 +256,17 @@ _STAGE_SYSTEMS = {
     "Rai": r"rai(?:[- ]stadium)?",
     "FIGO": r"figo(?:[- ]stadium)?",
     "Gleason": r"gleason(?:[- ]score)?",
-    "ISUP": r"isup(?:[- ]grad(?:e|gruppe)?)?",
+    "ISUP": r"isup(?:[- ](?:grad\w*|gruppe))?",
     "ELN": r"eln(?:[- ]?20\d\d)?(?:[- ]risiko)?",
     "Durie-Salmon": r"durie[- ]salmon(?:[- ]stadium)?",
 }
+_STAGE_VALUE = r"([0-9ivxabcesk+=()/-]+(?:\s*[+=]\s*[0-9]+)*)"
 _STAGE = {
-    k: re.compile(rf"(?<!\w){v}\s*:?\s*([0-9ivxabcesk+=()/-]+(?:\s*[+=]\s*[0-9]+)*)(?![\w])")
+    k: re.compile(
+        rf"(?<!\w){v}\s*:?\s*"
+        + (r"(günstig|intermediär|ungünstig|favorable|intermediate|adverse)" if k == "ELN" else _STAGE_VALUE)
+        + r"(?![\w])"
+    )
     for k, v in _STAGE_SYSTEMS.items()
 }
 _ECOG = re.compile(r"(?<!\w)ecog(?:[- ]?(?:ps|status|performance[- ]status))?\s*:?\s*([0-5])(?!\d)")

@@ -216,7 +216,8 @@ class Analysis:
         lt = self.lt
         _, le = lt.line(end)
         pos = le + 1
-        own = {n for n in map(norm, self.names[f.id])}
+        own = {norm(n) for n in self.names[f.id]}  # its names and its own strings (histology)
+        own |= {norm(v) for v in (*f.gold.values(), *f.say.values()) if isinstance(v, str)}
         while pos < len(lt.n) and pos - end < TUMOUR_BLOCK_MAX:
             ls, le = lt.line(pos)
             lead = _BULLET.match(lt.n, ls, le)

@@ -208,7 +208,9 @@ def _free_spans(lt: LetterText, recipe: Recipe, untagged: Sequence[str] = ()) ->
             for v in x:
                 yield from strings(v)
 
-    for s in [*recipe.untagged, *untagged, *strings(recipe.header)]:
+    # regimen names are gold of their drugs ("Carboplatin/Paclitaxel/Pembrolizumab")
+    regimens = [str(f.gold["regimen"]) for f in recipe.facts if f.gold.get("regimen")]
+    for s in [*recipe.untagged, *untagged, *strings(recipe.header), *regimens]:
         s = norm(s.strip())
         if len(s) < 2:
             continue
@@ -245,6 +247,14 @@ class _Cover:
 
 #: units of values a letter may write without a fact ("Fieber über 38 °C", "95 %"): not checked
 _FREE_UNITS = frozenset({"°c", "mmhg", "/min", "bpm", "kg", "cm", "%", "s"})
+
+
+#: names that carry their assertion themselves ("Nichtraucher" is negated, "Ex-Raucher" historical)
+_NAME_CUE: dict[str, re.Pattern[str]] = {
+    "negated": re.compile(r"(?:nicht|non-?|kein)[\w-]"),
+    "historical": re.compile(r"(?:ex-|ehemalig|früher|z\.\s?n\.|zustand nach)"),
+    "suspected": re.compile(r"(?:v\.\s?a\.|verdacht)"),
+}
 
 
 def _gold_dates(recipe: Recipe) -> list[str]:
@@ -351,6 +361,12 @@ def verify(
                         b.cue_side = "before" if cue.end <= o[0] else "after"
                         rs.append(f"written as {cue.assertion}: {label} (cue {b.cue!r})")
                         break
+            elif _NAME_CUE[f.assertion].match(norm(b.name or "")):
+                b.cue, b.cue_assertion, b.cue_side = (
+                    b.name,
+                    f.assertion,
+                    "name",
+                )  # "Nichtraucher", "Ex-Raucher"
             else:
                 for o in occs:
                     ok, cue = judge(a.cues_at(*o), f.assertion)

@@ -6,8 +6,11 @@ from training unless verify.include_failed=true.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -55,6 +58,7 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
             # shard i holds the letters of specs i::N in order: one shard's recipes in memory at a time
             recipes = shard_recipes(sample_dir, shard, num_shards)
             check_shard_recipes(sample_dir, recipes, total, shard, num_shards, stage="verify")
+            items: list[tuple[str, dict[str, Any], Recipe, Any]] = []
             for line_no, letter in enumerate(read_letters(path), 1):
                 sid = letter["spec_id"]
                 seen[sid] += 1
@@ -69,26 +73,21 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                         f"{path}:{line_no}: letter {sid!r} is out of the order of its shard's "
                         "specs; delete the generate stage folder and relaunch"
                     )
-                v = verify(
-                    recipe,
-                    letter["text"],
-                    finish_reasons=letter.get("finish_reasons") or {},
-                    llm_sections=letter.get("llm_sections") or (),
-                    whole_letter_llm=letter.get("mode") == "llm",
-                    untagged=letter.get("untagged") or (),
-                    noise=letter.get("noise") or (),
-                )
+                items.append((sid, letter, recipe, recipes[line_no - 1]))
+            for (sid, letter, recipe, _), (ok, reasons, facts, fact_spans) in zip(
+                items, verdict_rows(items), strict=True
+            ):
                 row = {
                     "spec_id": sid,
                     "split": letter.get("split"),
                     "mode": letter.get("mode"),
-                    "ok": v.ok,
-                    "reasons": v.reasons,
-                    "facts": v.facts,
+                    "ok": ok,
+                    "reasons": reasons,
+                    "facts": facts,
                     # fact id -> [start, end, sentence start, sentence end, section found, cue side]
-                    "spans": spans(v),
+                    "spans": fact_spans,
                     # failing letters stay here with their reasons but are not trained on by default
-                    "use_for_training": v.ok or include_failed,
+                    "use_for_training": ok or include_failed,
                 }
                 fh.write(orjson.dumps(row) + b"\n")
                 letters_report.add(recipe, letter["text"], row)
@@ -137,6 +136,47 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
         "%d letters, %d pass (%.1f%%)", report["letters"], report["passed"], 100 * (report["pass_rate"] or 0)
     )
     return {k: report[k] for k in ("letters", "passed", "pass_rate")}
+
+
+#: below this many letters in a shard the verifier runs in this process (a pool's start costs ~1 s)
+POOL_MIN_LETTERS = 2000
+
+
+def _verify_one(
+    item: tuple[Any, str, dict[str, Any]],
+) -> tuple[bool, list[str], dict[str, str], dict[str, Any]]:
+    recipe, text, kwargs = item
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.from_json(recipe)
+    v = verify(recipe, text, **kwargs)
+    return v.ok, v.reasons, v.facts, spans(v)
+
+
+def verdict_rows(
+    items: list[tuple[str, dict[str, Any], Recipe, Any]],
+) -> Iterator[tuple[bool, list[str], dict[str, str], dict[str, Any]]]:
+    """(ok, reasons, per-fact results, spans) per letter, in order; a large shard is checked on every
+    CPU this job holds (the verifier is pure CPU: 75k letters in minutes need more than one core)."""
+
+    def work(recipe: Any, letter: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+        kwargs = {
+            "finish_reasons": letter.get("finish_reasons") or {},
+            "llm_sections": letter.get("llm_sections") or (),
+            "whole_letter_llm": letter.get("mode") == "llm",
+            "untagged": letter.get("untagged") or (),
+            "noise": letter.get("noise") or (),
+        }
+        return recipe, letter["text"], kwargs
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus < 2 or len(items) < POOL_MIN_LETTERS:
+        yield from map(_verify_one, (work(r, letter) for _, letter, r, _ in items))
+        return
+    # the workers get the recipe's JSON (cheaper to send than the object) and parse it themselves;
+    # fork: a worker needs no re-import of the launcher's main module and starts in milliseconds
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(min(cpus, 16)) as pool:
+        yield from pool.imap(_verify_one, (work(raw, letter) for _, letter, _, raw in items), chunksize=64)
 
 
 def _throughput(gen_dir: Any) -> dict[str, Any]:
