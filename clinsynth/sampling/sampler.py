@@ -170,7 +170,9 @@ class _Ctx:
         self.places: dict[str, tuple[list[LetterSection], list[float]]] = {}
         self.marker_labs: list[dict[str, Any]] = []  # this stay's tumour-marker values (CEA, PSA ...)
         self.in_tumor: set[int] = set()  # those written in the tumour block instead of the lab block
-        self.lab_flags: set[tuple[str, str | None]] = set()  # (LOINC, high | low | None) of the stay
+        self.lab_flags: set[tuple[str, str | None]] = set()
+        #: the main diagnosis as written: (name without side, gold code, written code)
+        self.main_named: tuple[str, str | None, str] | None = None  # (LOINC, high | low | None) of the stay
 
 
 class Sampler:
@@ -569,6 +571,7 @@ class Sampler:
                 pinned = self.lex.pinned_code("icd10gm", text)
             else:
                 return None
+        base_name = name
         lat = extra.get("laterality")
         if lat in P.LATERALITY and extra.get("primary_tumor") and ctx.rng.random() < 0.8:
             name = f"{name} {P.pick(ctx.rng, P.LATERALITY[lat])}"
@@ -588,6 +591,8 @@ class Sampler:
             ctx.held_icd.add(code)
         gold = {"text": name, "icd10gm": gold_code, "role": role, "date": date_g}
         say = {"name": name, "code": written, "date": date_s, "role": role or ""}
+        if role == "main":
+            ctx.main_named = (base_name, gold_code, written)
         return self._add(ctx, "diagnosis", section, assertion, gold, say)
 
     # ------------------------------------------------------------------ tumours
@@ -673,7 +678,12 @@ class Sampler:
         # entity: the name of the tumour as written (pins the ICD code at its level)
         code = self._slot_code(dx, ICD10GM_SYSTEMS, "tumor") if dx else None
         entity_name = None
-        if code:
+        if current and ctx.main_named is not None and rng.random() < 0.8:
+            # one tumour, one name: the tumour block repeats the main diagnosis as written there
+            entity_name, main_code, main_written = ctx.main_named
+            gold["icd10gm"] = main_code
+            say["code"] = main_written
+        elif code:
             got = self._name(ctx, "icd10gm", code, prefer_specific=0.3)
             if got:
                 entity_name, pinned = got

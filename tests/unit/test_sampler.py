@@ -328,3 +328,32 @@ def test_no_ruled_out_finding_contradicts_the_stays_labs(
                 checked += 1
                 assert f.gold.get("icd10gm") not in shown, (r.spec_id, f.gold)
     assert checked > 100
+
+
+def test_the_written_tnm_string_is_exactly_the_gold_tnm(recipes: list[Recipe]) -> None:
+    """Per-axis prefixes only where written ("pT3 N1 M0": N and M carry none), nodes, L/V/Pn/R."""
+    n = 0
+    for f in _facts(recipes):
+        tnm = f.gold.get("tnm")
+        if f.kind != "tumor" or not tnm:
+            continue
+        n += 1
+        want = ""
+        for axis in ("t", "n", "m"):
+            if axis in tnm:
+                a = tnm[axis]
+                want += (a.get("prefix") or "") + a["value"] + (f"({a['nodes']})" if a.get("nodes") else "")
+        want += "".join(tnm[k] for k in ("l", "v", "pn", "r") if k in tnm)
+        assert f.say["tnm"].replace(" ", "") == want, (f.say["tnm"], tnm)
+    assert n > 50
+
+
+def test_one_tumour_one_name(recipes: list[Recipe]) -> None:
+    """The tumour block mostly repeats the main diagnosis as written (a letter names its tumour once)."""
+    same = total = 0
+    for r in recipes:
+        main = next(f for f in r.facts if f.kind == "diagnosis" and f.gold.get("role") == "main")
+        current = [f for f in r.facts if f.kind == "tumor" and f.assertion in ("present", "suspected")]
+        total += 1
+        same += any(main.gold["text"].startswith(t.gold["entity"]) for t in current)
+    assert same / total > 0.6
