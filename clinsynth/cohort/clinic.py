@@ -225,6 +225,8 @@ RT_LUNG = ("Primärtumor und mediastinale Lymphknoten", 60.0, 30)
 RT_BRAIN = ("Ganzhirn", 30.0, 10)
 RT_BONE = ("Skelettmetastase", 20.0, 5)
 RT_OPS = "8-522.6"
+#: axillary lymph node excision, beside a breast-conserving operation or mastectomy when nodes are positive
+AXILLA = "5-401.1"
 
 #: Vitals by LOINC: (German name, UCUM unit)
 VITALS = {

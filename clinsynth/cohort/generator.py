@@ -353,6 +353,8 @@ class CohortGenerator:
             if s2 is None:
                 return
             s2.procedures.append(self._proc(pl.surgery_code, s2.start + timedelta(days=1), "operation"))
+            if e == "breast" and not (tumor.n or "N0").startswith("N0") and rng.random() < 0.7:
+                s2.procedures.append(self._proc(clinic.AXILLA, s2.start + timedelta(days=1), "operation"))
             s2.radiotherapy = pending_rt
             tumor = self._pathology(rng, c, s2, neo_done)
             s2.tumor = tumor

@@ -201,7 +201,8 @@ def plan_course(rng: random.Random, entity: Any, tumor: Tumor, age: int, egfr: f
     elif e == "cll" and stage in ("B", "C"):
         pl.home.append(("ibrutinib", "palliative"))
     if pl.surgery and pl.surgery_code is None and entity.surgeries:
-        pl.surgery_code = weighted(rng, entity.surgeries)
+        # the resection itself; an axillary lymph node excision only goes with a breast operation
+        pl.surgery_code = weighted(rng, [(code, w) for code, w in entity.surgeries if code != clinic.AXILLA])
     if not entity.surgeries:
         pl.surgery = False
     if e == "breast" and pl.surgery_code == "5-870.0":

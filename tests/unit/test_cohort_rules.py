@@ -275,6 +275,10 @@ def test_diagnostic_and_surgical_procedures_fit_the_entity(people, cat):
                     assert x.ops in dict(by_key[e].surgeries), (p.key, e, x.ops)
         if e in FIRST:
             assert FIRST[e] in {x.ops for x in p.stays[0].procedures}, (p.key, e)
+        for st in p.stays:
+            ops = [x.ops for x in st.procedures if x.kind == "operation"]
+            if "5-401.1" in ops:  # an axillary excision only beside the breast operation
+                assert e == "breast" and {"5-870.0", "5-872"} & set(ops), (p.key, ops)
 
 
 # ---------------------------------------------------------------- TNM, metastases, staging systems
