@@ -274,7 +274,6 @@ class CohortGenerator:
         c.other_icd = icd
         c.other_laterality = rng.choice(("L", "R")) if e.paired_organ else None
 
-    # ------------------------------------------------------------------ the plan
     # ------------------------------------------------------------------ the stays
     def _course(self, rng: random.Random, c: _Case, pl: Plan) -> None:
         ref = self.cfg.reference_date

@@ -110,7 +110,7 @@ class Tumor:
     morphology_display: str
     topography: str
     grading: str
-    prefix: str  # c | p | yp
+    prefix: str  # c | p | yp | r (recurrence)
     t: str | None  # None: not staged by TNM (haematological entities)
     n: str | None
     m: str | None
@@ -126,8 +126,11 @@ class Tumor:
     v: str | None = None
     pn: str | None = None
     r: str | None = None
-    kind: str = "initial"  # initial | current: the staging at first diagnosis or now
-    #: entity-specific stages: ("Ann Arbor", "IIB"), ("Gleason", "3+4=7"), ("ISUP", "2") ...
+    #: initial | current: the staging at first diagnosis (c, or p at primary surgery) or a later one
+    #: (yp after neoadjuvant therapy, r at a recurrence)
+    kind: str = "initial"
+    #: entity-specific stages: ("Ann Arbor", "IIB"), ("Gleason", "3+4=7"), ("ISUP", "2"), ("FIGO", "IIIC"),
+    #: ("ISS", "II"), ("Binet", "B"), ("ELN 2022", "günstig" | "intermediär" | "ungünstig")
     stages: list[tuple[str, str]] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
     ecog: int | None = None
