@@ -1310,6 +1310,18 @@ class Sampler:
         cfg = self.cfg
         ent = self._entity_of_icd.get((main or {}).get("code") or "")
         held = ctx.held_icd | {str(f["code"]) for f in facts if f.get("code")}
+        # never rule out nodal metastases of a node-positive tumour, nor distant ones of an M1 tumour
+        # without named sites
+        for f in ctx.facts:
+            tnm = f.gold.get("tnm") if f.kind == "tumor" else None
+            if tnm and tnm.get("n", {}).get("value", "N0")[:2] not in ("N0", "NX"):
+                held.add("C77")
+            if (
+                tnm
+                and tnm.get("m", {}).get("value", "M0")[:2] == "M1"
+                and not any(h.startswith(("C78", "C79")) for h in held)
+            ):
+                held.update(("C78", "C79"))
         # never rule out what the stay's own labs show (no "kein Anhalt für Anämie" beside Hb 9,1 ↓)
         held |= {code for lab in ctx.lab_flags for code in P.SHOWN_BY_LAB.get(lab, ())}
         mets = [c for c, _ in (ent.metastasis_sites if ent else [])] + list(P.METASTASES)
