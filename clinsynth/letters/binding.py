@@ -24,7 +24,7 @@ from rapidfuzz import fuzz
 
 from clinsynth.letters.attributes import CHECKS, Place, check_codes
 from clinsynth.letters.cues import Cue, CueIndex, judge
-from clinsynth.letters.scan import LetterText, norm
+from clinsynth.letters.scan import LetterText, norm, norm_name
 from clinsynth.sampling.recipe import Recipe, RecipeFact
 
 _BULLET = re.compile(r"[ \t\-•*·]*(?:\d{1,2}[.)][ \t]*)?")
@@ -88,8 +88,8 @@ def fact_names(f: RecipeFact) -> list[str]:
     ]
     seen: dict[str, str] = {}
     for c in cands:
-        if isinstance(c, str) and c.strip() and norm(c.strip()) not in seen:
-            seen[norm(c.strip())] = c.strip()
+        if isinstance(c, str) and c.strip() and norm_name(c.strip()) not in seen:
+            seen[norm_name(c.strip())] = c.strip()
     return sorted(seen.values(), key=len, reverse=True)
 
 

@@ -32,6 +32,12 @@ def norm(s: str) -> str:
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in s)
 
 
+@functools.lru_cache(maxsize=65536)
+def norm_name(s: str) -> str:
+    """`norm` for the short strings the verifier looks up again and again (names, codes)."""
+    return norm(s)
+
+
 # ---------------------------------------------------------------------------------------------- patterns
 
 # Every pattern starts with a consuming character (a look-behind comes after it): the regex engine
@@ -136,6 +142,12 @@ def _is_ordinal(n: str, stop: int) -> bool:
 
 
 _WORD = re.compile(r"[\wäöüß][\wäöüß.-]*")
+
+
+@functools.lru_cache(maxsize=65536)
+def _first_word(name: str) -> str:
+    m = _FIRST_WORD.match(norm(name).lstrip())
+    return m.group(0) if m else ""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -324,9 +336,6 @@ class LetterText:
         self.raw = unicodedata.normalize("NFC", text)
         self.n = norm(self.raw)
         n = self.n
-        self.word_index: dict[str, list[int]] = {}
-        for m in _FIRST_WORD.finditer(n):
-            self.word_index.setdefault(m.group(0), []).append(m.start())
         self.line_starts = [0] + [m.end() for m in re.finditer(r"\n", n)]
         self.paragraph_stops = [m.start() for m in re.finditer(r"\n[ \t]*\n", n)]
         self.stops = [
@@ -406,14 +415,17 @@ class LetterText:
         p = name_pattern(name) if name and name.strip() else None
         if p is None:
             return []
-        first = _FIRST_WORD.match(norm(name).lstrip())
-        if first is None:  # a name that starts with a sign: scan
+        first = _first_word(name)
+        if not first:  # a name that starts with a sign: scan
             return [(m.start(), m.end()) for m in p.finditer(self.n)]
         out = []
-        for pos in self.word_index.get(first.group(0), ()):
-            m = p.match(self.n, pos)
+        n = self.n
+        pos = n.find(first)
+        while pos != -1:  # str.find runs in C: candidates first, the pattern only there
+            m = p.match(n, pos)
             if m is not None:
                 out.append((m.start(), m.end()))
+            pos = n.find(first, pos + 1)
         return out
 
     def tokens(self, kind: str, start: int, end: int) -> list[Token]:
@@ -459,26 +471,24 @@ class LetterText:
     # -- sections
 
     def _sections(self, headings: Iterable[tuple[str, Sequence[str]]]) -> list[tuple[str, int, int]]:
-        """Locate section headings: a line that is (or starts with) the heading, any case."""
-        found: list[tuple[int, str, int]] = []
+        """Locate section headings: a line that is the heading, or the heading and a colon, any case."""
+        keys: dict[str, str] = {}
         for key, names in headings:
             for h in names:
-                p = name_pattern(h)
-                if p is None:
-                    continue
-                for m in p.finditer(self.n):
-                    ls, le = self.line(m.start())
-                    before = self.n[ls : m.start()].strip(" \t#*-_=")
-                    after = self.n[m.end() : le].strip()
-                    if not before and (not after or after.startswith(":")):
-                        found.append((ls, key, le))
-                        break
-                else:
-                    continue
-                break
-        found.sort()
+                keys.setdefault(" ".join(norm(h).split()).rstrip(":"), key)
+        if not keys:
+            return []
+        found: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        for i, ls in enumerate(self.line_starts):
+            le = self.line_starts[i + 1] - 1 if i + 1 < len(self.line_starts) else len(self.n)
+            head = self.n[ls:le].split(":", 1)[0].strip(" \t#*-_=")
+            key = keys.get(" ".join(head.split())) if 0 < len(head) < 80 else None
+            if key is not None and key not in seen:
+                seen.add(key)
+                found.append((ls, key))
         out = []
-        for i, (s, key, _) in enumerate(found):
+        for i, (s, key) in enumerate(found):
             e = found[i + 1][0] if i + 1 < len(found) else len(self.n)
             out.append((key, s, e))
         return out
