@@ -483,10 +483,10 @@ class LetterText:
         for i, ls in enumerate(self.line_starts):
             le = self.line_starts[i + 1] - 1 if i + 1 < len(self.line_starts) else len(self.n)
             head = self.n[ls:le].split(":", 1)[0].strip(" \t#*-_=")
-            key = keys.get(" ".join(head.split())) if 0 < len(head) < 80 else None
-            if key is not None and key not in seen:
-                seen.add(key)
-                found.append((ls, key))
+            hit = keys.get(" ".join(head.split())) if 0 < len(head) < 80 else None
+            if hit is not None and hit not in seen:
+                seen.add(hit)
+                found.append((ls, hit))
         out = []
         for i, (s, key) in enumerate(found):
             e = found[i + 1][0] if i + 1 < len(found) else len(self.n)
