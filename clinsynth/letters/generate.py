@@ -88,7 +88,7 @@ class LetterWriter:
         for r in recipes:
             keys = [q.key for q in requests if q.key.startswith(f"{r.spec_id}/")]
             parts = [results[k] for k in keys]
-            extra: dict[str, Any] = {"untagged": list(r.untagged), "noise": [], "frames": {}}
+            extra: dict[str, Any] = {"untagged": list(r.untagged), "noise": []}
             if self.mode == "llm":
                 text = parts[0].text.strip() + "\n" if parts and parts[0].text else ""
                 sections: dict[str, str] = {}
@@ -96,11 +96,7 @@ class LetterWriter:
                 bodies = {k.rsplit("/", 1)[1]: results[k].text.strip() for k in keys}
                 letter = render(r, bodies, noise=self.noise)
                 text, sections = letter.text, letter.sections
-                extra = {
-                    "untagged": letter.untagged,
-                    "noise": [list(p) for p in letter.noise],
-                    "frames": letter.frames,
-                }
+                extra = {"untagged": letter.untagged, "noise": [list(p) for p in letter.noise]}
             out.append({**self._record(r, text, sections, parts, letter_seed(self.seed, r.spec_id)), **extra})
         return out
 
@@ -108,10 +104,9 @@ class LetterWriter:
         t0 = time.perf_counter()
         out = render(r, noise=self.noise)
         rec = self._record(r, out.text, out.sections, [], letter_seed(self.seed, r.spec_id))
-        # additive fields: strings written without gold, fact strings the noise changed, frame ids
+        # additive fields: strings written without gold, fact strings the noise changed
         rec["untagged"] = out.untagged
         rec["noise"] = [list(p) for p in out.noise]
-        rec["frames"] = out.frames
         rec["latency_s"] = round(time.perf_counter() - t0, 6)
         return rec
 

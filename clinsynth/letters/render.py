@@ -16,6 +16,7 @@ import functools
 import hashlib
 import math
 import random
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,7 +277,7 @@ class SectionWriter:
                     out.append(period(F.fill(frame, F.join_names(names, self.rng, conj), mod)))
                     for f in same:
                         self.frames[f.id] = f"{f.kind}.{assertion}:list:{frame}|{mod.strip()}"
-                        todo.remove(f)
+                        todo = [g for g in todo if g is not f]
         out += [self.phrase(f) for f in todo]
         self.rng.shuffle(out) if self.chance(0.3) else None
         return out
@@ -537,7 +538,8 @@ class SectionWriter:
                     rows.append(f"{name:<{width}}{dose:<12}{route:<6}{when}".rstrip())
                 else:
                     rows.append(f"{when or '-':<11} {' '.join(p for p in (name, dose, route) if p)}")
-        rows += self.sentences([f for f in meds if f not in present], group=False)
+        shown = {id(f) for f in present}
+        rows += self.sentences([f for f in meds if id(f) not in shown], group=False)
         return rows
 
     def therapy(self, meds: Sequence[RecipeFact]) -> list[str]:
@@ -601,12 +603,13 @@ class SectionWriter:
         dx = self.of(facts, "diagnosis")
         main = [f for f in dx if f.say.get("role") == "main" and f.assertion == "present"]
         tumors = self.of(facts, "tumor")
-        rest = [f for f in facts if f not in main and f not in tumors]
+        listed = {id(f) for f in main} | {id(f) for f in tumors}
+        rest = [f for f in facts if id(f) not in listed]
         entries: list[dict[str, Any]] = []
         for f in main:
             lines = [self.phrase(f, item=True)]
             for t in [t for t in tumors if self.same_tumour(f, t)]:
-                tumors.remove(t)
+                tumors = [u for u in tumors if u is not t]
                 tl = self.tumor_lines(t)
                 ent = str(t.say.get("entity") or "")
                 lat = str(t.say.get("laterality") or "")
@@ -649,7 +652,8 @@ class SectionWriter:
 
     def support_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
         therapy = self.therapy_meds(meds)
-        return [f for f in meds if f not in therapy]
+        grouped = {id(f) for f in therapy}
+        return [f for f in meds if id(f) not in grouped]
 
     def support(self, meds: Sequence[RecipeFact]) -> str:
         """Supportive drugs during the stay: a labelled list when all are given, else sentences."""
@@ -753,24 +757,34 @@ def template_name(key: str) -> str:
     return f"sections/{key}.j2" if path.is_file() else "sections/generic.j2"
 
 
-def section_context(recipe: Recipe, section: Mapping[str, Any]) -> dict[str, Any]:
-    w = SectionWriter(recipe, section)
+def section_context(
+    recipe: Recipe, section: Mapping[str, Any], facts: list[RecipeFact] | None = None
+) -> dict[str, Any]:
+    """The template context of one section (`facts`: the section's facts when already grouped)."""
+    key = section["key"]
+    procedere = key == "procedere"
     return {
-        "facts": recipe.section_facts(section["key"]),
+        "facts": recipe.section_facts(key) if facts is None else facts,
         "section": section,
         "style": recipe.style,
         "h": recipe.header,
-        "w": w,
+        "w": SectionWriter(recipe, section),
         "letter_type": recipe.letter_type,
-        "dates": procedere_dates(recipe) if section["key"] == "procedere" else [],
-        "cycles": any(f.kind == "medication" and f.say.get("cycle") for f in recipe.facts),
+        "dates": procedere_dates(recipe) if procedere else [],
+        "cycles": procedere and any(f.kind == "medication" and f.say.get("cycle") for f in recipe.facts),
     }
 
 
-def _render_body(recipe: Recipe, section: Mapping[str, Any]) -> tuple[str, SectionWriter]:
-    ctx = section_context(recipe, section)
-    text = environment().get_template(template_name(str(section["key"]))).render(ctx)
-    return _tidy(text), ctx["w"]
+@functools.lru_cache(maxsize=64)
+def _template(key: str) -> jinja2.Template:
+    return environment().get_template(template_name(key))
+
+
+def _render_body(
+    recipe: Recipe, section: Mapping[str, Any], facts: list[RecipeFact] | None = None
+) -> tuple[str, SectionWriter]:
+    ctx = section_context(recipe, section, facts)
+    return _tidy(_template(str(section["key"])).render(ctx)), ctx["w"]
 
 
 def render_section(recipe: Recipe, section: Mapping[str, Any]) -> str:
@@ -778,14 +792,13 @@ def render_section(recipe: Recipe, section: Mapping[str, Any]) -> str:
     return _render_body(recipe, section)[0]
 
 
+_TRAILING = re.compile(r"[ \t]+\n")
+_BLANKS = re.compile(r"\n{3,}")
+
+
 def _tidy(text: str) -> str:
-    lines = [ln.rstrip() for ln in text.strip().splitlines()]
-    out: list[str] = []
-    for ln in lines:
-        if not ln and out and not out[-1]:
-            continue
-        out.append(ln)
-    return "\n".join(out)
+    """No trailing blanks, at most one empty line in a row."""
+    return _BLANKS.sub("\n\n", _TRAILING.sub("\n", text.strip() + "\n")).strip()
 
 
 # ---------------------------------------------------------------------------- the whole letter
@@ -918,19 +931,20 @@ def render(
     rendered: dict[str, str] = {}
     frames: dict[str, str] = {}
     writers: dict[str, SectionWriter] = {}
+    by_section: dict[str, list[RecipeFact]] = {}
+    for f in recipe.facts:
+        by_section.setdefault(f.section, []).append(f)
     for s in recipe.sections:
         key = str(s["key"])
         if bodies and key in bodies:
             rendered[key] = bodies[key].strip()
             continue
-        body, w = _render_body(recipe, s)
+        body, w = _render_body(recipe, s, by_section.get(key, []))
         rendered[key] = body
         frames.update(w.frames)
         writers[key] = w
-    dates = procedere_dates(recipe)
-    if "procedere" in rendered and "procedere" in writers and dates:
-        used = [d for d in dates if d in rendered["procedere"]]
-        untagged += used
+    if "procedere" in writers:
+        untagged += [d for d in procedere_dates(recipe) if d in rendered["procedere"]]
 
     # head, opening, closing
     h = recipe.header
@@ -993,11 +1007,15 @@ def render(
     target = int(recipe.style.get("target_words") or DEFAULT_WORDS.get(recipe.letter_type, 250))
     words = _words(head) + _words(opening) + _words(closing) + 8
     words += sum(_words(rendered[k]) + 2 for k in order)
-    pools = {
-        k: [x for x in writers[k].filler(k, MAX_FILLER) if x not in rendered[k]]
-        for k in NARRATIVE
-        if k in writers and k in rendered
-    }
+    pools = (
+        {
+            k: [x for x in writers[k].filler(k, MAX_FILLER) if x not in rendered[k]]
+            for k in NARRATIVE
+            if k in writers
+        }
+        if words < target
+        else {}
+    )
     extra: dict[str, list[str]] = {k: [] for k in pools}
     while words < target and any(pools.values()):
         for k in list(pools):
