@@ -24,6 +24,7 @@ code is supported), `foreign_system/<kind>` (codes of another system kept out of
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import random
@@ -144,7 +145,8 @@ _K = TypeVar("_K", bound=str)
 
 def _weighted(rng: random.Random, weights: Mapping[_K, float]) -> _K:
     keys = list(weights)
-    return rng.choices(keys, weights=[weights[k] for k in keys])[0]
+    cum = list(itertools.accumulate(weights[k] for k in keys))
+    return keys[min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(keys) - 1)]
 
 
 def _d(s: str | None) -> date | None:
@@ -411,7 +413,8 @@ class Sampler:
         keys, cum = got
         if not keys:
             return None
-        return ctx.rng.choices(keys, cum_weights=cum)[0]
+        i = bisect.bisect_right(cum, ctx.rng.random() * cum[-1])  # what rng.choices does, 3x cheaper
+        return keys[min(i, len(keys) - 1)]
 
     # ------------------------------------------------------------------ writing helpers
     def _date(
