@@ -223,3 +223,26 @@ def test_allergies_and_self_cued_risk_factors_are_written_without_an_extra_cue()
         )
         assert out.frames["fb-smoker"] == "risk_factor.negated:cued|"
         assert not re.search(r"Nichtraucher (verneint|wird verneint)|Z\.n\. Nichtraucher", out.text)
+
+
+def test_typos_touch_only_fact_free_words() -> None:
+    """Every word a typo changed is a filler/opening word (never a cue, label, name or value)."""
+    import difflib
+
+    from clinsynth.letters.noise import NOISABLE
+
+    changed = 0
+    for r in RR.all_recipes():
+        for v in variants(r, 10):
+            clean, noisy = render(v, noise=0).text.split(), render(v, noise=4.0)
+            noised_facts = " ".join(o for o, _n in noisy.noise)  # OCR in fact strings: recorded
+            ops = difflib.SequenceMatcher(a=clean, b=noisy.text.split(), autojunk=False).get_opcodes()
+            for op, i1, i2, _j1, _j2 in ops:
+                if op == "equal":
+                    continue
+                for word in clean[i1:i2]:
+                    if word.strip(".,;:()") in noised_facts:
+                        continue
+                    assert word.strip(".,;:()") in NOISABLE, (v.spec_id, word)
+                    changed += 1
+    assert changed > 50
