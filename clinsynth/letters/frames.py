@@ -345,6 +345,9 @@ FILLER: dict[str, tuple[str, ...]] = {
         "Cor und Pulmo auskultatorisch o.B.",
         "Port re. pectoral reizlos.",
         "Schleimhäute feucht, Zunge sauber.",
+        "LK-Stationen palpatorisch unauffällig.",
+        "Nierenlager bds. frei.",
+        "Pulmo bds. gut belüftet.",
     ),
     "befunde": (
         "Die übrigen Parameter lagen im Referenzbereich.",
@@ -373,6 +376,9 @@ FILLER: dict[str, tuple[str, ...]] = {
         "Eine psychoonkologische Mitbetreuung wurde angeboten und angenommen.",
         "Die Gabe erfolgte über einen peripheren Zugang.",
         "Die Pflege berichtete über eine ruhige Nacht.",
+        "Die CTX konnte planmäßig appliziert werden.",
+        "Antiemese nach Schema, Analgesie b.B.",
+        "Pat. unter der CTX subjektiv beschwerdearm.",
     ),
     "epikrise": (
         "Entlassung in gebessertem AZ nach Hause.",
@@ -387,6 +393,8 @@ FILLER: dict[str, tuple[str, ...]] = {
         "Das weitere Vorgehen wurde ausführlich besprochen.",
         "Pat. fühlt sich gut informiert und ist mit dem Procedere einverstanden.",
         "Die Angehörigen wurden in das Gespräch einbezogen.",
+        "Fortführung der CTX wie geplant.",
+        "Pat. in stabilem AZ entlassen.",
     ),
     "procedere": (
         "Wir bitten um Kontrolle von BB und Elektrolyten beim Hausarzt.",
@@ -399,6 +407,8 @@ FILLER: dict[str, tuple[str, ...]] = {
         "Bei Verschlechterung bitten wir um frühzeitige Wiedervorstellung.",
         "Pat. ist mit dem Vorgehen einverstanden.",
         "Die Unterlagen wurden mitgegeben.",
+        "Laborkontrollen wöchentlich beim HA.",
+        "Vorstellung in unserer Ambulanz b.B.",
     ),
 }
 #: general condition at admission (one per letter, no ECOG number: that is a tumour fact)
