@@ -110,6 +110,14 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
     ),
     (r"früher\w*|damals|vormals|bisherige[rnms]?", "historical", True, "both"),
     (r"(?:ist|sind|wurde|wurden)?[ \t]*abgeschlossen|beendet", "historical", True, "post"),
+    # a label that makes its whole clause history ("Vortherapie: 2 Zyklen R-CHOP mit ..."); not
+    # "Onkologische Anamnese:", which letters also put before the current cycle
+    (
+        r"vortherapie\w*\s*:|bisherige\s+therapie\w*\s*:|vorbehandlung\w*\s*:",
+        "historical",
+        True,
+        "clause",
+    ),
     (r"(?:in\s+der\s+|zur\s+)?vorgeschichte:?", "historical", True, "both"),
     (r"zuvor|vorbefund:?|vorwert\w*|voruntersuchung", "historical", True, "both"),
     (r"ausgeheilt|abgeheilt|abgeklungen|überstanden|sistiert|in\s+vollremission", "historical", True, "post"),
@@ -175,7 +183,7 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "da": ("damalig", "damals"),
     "is": ("ist abgeschlossen",),
     "si": ("sind abgeschlossen", "sistiert"),
-    "bi": ("bild wie bei", "bisherige"),
+    "bi": ("bisherige therapie:", "bild wie bei", "bisherige"),
     "vo": (
         "vormals",
         "vorausgegangen",
@@ -246,6 +254,7 @@ _GAP_NOUNS = frozenset(
         "resektion",
     ]
 )
+_COMMA_VALUE = re.compile(r",\s*(?=\d)")
 _DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d)")
 _GAP_WORD = re.compile(r"[^\W\d_][\w.-]*|\d[\w.,/-]*")
 
@@ -311,6 +320,8 @@ def gap_ok(lt: LetterText, a: int, b: int, *, before: bool) -> bool:
     # a bracket ("(C18.0)", "(auswärts, Vorgeschichte") and a code ("V.a. C67.0 X") do not stop a cue
     raw = _CODE_IN_GAP.sub(" ", _PARENS.sub(" ", lt.raw[a:b]))
     raw = _DECIMAL_COMMA.sub(".", _LAT_IN_GAP.sub(" ", _DATE_IN_GAP.sub(" ", raw)))
+    if not before:  # "Nikotinabusus, 13 pack years (früher)": a comma before a value keeps the scope
+        raw = _COMMA_VALUE.sub(" ", raw)
     if not before and "(" in raw:  # "X, 04/2023 (auswärts, Vorgeschichte)": the cue opens a bracket
         raw = raw[: raw.rindex("(")]
     gap = raw.lower()
@@ -369,17 +380,25 @@ class CueIndex:
             j += 1
         return gs, ge
 
+    def _governs_next(self, c: Cue) -> bool:
+        """A two-way cue right before a name belongs to it ("... i.v. Vormals Paclitaxel")."""
+        i = bisect.bisect_left(self.name_starts, c.end)
+        return i < len(self.names) and gap_ok(self.lt, c.end, self.names[i][0], before=True)
+
     def in_scope(self, start: int, end: int) -> list[Cue]:
         """Cues that govern the name at [start, end), nearest first."""
         lt = self.lt
         gs, ge = self.group(start, end)
-        lo = bisect.bisect_left(self.cue_starts, max(0, gs - 120))
+        lo = bisect.bisect_left(self.cue_starts, max(0, gs - 240))
         hi = bisect.bisect_right(self.cue_starts, ge + 120)
         out: list[tuple[int, Cue]] = []
         for c in self.cues[lo:hi]:
             if c.start < end and c.end > start:
                 continue  # the cue is part of the name itself
-            if c.end <= start and c.where in ("pre", "both"):
+            if c.where == "clause":
+                if c.end <= start and _no_stop(lt, c.end, start):
+                    out.append((start - c.end, c))
+            elif c.end <= start and c.where in ("pre", "both"):
                 if gap_ok(lt, c.end, start, before=True) or (
                     c.end <= gs and gap_ok(lt, c.end, gs, before=True)
                 ):
@@ -387,6 +406,7 @@ class CueIndex:
             elif (
                 c.start >= end
                 and c.where in ("post", "both")
+                and not (c.where == "both" and self._governs_next(c))
                 and (
                     gap_ok(lt, end, c.start, before=False)
                     or (c.start >= ge and gap_ok(lt, ge, c.start, before=False))

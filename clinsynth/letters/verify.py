@@ -103,14 +103,24 @@ _WORD = re.compile(r"[^\W_][\w-]*")
 def _lexicon_hits(lt: LetterText) -> Iterator[tuple[str, int, int, str]]:
     """(kind, start, end, name) of every lexicon word in the text."""
     lex = _lexicon()
-    for m in _WORD.finditer(lt.n):
-        hits = lex.get(m.group(0))
-        if hits:
-            for kind, name in hits:
-                if " " not in name:
-                    yield kind, m.start(), m.end(), name
-                elif lt.n.startswith(name, m.start()):
-                    yield kind, m.start(), m.start() + len(name), name
+    present = set(_WORD.findall(lt.n)) & lex.keys()  # C-speed: most letters name few lexicon words
+    if not present:
+        return
+    n = lt.n
+    for w in present:
+        pos = n.find(w)
+        while pos != -1:
+            end = pos + len(w)
+            whole = (pos == 0 or not (n[pos - 1].isalnum() or n[pos - 1] in "_-")) and (
+                end == len(n) or not (n[end].isalnum() or n[end] in "_-")
+            )
+            if whole:
+                for kind, name in lex[w]:
+                    if " " not in name:
+                        yield kind, pos, end, name
+                    elif n.startswith(name, pos):
+                        yield kind, pos, pos + len(name), name
+            pos = n.find(w, pos + 1)
 
 
 def _label(f: RecipeFact, names: Sequence[str]) -> str:
@@ -219,6 +229,16 @@ def _free_spans(lt: LetterText, recipe: Recipe, untagged: Sequence[str] = ()) ->
             out.append((i, i + len(s)))
             i = lt.n.find(s, i + 1)
     return sorted(out)
+
+
+def _regimen_spans(lt: LetterText, recipe: Recipe) -> list[tuple[int, int]]:
+    out = []
+    for reg in {norm(str(f.gold["regimen"])) for f in recipe.facts if f.gold.get("regimen")}:
+        i = lt.n.find(reg)
+        while i != -1:
+            out.append((i, i + len(reg)))
+            i = lt.n.find(reg, i + 1)
+    return out
 
 
 def _inside(spans: Sequence[tuple[int, int]], start: int, end: int) -> bool:
@@ -340,6 +360,7 @@ def verify(
         b, scored = a.bind(f)
         bound.append((f, b, scored))
         places += [p for p, _, _ in scored]
+    regimen_spans = _regimen_spans(lt, recipe)  # "(Nivolumab mono) ist abgeschlossen" is the regimen's
     # non-present facts first: they claim the occurrence their cue governs ("Z.n. Koloskopie" vs "Koloskopie")
     order = sorted(bound, key=lambda x: x[0].assertion == "present")
     for f, b, _scored in order:
@@ -353,7 +374,7 @@ def verify(
             occs = [(b.start, b.end)] + [o for o in b.occurrences if o != (b.start, b.end)]
             if f.assertion == "present":
                 for o in occs:
-                    if o in claimed or a.inside_other(f, o):
+                    if o in claimed or a.inside_other(f, o) or _inside(regimen_spans, *o):
                         continue  # another fact's expression ("Neutropenie nach Chemotherapie, ausgeheilt")
                     ok, cue = judge(a.cues_at(*o), "present")
                     if not ok and cue is not None:
