@@ -159,11 +159,17 @@ def test_a_section_prompt_lists_each_of_its_facts_verbatim_with_its_assertion(pr
         [line] = [x for x in lines if f"„{pf.verbatim[0]}“" in x]  # one line per fact
         for text in pf.verbatim:
             assert f"„{text}“" in line, (text, line)
-        assert ASSERTION_WORD[f.assertion] in line
-        if f.assertion == "present":  # a present fact must carry no cue
-            assert "ohne Verneinung" in line
-        else:  # the others must, and the prompt says which kind
-            assert CUE_EXAMPLE[f.assertion] in line and "im selben Satz" in line
+        assert line.endswith(f": {ASSERTION_WORD[f.assertion]}")
+    # the legend says how each assertion used here is written, and only those
+    legend = {x.split(":")[0][2:]: x for x in lines if x.startswith("- ")}
+    used = {f.assertion for f in recipe.section_facts(key)}
+    assert set(legend) == {ASSERTION_WORD[a] for a in used}
+    for a in used:
+        rule = legend[ASSERTION_WORD[a]]
+        if a == "present":  # a present fact must carry no cue
+            assert "ohne Verneinung, Verdachts- oder Vorgeschichte-Hinweis" in rule
+        else:  # the others must, in the fact's own sentence, and the prompt says which kind
+            assert CUE_EXAMPLE[a] in rule and "im selben Satz" in rule
     assert f"{len(recipe.section_facts(key))} Fakten" in user and "„" + dict(SECTIONS)[key] + "“" in user
     # own words, varied, no copied phrases; nothing added
     assert "selbst und abwechslungsreich" in user and "keine\nWendungen aus dieser Anweisung" in user
