@@ -506,7 +506,9 @@ class Sampler:
                 continue
             if code in seen:
                 continue
-            if not is_main and (
+            # the stay's tumour is always written, also when a complication is the main diagnosis
+            tumour = bool(self._x(f).get("primary_tumor")) and f.get("assertion") != "historical"
+            if not (is_main or tumour) and (
                 n >= self.cfg.max_facts["diagnosis"] or ctx.rng.random() >= self.cfg.keep["diagnosis"]
             ):
                 continue
@@ -518,7 +520,7 @@ class Sampler:
             ):
                 continue
             assertion: Assertion = _ASSERTION_OF.get(f.get("assertion") or "", "present")
-            if is_main:
+            if is_main or tumour:
                 section: LetterSection | None = "diagnosen"
             elif code and code.startswith("Z"):
                 section = "diagnosen"
@@ -594,7 +596,7 @@ class Sampler:
             ctx.held_icd.add(code)
         gold = {"text": name, "icd10gm": gold_code, "role": role, "date": date_g}
         say = {"name": name, "code": written, "date": date_s, "role": role or ""}
-        if role == "main":
+        if extra.get("primary_tumor") and assertion != "historical" and ctx.main_named is None:
             ctx.main_named = (base_name, gold_code, written)
         return self._add(ctx, "diagnosis", section, assertion, gold, say)
 
@@ -633,8 +635,18 @@ class Sampler:
         """The current tumour (its latest staging known at discharge), then earlier tumours as history."""
         groups = self._tumor_groups(known + earlier)
         current_key = str(main.get("code") or main["resource_id"]) if main else None
-        if current_key not in groups and "_" in groups:
-            current_key = "_"
+        if current_key not in groups:  # a complication is the main diagnosis: the stay's tumour is current
+            own_tumour = next(
+                (
+                    str(f.get("code") or f["resource_id"])
+                    for f in known
+                    if f["category"] == "diagnosis"
+                    and self._x(f).get("primary_tumor")
+                    and f.get("assertion") != "historical"
+                ),
+                None,
+            )
+            current_key = own_tumour if own_tumour in groups else "_" if "_" in groups else current_key
         own_keys = {str(f.get("code")) for f in known if f["category"] == "diagnosis"} | {"_"}
         for key, facts in sorted(groups.items(), key=lambda kv: (kv[0] != current_key, kv[0])):
             if key == current_key:
@@ -681,7 +693,7 @@ class Sampler:
         # entity: the name of the tumour as written (pins the ICD code at its level)
         code = self._slot_code(dx, ICD10GM_SYSTEMS, "tumor") if dx else None
         entity_name = None
-        if current and ctx.main_named is not None and rng.random() < 0.8:
+        if current and ctx.main_named is not None:
             # one tumour, one name: the tumour block repeats the main diagnosis as written there
             entity_name, main_code, main_written = ctx.main_named
             gold["icd10gm"] = main_code
