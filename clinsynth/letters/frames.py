@@ -96,8 +96,6 @@ FINDING: dict[str, tuple[str, ...]] = {
         "Es ergab sich {m}kein Hinweis auf {x}",
         "Es fand sich {m}kein Anhalt für {x}",
         "Ausschluss von {x}",
-        "Für {x} ergab sich kein Anhalt",
-        "Für {x} fand sich kein Hinweis",
         "Kein Verdacht auf {x}",
         "Ein Anhalt für {x} besteht {m}nicht",
         "{M}keine Hinweise auf {x}",
@@ -300,7 +298,6 @@ LIST_NEGATED = (
     "{x} {m}ausgeschlossen",
     "{x} {m}nicht nachweisbar",
     "Es fanden sich {m}keine Hinweise auf {x}",
-    "Für {x} ergab sich kein Anhalt",
 )
 LIST_SUSPECTED = ("V.a. {x}", "DD {x}", "{M}vereinbar mit {x}")
 LIST_HISTORICAL = ("Z.n. {x}", "Vorgeschichte: {x}", "St.p. {x}")
