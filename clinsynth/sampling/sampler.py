@@ -720,7 +720,7 @@ class Sampler:
         say["name"] = entity_name
         extra_dx = self._x(dx) if dx else {}
         lat = extra_dx.get("laterality")
-        if lat in P.LATERALITY and rng.random() < 0.85:
+        if lat in P.LATERALITY:  # always: the diagnosis line may write the side of the same tumour
             gold["laterality"] = lat
             say["laterality"] = P.pick(rng, P.LATERALITY[lat])
         topo = extra_dx.get("topography") or (self._x(histo).get("topography") if histo else None)
