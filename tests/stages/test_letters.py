@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from clinsynth.artifacts.specs import read_specs, shard_recipes
 from clinsynth.core.atomic import read_json, read_jsonl
-from clinsynth.letters.verify import verify
+from clinsynth.letters.verify import bind_facts, verify
 from clinsynth.records import iter_patients
 from clinsynth.sampling.recipe import Recipe
 from clinsynth.sampling.sampler import Sampler, SamplerConfig
@@ -151,45 +152,47 @@ def test_template_letters_one_per_spec_with_metadata_and_all_verified(smoke):
 
 
 def _one(smoke, want):
+    """A recipe with the wanted facts whose letter passes verification, its text and its untagged strings."""
     letters = _letters(smoke)
     for sid, r, _, _ in _specs(smoke):
-        if want(r):
-            return r, letters[sid][0]["text"]
-    raise AssertionError("no recipe with the wanted facts in the smoke cohort")
+        rec = letters[sid][0]
+        if want(r) and verify(r, rec["text"], untagged=rec["untagged"], noise=rec["noise"]).ok:
+            return r, rec["text"], rec["untagged"]
+    raise AssertionError("no passing letter with the wanted facts in the smoke cohort")
 
 
 def test_verification_catches_a_planted_omission(smoke):
-    r, text = _one(smoke, lambda r: any(f.kind == "lab" for f in r.facts))
-    assert verify(r, text).ok
+    r, text, untagged = _one(smoke, lambda r: any(f.kind == "lab" for f in r.facts))
     lab = next(f for f in r.facts if f.kind == "lab")
-    planted = text.replace(f"{lab.say['phrase']} {lab.say['value']}", "").replace(
-        f"{lab.say['phrase']:<22s}", ""
-    )
+    planted = re.sub(rf"(?<![\w-]){re.escape(lab.say['name'])}(?![\w])", "", text)
     assert planted != text
-    v = verify(r, planted)
-    assert not v.ok and any(x.startswith(("omitted: lab", "value missing: lab")) for x in v.reasons), (
-        v.reasons
-    )
+    v = verify(r, planted, untagged=untagged)
+    assert not v.ok and any(x.startswith(f"omitted: lab {lab.say['name']!r}") for x in v.reasons), v.reasons
 
 
 def test_verification_catches_a_planted_unnegated_negation(smoke):
-    r, text = _one(smoke, lambda r: any(f.assertion == "negated" for f in r.facts))
+    r, text, untagged = _one(smoke, lambda r: any(f.assertion == "negated" for f in r.facts))
     f = next(f for f in r.facts if f.assertion == "negated")
-    assert f.say["phrase"] in text
-    v = verify(r, text.replace(f.say["phrase"], f"Nachweis von {f.gold['text']}"))
-    assert not v.ok and any(x.startswith("not negated") for x in v.reasons), v.reasons
+    b = next(b for b in bind_facts(text, r) if b.fact_id == f.id)
+    # the fact's clause (cue included) rewritten as a finding
+    v = verify(
+        r, text[: b.sentence_start] + f" Nachweis von {b.name}" + text[b.sentence_end :], untagged=untagged
+    )
+    assert not v.ok and any(x.startswith(f"not negated: {f.kind}") for x in v.reasons), v.reasons
 
 
 def test_verification_catches_a_planted_extra_code_and_truncation(smoke):
-    r, text = _one(smoke, lambda r: any(f.kind == "diagnosis" for f in r.facts))
+    r, text, untagged = _one(
+        smoke, lambda r: any(f.kind == "diagnosis" and f.assertion == "present" for f in r.facts)
+    )
     foreign = next(c for c in ("C18.7", "C50.4", "E11.90", "I10.00") if c not in r.codes())
-    v = verify(r, text.replace("\n\n", f"\n\nNebenbefundlich {foreign}.\n\n", 1))
+    v = verify(r, text.replace("\n\n", f"\n\nNebenbefundlich {foreign}.\n\n", 1), untagged=untagged)
     assert not v.ok and f"foreign code: icd10gm {foreign}" in v.reasons
-    v = verify(r, text, finish_reasons={"anamnese": "length"})
+    v = verify(r, text, finish_reasons={"anamnese": "length"}, untagged=untagged)
     assert v.reasons == ["truncated: anamnese"]
     d = next(f for f in r.facts if f.kind == "diagnosis" and f.assertion == "present")
-    phrase = d.say["phrase"]
-    v = verify(r, text.replace(phrase, f"kein Hinweis auf {phrase}"))
+    b = next(b for b in bind_facts(text, r) if b.fact_id == d.id)
+    v = verify(r, text[: b.start] + f"kein Hinweis auf {b.name}" + text[b.end :], untagged=untagged)
     assert not v.ok, "a present diagnosis written as negated must fail"
 
 
