@@ -209,7 +209,7 @@ class SectionWriter:
             self.frames[f.id] = f"risk_factor.{f.assertion}:cued|"
             return self._end(self.risk(f), item)
         if f.kind == "medication":
-            x = medline(f) + self.cycle_note(f)
+            x = medline(f)
         elif f.kind in ("lab", "vital"):
             x = self.labtext(f)
             if f.say.get("date"):
@@ -237,6 +237,11 @@ class SectionWriter:
             )
         self.last_frame = frame
         self.frames[f.id] = fid
+        if f.kind == "medication":  # regimen/cycle after a cue that follows the name, else beside it
+            note = self.cycle_note(f)
+            if f.assertion != "present" and frame.startswith("{x}"):
+                return self._end(F.fill(frame, x, mod) + note, item)
+            return self._end(F.fill(frame, x + note, mod), item)
         if use_date and "{d}" in frame:
             return self._end(F.fill(frame, x, mod, d), item)
         if f.assertion != "present" and frame.startswith("{x}") and f.kind in ("diagnosis", "procedure"):
