@@ -43,7 +43,8 @@ Contract between the sampler (what is said) and the renderer (how it is written)
 * Assertions per kind: `phrases.ASSERTIONS` lists the ones that apply (the sampler draws each);
   `phrases.SECTION_WEIGHTS` where each kind may stand — drawn independently of the assertion.
 * `Recipe.header` holds the head as written: `title` (letter type), `clinic`, `hospital`, `date`
-  (the letter's own), `patient`, `sex`, `birth`, `start`, `end`, `stay_type`, `doctors`,
+  (the letter's own), `patient`, `sex`, `birth`, `start`, `end`, `stay_type`, `stay_kind`
+  (diagnostic | surgery | therapy | complication | palliative, "" unknown), `doctors`,
   `salutation`, `phone`; optional `follow_up` (a date), and for a Verlegungsbrief `reason` and
   `destination`. `Recipe.encounter` and `Recipe.patient` are their gold parts (dates at the
   precision written, the department as written, the name as written in the head).

@@ -1517,6 +1517,8 @@ class Sampler:
             "start": P.format_date(start, ds),
             "end": P.format_date(end, ds),
             "stay_type": stay_type,
+            #: why the patient came (diagnostic | surgery | therapy | complication | palliative), "" unknown
+            "stay_kind": enc.get("stay_kind") or "",
             "doctors": [
                 f"Dr. med. {P.pick(rng, self._last)}",
                 f"{P.pick(rng, self._first)} {P.pick(rng, self._last)}",
