@@ -389,6 +389,8 @@ def verify(
                     "name",
                 )  # "Nichtraucher", "Ex-Raucher"
             else:
+                # its own mentions first; a name inside a regimen's or another fact's name last
+                occs.sort(key=lambda o: _inside(regimen_spans, *o) or a.inside_other(f, o))
                 for o in occs:
                     ok, cue = judge(a.cues_at(*o), f.assertion)
                     if ok and cue is not None:
