@@ -2,6 +2,11 @@
 
 One batch = one backend call (vLLM schedules the whole batch at once), so the engine stays busy;
 every letter records what made it: backend, model, sampling, seed, tokens, latency, finish reason.
+
+Letter record fields added for issue 10 (additive): `untagged` (strings written on purpose without
+gold: the recipe's own plus the renderer's follow-up dates and transfer destination/reason) and
+`noise` ([fact string as in say, as written] pairs the OCR noise changed); the verifier accepts
+exactly these. Template noise: `LetterWriter(noise=...)` overrides the recipe's `style.noise`.
 """
 
 from __future__ import annotations
