@@ -32,7 +32,7 @@ TINY_MODEL_CFG: dict[str, Any] = {
 }
 SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}
 KV_CACHE_GIB = 1            # the engine and the server may be up together: keep each one's KV cache small
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 2048      # the tiny model's positions: a hybrid section prompt is ~0.9-1.8k of its tokens
 SERVER_WAIT_S = float(os.environ.get("CLINSYNTH_VLLM_SERVER_WAIT_S", "240"))
 VLLM_ENV = {
     "HF_HUB_OFFLINE": "1",

@@ -12,6 +12,7 @@ import pytest
 
 from clinsynth.artifacts.specs import read_specs
 from clinsynth.core.atomic import read_json, read_jsonl
+from clinsynth.sampling.recipe import Recipe
 from launchers.submit import launch
 
 pytest.importorskip("transformers", reason="LLM backends need pip install -e '.[gen-cpu]' (or '.[hf]')")
@@ -56,6 +57,20 @@ def _check_hybrid(result, backend: str) -> dict:
     # failing letters are kept with their reasons and left out of training
     assert all(v["reasons"] and not v["use_for_training"] for v in failing)
     assert report["excluded_from_training"] == len(failing)
+    # the facts the LLM was asked to write are judged in its text like any other: each gets a
+    # verdict, and noise from a tiny model cannot state them all
+    recipes = {
+        row["spec_id"]: Recipe.from_json(row["recipe"])
+        for row in read_specs(
+            result.plan.stage("sample").folder.path, columns=["spec_id", "recipe"]
+        ).to_pylist()
+    }
+    llm_verdicts = []
+    for v in verdicts:
+        sections = set(letters[v["spec_id"]]["llm_sections"])
+        llm_verdicts += [v["facts"][f.id] for f in recipes[v["spec_id"]].facts if f.section in sections]
+    assert all(isinstance(x, str) and x for x in llm_verdicts)
+    assert not llm_verdicts or any(x != "ok" for x in llm_verdicts)
     stats = read_json(result.plan.stage("verify").folder.path / "stats.json")
     assert stats["tokens_out_per_s"] > 0 and stats["letters_per_s"] > 0
     return letters
