@@ -76,14 +76,10 @@ FINDING: dict[str, tuple[str, ...]] = {
         "Im Verlauf {x}",
         "Neu aufgetreten: {x}",
         "Komplizierend {x}",
-        "Diagnostiziert wurde {x}",
         "Es zeigte sich {m}das Bild von {x}",
         "Bei {x} erfolgte eine symptomatische Behandlung",
-        "Aktuell {x}",
         "{m}gesichert: {x}",
         "{x}, behandlungsbedürftig",
-        "Klinisch führend war {x}",
-        "Befund: {x}",
         "Im stationären Verlauf Auftreten von {x}",
         "Therapiebedürftig: {x}",
     ),
@@ -122,7 +118,6 @@ FINDING: dict[str, tuple[str, ...]] = {
         "Am ehesten {x}",
         "{M}vereinbar mit {x}",
         "Fraglich {x}",
-        "{M}suspekt auf {x}",
         "Bild wie bei {x}",
         "{x} {m}nicht sicher auszuschließen",
         "{x} wahrscheinlich",
@@ -144,6 +139,30 @@ FINDING: dict[str, tuple[str, ...]] = {
         "Vorgeschichte: {x}",
         "Früher {x}, aktuell ohne Bedeutung",
         "Ehemals {x}",
+        "{x} (Z.n.)",
+    ),
+}
+#: present diagnoses by `say["course"]`: a comorbidity known before the stay is no new event,
+#: the stay's reason is what leads; only acute events of this stay take "Komplizierend", "Neu ..."
+FINDING_PRESENT_BY_COURSE: dict[str, tuple[str, ...]] = {
+    "acute": FINDING["present"],
+    "chronic": (
+        "{x}",
+        "Vorbekannt: {x}",
+        "{x} (vorbekannt)",
+        "{x}, bekannt",
+        "Bekannte Begleiterkrankung: {x}",
+        "Komorbidität: {x}",
+        "Begleitend {x}",
+    ),
+    "leading": (
+        "{x}",
+        "Klinisch führend war {x}",
+        "Diagnostiziert wurde {x}",
+        "Aktuell {x}",
+        "Befund: {x}",
+        "{m}gesichert: {x}",
+        "{m}Nachweis von {x}",
     ),
 }
 #: dated historical forms ({d} = the date as written)
@@ -160,13 +179,14 @@ PROCEDURE: dict[str, tuple[str, ...]] = {
     "present": (
         "{x}",
         "Durchführung: {x}",
-        "Es erfolgte {x}",
+        "Es erfolgte: {x}",
         "{x}, komplikationslos",
         "Elektiv {x}",
         "{x} in domo",
-        "Wir führten {x} durch",
+        "Durchgeführt: {x}",
         "Therapeutisch {x}",
-        "Zur Diagnostik erfolgte {x}",
+        "Zur Diagnostik erfolgte: {x}",
+        "Diagnostisch: {x}",
         "{x} problemlos",
     ),
     "negated": (
@@ -202,6 +222,7 @@ PROCEDURE_DATED: dict[str, tuple[str, ...]] = {
         "{x} ({d})",
         "Am {d} erfolgte {x}",
         "{x} am {d}, komplikationslos",
+        "Durchgeführt: {x} am {d}",
     ),
     "historical": ("Z.n. {x} {d}", "Z.n. {x} ({d})", "St.p. {x} {d}", "{d}: {x} (Vorgeschichte)"),
     "negated": ("{x} am {d} abgesagt, nicht erfolgt", "{x} ({d} geplant) nicht durchgeführt"),
@@ -214,7 +235,6 @@ MEDICATION: dict[str, tuple[str, ...]] = {
         "Gabe von {x}",
         "Therapie mit {x}",
         "Einleitung einer Therapie mit {x}",
-        "Unter {x} rasche Besserung",
         "{x} wurde fortgeführt",
         "Neu angesetzt: {x}",
         "Fortführung von {x}",
@@ -300,7 +320,7 @@ LIST_NEGATED = (
     "Es fanden sich {m}keine Hinweise auf {x}",
 )
 LIST_SUSPECTED = ("V.a. {x}", "DD {x}", "{M}vereinbar mit {x}")
-LIST_HISTORICAL = ("Z.n. {x}", "Vorgeschichte: {x}", "St.p. {x}")
+LIST_HISTORICAL = ("Z.n. {x}", "Vorgeschichte: {x}", "St.p. {x}", "{x} in der Vorgeschichte")
 
 FRAMES: dict[str, Mapping[str, tuple[str, ...]]] = {
     "diagnosis": FINDING,
@@ -408,6 +428,65 @@ FILLER: dict[str, tuple[str, ...]] = {
         "Vorstellung in unserer Ambulanz b.B.",
     ),
 }
+#: what a filler presupposes about the stay (see `render.traits`); a filler is drawn only when the
+#: recipe has every trait it needs, so no filler asserts a therapy, port, infusion or analgesic
+#: change that gold lacks. Traits: therapy (systemic therapy given this stay), cisplatin, port (a
+#: port procedure), noport, analgesic (an analgesic in gold), elective / emergency (stay kind),
+#: good_az / poor_az (ECOG 0-1 / >= 2 written, or no ECOG written).
+FILLER_NEEDS: dict[str, tuple[str, ...]] = {
+    "Aktuell bestehe eine leichte Müdigkeit, ansonsten gehe es gut.": ("good_az",),
+    "Pat. berichtet über zunehmende Abgeschlagenheit und verminderte Belastbarkeit.": ("poor_az",),
+    "Pat. sei im Alltag weitgehend selbstständig.": ("good_az",),
+    "Die Aufnahme erfolgte elektiv über unsere Ambulanz.": ("elective",),
+    "Port re. pectoral reizlos.": ("port",),
+    "Die Therapie wurde insgesamt gut toleriert.": ("therapy",),
+    "Über Nebenwirkungen und Verhaltensmaßnahmen wurde ausführlich aufgeklärt.": ("therapy",),
+    "Die Schmerzen waren unter der Basismedikation gut beherrschbar.": ("analgesic",),
+    "Die Infusionen liefen über den liegenden Port.": ("therapy", "port"),
+    "Die Prähydrierung erfolgte nach Schema.": ("therapy", "cisplatin"),
+    "Die Schmerzmedikation wurde im Verlauf angepasst.": ("analgesic",),
+    "Die Gabe erfolgte über einen peripheren Zugang.": ("therapy", "noport"),
+    "Die CTX konnte planmäßig appliziert werden.": ("therapy",),
+    "Antiemese nach Schema, Analgesie b.B.": ("therapy",),
+    "Pat. unter der CTX subjektiv beschwerdearm.": ("therapy",),
+    "Fortführung der CTX wie geplant.": ("therapy",),
+    "Guter AZ, normaler EZ.": ("good_az",),
+    "Pat. in gutem AZ und adipösem EZ.": ("good_az",),
+    "Altersentsprechender AZ, guter EZ.": ("good_az",),
+    "Reduzierter AZ, schlanker EZ.": ("poor_az",),
+    "Deutlich reduzierter AZ, kachektischer EZ.": ("poor_az",),
+    "Entlassung in gebessertem AZ nach Hause.": ("good_az",),
+}
+#: the first sentence of the Anamnese: how the patient came (elective vs emergency by stay kind)
+ADMISSION: dict[str, tuple[str, ...]] = {
+    "therapy": (
+        "Die Aufnahme erfolgte elektiv zur Fortführung der Therapie.",
+        "Stationäre Aufnahme zur geplanten Therapie.",
+        "Geplante Aufnahme.",
+        "Die Vorstellung erfolgte über unsere Ambulanz.",
+    ),
+    "diagnostic": (
+        "Pat. stellte sich zur weiteren Abklärung vor.",
+        "Geplante Aufnahme zur Diagnostik.",
+        "Die Einweisung erfolgte durch den Hausarzt.",
+        "Die Vorstellung erfolgte über unsere Ambulanz.",
+    ),
+    "surgery": ("Geplante Aufnahme.", "Die Einweisung erfolgte durch den Hausarzt.", "Elektive Aufnahme."),
+    "complication": (
+        "Aufnahme über die Notaufnahme.",
+        "Die Vorstellung erfolgte notfallmäßig.",
+        "Die Einweisung erfolgte durch den Hausarzt.",
+    ),
+    "": ("Die Einweisung erfolgte durch den Hausarzt.", "Die Vorstellung erfolgte über unsere Ambulanz."),
+}
+#: the Epikrise's first sentence (optional), with the traits it presupposes
+EPIKRISE_OPENERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Zusammenfassend stationäre Aufnahme zur geplanten Therapie.", ("therapy", "elective")),
+    ("Wir sahen {pat} zur Fortführung der Behandlung.", ("therapy", "elective")),
+    ("Im Rahmen des aktuellen Aufenthaltes erfolgte die weitere Therapie.", ("therapy",)),
+    ("Zusammenfassend stationäre Aufnahme zur weiteren Abklärung.", ("diagnostic",)),
+    ("Zusammenfassend notfallmäßige stationäre Aufnahme.", ("emergency",)),
+)
 #: general condition at admission (one per letter, no ECOG number: that is a tumour fact)
 AZ_EZ = (
     "Guter AZ, normaler EZ.",
@@ -482,16 +561,86 @@ def fill(frame: str, x: str, m: str = "", d: str = "") -> str:
     return out if starts_with_fact else out[:1].upper() + out[1:]
 
 
+#: a frame that puts the name after a dative preposition or "Z.n.": an adjective-initial name
+#: ("perkutane Leberbiopsie") would need inflection there, so such names skip these frames
+DATIVE_SLOT = re.compile(r"(?:\b(?:[Vv]on|[Bb]ei|mit|nach)|Z\.\s?n\.|St\.p\.)\s*(?:\{[mM]\})?\{x\}")
+#: present drug frames that say a therapy starts (cycle 1 only) or goes on (cycle > 1 only)
+START_FRAMES = frozenset(("Einleitung einer Therapie mit {x}", "Neu angesetzt: {x}", "Wir begannen {x}"))
+CONTINUE_FRAMES = frozenset(("{x} wurde fortgeführt", "Fortführung von {x}"))
+#: procedure frames that call it diagnostic / therapeutic (chosen by OPS chapter)
+DIAGNOSTIC_WORDS = re.compile(r"Diagnosti")
+THERAPEUTIC_WORDS = re.compile(r"Therapeuti")
+
+
+def adjective_initial(name: str) -> bool:
+    """A name that starts with a lower-case word ("zerebrale Metastasen", "art. Hypertonie")."""
+    return name[:1].islower()
+
+
+def ops_chapter(code: str) -> str:
+    """'diagnostic' (OPS 1-, 3-), 'therapeutic' (5-, 6-, 8-) or '' (no OPS code)."""
+    code = code.strip()
+    if code[:2] in ("1-", "3-"):
+        return "diagnostic"
+    if code[:2] in ("5-", "6-", "8-"):
+        return "therapeutic"
+    return ""
+
+
+def usable(
+    frame: str,
+    *,
+    name: str = "",
+    chapter: str | None = None,
+    cycle: str = "",
+    avoid: re.Pattern[str] | None = None,
+) -> bool:
+    """May this frame state this fact? (grammar of the name, procedure type, cycle, caller's ban)"""
+    if adjective_initial(name) and DATIVE_SLOT.search(frame):
+        return False
+    if chapter is not None:
+        if chapter != "diagnostic" and DIAGNOSTIC_WORDS.search(frame):
+            return False
+        if chapter != "therapeutic" and THERAPEUTIC_WORDS.search(frame):
+            return False
+    if cycle:
+        if cycle != "1" and frame in START_FRAMES:
+            return False
+        if cycle == "1" and frame in CONTINUE_FRAMES:
+            return False
+    return not (avoid is not None and avoid.search(frame))
+
+
 def choose(
-    rng: random.Random, kind: str, assertion: str, name: str, *, dated: str = ""
+    rng: random.Random,
+    kind: str,
+    assertion: str,
+    name: str,
+    *,
+    dated: str = "",
+    course: str = "",
+    chapter: str | None = None,
+    cycle: str = "",
+    avoid: re.Pattern[str] | None = None,
 ) -> tuple[str, str, str]:
-    """(frame, modality, frame id) for one fact; the id names the frame the report counts."""
+    """(frame, modality, frame id) for one fact; the id names the frame the report counts.
+
+    `course` (chronic | acute | leading) picks a present diagnosis's frames; `chapter` (a procedure's
+    OPS chapter, see `ops_chapter`) keeps "Zur Diagnostik" off therapies and "Therapeutisch" off
+    diagnostics; `cycle` keeps start verbs at cycle 1 and continuation verbs after it."""
     frames = FRAMES.get(kind, FINDING).get(assertion) or FINDING[assertion]
+    if kind == "diagnosis" and assertion == "present" and course in FINDING_PRESENT_BY_COURSE:
+        frames = FINDING_PRESENT_BY_COURSE[course]
     if dated:
         if kind in ("procedure",):
             frames = PROCEDURE_DATED.get(assertion, frames)
         elif assertion == "historical" and kind in ("diagnosis", "tumor"):
             frames = FINDING_DATED_HISTORY
+    ok = [f for f in frames if usable(f, name=name, chapter=chapter, cycle=cycle, avoid=avoid)]
+    if not ok and dated:  # e.g. every dated history frame starts with "Z.n.": the undated ones
+        base = FRAMES.get(kind, FINDING).get(assertion) or FINDING[assertion]
+        ok = [f for f in base if usable(f, name=name, chapter=chapter, cycle=cycle, avoid=avoid)]
+    frames = tuple(ok) or frames
     frame = frames[rng.randrange(len(frames))]
     mod = ""
     if ("{m}" in frame or "{M}" in frame) and rng.random() < 0.55:
@@ -508,13 +657,15 @@ def join_names(names: Sequence[str], rng: random.Random, conj: str = "oder") -> 
     return sep.join(names[:-1]) + f" {conj} " + names[-1]
 
 
-def list_frame(rng: random.Random, assertion: str) -> str:
+def list_frame(rng: random.Random, assertion: str, names: Sequence[str] = ()) -> str:
     frames = {"negated": LIST_NEGATED, "suspected": LIST_SUSPECTED, "historical": LIST_HISTORICAL}[assertion]
+    if any(adjective_initial(n) for n in names):
+        frames = tuple(f for f in frames if not DATIVE_SLOT.search(f)) or frames
     return frames[rng.randrange(len(frames))]
 
 
 #: `say` keys that steer the rendering but are no text (role, staging kind, drug context, cue flag)
-NOT_WRITTEN = frozenset(("role", "staging", "context", "cued"))
+NOT_WRITTEN = frozenset(("role", "staging", "context", "cued", "course", "name_dat"))
 
 
 def say_values(f: RecipeFact) -> list[str]:

@@ -87,6 +87,94 @@ def _name(say: Mapping[str, Any]) -> str:
     return str(say.get("name") or say.get("phrase") or "")
 
 
+#: ICD-10 groups of comorbidities known before a stay (a diagnosis without `say["course"]` in one of
+#: these is chronic, else acute): metabolic, mental, nervous, circulatory, respiratory, digestive,
+#: musculoskeletal and renal long-term conditions
+CHRONIC_ICD = re.compile(
+    r"^(E0[0-7]|E1[0-4]|E66|E78|F[0-9]|G2|G3|G4[0-7]|I1[0-5]|I2[05]|I4[4-9]|I50|I6[5-9]|I7[0-3]|J4[0-7]|"
+    r"K2[01]|K7[03-6]|M0|M1|M4|M8|N18|Z9)"
+)
+#: tumour status words that are a response to therapy ("Ansprechen:" fits them, not "Erstdiagnose")
+RESPONSE = re.compile(r"[Rr]emission|[Pp]rogre|[Ss]tabil|[Aa]nsprechen|(?:SD|PR|CR|PD|VGPR)|stable")
+#: finding names an imaging or endoscopy can show (metastasis sites, masses, tumours, effusions)
+LINKABLE = re.compile(
+    r"metasta|filiae|raumforderung|erguss|läsion|herd|aszites|karzinom|tumor|lymphom|neoplas|embolie|"
+    r"thrombose|stenose|polyp|karzinose|infiltrat|pneumonie|fraktur|ileus|rezidiv"
+)
+#: allergy frames that are a label themselves (not under the "Allergien/Unverträglichkeiten:" line)
+ALLERGY_LABEL = re.compile(r"^(?:Allergien|Unverträglichkeiten):")
+#: drug-administration wording that never goes into the diagnosis list
+ADMINISTRATION = re.compile(
+    r"Gabe|Therapie mit|Medikamentös|Wir begannen|Einleitung|verabreicht|Neu angesetzt"
+)
+
+
+def _ecog(recipe: Recipe) -> int | None:
+    for f in recipe.facts:
+        m = re.search(r"\d", str(f.say.get("ecog") or "")) if f.kind == "tumor" else None
+        if m:
+            return int(m.group(0))
+    return None
+
+
+def traits(recipe: Recipe) -> frozenset[str]:
+    """What the stay has, as fillers presuppose it (`frames.FILLER_NEEDS`): systemic therapy,
+    cisplatin, a port, an analgesic, elective vs emergency admission, AZ by the written ECOG."""
+    out: set[str] = set()
+    for f in recipe.facts:
+        s, gold = f.say, f.gold or {}
+        if f.kind == "medication" and f.assertion == "present" and s.get("context") != "allergy":
+            name = _name(s).lower()
+            if s.get("context") == "therapy" or s.get("regimen") or s.get("cycle"):
+                out.add("therapy")
+                if "cisplatin" in name or str(gold.get("atc") or "").startswith("L01XA01"):
+                    out.add("cisplatin")
+            if str(gold.get("atc") or "").startswith(("N02", "M01A")):
+                out.add("analgesic")
+        port = "port" in _name(s).lower() or str(gold.get("ops") or "").startswith("5-399.5")
+        if f.kind == "procedure" and f.assertion in ("present", "historical") and port:
+            out.add("port")
+    if "port" not in out:
+        out.add("noport")
+    kind = str(recipe.header.get("stay_kind") or "")
+    if kind in ("therapy", "diagnostic", "surgery"):
+        out.add("elective")
+    if kind == "diagnostic":
+        out.add("diagnostic")
+    if kind == "complication":
+        out.add("emergency")
+    ecog = _ecog(recipe)
+    if ecog is None or ecog <= 1:
+        out.add("good_az")
+    if ecog is None or ecog >= 2:
+        out.add("poor_az")
+    return frozenset(out)
+
+
+def fits(sentence: str, have: frozenset[str]) -> bool:
+    """May this fact-free sentence stand in a letter whose stay has these traits?"""
+    return all(t in have for t in F.FILLER_NEEDS.get(sentence, ()))
+
+
+def course(f: RecipeFact) -> str:
+    """A diagnosis's course as the sampler states it, else chronic for comorbidity ICD groups."""
+    c = str(f.say.get("course") or "")
+    if c:
+        return c
+    if f.say.get("role") == "main":
+        return "leading"
+    code = str((f.gold or {}).get("icd10gm") or f.say.get("code") or "")
+    return "chronic" if CHRONIC_ICD.match(code) else "acute"
+
+
+def dose_text(say: Mapping[str, Any]) -> str:
+    """Dose and unit as written; carboplatin's target AUC reads "AUC 5", not "5 AUC"."""
+    dose, unit = str(say.get("dose") or ""), str(say.get("unit") or "")
+    if unit.upper() == "AUC" and dose:
+        return f"{unit} {dose}"
+    return f"{dose} {unit}".strip()
+
+
 # ---------------------------------------------------------------------------- v1 helpers (prompts)
 def coded(f: RecipeFact | Mapping[str, Any], style: Mapping[str, Any]) -> str:
     """The fact's name with its code where the recipe writes one (never an ATC or LOINC code)."""
@@ -111,7 +199,7 @@ def medline(f: RecipeFact | Mapping[str, Any], intent: bool = True) -> str:
     parts = [_name(say)]
     for k in keys:
         if k == "dose_unit":
-            parts.append(f"{say.get('dose') or ''} {say.get('unit') or ''}".strip())
+            parts.append(dose_text(say))
         else:
             parts.append(str(say.get(k) or ""))
     return " ".join(p for p in parts if p)
@@ -145,6 +233,7 @@ class SectionWriter:
         self.frames: dict[str, str] = {}
         self.last_frame = ""
         self.female = recipe.header.get("sex") == "female"
+        self.have = traits(recipe)
 
     # -- small helpers
     def pick(self, options: Sequence[Any]) -> Any:
@@ -197,12 +286,13 @@ class SectionWriter:
         return x + self.pick((f" ({d})", f" vom {d}", f", {d}"))
 
     # -- one fact as a sentence (or list item)
-    def phrase(self, f: RecipeFact, *, item: bool = False) -> str:
-        """The fact in a frame of its kind and assertion; `item` = a list line (no final period)."""
+    def phrase(self, f: RecipeFact, *, item: bool = False, avoid: re.Pattern[str] | None = None) -> str:
+        """The fact in a frame of its kind and assertion; `item` = a list line (no final period);
+        `avoid`: frames the caller's place does not take (drug administration in a diagnosis list)."""
         if f.kind == "tumor":
             return self.tumor_inline(f)
         if f.kind == "medication" and f.say.get("context") == "allergy":
-            frame, mod, fid = F.choose(self.rng, "allergy", f.assertion, _name(f.say))
+            frame, mod, fid = F.choose(self.rng, "allergy", f.assertion, _name(f.say), avoid=avoid)
             self.frames[f.id] = fid.replace("allergy.", "medication.", 1)
             return self._end(F.fill(frame, _name(f.say)), item)
         if f.kind == "risk_factor" and f.say.get("cued"):
@@ -230,11 +320,18 @@ class SectionWriter:
             x = self.named(f)
         d = str(f.say.get("date") or "") if f.kind in ("diagnosis", "procedure") else ""
         use_date = bool(d) and (f.kind == "procedure" or f.assertion == "historical") and self.chance(0.7)
-        frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), dated=d if use_date else "")
+        opts: dict[str, Any] = {
+            "dated": d if use_date else "",
+            "course": course(f) if f.kind == "diagnosis" else "",
+            "chapter": F.ops_chapter(str(f.say.get("code") or (f.gold or {}).get("ops") or ""))
+            if f.kind == "procedure"
+            else None,
+            "cycle": str(f.say.get("cycle") or "") if f.kind == "medication" else "",
+            "avoid": avoid,
+        }
+        frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), **opts)
         if frame == self.last_frame:  # the same frame twice in a row reads like a template
-            frame, mod, fid = F.choose(
-                self.rng, f.kind, f.assertion, _name(f.say), dated=d if use_date else ""
-            )
+            frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), **opts)
         self.last_frame = frame
         self.frames[f.id] = fid
         if f.kind == "medication":  # regimen/cycle after a cue that follows the name, else beside it
@@ -272,8 +369,8 @@ class SectionWriter:
                 ]
                 if len(same) >= 2 and self.chance(0.6):
                     same = same[: self.rng.randint(2, min(4, len(same)))]
-                    frame = F.list_frame(self.rng, assertion)
                     names = [_name(f.say) for f in same]
+                    frame = F.list_frame(self.rng, assertion, names)
                     mod = ""
                     if "{m}" in frame or "{M}" in frame:
                         mods = F.modalities(names[0])
@@ -420,7 +517,8 @@ class SectionWriter:
         if p["ecog"]:
             lines.append(p["ecog"])
         if p["status"]:
-            lines.append(self.pick(("Aktuell: ", "Status: ", "Ansprechen: ", "Jetzt: ")) + p["status"])
+            sl: tuple[str, ...] = ("Aktuell: ", "Status: ", "Ansprechen: ", "Jetzt: ")
+            lines.append(self.pick(sl if RESPONSE.search(p["status"]) else sl[:2] + sl[3:]) + p["status"])
         return lines
 
     def tumor_inline(self, f: RecipeFact) -> str:
@@ -450,7 +548,11 @@ class SectionWriter:
         if p["status"]:
             out += (
                 " "
-                + self.pick(("Aktuell ", "Im Re-Staging ", "Befund: ", "Ansprechen: "))
+                + self.pick(
+                    ("Aktuell ", "Im Re-Staging ", "Befund: ", "Ansprechen: ")
+                    if RESPONSE.search(p["status"])
+                    else ("Aktuell ", "Status: ", "Befund: ")
+                )
                 + period(p["status"])
             )
         if p["ecog"]:
@@ -512,15 +614,18 @@ class SectionWriter:
         )
         rows: list[str] = []
         if layout == "columns" and present and self.chance(0.5):
-            rows.append(
-                self.pick(
-                    (
-                        "Präparat / Dosis / Schema",
-                        "Medikament       Dosis       Einnahme",
-                        "Wirkstoff  Stärke  morgens-mittags-abends",
-                    )
-                )
-            )
+            slots = {
+                str(f.say.get("schedule") or "").count("-") + 1 for f in present if f.say.get("schedule")
+            }
+            routed = any(f.say.get("route") for f in present)
+            heads = ["Präparat / Dosis / Schema", "Medikament       Dosis       Einnahme"]
+            if routed:  # the route column is written: the header names it
+                heads = ["Präparat / Dosis / Applikation / Schema", "Medikament   Dosis   Art   Einnahme"]
+            elif slots == {3}:
+                heads.append("Wirkstoff  Stärke  morgens-mittags-abends")
+            elif slots == {4}:
+                heads.append("Wirkstoff  Stärke  morgens-mittags-abends-nachts")
+            rows.append(self.pick(heads))
         for f in present:
             self.frames[f.id] = f"medication.present:{layout}|"
         if layout == "inline" and present:
@@ -531,7 +636,7 @@ class SectionWriter:
             width = max((len(_name(f.say)) for f in present), default=0) + 2
             for f in present:
                 s = f.say
-                dose = f"{s.get('dose') or ''} {s.get('unit') or ''}".strip()
+                dose = dose_text(s)
                 when = " ".join(str(s.get(k)) for k in ("schedule", "frequency", "as_needed") if s.get(k))
                 route = str(s.get("route") or "")
                 name = _name(s)
@@ -619,7 +724,10 @@ class SectionWriter:
                 ent = str(t.say.get("entity") or "")
                 lat = str(t.say.get("laterality") or "")
                 dn = _name(f.say)
-                if ent and ent in dn and lat in dn and not t.say.get("code"):
+                same_code = not t.say.get("code") or (
+                    t.say.get("code") == f.say.get("code") and self.style.get("codes") is not False
+                )
+                if ent and ent in dn and lat in dn and same_code:
                     if t.say.get("date") and str(t.say["date"]) in str(f.say.get("date") or ""):
                         tl = tl[1:]
                     elif t.say.get("date"):
@@ -630,9 +738,41 @@ class SectionWriter:
             entries.append({"lines": lines, "main": True})
         for t in tumors:
             entries.append({"lines": self.tumor_lines(t), "main": not entries})
+        # a drug of this stay is no diagnosis: the running regimen goes under the main entry as a
+        # therapy line; other drugs as items without administration wording
+        therapy = [f for f in self.therapy_meds(rest)]
+        rest = [f for f in rest if f not in therapy]
+        if therapy:
+            lines = [
+                self.pick(("Aktuelle Therapie: ", "Systemtherapie: ", "Therapie: ")) + x
+                for x in self.therapy_lines(therapy)
+            ]
+            if entries:
+                entries[0]["lines"] += lines
+            else:
+                entries.append({"lines": lines, "main": False})
+        # secondary items in random order: position says nothing about the assertion
+        self.rng.shuffle(rest)
         for f in rest:
-            entries.append({"lines": [self.phrase(f, item=True)], "main": False})
+            entries.append({"lines": [self.phrase(f, item=True, avoid=ADMINISTRATION)], "main": False})
         return entries
+
+    def therapy_lines(self, meds: Sequence[RecipeFact]) -> list[str]:
+        """A regimen as label lines ("FOLFOX C3 d1: Oxaliplatin 85 mg/m² i.v., ..."), one per cycle."""
+        groups: dict[tuple[str, str], list[RecipeFact]] = {}
+        for f in meds:
+            groups.setdefault((str(f.say.get("regimen") or ""), str(f.say.get("cycle") or "")), []).append(f)
+        out = []
+        for (regimen, cycle), fs in groups.items():
+            head = " ".join(
+                x for x in (regimen, self.pick((f"C{cycle}", f"Zyklus {cycle}")) if cycle else "") if x
+            )
+            drugs = []
+            for f in fs:
+                self.frames[f.id] = "medication.present:dx-therapy|"
+                drugs.append(medline(f) + (f" d{f.say['day']}" if f.say.get("day") else ""))
+            out.append((head + ": " if head else "") + ", ".join(drugs))
+        return out
 
     @staticmethod
     def same_tumour(dx: RecipeFact, t: RecipeFact) -> bool:
@@ -671,7 +811,54 @@ class SectionWriter:
         return " ".join(self.sentences(meds, group=False))
 
     def az_ez(self) -> tuple[str, ...]:
-        return F.AZ_EZ
+        """General condition at admission, consistent with the ECOG the letter writes."""
+        return tuple(x for x in F.AZ_EZ if fits(x, self.have)) or F.AZ_EZ
+
+    def admission(self) -> str:
+        """How the patient came, by the stay kind (elective vs emergency, never both in one letter)."""
+        kind = str(self.recipe.header.get("stay_kind") or "")
+        return str(self.pick(F.ADMISSION.get(kind) or F.ADMISSION[""]))
+
+    def epikrise_opener(self) -> str:
+        """An optional first Epikrise sentence that presupposes nothing the stay lacks ("" = none)."""
+        ok = [
+            x.replace("{pat}", self.pat())
+            for x, needs in F.EPIKRISE_OPENERS
+            if all(n in self.have for n in needs)
+        ]
+        return str(self.pick(ok)) if ok and self.chance(0.5) else ""
+
+    def history_heading(self, hist: Sequence[RecipeFact]) -> str:
+        """A heading over a history list; "Onkologische Anamnese:" only over oncological items."""
+        onco = all(
+            f.kind in ("tumor", "radiotherapy")
+            or str((f.gold or {}).get("icd10gm") or f.say.get("code") or "")[:1] in ("C", "D")
+            for f in hist
+        )
+        return str(
+            self.pick(
+                ("Vorgeschichte:", "Bekannte Vorerkrankungen:", "Onkologische Anamnese:")[: 3 if onco else 2]
+            )
+        )
+
+    def admission_meds(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
+        """Drugs a heading "Hausmedikation / Medikation bei Aufnahme" may stand over: taken at admission."""
+        return [
+            f
+            for f in meds
+            if f.assertion == "present"
+            and f.say.get("context") == "admission"
+            and not any(f.say.get(k) for k in ("regimen", "cycle", "day", "intent"))
+        ]
+
+    def allergies(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
+        return [f for f in meds if f.say.get("context") == "allergy"]
+
+    def allergy_line(self, meds: Sequence[RecipeFact]) -> str:
+        """Intolerances on their own "Allergien/Unverträglichkeiten:" line (no second label inside)."""
+        return "Allergien/Unverträglichkeiten: " + " ".join(
+            self.phrase(f, avoid=ALLERGY_LABEL) for f in self.allergies(meds)
+        )
 
     def vitals(self, vitals: Sequence[RecipeFact]) -> str:
         """Vital signs grouped by date, the date written once before its group."""
@@ -690,14 +877,30 @@ class SectionWriter:
         return " ".join([period(g) for g in groups] + rest)
 
     def exams(self, exams: Sequence[RecipeFact], findings: Sequence[RecipeFact]) -> list[dict[str, str]]:
-        """Examinations each with a "Beurteilung" holding the findings (shared out in order)."""
-        findings = list(findings)
+        """Examinations each with a "Beurteilung" holding the findings it can have shown (a site or
+        tumour finding under an imaging or endoscopy); other findings stand without a sub-heading."""
+        linked = [
+            f for f in findings if f.kind in ("diagnosis", "tumor") and LINKABLE.search(_name(f.say).lower())
+        ]
+        diagnostic = [
+            e
+            for e in exams
+            if e.assertion == "present"
+            and F.ops_chapter(str(e.say.get("code") or (e.gold or {}).get("ops") or "")) == "diagnostic"
+        ]
+        if not diagnostic:
+            linked = []
+        unlinked = [f for f in findings if f not in linked]
         out: list[dict[str, str]] = []
-        n = len(exams)
-        for i, e in enumerate(exams):
-            share = findings[: max(1, len(findings) // max(1, n - i))] if findings else []
-            findings = findings[len(share) :]
-            if e.assertion == "present" and share:
+        n = len(diagnostic)
+        i = 0
+        for e in exams:
+            share: list[RecipeFact] = []
+            if e in diagnostic:
+                share = linked[: max(1, len(linked) // max(1, n - i))] if linked else []
+                linked = linked[len(share) :]
+                i += 1
+            if share:
                 d = str(e.say.get("date") or "")
                 head = self.named(e) + (self.pick((f" vom {d}", f" ({d})", f" am {d}")) if d else "") + ":"
                 self.frames[e.id] = "procedure.present:exam|"
@@ -710,19 +913,13 @@ class SectionWriter:
                     "body": " ".join(self.sentences(share)) if share else "",
                 }
             )
-        if findings:
-            out.append(
-                {
-                    "head": self.pick(("Bildgebung:", "Weitere Befunde:", "Diagnostik:")),
-                    "label": self.pick(("Beurteilung: ", "")),
-                    "body": " ".join(self.sentences(findings)),
-                }
-            )
+        if unlinked:
+            out.append({"head": "", "label": "", "body": " ".join(self.sentences(unlinked))})
         return out
 
     def filler(self, key: str | None = None, n: int = 1) -> list[str]:
         """n fact-free sentences from the section's pool, from a random start with a random stride."""
-        pool = F.FILLER.get(key or self.key, ())
+        pool = tuple(x for x in F.FILLER.get(key or self.key, ()) if fits(x, self.have))
         if not pool:
             return []
         start, step = self.rng.randrange(len(pool)), self.pick((1, 1, 3, 5, 7))
@@ -776,7 +973,10 @@ def section_context(
         "w": SectionWriter(recipe, section),
         "letter_type": recipe.letter_type,
         "dates": procedere_dates(recipe) if procedere else [],
-        "cycles": procedere and any(f.kind == "medication" and f.say.get("cycle") for f in recipe.facts),
+        "cycles": procedere
+        and any(
+            f.kind == "medication" and f.assertion == "present" and f.say.get("cycle") for f in recipe.facts
+        ),
     }
 
 
