@@ -83,6 +83,11 @@ def _get(f: Any, key: str) -> Any:
     return getattr(f, key) if isinstance(f, RecipeFact) else f[key]
 
 
+def _ctx(f: RecipeFact) -> str:
+    """A drug's context as the sampler states it in say (or, in hand-built recipes, only in gold)."""
+    return str(f.say.get("context") or (f.gold or {}).get("context") or "")
+
+
 def _name(say: Mapping[str, Any]) -> str:
     return str(say.get("name") or say.get("phrase") or "")
 
@@ -123,9 +128,9 @@ def traits(recipe: Recipe) -> frozenset[str]:
     out: set[str] = set()
     for f in recipe.facts:
         s, gold = f.say, f.gold or {}
-        if f.kind == "medication" and f.assertion == "present" and s.get("context") != "allergy":
+        if f.kind == "medication" and f.assertion == "present" and _ctx(f) != "allergy":
             name = _name(s).lower()
-            if s.get("context") == "therapy" or s.get("regimen") or s.get("cycle"):
+            if _ctx(f) == "therapy" or s.get("regimen") or s.get("cycle"):
                 out.add("therapy")
                 if "cisplatin" in name or str(gold.get("atc") or "").startswith("L01XA01"):
                     out.add("cisplatin")
@@ -291,7 +296,7 @@ class SectionWriter:
         `avoid`: frames the caller's place does not take (drug administration in a diagnosis list)."""
         if f.kind == "tumor":
             return self.tumor_inline(f)
-        if f.kind == "medication" and f.say.get("context") == "allergy":
+        if f.kind == "medication" and _ctx(f) == "allergy":
             frame, mod, fid = F.choose(self.rng, "allergy", f.assertion, _name(f.say), avoid=avoid)
             self.frames[f.id] = fid.replace("allergy.", "medication.", 1)
             return self._end(F.fill(frame, _name(f.say)), item)
@@ -604,7 +609,7 @@ class SectionWriter:
             f
             for f in meds
             if f.assertion == "present"
-            and f.say.get("context") != "allergy"
+            and _ctx(f) != "allergy"
             and not any(f.say.get(k) for k in ("regimen", "cycle", "day", "intent"))
         ]
         layout = (
@@ -791,7 +796,7 @@ class SectionWriter:
             f
             for f in meds
             if f.assertion == "present"
-            and f.say.get("context") != "allergy"
+            and _ctx(f) != "allergy"
             and (f.say.get("regimen") or f.say.get("cycle"))
         ]
 
@@ -802,7 +807,7 @@ class SectionWriter:
 
     def support(self, meds: Sequence[RecipeFact]) -> str:
         """Supportive drugs during the stay: a labelled list when all are given, else sentences."""
-        plain = all(f.assertion == "present" and f.say.get("context") != "allergy" for f in meds)
+        plain = all(f.assertion == "present" and _ctx(f) != "allergy" for f in meds)
         if meds and plain and self.chance(0.6):
             for f in meds:
                 self.frames[f.id] = "medication.present:support-list|"
@@ -847,12 +852,12 @@ class SectionWriter:
             f
             for f in meds
             if f.assertion == "present"
-            and f.say.get("context") == "admission"
+            and _ctx(f) == "admission"
             and not any(f.say.get(k) for k in ("regimen", "cycle", "day", "intent"))
         ]
 
     def allergies(self, meds: Sequence[RecipeFact]) -> list[RecipeFact]:
-        return [f for f in meds if f.say.get("context") == "allergy"]
+        return [f for f in meds if _ctx(f) == "allergy"]
 
     def allergy_line(self, meds: Sequence[RecipeFact]) -> str:
         """Intolerances on their own "Allergien/Unverträglichkeiten:" line (no second label inside)."""
