@@ -725,22 +725,23 @@ class SectionWriter:
             lines = [self.phrase(f, item=True)]
             for t in [t for t in tumors if self.same_tumour(f, t)]:
                 tumors = [u for u in tumors if u is not t]
-                tl = self.tumor_lines(t)
-                ent = str(t.say.get("entity") or "")
-                lat = str(t.say.get("laterality") or "")
-                dn = _name(f.say)
-                same_code = not t.say.get("code") or (
-                    t.say.get("code") == f.say.get("code") and self.style.get("codes") is not False
-                )
-                if ent and ent in dn and lat in dn and same_code:
-                    if t.say.get("date") and str(t.say["date"]) in str(f.say.get("date") or ""):
-                        tl = tl[1:]
-                    elif t.say.get("date"):
-                        tl[0] = tl[0][len(self.tumor_parts(t)["entity"]) :].lstrip(" ,")
-                    else:
-                        tl = tl[1:]
-                lines += [x for x in tl if x]
+                lines += self.tumour_under(f, t)
             entries.append({"lines": lines, "main": True})
+        # a tumour whose entity a present secondary diagnosis names goes under that one (named once)
+        for t in list(tumors):
+            anchor = next(
+                (
+                    g
+                    for g in rest
+                    if g.kind == "diagnosis" and g.assertion == "present" and self.same_tumour(g, t)
+                ),
+                None,
+            )
+            if anchor is not None:
+                tumors = [u for u in tumors if u is not t]
+                rest = [g for g in rest if g is not anchor]
+                lines = [self.phrase(anchor, item=True)] + self.tumour_under(anchor, t)
+                entries.append({"lines": lines, "main": not entries})
         for t in tumors:
             entries.append({"lines": self.tumor_lines(t), "main": not entries})
         # a drug of this stay is no diagnosis: the running regimen goes under the main entry as a
@@ -761,6 +762,23 @@ class SectionWriter:
         for f in rest:
             entries.append({"lines": [self.phrase(f, item=True, avoid=ADMINISTRATION)], "main": False})
         return entries
+
+    def tumour_under(self, f: RecipeFact, t: RecipeFact) -> list[str]:
+        """A tumour's lines under the diagnosis that names it: the entity is not repeated (its side, if
+        the diagnosis does not write it, and its date follow as a label line), then histology, TNM..."""
+        tl = self.tumor_lines(t)
+        ent = str(t.say.get("entity") or "")
+        lat = str(t.say.get("laterality") or "")
+        dn = _name(f.say)
+        same_code = not t.say.get("code") or t.say.get("code") == f.say.get("code")
+        if ent and ent in dn and same_code and t.assertion == "present":
+            rest0 = tl[0][len(self.tumor_parts(t)["entity"]) :].lstrip(" ,")
+            if not t.say.get("date") or str(t.say["date"]) in str(f.say.get("date") or ""):
+                rest0 = ""
+            side = self.pick(("Seite: ", "Lokalisation: ")) + lat if lat and lat not in dn else ""
+            first = ", ".join(x for x in (side, rest0) if x)
+            tl = ([first] if first else []) + tl[1:]
+        return [x for x in tl if x]
 
     def therapy_lines(self, meds: Sequence[RecipeFact]) -> list[str]:
         """A regimen as label lines ("FOLFOX C3 d1: Oxaliplatin 85 mg/m² i.v., ..."), one per cycle."""
@@ -822,6 +840,8 @@ class SectionWriter:
     def admission(self) -> str:
         """How the patient came, by the stay kind (elective vs emergency, never both in one letter)."""
         kind = str(self.recipe.header.get("stay_kind") or "")
+        if kind == "therapy" and "therapy" not in self.have:  # no drug of this stay in gold
+            kind = ""
         return str(self.pick(F.ADMISSION.get(kind) or F.ADMISSION[""]))
 
     def epikrise_opener(self) -> str:
