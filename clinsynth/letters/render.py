@@ -122,9 +122,20 @@ def _ecog(recipe: Recipe) -> int | None:
     return None
 
 
+_LAST_TRAITS: list[Any] = [None, frozenset()]
+
+
 def traits(recipe: Recipe) -> frozenset[str]:
     """What the stay has, as fillers presuppose it (`frames.FILLER_NEEDS`): systemic therapy,
-    cisplatin, a port, an analgesic, elective vs emergency admission, AZ by the written ECOG."""
+    cisplatin, a port, an analgesic, elective vs emergency admission, AZ by the written ECOG.
+    (The last recipe's traits are kept: every section writer of one letter asks for them.)"""
+    if _LAST_TRAITS[0] is recipe:
+        return _LAST_TRAITS[1]
+    _LAST_TRAITS[:] = [recipe, _traits(recipe)]
+    return _LAST_TRAITS[1]
+
+
+def _traits(recipe: Recipe) -> frozenset[str]:
     out: set[str] = set()
     for f in recipe.facts:
         s, gold = f.say, f.gold or {}
