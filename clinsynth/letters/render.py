@@ -106,6 +106,22 @@ LINKABLE = re.compile(
     r"metasta|filiae|raumforderung|erguss|läsion|herd|aszites|karzinom|tumor|lymphom|neoplas|embolie|"
     r"thrombose|stenose|polyp|karzinose|infiltrat|pneumonie|fraktur|ileus|rezidiv"
 )
+#: examinations that see one region only (exam keyword -> finding keywords it can show); any other
+#: imaging (CT, MRT of the trunk, PET, sonography) may show any linkable finding
+EXAM_SCOPE: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = tuple(
+    (re.compile(a, re.I), re.compile(b, re.I))
+    for a, b in (
+        (r"szintigra", r"ossär|knochen|skelett|wirbel|osteo"),
+        (r"mammogra|mamma", r"mamma|brust|axill"),
+        (r"cMRT|cCT|schädel|kopf|hirn|kraniell", r"zerebral|hirn|kraniell|meningeal"),
+        (r"kolo|rekto|sigmoido", r"kolon|rekt|sigma|polyp|zäkum|darm|anastomos"),
+        (r"gastro|ÖGD|ösophag", r"magen|ösophag|kardia|gastr|ulkus|stenose"),
+        (r"broncho", r"bronch|lunge|pulmonal|tracheal"),
+        (r"zysto", r"blase|urothel|vesikal"),
+        (r"knochenmark|beckenkamm", r"knochenmark|infiltrat|leuk|lymphom|myelom"),
+        (r"biopsie|punktion|zytolog|histolog", r"karzinom|tumor|lymphom|neoplas|metasta|infiltrat|filiae"),
+    )
+)
 #: allergy frames that are a label themselves (not under the "Allergien/Unverträglichkeiten:" line)
 ALLERGY_LABEL = re.compile(r"^(?:Allergien|Unverträglichkeiten):")
 #: drug-administration wording that never goes into the diagnosis list
@@ -927,14 +943,20 @@ class SectionWriter:
         if not diagnostic:
             linked = []
         unlinked = [f for f in findings if f not in linked]
+
+        def can_show(e: RecipeFact, f: RecipeFact) -> bool:
+            scope = next((b for a, b in EXAM_SCOPE if a.search(_name(e.say))), None)
+            return scope is None or bool(scope.search(_name(f.say)))
+
         out: list[dict[str, str]] = []
         n = len(diagnostic)
         i = 0
         for e in exams:
             share: list[RecipeFact] = []
             if e in diagnostic:
-                share = linked[: max(1, len(linked) // max(1, n - i))] if linked else []
-                linked = linked[len(share) :]
+                fit = [f for f in linked if can_show(e, f)]
+                share = fit[: max(1, len(fit) // max(1, n - i))] if fit else []
+                linked = [f for f in linked if f not in share]
                 i += 1
             if share:
                 d = str(e.say.get("date") or "")
@@ -949,6 +971,7 @@ class SectionWriter:
                     "body": " ".join(self.sentences(share)) if share else "",
                 }
             )
+        unlinked += linked  # findings no examination of this letter can have shown
         if unlinked:
             out.append({"head": "", "label": "", "body": " ".join(self.sentences(unlinked))})
         return out
