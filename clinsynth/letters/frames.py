@@ -2,13 +2,18 @@
 
 A frame is a format string over `{x}` (the fact's words, verbatim from `RecipeFact.say`) and
 `{m}` (an optional modality: "CT-morphologisch ", "sonographisch " ...). Frames are chosen per
-fact kind and assertion only, never per section, so the section a fact sits in says nothing
-about its assertion. Cues come before or after the noun. No frame needs the noun's gender or
-number (no article, no finite verb agreeing with the fact's name): the names are the sampler's
-and may be singular or plural, masculine or feminine.
+fact kind and assertion, never per section, so the section a fact sits in says nothing about its
+assertion; within those, what the fact is narrows them (`choose`): a present diagnosis by its
+course (chronic comorbidity, acute event, the stay's reason), a procedure by its OPS chapter
+(diagnostic vs therapeutic), a drug by its cycle (start verbs at cycle 1 only). Cues come before
+or after the noun. No frame needs the noun's gender or number (no article, no finite verb
+agreeing with the fact's name); a name that starts with an adjective ("zerebrale Metastasen")
+skips frames that would need its dative ("Nachweis von", "Bei", "Z.n.") and takes label forms.
 
 Fillers (`FILLER`) state no fact: no diagnosis, drug, code, value, date, and no negation,
-suspicion or history cue, so they never look like an unlabelled fact.
+suspicion or history cue, so they never look like an unlabelled fact. Those that presuppose
+something about the stay (a therapy, a port, cisplatin, an analgesic, an elective admission, a
+good or poor AZ) name it in `FILLER_NEEDS` and are drawn only where the recipe has it.
 """
 
 from __future__ import annotations
