@@ -5,7 +5,8 @@ The templates lay a section out (lists, tables, blocks); `SectionWriter` turns e
 words with a frame chosen by kind and assertion (`frames.py`), never by section, so the section
 never predicts the assertion; secondary diagnoses are shuffled so position does not either. A
 heading claims only what its facts are ("Hausmedikation" over admission drugs only, an exam's
-"Beurteilung" over findings it can show), and fact-free sentences only what the stay has (`traits`). Every string in a fact's `say` is written verbatim (codes of drugs and
+"Beurteilung" over findings it can show), and fact-free sentences only what the stay has (`traits`).
+Every string in a fact's `say` is written verbatim (codes of drugs and
 labs never: real letters do not show ATC or LOINC). Fillers state no fact; dates the renderer
 invents (next cycle, re-presentation) go to the letter's `untagged` list. Length follows
 `style.target_words` through fact-free narrative; `noise.py` adds typos and OCR confusions.
