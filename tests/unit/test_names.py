@@ -21,7 +21,7 @@ from clinsynth.terminology.names import SYSTEMS, covers, lexicon, names_for, pin
         ("icd10gm", "arterielle Hypertonie", "I10"),
         ("icd10gm", "Sepsis", "A41"),  # no ".9 nicht näher bezeichnet" from silence
         ("icd10gm", "C18.2", "C18.2"),  # a written code pins itself
-        ("ops", "Hemikolektomie rechts", "5-455"),  # pins 5-455.4, the catalogue holds 5-455
+        ("ops", "Hemikolektomie rechts", "5-455.4"),  # the name pins the 5-455.4 level, which the catalogue holds
         ("ops", "Port-Implantation", "5-399.5"),
         ("ops", "laparoskopische Sigmaresektion mit Anastomose", "5-455.75"),
         ("morphology", "Adenokarzinom", "8140/3"),
@@ -40,7 +40,7 @@ def test_what_a_name_does_not_pin() -> None:
     assert pinned_code("topography", "C20.9") == "C20.9"
     assert pinned_code("icd10gm", "Bösartige Neubildung: Colon ascendens") is None  # no catalogue titles
     assert pinned_code("ops", "Retropubisch") is None  # no OPS fragments
-    assert pinned_code("ops", "tiefe anteriore Rektumresektion") is None  # 5-484.5: no level held
+    assert pinned_code("ops", "tiefe anteriore Rektumresektion") == "5-484.5"  # parent level held
     # an ICD category title names its category (a fallback for codes without a clinical name)
     assert pinned_code("icd10gm", "Bösartige Neubildung des Gehirns") == "C71"
     assert pinned_code("icd10gm", "Sonstige Sepsis") is None  # a qualifier, not a name
@@ -54,7 +54,7 @@ def test_names_for_lists_names_whose_code_covers_the_fact_most_specific_first() 
     assert names[0][1] == "C34.1" and ("Bronchialkarzinom", "C34") in names
     assert all(covers("icd10gm", pinned, "C34.1") for _, pinned in names)
     assert all(pinned_code("icd10gm", n) == c for n, c in names)
-    assert ("Hemikolektomie rechts", "5-455") in names_for("ops", "5-455.45")
+    assert ("Hemikolektomie rechts", "5-455.4") in names_for("ops", "5-455.45")
     assert names_for("icd10gm", "E11.90")[0] == ("Diabetes mellitus Typ 2", "E11")
 
 
