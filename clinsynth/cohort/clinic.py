@@ -20,6 +20,7 @@ EMETOGENIC: dict[str, str] = {
     "gemcitabin_cisplatin": "high",
     "cisplatin_weekly_rt": "high",
     "abvd": "high",
+    "cisplatin_etoposid": "high",
     "mfolfox6": "moderate",
     "folfiri": "moderate",
     "capox": "moderate",
@@ -30,6 +31,9 @@ EMETOGENIC: dict[str, str] = {
     "carboplatin_pemetrexed_pembrolizumab": "moderate",
     "carboplatin_paclitaxel_pembrolizumab": "moderate",
     "carboplatin_paclitaxel": "moderate",
+    "carboplatin_etoposid": "moderate",
+    "carboplatin_etoposid_atezolizumab": "moderate",
+    "carboplatin_etoposid_durvalumab": "moderate",
     "carboplatin_vinorelbin": "moderate",
     "gemcitabin_carboplatin": "moderate",
     "r_chop_21": "high",  # anthracycline + cyclophosphamide (the AC rule)
@@ -42,6 +46,7 @@ EMETOGENIC: dict[str, str] = {
     "trastuzumab_pertuzumab": "minimal",
     "nivolumab": "minimal",
     "nivolumab_ipilimumab": "minimal",
+    "nivolumab_ipilimumab_rcc": "minimal",
     "pembrolizumab": "minimal",
     "cetuximab_rt": "minimal",
     "atezolizumab_bevacizumab": "minimal",
@@ -65,11 +70,14 @@ OUTPATIENT = frozenset(
     }
 )
 
+#: short i.v./s.c. regimens given in the outpatient clinic (antibody monotherapy, VRd): no inpatient stay
+OUTPATIENT_CYCLES = frozenset({"nivolumab", "pembrolizumab", "vrd"})
 #: cisplatin is not given at eGFR < 60 ml/min: the carboplatin (or cetuximab) alternative
 CISPLATIN_FREE = {
     "cisplatin_vinorelbin": "carboplatin_vinorelbin",
     "gemcitabin_cisplatin": "gemcitabin_carboplatin",
     "cisplatin_weekly_rt": "cetuximab_rt",
+    "cisplatin_etoposid": "carboplatin_etoposid",
 }
 CISPLATIN = "L01XA01"
 
@@ -222,6 +230,7 @@ RT_BREAST = ("Mamma", 40.05, 15)
 RT_PROSTATE = ("Prostata und Samenblasen", 74.0, 37)
 RT_HEAD_NECK = ("Primärtumorregion und zervikale Lymphabflusswege", 70.0, 35)
 RT_LUNG = ("Primärtumor und mediastinale Lymphknoten", 60.0, 30)
+RT_OESOPHAGUS = ("Ösophagus und regionäre Lymphabflusswege", 41.4, 23)  # CROSS, neoadjuvant
 RT_BRAIN = ("Ganzhirn", 30.0, 10)
 RT_BONE = ("Skelettmetastase", 20.0, 5)
 RT_OPS = "8-522.6"
@@ -240,6 +249,33 @@ VITALS = {
 #: share of current / former smokers per entity (lung, bladder and head-neck cancer: mostly smokers)
 SMOKING = {"lung": (0.45, 0.42), "bladder": (0.35, 0.4), "head_neck": (0.5, 0.35), "oesophagus": (0.35, 0.35)}
 SMOKING_DEFAULT = (0.2, 0.3)
+
+#: morphology codes (ICD-O-3) of small-cell lung cancer and of squamous-cell carcinoma
+SCLC_MORPHOLOGY = ("8041/3",)
+SQUAMOUS_MORPHOLOGY = ("8070/3", "8071/3", "8072/3")
+
+
+def is_sclc(entity: str, morphology: str) -> bool:
+    return entity == "lung" and morphology in SCLC_MORPHOLOGY
+
+
+def clinical_stage(entity: str, t: str, n: str, m: str) -> str | None:
+    """The UICC 8 clinical stage group where it differs from the pathological one (stomach), else None.
+
+    Gastric cancer: cT4b any N is IVA, cT1-2 N+ IIA, cT3-4a N0 IIB, cT3-4a N+ III (UICC 8, cTNM).
+    """
+    if entity != "stomach":
+        return None
+    tv, nv, mv = t.removeprefix("T"), n.removeprefix("N"), m.removeprefix("M")
+    if mv.startswith("1"):
+        return "IVB"
+    if tv == "4b":
+        return "IVA"
+    node = not nv.startswith("0")
+    if tv.startswith(("1", "2")):
+        return "IIA" if node else "I"
+    return "III" if node else "IIB"
+
 
 #: lab thresholds under which a cycle is postponed (G/l)
 MIN_LEUKOCYTES, MIN_NEUTROPHILS, MIN_PLATELETS = 3.0, 1.5, 100.0

@@ -60,11 +60,19 @@ _PANEL = (
     "2885-2",
 )
 GLUCOSE, HBA1C = "2345-7", "4548-4"
+#: beta-2-microglobulin (ug/mL = mg/l, the ISS unit) and albumin (g/dL)
+B2M, ALBUMIN = "1952-1", "1751-7"
 HB, LEUKO, NEUTRO, PLT, CREA, EGFR, CRP = "718-7", "6690-2", "26499-4", "777-3", "2160-0", "62238-1", "1988-5"
 _HAEM = ("dlbcl", "hodgkin", "myeloma", "aml", "cll")
 #: entities that are typical earlier, cured second primaries
 _SECOND_PRIMARY = ("breast", "prostate", "colon", "melanoma", "kidney", "bladder", "endometrium")
 _STEROID = ("H02AB",)
+#: histology wording per entity where the ICD-O-3 title is another organ's (8500/3 is the breast's
+#: "invasive ductal carcinoma"; in the pancreas it is the ductal adenocarcinoma)
+_NOT_DAILY = {"L03AA13": "einmalig d2", "M05BA08": "alle 4 Wochen", "M05BX04": "alle 4 Wochen"}
+_HISTOLOGY = {("pancreas", "8500/3"): "Duktales Adenokarzinom"}
+#: endocrine therapy (letrozole, tamoxifen): not in the same stay as chemotherapy
+_ENDOCRINE = ("L02B",)
 
 
 @dataclass
@@ -221,15 +229,26 @@ class CohortGenerator:
         morph = entity.morphology_for(icd, rng)
         topo = entity.topography_for(icd, rng)
         grading = weighted(rng, entity.grading)
-        morph_display = (cat.icdo3_morphology.lookup(morph) or _Named(morph)).display
+        morph_display = (
+            _HISTOLOGY.get((entity.key, morph))
+            or (cat.icdo3_morphology.lookup(morph) or _Named(morph)).display
+        )
+        if entity.has_tnm and t is not None and n is not None and m is not None:
+            stage = clinic.clinical_stage(entity.key, t, n, m) or stage
+        # melanoma T needs the excised primary: pT at diagnosis, nodes and M clinical
+        prefix = "p" if entity.key == "melanoma" else "c"
         tumor = Tumor(
-            entity.key, morph, morph_display, topo, grading, "c", t, n, m, stage, diag, entity.staging
+            entity.key, morph, morph_display, topo, grading, prefix, t, n, m, stage, diag, entity.staging
         )
         tumor.m_prefix = "c"
+        if prefix == "p":
+            tumor.n_prefix = "c"
         tumor.metastasis_sites = metastasis_sites(rng, entity, (m or "M0").removeprefix("M")) if m else []
         tumor.stages = entity_stages(rng, entity.key, stage)
         tumor.markers = tumour_markers(rng, entity.key, morph, stage, m)
         tumor.status = "new"
+        if entity.key in _HAEM:  # UICC/TNM does not apply: Ann Arbor, ISS, Binet or ELN is the only stage
+            tumor.uicc = None
         return tumor, icd
 
     def _earlier_tumor(self, rng: random.Random, c: _Case) -> None:
@@ -278,7 +297,13 @@ class CohortGenerator:
     def _course(self, rng: random.Random, c: _Case, pl: Plan) -> None:
         ref = self.cfg.reference_date
         e = c.entity.key
-        provisional = e not in _HAEM and rng.random() < 0.35
+        if e == "aml":  # diagnosed and induced in one stay: the marrow puncture, then 7+3 at once
+            tumor = _with(c.tumor, ecog=c.ecog)
+            if self._cycles(rng, c, pl.systemic or "aml_7plus3", "induction", c.diag, 1, tumor) and c.stays:
+                c.stays[0].procedures.insert(0, self._proc("1-424", c.stays[0].start, "diagnostic"))
+            return
+        # melanoma is diagnosed on the excised lesion (pT): never a suspected diagnosis
+        provisional = e not in _HAEM and e != "melanoma" and rng.random() < 0.35
         # 1. diagnostic stay (surgical work-up departments for organ tumours half the time)
         dept = _MEDICAL_DEPT if e in _HAEM or rng.random() < 0.5 else _surgical_dept(c.icd)
         los = rng.randint(2, 6)  # the diagnosis falls inside the stay
@@ -374,7 +399,7 @@ class CohortGenerator:
             last = last + timedelta(days=rng.randint(0, 14))
 
         # 4. systemic therapy (adjuvant, definitive with RT, palliative)
-        if pl.systemic and pl.systemic not in clinic.OUTPATIENT:
+        if pl.systemic and pl.systemic not in clinic.OUTPATIENT | clinic.OUTPATIENT_CYCLES:
             concurrent = None
             outpatient: list[Radiotherapy] = []
             if pl.rt is not None and pl.rt is not clinic.RT_BREAST:
@@ -400,7 +425,11 @@ class CohortGenerator:
             if end is None:
                 return
             second = clinic.SECOND_LINE.get(pl.systemic)
-            if c.progressed is not None and second in c.entity.regimens:
+            if (
+                c.progressed is not None
+                and second in c.entity.regimens
+                and second not in clinic.OUTPATIENT_CYCLES
+            ):
                 assert second is not None
                 cycles = rng.randint(1, self.cfg.max_chemo_cycles)
                 t2 = _with(tumor, status="progression")
@@ -753,7 +782,7 @@ class CohortGenerator:
             t=t,
             n=n,
             uicc=stage,
-            when=when,
+            when=when if neo else t0.when,  # the initial staging is dated at the first diagnosis (ED)
             nodes=f"{pos}/{examined}",
             l="L1" if rng.random() < 0.25 else "L0",
             v="V1" if rng.random() < 0.12 else "V0",
@@ -770,7 +799,9 @@ class CohortGenerator:
         ref = self.cfg.reference_date
         if start >= ref or (c.stays and start < c.stays[-1].end):
             return None
-        end = min(start + timedelta(days=los), ref)
+        end = min(start + timedelta(days=max(1, los)), ref)
+        if end <= start:  # no same-day inpatient stay
+            return None
         st = Stay(c.key(), start, end, dept[0], dept[1], kind=kind)
         if c.other is not None:
             st.other_tumors = [c.other]
@@ -783,6 +814,9 @@ class CohortGenerator:
 
     def _support(self, atc: str, when: date, context: str) -> Med:
         d = self.support[atc]
+        if atc in _NOT_DAILY:  # once per cycle / every 4 weeks: a frequency, never a daily scheme
+            return Med(d.atc, d.name_de, d.dose, d.unit, d.route, when, None, context, None,
+                       frequency=_NOT_DAILY[atc])  # fmt: skip
         return Med(
             d.atc,
             d.name_de,
@@ -899,7 +933,10 @@ class CohortGenerator:
                 )
             )
         present = {m.atc for m in st.medications if m.context == "discharge"}
+        chemo = any(m.therapy and m.context == "inpatient" for m in st.medications)
         for m in c.home_meds:
+            if chemo and m.atc.startswith(_ENDOCRINE):
+                continue  # endocrine therapy starts after the chemotherapy
             if m.start <= st.end and m.atc not in present:
                 present.add(m.atc)
                 st.medications.append(_with(m, start=st.end) if m.start < st.start else m)
@@ -971,12 +1008,19 @@ class CohortGenerator:
                     lo, hi = bounds[loinc, sex]
                     value = round(rng.uniform(lo_v, hi_v), extra.decimals)
                     out.append(Lab(loinc, extra.name_de, value, extra.unit, when, lo, hi))
+        b2m, albumin = _b2m_albumin(rng, c.tumor)
+        if albumin is not None and not nadir and (alb := self.cat.labs.get(ALBUMIN)) is not None:
+            lo, hi = bounds[ALBUMIN, sex]
+            out.append(Lab(ALBUMIN, alb.name_de, round(albumin, alb.decimals), alb.unit, when, lo, hi))
         for loinc in c.entity.markers:
             marker = self.cat.labs.get(loinc)
             if marker is None or nadir:
                 continue
             lo, hi = self.bounds[marker.loinc, p.sex]
-            value = hi * rng.uniform(1.2, 8.0) * burden if rng.random() < 0.6 else rng.uniform(lo, hi)
+            if loinc == B2M and b2m is not None:
+                value = b2m
+            else:
+                value = hi * rng.uniform(1.2, 8.0) * burden if rng.random() < 0.6 else rng.uniform(lo, hi)
             out.append(
                 Lab(
                     marker.loinc,
@@ -1025,6 +1069,28 @@ def _with(obj: D, **changes: Any) -> D:
     new.__dict__.update(obj.__dict__)
     new.__dict__.update(changes)
     return new
+
+
+def _b2m_albumin(rng: random.Random, t: Tumor) -> tuple[float | None, float | None]:
+    """Beta-2-microglobulin (mg/l) and albumin (g/dl) that make the tumour's stage.
+
+    Myeloma ISS: I = b2M < 3.5 and albumin >= 3.5; III = b2M >= 5.5; II otherwise. Lymphoma and
+    CLL: b2M rises with the stage (never 15 mg/l at Ann Arbor I). Other entities: no rule (None).
+    """
+    stages = dict(t.stages)
+    if "ISS" in stages:
+        iss = stages["ISS"]
+        if iss == "I":
+            return rng.uniform(1.2, 3.4), rng.uniform(3.5, 4.6)
+        if iss == "III":
+            return rng.uniform(5.5, 14.0), rng.uniform(2.6, 3.9)
+        if rng.random() < 0.5:
+            return rng.uniform(1.5, 3.4), rng.uniform(2.6, 3.4)
+        return rng.uniform(3.5, 5.4), rng.uniform(2.8, 4.3)
+    rank = stage_rank(stages.get("Ann Arbor", "")) or {"A": 1, "B": 3, "C": 4}.get(stages.get("Binet", ""), 0)
+    if rank:
+        return rng.uniform(1.2, 2.6 + 0.9 * rank), None
+    return None, None
 
 
 def _age(p: Person, when: date) -> int:

@@ -90,6 +90,19 @@ def plan_course(rng: random.Random, entity: Any, tumor: Tumor, age: int, egfr: f
                 pl.systemic_intent = "adjuvant"
             if hr:
                 pl.home.append((endocrine, "adjuvant"))
+    elif clinic.is_sclc(e, t.morphology):
+        # small-cell: platinum/etoposide (+ PD-L1 antibody in extensive disease), no resection at N2
+        if m1:
+            pl.systemic = weighted(
+                rng, [("carboplatin_etoposid_atezolizumab", 5), ("carboplatin_etoposid_durvalumab", 3),
+                      ("carboplatin_etoposid", 2)]
+            )  # fmt: skip
+        else:
+            pl.systemic, pl.systemic_intent = nocis("cisplatin_etoposid"), "curative"
+            pl.rt, pl.rt_drug = (
+                clinic.RT_LUNG,
+                "Cisplatin/Etoposid" if not low_gfr else "Carboplatin/Etoposid",
+            )
     elif e == "lung":
         egfr_mut = "EGFR" in mk and mk["EGFR"].result == "mutated"
         alk = "ALK" in mk and mk["ALK"].result == "positive"
@@ -137,6 +150,14 @@ def plan_course(rng: random.Random, entity: Any, tumor: Tumor, age: int, egfr: f
                 pl.systemic, pl.systemic_intent = "mfolfirinox", "adjuvant"
         else:
             pl.systemic = "mfolfirinox" if age < 70 else "gemcitabin_nab_paclitaxel"
+    elif e == "oesophagus" and t.morphology in clinic.SQUAMOUS_MORPHOLOGY:
+        # squamous: neoadjuvant radiochemotherapy (CROSS), never FLOT
+        if m1:
+            pl.systemic = weighted(rng, [("carboplatin_paclitaxel", 6), ("nivolumab", 4)])
+        else:
+            pl.surgery = True
+            if stage not in ("I", "IA"):
+                pl.neo_rt, pl.neo_rt_drug = clinic.RT_OESOPHAGUS, "Carboplatin/Paclitaxel wöchentlich"
     elif e in ("stomach", "oesophagus"):
         if m1:
             pl.systemic = "nivolumab" if e == "oesophagus" and rng.random() < 0.4 else "flot"
@@ -153,8 +174,8 @@ def plan_course(rng: random.Random, entity: Any, tumor: Tumor, age: int, egfr: f
             if stage_num >= 2 and not low_gfr:
                 pl.neo = "gemcitabin_cisplatin"
     elif e == "kidney":
-        if m1:
-            pl.systemic = weighted(rng, [("nivolumab_ipilimumab", 6), ("nivolumab", 4)])
+        if m1:  # RCC dosing: nivolumab 3 mg/kg + ipilimumab 1 mg/kg (melanoma: 1 + 3)
+            pl.systemic = weighted(rng, [("nivolumab_ipilimumab_rcc", 6), ("nivolumab", 4)])
         else:
             pl.surgery = True
     elif e == "liver":
@@ -198,7 +219,7 @@ def plan_course(rng: random.Random, entity: Any, tumor: Tumor, age: int, egfr: f
         pl.systemic, pl.systemic_intent = "vrd", "induction"
     elif e == "aml":
         pl.systemic, pl.systemic_intent = "aml_7plus3", "induction"
-    elif e == "cll" and stage in ("B", "C"):
+    elif e == "cll" and dict(t.stages).get("Binet") in ("B", "C"):
         pl.home.append(("ibrutinib", "palliative"))
     if pl.surgery and pl.surgery_code is None and entity.surgeries:
         # the resection itself; an axillary lymph node excision only goes with a breast operation

@@ -103,6 +103,8 @@ def tumour_markers(
             )
         ki = rng.choice((5, 10, 15, 20, 30, 40, 60)) if subtype == "luminal" else rng.choice((30, 40, 60, 80))
         out.append(Marker("Ki-67", "high" if ki >= 20 else "low", None, float(ki), "%"))
+    elif entity == "lung" and clinic.is_sclc(entity, morph):
+        pass  # small-cell: no driver panel, no PD-L1-driven therapy
     elif entity == "lung":
         adeno = not morph.startswith(("807", "805", "804"))
         if adeno:
