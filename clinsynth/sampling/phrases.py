@@ -172,6 +172,24 @@ SHOWN_BY_LAB: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("33959-8", "high"): ("A41", "J18"),
     ("2000-8", "high"): ("E83.5",),
 }
+#: (LOINC, direction) -> ICD prefixes a letter must neither assert nor suspect when every value of that
+#: lab this stay is on the other side ("V.a. Neutropenie" beside normal neutrophils): the reverse
+#: of SHOWN_BY_LAB. "low" rules out when no value is low, "high" when no value is high; Hb uses the
+#: clinical anaemia threshold (12.5 g/dl, women 12) instead of the range, eGFR 60 for CKD.
+RULED_OUT_BY_LAB: dict[tuple[str, str], tuple[str, ...]] = {
+    ("26499-4", "low"): ("D70", "D61.1", "D61.10"),  # neutrophils (preferred over leukocytes)
+    ("6690-2", "low"): ("D70", "D61.1", "D61.10"),  # leukocytes, when no neutrophil count
+    ("718-7", "low"): ("D64", "D63", "D62", "D61", "D50", "D51", "D52", "D53"),
+    ("777-3", "low"): ("D69.5", "D69.6", "D61"),
+    ("2951-2", "low"): ("E87.1",),
+    ("2951-2", "high"): ("E87.0",),
+    ("2823-3", "low"): ("E87.6",),
+    ("2823-3", "high"): ("E87.5",),
+    ("62238-1", "low"): ("N18.3", "N18.4", "N18.5", "N18.8", "N18.9", "N18"),
+    ("2160-0", "high"): ("N17",),
+}
+#: chemotherapy complications: drawn only after a therapy (never at a new, untreated tumour)
+THERAPY_COMPLICATIONS: tuple[str, ...] = ("D70.1", "D70", "D61.1", "D61.10", "K12.3", "G62.0", "T80.8")
 #: earlier illnesses a history may mention ("Z.n. Pneumonie")
 HISTORY: tuple[str, ...] = ("J18", "I26", "I80.2", "A41", "N17", "D70.1", "K59.0", "E86")
 #: procedures that natural letters state as not done ("eine Transfusion war nicht erforderlich")
@@ -227,8 +245,9 @@ SECTION_WEIGHTS: dict[str, dict[LetterSection, float]] = {
     "medication:discharge": {"medikation": 1.0},
     "medication:admission": {"anamnese": 1.0},
     "medication:allergy": {"diagnosen": 1.0, "anamnese": 1.5, "medikation": 0.5},
-    "medication:therapy": {"verlauf": 3.0, "diagnosen": 1.0, "tumor": 1.0, "epikrise": 1.0, "anamnese": 0.7},
-    "medication:inpatient": {"verlauf": 3.0, "epikrise": 1.0, "anamnese": 0.5},
+    # therapy drugs never stand in the diagnosis list nor under an admission heading
+    "medication:therapy": {"verlauf": 3.0, "tumor": 1.5, "epikrise": 1.0},
+    "medication:inpatient": {"verlauf": 3.0, "epikrise": 1.0},
     "lab": {"befunde": 4.0, "verlauf": 1.0, "aufnahmebefund": 1.0, "epikrise": 0.5},
     "vital": {"aufnahmebefund": 4.0, "befunde": 1.0, "verlauf": 1.0},
     "risk_factor": {"anamnese": 3.0, "diagnosen": 1.0, "aufnahmebefund": 0.5},
@@ -310,20 +329,25 @@ NOISE_LEVEL = {"none": 0.0, "light": 0.3, "heavy": 1.0}
 AS_NEEDED = ("bei Bedarf", "b.B.", "bei Bedarf bis 3x täglich")
 
 #: letter types: the reason and destination a Verlegungsbrief names in its head
-TRANSFER_REASONS = (
-    "zur Fortführung der Therapie",
-    "zur weiteren palliativmedizinischen Versorgung",
-    "zur Anschlussheilbehandlung",
-    "zur operativen Versorgung",
-    "zur strahlentherapeutischen Mitbehandlung",
-)
-TRANSFER_DESTINATIONS = (
-    "Klinik für Strahlentherapie",
-    "Palliativstation",
-    "Klinik für Allgemein- und Viszeralchirurgie",
-    "Rehabilitationsklinik",
-    "Klinik für Innere Medizin",
-)
+#: (reason, destination) pairs of a Verlegungsbrief, by what the stay was (header stay_kind, or
+#: "radiotherapy" for a stay with radiotherapy): reason and destination are drawn as one pair
+TRANSFER_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "radiotherapy": (("zur strahlentherapeutischen Mitbehandlung", "Klinik für Strahlentherapie"),),
+    "palliative": (("zur weiteren palliativmedizinischen Versorgung", "Palliativstation"),),
+    "surgery": (
+        ("zur Anschlussheilbehandlung", "Rehabilitationsklinik"),
+        ("zur weiteren operativen Versorgung", "Klinik für Allgemein- und Viszeralchirurgie"),
+    ),
+    "diagnostic": (
+        ("zur operativen Versorgung", "Klinik für Allgemein- und Viszeralchirurgie"),
+        ("zur Fortführung der Therapie", "Klinik für Innere Medizin"),
+    ),
+    "therapy": (("zur Fortführung der Therapie", "Klinik für Innere Medizin"),),
+    "complication": (("zur Fortführung der Therapie", "Klinik für Innere Medizin"),),
+    "": (("zur Fortführung der Therapie", "Klinik für Innere Medizin"),),
+}
+TRANSFER_REASONS = tuple(dict.fromkeys(r for pairs in TRANSFER_PAIRS.values() for r, _ in pairs))
+TRANSFER_DESTINATIONS = tuple(dict.fromkeys(d for pairs in TRANSFER_PAIRS.values() for _, d in pairs))
 
 
 def pick(rng: random.Random, options: Sequence[_T]) -> _T:

@@ -40,13 +40,29 @@ Contract between the sampler (what is said) and the renderer (how it is written)
     - risk_factor: `cued` (true: the name carries its own assertion — "Nichtraucher" is negated,
       "Ex-Raucher" historical — and the renderer adds no cue)
     - v1's `phrase` (name with its cue) is gone: the renderer adds the cue.
+  Keys added in the fix round (additive; absent = not known):
+    - diagnosis: `course` ("chronic" | "acute" | "leading"): chronic = a comorbidity known before
+      the stay (the comorbidity ICD codes of terminology/data/comorbidities.json, at 3 characters),
+      acute = an event or complication of this stay (also every pooled negated/suspected/historical
+      finding), leading = the stay's reason (the main diagnosis). The renderer picks present frames by
+      it: "bekannte …/Vorbekannt" for chronic, "Komplizierend/Neu aufgetreten" only for acute,
+      "Klinisch führend" only for leading. Absent: chronic for comorbidity ICD ranges, else acute.
+    - diagnosis: `name_dat` (the dative of an adjective-initial name, for von/bei/mit/nach/Z.n.
+      frames: "benigne essentielle Hypertonie" -> "benigner essentieller Hypertonie", "zerebrale
+      Metastasen" -> "zerebralen Metastasen"); absent when the name does not start with an adjective
+      or its head noun's gender is unclear — the renderer then uses label frames ("Z.n.: …") instead.
+      Gold text stays `name` (the verifier accepts the dative as the same name).
+    - medication: `continuing` (true): a historical fact that stands for the earlier cycles of the
+      regimen running this stay (gold has `regimen` and `cycle`: "Z.n. 3 Zyklen FOLFOX"); the
+      renderer writes it only with cycle-bound frames ("Vormals … (C3)", "Z.n. 3 Zyklen …"), never
+      "abgeschlossen/beendet/abgesetzt". A drug of the running regimen is otherwise never historical.
 * Assertions per kind: `phrases.ASSERTIONS` lists the ones that apply (the sampler draws each);
   `phrases.SECTION_WEIGHTS` where each kind may stand — drawn independently of the assertion.
 * `Recipe.header` holds the head as written: `title` (letter type), `clinic`, `hospital`, `date`
   (the letter's own), `patient`, `sex`, `birth`, `start`, `end`, `stay_type`, `stay_kind`
   (diagnostic | surgery | therapy | complication | palliative, "" unknown), `doctors`,
   `salutation`, `phone`; optional `follow_up` (a date), and for a Verlegungsbrief `reason` and
-  `destination`. `Recipe.encounter` and `Recipe.patient` are their gold parts (dates at the
+  `destination` (drawn as one pair fitting the stay: phrases.TRANSFER_PAIRS). `Recipe.encounter` and `Recipe.patient` are their gold parts (dates at the
   precision written, the department as written, the name as written in the head).
 * `Recipe.untagged` lists strings the letter writes on purpose without gold (the letter's own
   date, a follow-up appointment, a phone number): the verifier's reverse check accepts them.

@@ -43,7 +43,7 @@ from clinsynth.sampling import phrases as P
 from clinsynth.sampling.recipe import Recipe, RecipeFact
 from clinsynth.schema import M_VALUE, N_VALUE, T_VALUE, Assertion, FactKind, LetterSection, LetterType, Split
 from clinsynth.terminology import load_catalog
-from clinsynth.terminology.names import lexicon
+from clinsynth.terminology.names import lexicon, name_dative
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 HOSPITAL_KINDS = ("Klinikum", "Universitätsklinikum", "Krankenhaus", "Städtisches Klinikum")
@@ -78,6 +78,9 @@ _ASSERTION_OF: dict[str, Assertion] = {
     "suspected": "suspected",
     "historical": "historical",
 }
+#: OPS chapters of examinations (imaging 3-, endoscopy 1-4/1-6, biopsies by endoscopy): a letter
+#: writes them as dated findings, never as history ("Z.n." is for treatments and events)
+_FINDING_OPS = ("3-", "1-6", "1-44", "1-63", "1-64", "1-65", "1-61", "1-62")
 _CONTEXT_OF_ROLE = {"community": "discharge", "discharge": "discharge", "inpatient": "inpatient"}
 _MEDICATION_CONTEXTS = ("discharge", "inpatient", "therapy", "admission", "allergy")
 
@@ -175,6 +178,16 @@ class _Ctx:
         self.lab_flags: set[tuple[str, str | None]] = set()
         #: the main diagnosis as written: (name without side, gold code, written code)
         self.main_named: tuple[str, str | None, str] | None = None  # (LOINC, high | low | None) of the stay
+        #: ICD prefixes the stay's labs rule out (phrases.RULED_OUT_BY_LAB): never asserted nor suspected
+        self.ruled_out: tuple[str, ...] = ()
+        #: the stay has a therapy before it (earlier therapy drugs or radiotherapy, or a cycle > 1 now)
+        self.prior_therapy = False
+        #: regimens (catalogue keys) and ATC codes of the therapy running this stay
+        self.running_regimens: set[str] = set()
+        self.running_atc: set[str] = set()
+        self.tumor_new = False  # the current tumour's status is a first diagnosis
+        self.stay_start: date | None = None
+        self.stay_end: date | None = None
 
 
 class Sampler:
@@ -188,8 +201,8 @@ class Sampler:
         faker = Faker("de_DE")
         faker.seed_instance(20240601)  # a fixed pool: drawing from it is ~10x cheaper than Faker per letter
         self._cities = [faker.city() for _ in range(400)]
-        self._last = [faker.last_name() for _ in range(400)]
-        self._first = [faker.first_name() for _ in range(400)]
+        self._last = [_no_regnal(faker.last_name()) for _ in range(400)]
+        self._first = [_no_regnal(faker.first_name()) for _ in range(400)]
         self.stats: Counter[str] = Counter()
         self.entities = {e.label_de: e for e in self.cat.entities}
         self._entity_of_icd = {icd: e for e in self.cat.entities for icd, _ in e.icd}
@@ -201,6 +214,7 @@ class Sampler:
         self._group_keys: dict[int, str | None] = {}  # a fact's tumour group (None: not a tumour fact)
         self._drugs: dict[str, tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]] = {}
         self._indexed: PatientRecord | None = None  # holding it keeps the ids of its facts unique
+        self._chronic_codes: set[str] | None = None
 
     # ------------------------------------------------------------------ public
     def _x(self, f: dict[str, Any] | None) -> dict[str, Any]:
@@ -266,6 +280,20 @@ class Sampler:
         letter_type = _weighted(rng, cfg.letter_types)
         style = self._style(rng, letter_type)
         sections = self._sections(rng, letter_type)
+        if (
+            letter_type in ("Entlassungsbrief", "Arztbrief")
+            and "medikation" not in sections
+            and any(
+                f.get("role") in ("community", "discharge") for f in index[encounter_id].get("medication", ())
+            )
+            and rng.random() < 0.95
+        ):  # a discharge letter nearly always lists the discharge medication when there is one
+            order = P.SECTION_ORDER
+            at = next(
+                (i for i, s_ in enumerate(sections) if order.index(s_) > order.index("medikation")),
+                len(sections),
+            )
+            sections.insert(at, "medikation")
         ctx = _Ctx(rng, sections, style)
         known: dict[str, list[dict[str, Any]]] = {}
         dropped = 0
@@ -315,10 +343,23 @@ class Sampler:
             and lab.marker
         ]
         ctx.lab_flags = {(str(f.get("code")), self._flag(f)) for f in k("lab")}
+        ctx.ruled_out = self._ruled_out(k("lab"), rec.patient.get("sex") or "")
+        ctx.stay_start, ctx.stay_end = start, end
+        for f in k("medication"):
+            x = self._x(f)
+            if x.get("therapy"):
+                if x.get("regimen"):
+                    ctx.running_regimens.add(str(x["regimen"]))
+                if f.get("code"):
+                    ctx.running_atc.add(str(f["code"]))
+                if isinstance(x.get("cycle"), int) and x["cycle"] > 1:
+                    ctx.prior_therapy = True
+        if any(self._x(f).get("therapy") for f in e("medication")) or e("radiotherapy"):
+            ctx.prior_therapy = True
         main = self._diagnoses(ctx, k("diagnosis"))
         self._tumors(ctx, tumor_known, tumor_earlier, main)
         self._procedures(ctx, k("procedure"), e("procedure"), start)
-        self._radiotherapy(ctx, k("radiotherapy"), e("radiotherapy"), start)
+        self._radiotherapy(ctx, k("radiotherapy"), e("radiotherapy"), start, end)
         self._medications(ctx, k("medication"), e("medication"))
         self._labs(ctx, k("lab"), e("lab"), rec.patient.get("sex") or "")
         self._vitals(ctx, k("vital"))
@@ -340,7 +381,8 @@ class Sampler:
         used = {f.section for f in facts}
         keep_empty = {"anamnese", "verlauf", "epikrise", "procedere"}
         kept = [s for s in sections if s in used or s in keep_empty]
-        header, encounter, patient, untagged = self._header(rng, rec, enc, style, letter_type)
+        has_rt = any(f.kind == "radiotherapy" and f.assertion == "present" for f in facts)
+        header, encounter, patient, untagged = self._header(rng, rec, enc, style, letter_type, has_rt)
         return Recipe(
             spec_id=encounter_id,
             patient_id=rec.patient_id,
@@ -366,7 +408,7 @@ class Sampler:
             "table": rng.random() < self.cfg.table_layout,
             "target_words": rng.randint(lo, hi),
             "code_style": _weighted(rng, {"paren": 4, "line_end": 3, "bracket": 1, "prefix": 1}),
-            "codes": rng.random() < 0.6,  # does this letter write ICD codes in its diagnosis list
+            "codes": rng.random() < 0.5,  # does this letter write ICD codes in its diagnosis list
             "lab_units": rng.random() < 0.75,
             "lab_flags": rng.random() < 0.5,
             "lab_layout": _weighted(rng, {"inline": 3, "table": 2, "list": 1}),
@@ -439,9 +481,7 @@ class Sampler:
     def _written_icd(self, ctx: _Ctx, code: str, pinned: str | None, section: LetterSection) -> str:
         """An ICD code as letters show it: 3- or 4-character (5 only on a diagnosis-list line), never
         coarser than the name (a name that pins C34.1 is not written beside C34)."""
-        options = [code[:3]] + ([code[:5]] if len(code) >= 5 else []) + ([code] if len(code) == 6 else [])
-        if section != "diagnosen":
-            options = [c for c in options if len(c) <= 5]
+        options = [code[:3]] + ([code[:5]] if len(code) >= 5 else [])  # "C50" / "C50.4", never "I10.00"
         options = [
             c
             for c in options
@@ -498,6 +538,7 @@ class Sampler:
         )
         n = 0
         seen: set[str] = set()
+        seen_tumour: set[str] = set()
         for f in dx:
             is_main = f is main
             code = self._slot_code(f, ICD10GM_SYSTEMS, "diagnosis")
@@ -506,6 +547,8 @@ class Sampler:
                 continue
             if code in seen:
                 continue
+            if code and self._x(f).get("primary_tumor") and code[:3] in seen_tumour:
+                continue  # one name per tumour per letter ("Hypernephrom" and "Nierenkarzinom" are one)
             # the stay's tumour is always written, also when a complication is the main diagnosis
             tumour = bool(self._x(f).get("primary_tumor")) and f.get("assertion") != "historical"
             if not (is_main or tumour) and (
@@ -520,6 +563,14 @@ class Sampler:
             ):
                 continue
             assertion: Assertion = _ASSERTION_OF.get(f.get("assertion") or "", "present")
+            if (
+                code
+                and not (is_main or tumour)
+                and assertion in ("present", "suspected")
+                and code.startswith(ctx.ruled_out)
+            ):
+                self.stats["dropped/diagnosis_ruled_out_by_labs"] += 1
+                continue
             if is_main or tumour:
                 section: LetterSection | None = "diagnosen"
             elif code and code.startswith("Z"):
@@ -543,6 +594,8 @@ class Sampler:
                 continue
             if code:
                 seen.add(code)
+                if self._x(f).get("primary_tumor"):
+                    seen_tumour.add(code[:3])
             n += 1
         return main
 
@@ -596,9 +649,25 @@ class Sampler:
             ctx.held_icd.add(code)
         gold = {"text": name, "icd10gm": gold_code, "role": role, "date": date_g}
         say = {"name": name, "code": written, "date": date_s, "role": role or ""}
+        say["course"] = (
+            "leading"
+            if role == "main"
+            else "chronic"
+            if code and self._chronic(code) and not extra.get("primary_tumor")
+            else "acute"
+        )
+        dat = name_dative(name)
+        if dat:
+            say["name_dat"] = dat
         if extra.get("primary_tumor") and assertion != "historical" and ctx.main_named is None:
             ctx.main_named = (base_name, gold_code, written)
         return self._add(ctx, "diagnosis", section, assertion, gold, say)
+
+    def _chronic(self, code: str) -> bool:
+        """A comorbidity known before the stay (the cohort's comorbidity ICD codes, at 3 characters)."""
+        if self._chronic_codes is None:
+            self._chronic_codes = {c.icd[:3] for c in self.cat.comorbidities}
+        return code[:3] in self._chronic_codes
 
     # ------------------------------------------------------------------ tumours
     def _tumor_groups(self, facts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -649,6 +718,8 @@ class Sampler:
             current_key = own_tumour if own_tumour in groups else "_" if "_" in groups else current_key
         own_keys = {str(f.get("code")) for f in known if f["category"] == "diagnosis"} | {"_"}
         for key, facts in sorted(groups.items(), key=lambda kv: (kv[0] != current_key, kv[0])):
+            if key != current_key and current_key and key[:3] == current_key[:3] and key[:1] in "CD":
+                continue  # the same tumour under another code: one name per tumour per letter
             if key == current_key:
                 assertion: Assertion = (
                     "suspected" if main is not None and main.get("assertion") == "suspected" else "present"
@@ -729,7 +800,9 @@ class Sampler:
             if held == topo:
                 gold["topography"] = topo
                 say["topography"] = topo
-        if histo is not None and self._slot_code(histo, ICDO3_SYSTEMS, "histology"):
+        # a suspected tumour has no tissue yet: at most a clinical TNM, no histology, grading, markers, stage
+        tissue = assertion != "suspected"
+        if tissue and histo is not None and self._slot_code(histo, ICDO3_SYSTEMS, "histology"):
             got = self._name(ctx, "morphology", histo["code"], prefer_specific=0.7)
             if got:
                 hname, hpinned = got
@@ -739,14 +812,33 @@ class Sampler:
                 say["morphology"] = written
                 gold["morphology"] = written or hpinned
         grading = latest.get("grading")
-        if grading and grading.get("code") in P.GRADING_TEXT and rng.random() < 0.85:
+        if tissue and grading and grading.get("code") in P.GRADING_TEXT and rng.random() < 0.85:
             g = str(grading["code"])
             gold["grading"] = f"G{g}" if g in "1234X" else g
             say["grading"] = P.GRADING_TEXT[g]
         if assertion in ("present", "suspected") or rng.random() < 0.5:
             self._tnm(ctx, latest, nodes, gold, say)
-            self._stages(ctx, latest, stages, gold, say)
-        if current:
+            if not tissue and any(
+                isinstance(v, dict) and (v.get("prefix") or "c") != "c"
+                for v in (gold.get("tnm") or {}).values()
+            ):
+                for key in ("tnm", "staging", "date"):
+                    gold.pop(key, None)
+                    say[key] = ""
+            elif not tissue and gold.get("tnm"):
+                for axis in ("l", "v", "pn", "r"):  # no L/V/Pn/R nor node counts without a specimen
+                    gold["tnm"].pop(axis, None)
+                if "n" in gold["tnm"]:
+                    gold["tnm"]["n"].pop("nodes", None)
+                tnm_g = gold["tnm"]
+                say["tnm"] = " ".join(
+                    f"{tnm_g[a].get('prefix') or ''}{tnm_g[a]['value']}"
+                    for a in ("t", "n", "m")
+                    if a in tnm_g
+                )
+            if tissue:
+                self._stages(ctx, latest, stages, gold, say)
+        if current and tissue:
             self._markers(ctx, markers, gold, say)
             self._marker_values(ctx, gold, say)
             ecog = latest.get("ecog")
@@ -756,6 +848,10 @@ class Sampler:
                     v=ecog["code"]
                 )
         status = latest.get("tumor_status")
+        if current and status and status.get("code") == "new":
+            ctx.tumor_new = True
+        if status and status.get("code") not in ("new", "recurrence") and not ctx.prior_therapy:
+            status = None  # a response only after a therapy
         if assertion == "historical":
             gold["status"] = "complete_remission"
             say["status"] = P.pick(rng, P.TUMOR_STATUS["complete_remission"])
@@ -939,6 +1035,8 @@ class Sampler:
         ):
             if n_hist >= 3 or ctx.rng.random() >= self.cfg.historical:
                 continue
+            if str(f.get("code") or "").startswith(_FINDING_OPS):
+                continue  # imaging and endoscopy are dated findings, never "Z.n. CT-Abdomen"
             n_hist += self._procedure_fact(ctx, f, "historical", seen)
 
     def _procedure_fact(self, ctx: _Ctx, f: dict[str, Any], assertion: Assertion, seen: set[str]) -> int:
@@ -974,8 +1072,13 @@ class Sampler:
         return 1
 
     def _radiotherapy(
-        self, ctx: _Ctx, own: list[dict[str, Any]], earlier: list[dict[str, Any]], start: date
+        self, ctx: _Ctx, own: list[dict[str, Any]], earlier: list[dict[str, Any]], start: date, end: date
     ) -> None:
+        """Radiotherapy running during the stay (or with a "+ RT" regimen now) is present; a course that
+        ended before admission is historical (neoadjuvant RT before this stay's surgery too)."""
+        plus_rt = any(
+            "RT" in (self.cat.regimens[k].name if k in self.cat.regimens else k) for k in ctx.running_regimens
+        )
         for f, assertion in [(f, "present") for f in own] + [(f, "historical") for f in earlier]:
             if f["category"] != "radiotherapy":
                 continue
@@ -985,11 +1088,15 @@ class Sampler:
                 self.stats["dropped/radiotherapy_without_target"] += 1
                 continue
             begin = _d(f.get("date"))
-            asrt: Assertion = (
-                "historical"
-                if assertion == "historical" or (begin and begin < start and ctx.rng.random() < 0.5)
-                else "present"
-            )
+            finish = _d(ex.get("end_date") or f.get("end_date"))
+            if begin is not None and begin > end:
+                continue  # not started at discharge
+            if finish is not None and finish < start:
+                asrt: Assertion = "historical"
+            elif finish is not None or plus_rt or assertion == "present":
+                asrt = "present"  # runs during the stay (or beyond it)
+            else:
+                asrt = "historical" if begin is None or begin < start else "present"
             if asrt == "historical" and ctx.rng.random() >= max(self.cfg.historical, 0.7):
                 continue
             section = self._place(ctx, "radiotherapy")
@@ -1010,7 +1117,7 @@ class Sampler:
                 say["fractions"] = str(int(ex["fractions"]))
             ds = ctx.style["history_date_style"] if asrt == "historical" else None
             s_s, s_g = self._date(ctx, begin, 0.7, ds)
-            e_s, e_g = self._date(ctx, _d(ex.get("end_date") or f.get("end_date")), 0.6 if s_g else 0.0, ds)
+            e_s, e_g = self._date(ctx, finish, 0.6 if s_g and (finish is None or finish <= end) else 0.0, ds)
             gold["start"], gold["end"] = s_g, e_g
             say["start"], say["end"] = s_s, e_s
             intent = ex.get("intent")
@@ -1065,19 +1172,33 @@ class Sampler:
                 continue
             seen.add(key)
             n += self._medication_fact(ctx, f, context, "present")
-        # history: earlier therapy drugs ("Z.n. 6 Zyklen mFOLFOX6"), one fact per substance
+        # history: earlier therapy drugs ("Z.n. 6 Zyklen mFOLFOX6"), one fact per substance. A drug of
+        # the regimen running this stay is never a finished therapy: its earlier cycles are left out or
+        # written once, bound to the regimen and its last cycle (say["continuing"]: "Z.n. 3 Zyklen FOLFOX")
         done: set[str] = set()
+        continuing = False
         for f in sorted(earlier, key=lambda f: (f.get("date") or "", f["resource_id"]), reverse=True):
-            if f["category"] != "medication" or not self._x(f).get("therapy"):
+            x = self._x(f)
+            if f["category"] != "medication" or not x.get("therapy"):
                 continue
             code = f.get("code") or ""
+            running = str(x.get("regimen") or "") in ctx.running_regimens or code in ctx.running_atc
+            if running:
+                if continuing or not x.get("regimen") or not isinstance(x.get("cycle"), int):
+                    continue
+                continuing = True
+                if rng.random() < self.cfg.historical:
+                    self._medication_fact(ctx, f, "therapy", "historical", continuing=True)
+                continue
             if code in done or len(done) >= 3:
                 continue
             done.add(code)
             if rng.random() < self.cfg.historical:
                 self._medication_fact(ctx, f, "therapy", "historical")
 
-    def _medication_fact(self, ctx: _Ctx, f: dict[str, Any], context: str, assertion: Assertion) -> int:
+    def _medication_fact(
+        self, ctx: _Ctx, f: dict[str, Any], context: str, assertion: Assertion, *, continuing: bool = False
+    ) -> int:
         rng = ctx.rng
         ex = self._x(f)
         code = self._slot_code(f, ATC_SYSTEMS, "medication")
@@ -1122,10 +1243,10 @@ class Sampler:
         if reg_key and context == "therapy":
             reg = self.cat.regimens.get(reg_key)
             reg_name = reg.name if reg else str(reg_key)
-            if rng.random() < 0.8:
+            if continuing or rng.random() < 0.8:
                 gold["regimen"] = reg_name
                 say["regimen"] = reg_name
-            if isinstance(ex.get("cycle"), int) and ex["cycle"] >= 1 and rng.random() < 0.75:
+            if isinstance(ex.get("cycle"), int) and ex["cycle"] >= 1 and (continuing or rng.random() < 0.75):
                 gold["cycle"] = ex["cycle"]
                 say["cycle"] = str(ex["cycle"])
             if (
@@ -1139,6 +1260,8 @@ class Sampler:
             if ex.get("intent") in P.INTENT_TEXT and rng.random() < 0.5:
                 gold["intent"] = ex["intent"]
                 say["intent"] = P.INTENT_TEXT[ex["intent"]]
+        if continuing:
+            say["continuing"] = True
         self._add(ctx, "medication", section, assertion, gold, say)
         return 1
 
@@ -1183,6 +1306,33 @@ class Sampler:
                 self._lab_fact(
                     ctx, f, self._slot_code(f, LOINC_SYSTEMS, "lab"), section, "historical", d_s, d_g
                 )
+
+    def _ruled_out(self, labs: list[dict[str, Any]], sex: str) -> tuple[str, ...]:
+        """ICD prefixes the stay's labs rule out: a lab measured this stay whose values never reach the
+        finding's side (no low neutrophils: no neutropenia; Hb >= 12.5 g/dl, women 12: no anaemia)."""
+        values: dict[str, list[float]] = {}
+        flags: dict[str, set[str | None]] = {}
+        for f in labs:
+            if f.get("value_num") is None:
+                continue
+            code = str(f.get("code"))
+            values.setdefault(code, []).append(float(f["value_num"]))
+            flags.setdefault(code, set()).add(self._flag(f))
+        out: list[str] = []
+        for (code, side), icds in P.RULED_OUT_BY_LAB.items():
+            if code not in values:
+                continue
+            if code == "6690-2" and "26499-4" in values:
+                continue  # the neutrophil count decides
+            if code == "718-7":
+                hit = min(values[code]) < (12.0 if sex == "female" else 12.5)
+            elif code == "62238-1":
+                hit = min(values[code]) < 60
+            else:
+                hit = side in flags[code]
+            if not hit:
+                out.extend(icds)
+        return tuple(dict.fromkeys(out))
 
     def _flag(self, f: dict[str, Any]) -> str | None:
         ex = self._x(f)
@@ -1339,13 +1489,21 @@ class Sampler:
                 held.update(("C78", "C79"))
         # never rule out what the stay's own labs show (no "kein Anhalt für Anämie" beside Hb 9,1 ↓)
         held |= {code for lab in ctx.lab_flags for code in P.SHOWN_BY_LAB.get(lab, ())}
-        mets = [c for c, _ in (ent.metastasis_sites if ent else [])] + list(P.METASTASES)
+        main_code = str((main or {}).get("code") or "")
+        heme = "C81" <= main_code[:3] <= "C96"
+        # no metastasis or carcinosis pool for blood cancers; chemotherapy complications only after a therapy
+        mets = [] if heme else [c for c, _ in (ent.metastasis_sites if ent else [])] + list(P.METASTASES)
         mets = list(dict.fromkeys(mets))
-        comps = list(P.COMPLICATIONS)
+        comps = [c for c in P.COMPLICATIONS if ctx.prior_therapy or c not in P.THERAPY_COMPLICATIONS]
+        ruled_out = ctx.ruled_out
 
         def free(code: str) -> bool:
             """Neither the code, an ancestor nor a descendant of it is stated present."""
             return code not in covered and not any(code[:n] in held for n in (3, 5))
+
+        def possible(code: str) -> bool:
+            """Not ruled out by the stay's labs (never suspected nor asserted against them)."""
+            return not code.startswith(ruled_out)
 
         covered = {h[:3] for h in held} | {h[:5] for h in held} | held
 
@@ -1357,7 +1515,7 @@ class Sampler:
             self._pool_diagnosis(ctx, code, "negated")
             held.add(code)
             covered.update(code[:n] for n in (3, 5, 6))
-        susp_pool = [c for c in mets[:4] + comps[:12] if free(c)]
+        susp_pool = [c for c in mets[:4] + comps[:12] if free(c) and possible(c)]
         rng.shuffle(susp_pool)
         for code in susp_pool[:n_susp]:
             self._pool_diagnosis(ctx, code, "suspected")
@@ -1369,8 +1527,14 @@ class Sampler:
             for f in earlier
             if f["category"] == "diagnosis" and f.get("code") and not str(f["code"]).startswith(("C", "Z"))
         ]
-        hist = [c for c in dict.fromkeys(hist) if free(c)] or [c for c in P.HISTORY if free(c)]
-        if rng.random() < cfg.historical:
+        hist = [c for c in dict.fromkeys(hist) if free(c)] or [
+            c
+            for c in P.HISTORY
+            if free(c)
+            and (ctx.prior_therapy or c not in P.THERAPY_COMPLICATIONS)
+            and not (heme and c[0] == "C")
+        ]
+        if hist and rng.random() < cfg.historical:
             self._pool_diagnosis(ctx, P.pick(rng, hist), "historical")
         other = cfg.negated_other
         if rng.random() < other.get("procedure", 0.0):
@@ -1419,7 +1583,13 @@ class Sampler:
         has_earlier = any(f.kind == "tumor" and f.assertion == "historical" for f in ctx.facts)
         if main is not None and not has_earlier and rng.random() < other.get("earlier_tumor", 0.0):
             self._earlier_tumor(ctx, ent, sex)
-        if main is not None and rng.random() < other.get("tumor", 0.0):
+        # a ruled-out relapse only after a treated tumour (never at a first diagnosis)
+        if (
+            main is not None
+            and ctx.prior_therapy
+            and not ctx.tumor_new
+            and rng.random() < other.get("tumor", 0.0)
+        ):
             section = self._place(ctx, "tumor")
             if section:
                 name = P.pick(rng, ("Tumorrezidiv", "Lokalrezidiv"))
@@ -1481,7 +1651,8 @@ class Sampler:
             section,
             assertion,
             gold,
-            {"name": name, "code": written, "date": date_s, "role": ""},
+            {"name": name, "code": written, "date": date_s, "role": "", "course": "acute"}
+            | ({"name_dat": dat} if (dat := name_dative(name)) else {}),
         )
 
     # ------------------------------------------------------------------ head
@@ -1492,6 +1663,7 @@ class Sampler:
         enc: dict[str, Any],
         style: dict[str, Any],
         letter_type: LetterType,
+        rec_has_rt: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
         ds = style["date_style"]
         p = rec.patient
@@ -1499,7 +1671,7 @@ class Sampler:
         assert start is not None and end is not None
         birth = _d(p.get("birth_date"))
         department = enc.get("department") or "Innere Medizin"
-        name = f"{p.get('given') or ''} {p.get('family') or ''}".strip()
+        name = _no_regnal(f"{p.get('given') or ''} {p.get('family') or ''}".strip())
         sex = p.get("sex") or ""
         kontakt = (enc.get("kontaktart") or "").lower()
         stay_type = "day_case" if "teil" in kontakt or "vor" in kontakt else "inpatient"
@@ -1536,8 +1708,10 @@ class Sampler:
         }
         untagged = [header["date"], header["phone"]]
         if letter_type == "Verlegungsbrief":
-            header["reason"] = P.pick(rng, P.TRANSFER_REASONS)
-            header["destination"] = P.pick(rng, P.TRANSFER_DESTINATIONS)
+            kind = "radiotherapy" if rec_has_rt else enc.get("stay_kind") or ""
+            header["reason"], header["destination"] = P.pick(
+                rng, P.TRANSFER_PAIRS.get(kind, P.TRANSFER_PAIRS[""])
+            )
         if rng.random() < 0.6:
             follow = date.fromordinal(end.toordinal() + rng.randint(7, 28))
             header["follow_up"] = P.format_date(follow, ds)
@@ -1559,6 +1733,14 @@ class Sampler:
 
 
 _T_RE, _N_RE, _M_RE = re.compile(T_VALUE), re.compile(N_VALUE), re.compile(M_VALUE)
+_REGNAL = re.compile(r"(?: (?:I{1,3}|IV|V|VI{1,3}))+$")
+
+
+def _no_regnal(name: str) -> str:
+    """Faker's regnal suffixes ("Jörgen Koch II") are stripped: no real patient name carries one."""
+    return _REGNAL.sub("", name)
+
+
 _SUFFIX = {
     "l": ("L0", "L1", "LX"),
     "v": ("V0", "V1", "V2", "VX"),

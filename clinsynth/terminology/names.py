@@ -259,3 +259,37 @@ def pinned_code(system: str, text: str) -> str | None:
 def names_for(system: str, code: str) -> list[tuple[str, str]]:
     """Clinical names fit for a fact coded `code`: (name, the code the name pins), most specific first."""
     return lexicon().names_for(system, code)
+
+
+#: head-noun endings whose gender is plain: feminine singular, plural (dative -en), neuter/masculine
+_FEM_ENDINGS = (
+    "ie", "ung", "ion", "heit", "keit", "ose", "itis", "ität", "ik", "ur", "ämie", "schaft", "pathie",
+    "episode", "krankheit", "störung", "insuffizienz", "biopsie", "stenose", "embolie", "thrombose",
+    "infektion", "entzündung", "läsion", "erkrankung", "fraktur", "anämie", "hypertonie", "zirrhose",
+)  # fmt: skip
+_PLURAL_HEADS = ("metastasen", "filiae", "läsionen", "herde", "varizen", "lymphome", "polypen")
+_NEUTER_HEADS = ("karzinom", "om", "flimmern", "flattern", "syndrom", "ulkus", "ödem", "aneurysma", "ekzem")
+_ADJ_RE = re.compile(r"[a-zäöüß][a-zäöüß-]*e")
+
+
+def name_dative(name: str) -> str | None:
+    """The dative of an adjective-initial name for "von/bei/mit/nach/Z.n. {x}" frames ("benigne
+    essentielle Hypertonie" -> "benigner essentieller Hypertonie", "zerebrale Metastasen" ->
+    "zerebralen Metastasen"); None when the name does not start with an adjective or the head
+    noun's gender is not plain from its ending (the renderer then avoids those frames)."""
+    words = name.split(" ")
+    adj = 0
+    while adj < len(words) and _ADJ_RE.fullmatch(words[adj]):
+        adj += 1
+    if adj == 0 or adj >= len(words) or not words[adj][:1].isupper():
+        return None
+    head = words[adj].lower().rstrip(",")
+    if head.endswith(_PLURAL_HEADS):
+        suffix = "n"
+    elif head.endswith(_FEM_ENDINGS):
+        suffix = "r"
+    elif head.endswith(_NEUTER_HEADS):
+        suffix = "m"
+    else:
+        return None
+    return " ".join([w + suffix for w in words[:adj]] + words[adj:])

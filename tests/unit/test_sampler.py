@@ -357,3 +357,182 @@ def test_one_tumour_one_name(recipes: list[Recipe]) -> None:
         total += 1
         same += any(n.startswith(t.gold["entity"]) for t in current for n in names)
     assert same == total
+
+
+# ---------------------------------------------------------------- fix round (clinical review)
+def test_a_drug_of_the_running_regimen_is_never_a_finished_therapy(recipes: list[Recipe]) -> None:
+    """Review #3: earlier cycles of the regimen given this stay are left out or one cycle-bound fact
+    (regimen + cycle in gold, say["continuing"]) — never "abgeschlossen" beside the running cycle."""
+    continuing = 0
+    for r in recipes:
+        now = [f for f in r.facts if f.kind == "medication" and f.assertion == "present"]
+        running_atc = {f.gold.get("atc") for f in now if f.gold.get("context") == "therapy"} - {None}
+        running_reg = {f.gold.get("regimen") for f in now if f.gold.get("context") == "therapy"} - {None}
+        hist = [f for f in r.facts if f.kind == "medication" and f.assertion == "historical"]
+        bound = [f for f in hist if f.gold.get("atc") in running_atc or f.gold.get("regimen") in running_reg]
+        assert len(bound) <= 1, (r.spec_id, [f.gold for f in bound])
+        for f in bound:
+            assert f.say.get("continuing") is True and f.gold.get("regimen") and f.gold.get("cycle"), f.gold
+            continuing += 1
+        for f in hist:
+            if f.say.get("continuing"):
+                assert f.gold.get("regimen") and f.gold.get("cycle")
+    assert continuing > 0
+
+
+def test_no_historical_fact_is_dated_after_discharge_and_rt_with_plus_rt_is_present(
+    recipes: list[Recipe],
+) -> None:
+    """Review #7: a "+ RT" regimen this stay has its radiotherapy present; history ends before discharge."""
+    for r in recipes:
+        discharge = r.encounter.get("discharge") or "9999"
+        for f in r.facts:
+            if f.assertion != "historical":
+                continue
+            for key in ("date", "start", "end"):
+                d = f.gold.get(key)
+                if d:
+                    assert d[: len(discharge)] <= discharge, (r.spec_id, f.kind, f.gold)
+        plus_rt = any(
+            f.kind == "medication" and f.assertion == "present" and "RT" in (f.gold.get("regimen") or "")
+            for f in r.facts
+        )
+        if plus_rt:
+            assert all(f.assertion == "present" for f in r.facts if f.kind == "radiotherapy"), r.spec_id
+
+
+def test_the_lab_table_rules_out_findings_the_labs_contradict(cfg: SamplerConfig) -> None:
+    """Review #4: normal neutrophils rule out neutropenia, Hb >= 12.5 (women 12) anaemia, eGFR >= 60 CKD."""
+    sampler = Sampler(cfg, seed=0)
+
+    def lab(code: str, value: float, low: float, high: float) -> dict[str, Any]:
+        return {
+            "code": code,
+            "value_num": value,
+            "extra": orjson.dumps({"ref_low": low, "ref_high": high}).decode(),
+        }
+
+    out = sampler._ruled_out(
+        [lab("26499-4", 4.1, 1.8, 7.7), lab("718-7", 12.7, 13.5, 17.5), lab("62238-1", 75, 60, 200)], "male"
+    )
+    assert "D70" in out and "D64" in out and "N18" in out
+    out = sampler._ruled_out([lab("26499-4", 0.4, 1.8, 7.7), lab("718-7", 12.2, 12, 16)], "male")
+    assert "D70" not in out and "D64" not in out
+    assert "D64" in sampler._ruled_out([lab("718-7", 12.2, 12, 16)], "female")
+    # leukocytes decide only when no neutrophil count was taken
+    assert "D70" not in sampler._ruled_out([lab("26499-4", 0.4, 1.8, 7.7), lab("6690-2", 5, 3.9, 10.5)], "")
+
+
+def test_no_finding_is_asserted_or_suspected_against_the_stays_labs(
+    records: list[PatientRecord], recipes: list[Recipe], cfg: SamplerConfig
+) -> None:
+    """Review #4: "V.a. Neutropenie" beside neutrophils 5,75 never happens."""
+    sampler = Sampler(cfg, seed=0)
+    by_id = {e.row["encounter_id"]: (rec, e) for rec in records for e in rec.encounters.values()}
+    checked = 0
+    for r in recipes:
+        rec, enc = by_id[r.encounter_id]
+        labs = [f for f in enc.facts if f["category"] == "lab"]
+        ruled = sampler._ruled_out(labs, rec.patient.get("sex") or "")
+        for f in r.facts:
+            if (
+                f.kind == "diagnosis"
+                and f.assertion in ("present", "suspected")
+                and f.gold.get("role") != "main"
+            ):
+                checked += 1
+                assert not (f.gold.get("icd10gm") or "-").startswith(ruled), (r.spec_id, f.gold, ruled)
+    assert checked > 100
+
+
+def test_pools_fit_the_situation(recipes: list[Recipe]) -> None:
+    """Review #6: no metastases in blood cancers, a suspected tumour has no tissue findings."""
+    suspected = 0
+    for r in recipes:
+        main = next((f for f in r.facts if f.kind == "diagnosis" and f.gold.get("role") == "main"), None)
+        code = (main.gold.get("icd10gm") or "") if main else ""
+        if "C81" <= code[:3] <= "C96":
+            for f in r.facts:
+                if f.kind == "diagnosis" and f.assertion in ("negated", "suspected"):
+                    assert not (f.gold.get("icd10gm") or "").startswith(("C77", "C78", "C79")), (
+                        r.spec_id,
+                        f.gold,
+                    )
+        for f in r.facts:
+            if f.kind == "tumor" and f.assertion == "suspected":
+                suspected += 1
+                for key in ("histology", "morphology", "grading", "markers", "uicc_stage", "stages"):
+                    assert key not in f.gold, (r.spec_id, key, f.gold)
+                for axis in (f.gold.get("tnm") or {}).values():
+                    assert isinstance(axis, dict) and axis.get("prefix") in (None, "c"), f.gold
+            if f.kind == "tumor" and f.assertion == "negated":
+                assert f.gold.get("status") == "recurrence"
+    assert suspected > 0
+
+
+def test_diagnoses_say_their_course_and_dative(recipes: list[Recipe]) -> None:
+    """Review #12/#13: course chronic | acute | leading on every diagnosis; name_dat inflects."""
+    from clinsynth.terminology.names import name_dative
+
+    courses: Counter[str] = Counter()
+    cat = load_catalog()
+    como = {c.icd[:3] for c in cat.comorbidities}
+    for f in _facts(recipes):
+        if f.kind != "diagnosis":
+            continue
+        courses[f.say["course"]] += 1
+        if f.gold.get("role") == "main":
+            assert f.say["course"] == "leading"
+        elif (
+            f.assertion == "present"
+            and (f.gold.get("icd10gm") or "")[:3] in como
+            and f.gold["icd10gm"][0] != "C"
+        ):
+            assert f.say["course"] == "chronic", f.gold
+        if f.say.get("name_dat"):
+            assert f.say["name_dat"] != f.say["name"]
+    assert set(courses) == {"chronic", "acute", "leading"}
+    assert name_dative("benigne essentielle Hypertonie") == "benigner essentieller Hypertonie"
+    assert name_dative("zerebrale Metastasen") == "zerebralen Metastasen"
+    assert name_dative("perkutane Leberbiopsie") == "perkutaner Leberbiopsie"
+    assert name_dative("Hypertonie") is None
+
+
+def test_transfer_reason_and_destination_are_one_pair(recipes: list[Recipe]) -> None:
+    """Review #8: no "zur Anschlussheilbehandlung" to the Palliativstation."""
+    from clinsynth.sampling.phrases import TRANSFER_PAIRS
+
+    pairs = {p for ps in TRANSFER_PAIRS.values() for p in ps}
+    n = 0
+    for r in recipes:
+        if r.letter_type == "Verlegungsbrief":
+            n += 1
+            assert (r.header["reason"], r.header["destination"]) in pairs
+            if any(f.kind == "radiotherapy" and f.assertion == "present" for f in r.facts):
+                assert r.header["destination"] == "Klinik für Strahlentherapie"
+    assert n > 0
+
+
+def test_codes_names_and_sections_look_like_real_letters(recipes: list[Recipe]) -> None:
+    """Review #15/#18: no therapy drug in the diagnosis list, ICD at 3/4 characters in ~40-50 % of
+    letters, OPS codes in <= 2 %, no "Z.n." for imaging/endoscopy, no regnal suffix, discharge letters
+    with a discharge medication when the stay has one."""
+    with_icd = with_ops = 0
+    for r in recipes:
+        assert not re.search(r" (II|III|IV)$", r.header["patient"]), r.header["patient"]
+        icd = ops = False
+        for f in r.facts:
+            if f.kind == "medication" and f.gold.get("context") in ("therapy", "inpatient"):
+                assert f.section not in ("diagnosen", "anamnese"), (r.spec_id, f.gold)
+            code = f.say.get("code") or ""
+            if f.kind in ("diagnosis", "tumor") and code:
+                assert re.fullmatch(r"[A-Z]\d\d(\.\d)?", code), code
+                icd = True
+            if f.kind == "procedure" and code:
+                ops = True
+            if f.kind == "procedure" and f.assertion == "historical":
+                assert not (f.gold.get("ops") or "").startswith(("3-", "1-6")), f.gold
+        with_icd += icd
+        with_ops += ops
+    assert 0.3 < with_icd / len(recipes) < 0.6, with_icd / len(recipes)
+    assert with_ops / len(recipes) <= 0.02
