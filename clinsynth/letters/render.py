@@ -191,6 +191,10 @@ def fits(sentence: str, have: frozenset[str]) -> bool:
     return all(t in have for t in F.FILLER_NEEDS.get(sentence, ()))
 
 
+#: frames that call a therapy finished: never for say["continuing"] (a running regimen's earlier cycles)
+_FINISHED = re.compile(r"abgesetzt|abgeschlossen|beendet")
+
+
 def course(f: RecipeFact) -> str:
     """A diagnosis's course as the sampler states it, else chronic for comorbidity ICD groups."""
     c = str(f.say.get("course") or "")
@@ -362,7 +366,8 @@ class SectionWriter:
             if f.kind == "procedure"
             else None,
             "cycle": str(f.say.get("cycle") or "") if f.kind == "medication" else "",
-            "avoid": avoid,
+            # earlier cycles of a regimen that continues this stay are never "finished" (sampler FB)
+            "avoid": _FINISHED if f.kind == "medication" and f.say.get("continuing") else avoid,
         }
         frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), **opts)
         if frame == self.last_frame:  # the same frame twice in a row reads like a template

@@ -51,7 +51,7 @@ Contract between the sampler (what is said) and the renderer (how it is written)
       frames: "benigne essentielle Hypertonie" -> "benigner essentieller Hypertonie", "zerebrale
       Metastasen" -> "zerebralen Metastasen"); absent when the name does not start with an adjective
       or its head noun's gender is unclear — the renderer then uses label frames ("Z.n.: …") instead.
-      Gold text stays `name` (the verifier accepts the dative as the same name).
+      Gold text stays `name` (the verifier must accept the dative as the written name).
     - medication: `continuing` (true): a historical fact that stands for the earlier cycles of the
       regimen running this stay (gold has `regimen` and `cycle`: "Z.n. 3 Zyklen FOLFOX"); the
       renderer writes it only with cycle-bound frames ("Vormals … (C3)", "Z.n. 3 Zyklen …"), never
@@ -62,8 +62,9 @@ Contract between the sampler (what is said) and the renderer (how it is written)
   (the letter's own), `patient`, `sex`, `birth`, `start`, `end`, `stay_type`, `stay_kind`
   (diagnostic | surgery | therapy | complication | palliative, "" unknown), `doctors`,
   `salutation`, `phone`; optional `follow_up` (a date), and for a Verlegungsbrief `reason` and
-  `destination` (drawn as one pair fitting the stay: phrases.TRANSFER_PAIRS). `Recipe.encounter` and `Recipe.patient` are their gold parts (dates at the
-  precision written, the department as written, the name as written in the head).
+  `destination` (drawn as one pair fitting the stay: phrases.TRANSFER_PAIRS). `Recipe.encounter`
+  and `Recipe.patient` are their gold parts (dates at the precision written, the department as
+  written, the name as written in the head).
 * `Recipe.untagged` lists strings the letter writes on purpose without gold (the letter's own
   date, a follow-up appointment, a phone number): the verifier's reverse check accepts them.
 * `Recipe.sections`: dicts with `key` (schema.LetterSection), `heading` (as written, upper case

@@ -81,6 +81,8 @@ _ASSERTION_OF: dict[str, Assertion] = {
 #: OPS chapters of examinations (imaging 3-, endoscopy 1-4/1-6, biopsies by endoscopy): a letter
 #: writes them as dated findings, never as history ("Z.n." is for treatments and events)
 _FINDING_OPS = ("3-", "1-6", "1-44", "1-63", "1-64", "1-65", "1-61", "1-62")
+#: cancers an endoscopy diagnoses (oesophagus to anus, bladder, larynx)
+_ENDOSCOPIC_ENTITIES = ("C15", "C16", "C17", "C18", "C19", "C20", "C21", "C32", "C67")
 _CONTEXT_OF_ROLE = {"community": "discharge", "discharge": "discharge", "inpatient": "inpatient"}
 _MEDICATION_CONTEXTS = ("discharge", "inpatient", "therapy", "admission", "allergy")
 
@@ -185,6 +187,7 @@ class _Ctx:
         #: regimens (catalogue keys) and ATC codes of the therapy running this stay
         self.running_regimens: set[str] = set()
         self.running_atc: set[str] = set()
+        self.main_c3 = ""  # the main diagnosis' ICD category ("C16")
         self.tumor_new = False  # the current tumour's status is a first diagnosis
         self.stay_start: date | None = None
         self.stay_end: date | None = None
@@ -345,18 +348,19 @@ class Sampler:
         ctx.lab_flags = {(str(f.get("code")), self._flag(f)) for f in k("lab")}
         ctx.ruled_out = self._ruled_out(k("lab"), rec.patient.get("sex") or "")
         ctx.stay_start, ctx.stay_end = start, end
-        for f in k("medication"):
-            x = self._x(f)
+        for m in k("medication"):
+            x = self._x(m)
             if x.get("therapy"):
                 if x.get("regimen"):
                     ctx.running_regimens.add(str(x["regimen"]))
-                if f.get("code"):
-                    ctx.running_atc.add(str(f["code"]))
+                if m.get("code"):
+                    ctx.running_atc.add(str(m["code"]))
                 if isinstance(x.get("cycle"), int) and x["cycle"] > 1:
                     ctx.prior_therapy = True
         if any(self._x(f).get("therapy") for f in e("medication")) or e("radiotherapy"):
             ctx.prior_therapy = True
         main = self._diagnoses(ctx, k("diagnosis"))
+        ctx.main_c3 = str((main or {}).get("code") or "")[:3]
         self._tumors(ctx, tumor_known, tumor_earlier, main)
         self._procedures(ctx, k("procedure"), e("procedure"), start)
         self._radiotherapy(ctx, k("radiotherapy"), e("radiotherapy"), start, end)
@@ -1045,6 +1049,14 @@ class Sampler:
         pinned: str | None = None
         if code:
             got = self._name(ctx, "ops", code, prefer_specific=0.3)
+            if got and got[0].startswith("unauffällig") and ctx.main_c3 in _ENDOSCOPIC_ENTITIES:
+                # the endoscopy that found this cancer was not "unauffällig": another of its names
+                others = [
+                    n for n in self.lex.names_with_codes("ops", code) if not n[0].startswith("unauffällig")
+                ]
+                got = P.pick(ctx.rng, others) if others else None
+                if got is None:
+                    return 0
             if got:
                 name, pinned = got
         if name is None:
