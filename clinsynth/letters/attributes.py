@@ -235,6 +235,21 @@ _RIGHT = re.compile(r"(?<!\w)(?:rechts\w*|re\.|rechte[nrms]?)(?!\w)")
 _BOTH = re.compile(r"(?<!\w)(?:beidseit\w*|bds\.|bilateral\w*)(?!\w)")
 _MIDLINE = re.compile(r"(?<!\w)(?:mittellinie|median)(?!\w)")
 _LATERALITY = {"L": _LEFT, "R": _RIGHT, "B": _BOTH, "M": _MIDLINE}
+#: a side word that names part of an unpaired organ ("Karzinom der linken Kolonflexur", "rechter
+#: Leberlappen") says nothing about a tumour's laterality
+_UNPAIRED_SIDE = re.compile(
+    r"(?<!\w)(?:links\w*|linke[nrms]?|rechts\w*|rechte[nrms]?)\s+"
+    r"(?:kolonflexur|flexur|colonflexur|hemikolon|hemicolon|leberlappen|leberlappens)(?!\w)"
+)
+
+
+def _sides(text: str, limit: int | None = None) -> set[str]:
+    """The laterality keys text[:limit] says, not counting side words of unpaired organs (matched on the
+    whole text: a window may cut "Kolonflexur")."""
+    text = _UNPAIRED_SIDE.sub(lambda m: " " * len(m.group(0)), text)[:limit]
+    return {k for k, pat in _LATERALITY.items() if pat.search(text)}
+
+
 _UICC = re.compile(
     r"(?<!\w)(?:uicc(?:[- ]?stadium)?|(?<![\w-])stadium)\s*:?\s*(0is|0a|0|iv[abc]?|i{1,3}[abc]?[1-3]?)(?!\w)"
     r"(?!\s*(?:nach|gemäß|n\.)\s*(?:ann|figo|binet|rai|iss|r-iss|durie))"
@@ -430,16 +445,13 @@ def check_tumor(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[str]:
     # laterality: on the entity's own line first (or in the name itself)
     ls, le = lt.line(p.start)
     line = lt.n[ls:le]
-    said = {k for k, pat in _LATERALITY.items() if pat.search(line)} or {
-        k for k, pat in _LATERALITY.items() if pat.search(region)
-    }
+    said = _sides(line) or _sides(region)
     lat = gold.get("laterality")
     if lat in _LATERALITY:
         if lat not in said:
             out.append(f"tumour laterality: gold {lat}, text {', '.join(sorted(said)) or 'none'}")
     elif lat is None:
-        after = lt.n[p.start : min(le, p.end + 25)]
-        near = {k for k, pat in _LATERALITY.items() if pat.search(after)}
+        near = _sides(lt.n[p.start : le], p.end + 25 - p.start)
         if near:
             out.append(f"tumour laterality: text {', '.join(sorted(near))}, gold has none")
     for marker in gold.get("markers") or ():
@@ -464,6 +476,11 @@ def check_tumor(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[str]:
     return out
 
 
+#: a label that makes the ICD-like code right after it an ICD-O topography
+_TOPO_LABEL = re.compile(
+    r"(?:topographie|icd-o(?:-3)?-?t|icd-o(?:-3)?\s+topographie|lokalisation)\s*:?\s*\(?\s*$"
+)
+
 #: which written code systems a fact kind's gold codes sit in (ICD-like tokens: ICD-10-GM or ICD-O topography)
 CODE_FIELDS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "diagnosis": (("icd10gm", ("icd10gm",)),),
@@ -484,6 +501,18 @@ def check_codes(lt: LetterText, p: Place, kind: str, gold: Mapping[str, Any]) ->
     # a code before the name belongs to it only at the start of its line ("1. C83.3 Diffuses ...")
     lo = p.lead if p.lead == lt.line(p.start)[0] else p.start
     tokens = lt.tokens("codes", lo, hi)
+    # an ICD-O topography is labelled ("Topographie C16.0", "ICD-O-T C67.2"): it is the tumour's
+    # topography, never an ICD-10 code, and no other fact's code
+    topo = [
+        t for t in tokens if t.value == "icd10gm" and _TOPO_LABEL.search(lt.n, max(0, t.start - 24), t.start)
+    ]
+    if topo:
+        tokens = [t for t in tokens if t not in topo]
+        if kind == "tumor":
+            wrong = [t.text for t in topo if t.text != str(gold.get("topography") or "")]
+            if wrong:
+                shown = f"gold {gold['topography']}" if gold.get("topography") else "gold has none"
+                out.append(f"code mismatch: topography {shown}, text {', '.join(wrong)}")
     for system, fields in CODE_FIELDS.get(kind, ()):
         written = [t.text for t in tokens if t.value == system]
         want = {str(gold[f]) for f in fields if gold.get(f)}

@@ -385,6 +385,18 @@ class CueIndex:
         i = bisect.bisect_left(self.name_starts, c.end)
         return i < len(self.names) and gap_ok(self.lt, c.end, self.names[i][0], before=True)
 
+    def _name_between(self, a: int, b: int) -> bool:
+        """Does another name sit wholly inside [a, b)? A post cue then belongs to that nearer name
+        ("Neulasta 6 mg s.c. Gemcitabin abgesetzt": the cue is Gemcitabin's)."""
+        i = bisect.bisect_left(self.name_starts, a)
+        while i < len(self.names) and self.names[i][1] <= b:
+            s = self.names[i][0]
+            gap = self.lt.n[a:s]
+            if gap.count("(") <= gap.count(")"):  # a name in a bracket ("(Nivolumab + Ipilimumab)") is a note
+                return True
+            i += 1
+        return False
+
     def in_scope(self, start: int, end: int) -> list[Cue]:
         """Cues that govern the name at [start, end), nearest first."""
         lt = self.lt
@@ -411,6 +423,7 @@ class CueIndex:
                     gap_ok(lt, end, c.start, before=False)
                     or (c.start >= ge and gap_ok(lt, ge, c.start, before=False))
                 )
+                and not self._name_between(max(end, ge), c.start)
             ):
                 out.append((c.start - end, c))
         return [c for _, c in sorted(out, key=lambda x: x[0])]

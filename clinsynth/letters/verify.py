@@ -320,6 +320,49 @@ def _reverse(
     return list(dict.fromkeys(out))
 
 
+#: a heading that lists what the patient took before the stay; the block runs to the next empty line
+_ADMISSION_HEADING = re.compile(
+    r"^[ \t]*(?:hausmedikation|medikation bei aufnahme|aufnahmemedikation|vormedikation)[ \t]*:?", re.M
+)
+#: drugs of this stay's care may not stand under an admission heading
+_STAY_CONTEXTS = frozenset({"therapy", "inpatient", "discharge"})
+#: a history cue that says a treatment is over
+_FINISHED = re.compile(r"abgeschlossen|beendet|abgesetzt")
+
+
+def _meaning(recipe: Recipe, bindings: Mapping[str, FactBinding], lt: LetterText) -> list[str]:
+    """Contradictions between gold and what the text means, beyond each fact's own span:
+    a drug of this stay listed as admission medication; a drug given this stay called finished."""
+    out: list[str] = []
+    blocks = []
+    for m in _ADMISSION_HEADING.finditer(lt.n):
+        end = lt.n.find("\n\n", m.end())
+        blocks.append((m.start(), len(lt.n) if end == -1 else end))
+    meds = [f for f in recipe.facts if f.kind == "medication" and bindings[f.id].start >= 0]
+    if blocks:
+        for f in meds:
+            b = bindings[f.id]
+            ctx = f.gold.get("context")
+            if ctx in _STAY_CONTEXTS and any(s <= b.start < e for s, e in blocks):
+                out.append(
+                    f"context mismatch: {_label(f, [b.name or ''])}: gold context {ctx}, "
+                    "written under an admission heading"
+                )
+    given: dict[str, RecipeFact] = {}
+    for f in meds:
+        if f.assertion == "present" and f.gold.get("context") == "therapy":
+            given.setdefault(str(f.gold.get("atc") or norm(str(f.gold.get("name")))), f)
+    for f in meds:
+        b = bindings[f.id]
+        key = str(f.gold.get("atc") or norm(str(f.gold.get("name"))))
+        if f.assertion == "historical" and key in given and b.cue and _FINISHED.search(norm(b.cue)):
+            out.append(
+                f"contradiction: {_label(f, [b.name or ''])}: given this stay and called finished "
+                f"(cue {b.cue!r})"
+            )
+    return out
+
+
 def verify(
     recipe: Recipe,
     text: str,
@@ -411,6 +454,7 @@ def verify(
     free = _free_spans(lt, recipe, untagged)
     reasons += [f"foreign code: {c}" for c in _foreign(lt, recipe, free)]
     reasons += _reverse(a, places, free, recipe)
+    reasons += _meaning(recipe, {b.fact_id: b for b in bindings}, lt)
     return Verdict(ok=not reasons, reasons=reasons, facts=per_fact, bindings=bindings)
 
 
