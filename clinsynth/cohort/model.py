@@ -114,7 +114,7 @@ class Tumor:
     t: str | None  # None: not staged by TNM (haematological entities)
     n: str | None
     m: str | None
-    uicc: str | None  # UICC stage; for other systems see `staging`
+    uicc: str | None  # UICC stage (clinical group for cTNM); None for C81-C96: their stage is in `stages`
     when: date
     staging: str = "UICC"
     key: str = "t1"
