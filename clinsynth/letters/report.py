@@ -12,6 +12,9 @@ stage as `letters_report.json` and a readable `letters_report.md`:
 * how well the section alone predicts a fact's assertion (per section the fact was found in,
   the majority assertion, learnt on these letters) against the majority-class rate: a
   shortcut when clearly better;
+* whether a fact's position in the diagnosis list predicts its assertion (per bucket first / middle /
+  last, the majority assertion, against the majority-class rate), and how many lists that mix
+  assertions put every non-present item after every present one (a shortcut of fact order);
 * facts per kind × assertion; gold codes more specific than the text supports; written codes
   by system (ATC and LOINC must not appear); the share of letters with each text feature
   (`clinsynth.letters.features`) beside the same shares on the development letters.
@@ -457,6 +460,7 @@ def measure_letter(
     return {
         "spec_id": recipe.spec_id,
         "letter_type": recipe.letter_type,
+        "diagnosis_list": diagnosis_list(recipe, spans),
         "words": words,
         "features": features,
         "codes": codes,
@@ -464,6 +468,52 @@ def measure_letter(
         "facts": facts,
         "framed": framed,
         "frames": _frames(recipe, letter, spans) if framed else [],
+    }
+
+
+#: the section whose list order the position metric reads
+DIAGNOSIS_SECTION = "diagnosen"
+
+
+def position_bucket(index: int, n: int) -> str:
+    """first / middle / last of a list of n items (one item: first)."""
+    if index == 0:
+        return "first"
+    return "last" if index == n - 1 else "middle"
+
+
+def diagnosis_list(recipe: Recipe, spans: Spans) -> list[tuple[str, str]]:
+    """(position bucket, assertion) of each fact the binder found in the diagnosis section, in text
+    order; facts bound to the same place (a tumour and its diagnosis) count once, the first's."""
+    placed = sorted(
+        (span[0], f.assertion)
+        for f in recipe.facts
+        for span in [spans.get(f.id)]
+        if span is not None and span[0] >= 0 and span[4] == DIAGNOSIS_SECTION
+    )
+    items = list({start: a for start, a in reversed(placed)}.items())
+    items.sort()
+    return [(position_bucket(i, len(items)), a) for i, (_, a) in enumerate(items)]
+
+
+def position_rule(counts: Mapping[tuple[str, str], int], mixed: int, non_present_last: int) -> dict[str, Any]:
+    """Accuracy of "per position in the diagnosis list, its majority assertion" vs the overall majority,
+    and of the lists that mix assertions, how many put every non-present item after every present one."""
+    r = section_rule(counts)
+    return {
+        "facts": r["facts"],
+        "position_rule_accuracy": r["section_rule_accuracy"],
+        "majority": r["majority"],
+        "majority_rate": r["majority_rate"],
+        "rule": r.get("rule", {}),
+        "by_position": {
+            b: dict(sorted(Counter({a: c for (bb, a), c in counts.items() if bb == b}).items()))
+            for b in ("first", "middle", "last")
+            if any(bb == b for bb, _ in counts)
+        },
+        "mixed_lists": mixed,
+        "non_present_all_after_present": non_present_last,
+        "non_present_last_rate": round(non_present_last / mixed, 4) if mixed else None,
     }
 
 
@@ -573,6 +623,10 @@ class LettersReport:
         self.unlocated: Counter[str] = Counter()
         self.frames: dict[tuple[str, str], FrameCounter] = {}
         self.sections: Counter[tuple[str, str, str]] = Counter()
+        #: (position bucket in the diagnosis list, assertion) -> facts
+        self.positions: Counter[tuple[str, str]] = Counter()
+        self.mixed_lists = 0
+        self.non_present_last = 0
         self.codes: Counter[tuple[str, str, str]] = Counter()
         self.code_examples: list[dict[str, Any]] = []
         self.failed = 0
@@ -612,6 +666,14 @@ class LettersReport:
                 if check["outcome"] in _WRONG_CODE and len(self.code_examples) < 20:
                     example = {"spec_id": m["spec_id"], "fact": _fid, "name": name}
                     self.code_examples.append({**example, **check})
+        dx = m.get("diagnosis_list") or []
+        for bucket, assertion in dx:
+            self.positions[bucket, assertion] += 1
+        present = [i for i, (_, a) in enumerate(dx) if a == "present"]
+        other = [i for i, (_, a) in enumerate(dx) if a != "present"]
+        if present and other:
+            self.mixed_lists += 1
+            self.non_present_last += min(other) > max(present)
         self.frame_letters += bool(m["framed"])
         for kind, assertion, fr in m["frames"]:
             self.frames.setdefault((kind, assertion), FrameCounter(self.frame_cap)).add(fr)
@@ -640,6 +702,9 @@ class LettersReport:
                 for k in kinds
             },
             "section_predicts_assertion": {"overall": section_rule(overall), "by_kind": per_kind},
+            "position_predicts_assertion": position_rule(
+                self.positions, self.mixed_lists, self.non_present_last
+            ),
             "gold_code_specificity": {
                 "pinning": "clinsynth.terminology.names.pinned_code" if PINNED else None,
                 "by_field": {k: dict(v) for k, v in sorted(codes.items())},
@@ -678,6 +743,14 @@ def acceptance(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "value": r["section_rule_accuracy"],
             "target": f"≤ majority {r['majority_rate']} + {SECTION_MARGIN}",
             "met": r["section_rule_accuracy"] <= r["majority_rate"] + SECTION_MARGIN + 1e-9,
+        })  # fmt: skip
+    pos = report.get("position_predicts_assertion") or {}
+    if pos.get("facts"):
+        rows.append({
+            "check": "position in the diagnosis list predicts assertion",
+            "value": pos["position_rule_accuracy"],
+            "target": f"≤ majority {pos['majority_rate']} + {SECTION_MARGIN}",
+            "met": pos["position_rule_accuracy"] <= pos["majority_rate"] + SECTION_MARGIN + 1e-9,
         })  # fmt: skip
     missing = [f"{k}/{a}" for k, aa in APPLICABLE.items() for a in aa if not report["facts"][k][a]]
     cells = sum(len(a) for a in APPLICABLE.values())
@@ -795,6 +868,28 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {name} | {r['facts']} | {_pct(r['section_rule_accuracy'])} | "
                 f"{_pct(r['majority_rate'])} ({r['majority']}) | {100 * gap:+.1f} pt |"
             )
+    pos = report.get("position_predicts_assertion") or {}
+    if pos.get("facts"):
+        lines += ["", "## Does the position in the diagnosis list predict the assertion?", ""]
+        gap = pos["position_rule_accuracy"] - pos["majority_rate"]
+        lines += [
+            f"Position rule (first / middle / last -> its majority assertion): "
+            f"{_pct(pos['position_rule_accuracy'])} of {pos['facts']} facts, majority class "
+            f"{_pct(pos['majority_rate'])} ({pos['majority']}), gap {100 * gap:+.1f} pt.",
+            "",
+            "| position | majority assertion | facts by assertion |",
+            "|---|---|---|",
+        ]
+        for b, c in pos["by_position"].items():
+            shown = ", ".join(f"{a} {n}" for a, n in c.items())
+            lines.append(f"| {b} | {pos['rule'].get(b, '')} | {shown} |")
+        if pos["mixed_lists"]:
+            lines += [
+                "",
+                f"Lists mixing assertions: {pos['mixed_lists']}; every non-present item after every "
+                f"present one in {pos['non_present_all_after_present']} "
+                f"({_pct(pos['non_present_last_rate'])}).",
+            ]
     spec = report["gold_code_specificity"]
     lines += ["", "## Gold codes against the text", ""]
     if not spec["pinning"]:

@@ -491,3 +491,58 @@ def test_committed_dev_letter_stats_equal_a_fresh_count():
     spec.loader.exec_module(module)
     fresh = orjson.loads(orjson.dumps(module.compute(GRASCCO)))
     assert fresh == rep.load_dev_stats(), "re-run: python benchmarks/dev_letter_stats.py"
+
+
+def test_position_in_the_diagnosis_list_against_the_majority_class():
+    one = recipe(
+        "p1",
+        "Entlassungsbrief",
+        [
+            fact("a", "diagnosis", "diagnosen", "present", "Kolonkarzinom", "C18.7", code="C18.7"),
+            fact("b", "diagnosis", "diagnosen", "present", "Arterielle Hypertonie", "I10", code="I10"),
+            fact("c", "diagnosis", "diagnosen", "suspected", "Pneumonie", "J18.9"),
+            fact("d", "diagnosis", "verlauf", "negated", "Lungenembolie", "I26.9"),
+        ],
+    )
+    two = recipe(
+        "p2",
+        "Entlassungsbrief",
+        [
+            fact("a", "diagnosis", "diagnosen", "present", "Mammakarzinom", "C50.4", code="C50.4"),
+            fact("b", "procedure", "diagnosen", "historical", "Appendektomie"),
+            fact("c", "diagnosis", "diagnosen", "present", "Diabetes mellitus Typ 2", "E11.9", code="E11.9"),
+        ],
+    )
+    t1 = (
+        "Diagnosen:\n1. Kolonkarzinom (C18.7)\n2. Arterielle Hypertonie (I10)\n3. V.a. Pneumonie\n\n"
+        "Verlauf:\nKein Hinweis auf Lungenembolie.\n"
+    )
+    t2 = "Diagnosen:\n1. Mammakarzinom (C50.4)\n2. Z.n. Appendektomie\n3. Diabetes mellitus Typ 2 (E11.9)\n"
+    acc = rep.LettersReport()
+    acc.add(one, t1)
+    acc.add(two, t2)
+    out = acc.to_dict()
+    pos = out["position_predicts_assertion"]
+    # first: present 2; middle: present 1, historical 1; last: suspected 1, present 1 -> 4 of 6 right,
+    # the same as always "present" (4 of 6): no shortcut here
+    assert pos["by_position"] == {
+        "first": {"present": 2},
+        "middle": {"historical": 1, "present": 1},
+        "last": {"present": 1, "suspected": 1},
+    }
+    assert (pos["facts"], pos["position_rule_accuracy"], pos["majority_rate"]) == (6, 0.6667, 0.6667)
+    # both lists mix assertions; only the first puts its non-present item after every present one
+    assert (pos["mixed_lists"], pos["non_present_all_after_present"], pos["non_present_last_rate"]) == (
+        2,
+        1,
+        0.5,
+    )
+    assert _row(out, "position in the diagnosis list predicts assertion")["met"] is True
+    md = rep.render_markdown(out)
+    assert "## Does the position in the diagnosis list predict the assertion?" in md
+    assert "every non-present item after every present one in 1 (50.0 %)" in md
+    # a list where position decides: non-present always last
+    skewed = rep.position_rule({("first", "present"): 10, ("last", "negated"): 10}, 10, 10)
+    assert (skewed["position_rule_accuracy"], skewed["majority_rate"]) == (1.0, 0.5)
+    assert [rep.position_bucket(i, 3) for i in range(3)] == ["first", "middle", "last"]
+    assert rep.position_bucket(0, 1) == "first"
