@@ -187,6 +187,8 @@ class _Ctx:
         #: regimens (catalogue keys) and ATC codes of the therapy running this stay
         self.running_regimens: set[str] = set()
         self.running_atc: set[str] = set()
+        #: every tumour diagnosis as written, by ICD category: its tumour block repeats that name
+        self.tumor_named: dict[str, tuple[str, str | None, str]] = {}
         self.main_c3 = ""  # the main diagnosis' ICD category ("C16")
         self.tumor_new = False  # the current tumour's status is a first diagnosis
         self.stay_start: date | None = None
@@ -665,6 +667,8 @@ class Sampler:
             say["name_dat"] = dat
         if extra.get("primary_tumor") and assertion != "historical" and ctx.main_named is None:
             ctx.main_named = (base_name, gold_code, written)
+        if extra.get("primary_tumor") and code:
+            ctx.tumor_named.setdefault(code[:3], (base_name, gold_code, written))
         return self._add(ctx, "diagnosis", section, assertion, gold, say)
 
     def _chronic(self, code: str) -> bool:
@@ -773,6 +777,10 @@ class Sampler:
             entity_name, main_code, main_written = ctx.main_named
             gold["icd10gm"] = main_code
             say["code"] = main_written
+        elif code and code[:3] in ctx.tumor_named:  # a second tumour: the name its diagnosis line wrote
+            entity_name, dx_code, dx_written = ctx.tumor_named[code[:3]]
+            gold["icd10gm"] = dx_code
+            say["code"] = dx_written
         elif code:
             got = self._name(ctx, "icd10gm", code, prefer_specific=0.3)
             if got:

@@ -536,3 +536,24 @@ def test_codes_names_and_sections_look_like_real_letters(recipes: list[Recipe]) 
         with_ops += ops
     assert 0.3 < with_icd / len(recipes) < 0.6, with_icd / len(recipes)
     assert with_ops / len(recipes) <= 0.02
+
+
+def test_every_tumour_has_one_name_per_letter(recipes: list[Recipe]) -> None:
+    """Review #18: a second tumour's block repeats its diagnosis line's name (no "Hypernephrom" beside
+    "Nierenkarzinom rechts" as two names of one tumour)."""
+    n = 0
+    for r in recipes:
+        dx = [f for f in r.facts if f.kind == "diagnosis" and f.assertion == "present"]
+        for t in r.facts:
+            c3 = (t.gold.get("icd10gm") or "")[:3]
+            if t.kind != "tumor" or t.assertion != "present" or not c3.startswith("C"):
+                continue
+            for d in dx:
+                if (d.gold.get("icd10gm") or "")[:3] == c3:
+                    n += 1
+                    assert d.say["name"].startswith(t.gold["entity"]), (
+                        r.spec_id,
+                        d.say["name"],
+                        t.gold["entity"],
+                    )
+    assert n > 50
