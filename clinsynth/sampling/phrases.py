@@ -340,11 +340,14 @@ TRANSFER_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "diagnostic": (
         ("zur operativen Versorgung", "Klinik für Allgemein- und Viszeralchirurgie"),
-        ("zur Fortführung der Therapie", "Klinik für Innere Medizin"),
+        ("zur Einleitung der Systemtherapie", "Klinik für Hämatologie und Onkologie"),
     ),
-    "therapy": (("zur Fortführung der Therapie", "Klinik für Innere Medizin"),),
-    "complication": (("zur Fortführung der Therapie", "Klinik für Innere Medizin"),),
-    "": (("zur Fortführung der Therapie", "Klinik für Innere Medizin"),),
+    "therapy": (("zur Fortführung der Therapie", "Klinik für Hämatologie und Onkologie"),),
+    "complication": (
+        ("zur intensivmedizinischen Überwachung", "Klinik für Intensivmedizin"),
+        ("zur weiteren internistischen Behandlung", "Klinik für Innere Medizin"),
+    ),
+    "": (("zur weiteren internistischen Behandlung", "Klinik für Innere Medizin"),),
 }
 TRANSFER_REASONS = tuple(dict.fromkeys(r for pairs in TRANSFER_PAIRS.values() for r, _ in pairs))
 TRANSFER_DESTINATIONS = tuple(dict.fromkeys(d for pairs in TRANSFER_PAIRS.values() for _, d in pairs))

@@ -1188,7 +1188,13 @@ class Sampler:
                 context = "admission"
             dose = ex.get("dose", f.get("value_num"))
             key = (f.get("code") or f.get("display"), context, dose, ex.get("frequency"), ex.get("day"))
-            if key in seen or (context != "therapy" and rng.random() >= self.cfg.keep["medication"]):
+            # the first discharge drug is always kept: a discharge letter lists its discharge medication
+            first_discharge = context == "discharge" and not any(
+                m.kind == "medication" and m.gold.get("context") == "discharge" for m in ctx.facts
+            )
+            if key in seen or (
+                context != "therapy" and not first_discharge and rng.random() >= self.cfg.keep["medication"]
+            ):
                 continue
             seen.add(key)
             n += self._medication_fact(ctx, f, context, "present")
