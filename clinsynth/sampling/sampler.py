@@ -786,7 +786,7 @@ class Sampler:
             if got:
                 entity_name, pinned = got
                 written = ""
-                if rng.random() < self.cfg.code_written.get("tumor", 0.0):
+                if ctx.style["codes"] and rng.random() < self.cfg.code_written.get("tumor", 0.0):
                     written = self._written_icd(ctx, code, pinned, "diagnosen")
                 gold["icd10gm"] = written or pinned
                 say["code"] = written
