@@ -1,6 +1,6 @@
 """Issue 10's letter acceptance numbers over a template run, each beside its target.
 
-    python benchmarks/letters_acceptance.py [--letters 2000] [--runs DIR]
+    python benchmarks/letters_acceptance.py [--letters 2000] [--runs DIR] [--seed N]
 
 Runs cohort -> ingest -> sample -> generate (template) -> verify in-process (cluster=debug) with
 enough patients for about `--letters` letters, then prints the verify stage's data report
@@ -75,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--letters", type=int, default=2000, help="at least about this many letters")
     ap.add_argument("--runs", type=Path, default=None, help="runs folder (default: a temp folder)")
+    ap.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
     args = ap.parse_args()
     console = Console(width=160)
     patients = max(1, math.ceil(args.letters / LETTERS_PER_PATIENT))
@@ -90,6 +91,7 @@ def main() -> None:
                 f"cohort.patients={patients}",
                 f"sample.sampler.stays_per_patient={STAYS_PER_PATIENT}",
                 f"paths.runs={runs}",
+                *([f"seed={args.seed}"] if args.seed is not None else []),
             ]
         )
         console.print(f"pipeline: {time.perf_counter() - t0:.0f} s")

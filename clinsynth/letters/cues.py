@@ -363,8 +363,10 @@ class CueIndex:
             s, e = names[j]
             if e <= gs and list_joined(lt, e, gs):
                 gs = s
-            elif e > gs:
-                pass  # overlapping name (a name inside a longer one)
+            elif (
+                e > gs
+            ):  # overlapping: a longer name holding this one ("Thrombozytopenie nach Chemotherapie")
+                gs = min(gs, s)
             else:
                 break
             j -= 1
@@ -374,7 +376,7 @@ class CueIndex:
             if s >= ge and list_joined(lt, ge, s):
                 ge = e
             elif s < ge:
-                pass
+                ge = max(ge, e)
             else:
                 break
             j += 1

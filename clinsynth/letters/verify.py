@@ -446,7 +446,8 @@ def verify(
                     rs.append(f"not {f.assertion}: {label} (no cue in {lt.raw[s:e].strip()[:80]!r})")
         fact_reasons[f.id] = rs
         bindings.append(b)
-    bindings.sort(key=lambda b: [f.id for f in recipe.facts].index(b.fact_id))
+    order_of = {f.id: i for i, f in enumerate(recipe.facts)}
+    bindings.sort(key=lambda b: order_of[b.fact_id])
     for f in recipe.facts:
         rs = fact_reasons[f.id]
         per_fact[f.id] = rs[0] if rs else "ok"

@@ -105,3 +105,31 @@ def test_drug_given_this_stay_and_called_finished_fails() -> None:
     )
     earlier = text.replace(VERLAUF_END, VERLAUF_END + " Vormals Oxaliplatin (FOLFOX, Zyklus 2).")
     assert _reasons(recipe, earlier) == []
+
+
+def test_cue_reaches_a_list_whose_first_name_holds_another_name() -> None:
+    recipe, text = colorectal()
+    _add(
+        recipe,
+        RecipeFact(
+            "d9",
+            "diagnosis",
+            "diagnosen",
+            "negated",
+            {"text": "Thrombozytopenie nach Chemotherapie"},
+            {"name": "Thrombozytopenie nach Chemotherapie"},
+        ),
+        RecipeFact(
+            "p3", "procedure", "anamnese", "present", {"text": "Chemotherapie"}, {"name": "Chemotherapie"}
+        ),
+    )
+    text = text.replace(
+        "- Kein Hinweis auf Lebermetastasen oder Peritonealkarzinose",
+        "- Kein Hinweis auf Thrombozytopenie nach Chemotherapie oder Lebermetastasen "
+        "oder Peritonealkarzinose",
+    )
+    assert _reasons(recipe, text) == []
+    fact(recipe, "d5").assertion = "present"  # the shared cue still governs the list's later names
+    assert any(
+        r.startswith("written as negated: diagnosis 'Lebermetastasen'") for r in _reasons(recipe, text)
+    )
