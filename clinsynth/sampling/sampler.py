@@ -414,7 +414,7 @@ class Sampler:
             "table": rng.random() < self.cfg.table_layout,
             "target_words": rng.randint(lo, hi),
             "code_style": _weighted(rng, {"paren": 4, "line_end": 3, "bracket": 1, "prefix": 1}),
-            "codes": rng.random() < 0.5,  # does this letter write ICD codes in its diagnosis list
+            "codes": rng.random() < 0.45,  # does this letter write ICD codes (real ones: often)
             "lab_units": rng.random() < 0.75,
             "lab_flags": rng.random() < 0.5,
             "lab_layout": _weighted(rng, {"inline": 3, "table": 2, "list": 1}),
