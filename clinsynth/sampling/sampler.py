@@ -83,6 +83,7 @@ _ASSERTION_OF: dict[str, Assertion] = {
 _FINDING_OPS = ("3-", "1-6", "1-44", "1-63", "1-64", "1-65", "1-61", "1-62")
 #: cancers an endoscopy diagnoses (oesophagus to anus, bladder, larynx)
 _ENDOSCOPIC_ENTITIES = ("C15", "C16", "C17", "C18", "C19", "C20", "C21", "C32", "C67")
+_RESPONSES = ("complete_remission", "partial_remission", "stable", "progression", "mixed")
 _CONTEXT_OF_ROLE = {"community": "discharge", "discharge": "discharge", "inpatient": "inpatient"}
 _MEDICATION_CONTEXTS = ("discharge", "inpatient", "therapy", "admission", "allergy")
 
@@ -381,6 +382,7 @@ class Sampler:
                 gold = {"text": name, "ops": self.lex.pinned_code("ops", name)}
                 self._add(ctx, "procedure", section, "negated", gold, {"name": name, "code": "", "date": ""})
                 self.stats["postponed_cycle_negated"] += 1
+        self._response_needs_written_therapy(ctx)
         facts = ctx.facts
         for i, f in enumerate(facts):
             f.id = f"f{i:02d}-{f.kind}"
@@ -1627,6 +1629,22 @@ class Sampler:
                     {"entity": name, "status": "recurrence"},
                     {"entity": name, "name": name},
                 )
+
+    def _response_needs_written_therapy(self, ctx: _Ctx) -> None:
+        """A response (CR/PR/SD/PD) is stated only when the letter itself shows an earlier therapy (a
+        historical drug, radiotherapy or procedure, or a cycle > 1): a reader cannot judge it otherwise."""
+        shown = any(
+            (f.assertion == "historical" and f.kind in ("medication", "radiotherapy", "procedure"))
+            or (f.kind == "medication" and str(f.say.get("cycle") or "1") not in ("", "1"))
+            for f in ctx.facts
+        )
+        if shown:
+            return
+        for f in ctx.facts:
+            if f.kind == "tumor" and f.assertion == "present" and f.gold.get("status") in _RESPONSES:
+                del f.gold["status"]
+                f.say["status"] = ""
+                self.stats["response_without_written_therapy"] += 1
 
     def _earlier_tumor(self, ctx: _Ctx, current: Any, sex: str) -> None:
         """A second primary in the history ("Z.n. Mammakarzinom 2012, in Remission"): an entity other

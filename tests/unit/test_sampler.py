@@ -557,3 +557,22 @@ def test_every_tumour_has_one_name_per_letter(recipes: list[Recipe]) -> None:
                         t.gold["entity"],
                     )
     assert n > 50
+
+
+def test_a_response_is_stated_only_after_a_therapy_the_letter_shows(recipes: list[Recipe]) -> None:
+    """Review #6: no "Ansprechen: komplette Remission" for a tumour the letter never shows treated."""
+    responses = ("complete_remission", "partial_remission", "stable", "progression", "mixed")
+    n = 0
+    for r in recipes:
+        if not any(
+            f.kind == "tumor" and f.assertion == "present" and f.gold.get("status") in responses
+            for f in r.facts
+        ):
+            continue
+        n += 1
+        assert any(
+            (f.assertion == "historical" and f.kind in ("medication", "radiotherapy", "procedure"))
+            or (f.kind == "medication" and str(f.say.get("cycle") or "1") not in ("", "1"))
+            for f in r.facts
+        ), r.spec_id
+    assert n > 0
