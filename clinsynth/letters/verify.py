@@ -13,6 +13,9 @@ against the text:
   (`clinsynth.terminology.names.pinned_code`, when installed);
 * the reverse check: every code, drug name, dose, lab value, TNM string and date in the letter is
   covered by a gold fact's span, or written on purpose without gold (`Recipe.untagged`, the head);
+* meaning beyond each fact's span: a drug of this stay (gold context therapy/inpatient/discharge) may
+  not stand under an admission heading ("Hausmedikation:", "Vormedikation:"); a drug given this stay
+  may not also be a historical fact called finished ("abgeschlossen", "beendet", "abgesetzt");
 * truncated or failed generation parts fail.
 
 A letter that fails keeps its text and gets reasons ("<kind of problem>: <fact kind> '<name>': ...");
