@@ -6,6 +6,7 @@ from training unless verify.include_failed=true.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -53,7 +54,9 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
     seen: Counter[str] = Counter()
     include_failed = cfg.verify.include_failed
     letters_report = LettersReport()  # the data report (letters_report.json/.md), streamed
-    with atomic_open(verdicts_path(ctx.stage_dir), "wb") as fh:
+    # one pool for the whole stage: at paper scale the shards are small (75k letters in many array
+    # tasks' shards), so a per-shard threshold would keep every shard on one core
+    with _pool(total) as pool, atomic_open(verdicts_path(ctx.stage_dir), "wb") as fh:
         for shard, num_shards, path in shards:
             # shard i holds the letters of specs i::N in order: one shard's recipes in memory at a time
             recipes = shard_recipes(sample_dir, shard, num_shards)
@@ -75,7 +78,7 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                     )
                 items.append((sid, letter, recipe, recipes[line_no - 1]))
             for (sid, letter, recipe, _), (ok, reasons, facts, fact_spans) in zip(
-                items, verdict_rows(items), strict=True
+                items, verdict_rows(items, pool=pool), strict=True
             ):
                 row = {
                     "spec_id": sid,
@@ -152,11 +155,29 @@ def _verify_one(
     return v.ok, v.reasons, v.facts, spans(v)
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _pool(letters: int) -> Iterator[Any]:
+    """A pool on every CPU this job holds when there are enough letters to pay its start (else None)."""
+    cpus = _cpus()
+    if cpus < 2 or letters < POOL_MIN_LETTERS:
+        yield None
+        return
+    # fork: a worker needs no re-import of the launcher's main module and starts in milliseconds
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(min(cpus, 16)) as pool:
+        yield pool
+
+
 def verdict_rows(
-    items: list[tuple[str, dict[str, Any], Recipe, Any]],
+    items: list[tuple[str, dict[str, Any], Recipe, Any]], pool: Any = None
 ) -> Iterator[tuple[bool, list[str], dict[str, str], dict[str, Any]]]:
-    """(ok, reasons, per-fact results, spans) per letter, in order; a large shard is checked on every
-    CPU this job holds (the verifier is pure CPU: 75k letters in minutes need more than one core)."""
+    """(ok, reasons, per-fact results, spans) per letter, in order; checked on `pool` (the stage's), else
+    on a pool of its own for a large shard (the verifier is pure CPU: 75k letters in minutes need more
+    than one core)."""
 
     def work(recipe: Any, letter: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
         kwargs = {
@@ -168,15 +189,15 @@ def verdict_rows(
         }
         return recipe, letter["text"], kwargs
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus < 2 or len(items) < POOL_MIN_LETTERS:
-        yield from map(_verify_one, (work(r, letter) for _, letter, r, _ in items))
-        return
-    # the workers get the recipe's JSON (cheaper to send than the object) and parse it themselves;
-    # fork: a worker needs no re-import of the launcher's main module and starts in milliseconds
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(min(cpus, 16)) as pool:
+    # the workers get the recipe's JSON (cheaper to send than the object) and parse it themselves
+    if pool is not None:
         yield from pool.imap(_verify_one, (work(raw, letter) for _, letter, _, raw in items), chunksize=64)
+        return
+    with _pool(len(items)) as own:
+        if own is None:
+            yield from map(_verify_one, (work(r, letter) for _, letter, r, _ in items))
+        else:
+            yield from own.imap(_verify_one, (work(raw, letter) for _, letter, _, raw in items), chunksize=64)
 
 
 def _throughput(gen_dir: Any) -> dict[str, Any]:
