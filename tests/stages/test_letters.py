@@ -249,7 +249,9 @@ def test_prompts_list_every_fact_and_say_how_to_assert_it(smoke):
     prompts = compose_config(["+experiment=smoke_hybrid"])["generate"]["prompts"]
     from clinsynth.letters.prompts import letter_messages, section_messages
 
-    r, _, _ = _one(smoke, lambda r: any(f.assertion == "negated" and f.section == "epikrise" for f in r.facts))
+    r, _, _ = _one(
+        smoke, lambda r: any(f.assertion == "negated" and f.section == "epikrise" for f in r.facts)
+    )
     system, user = letter_messages(r, prompts)
     assert system["role"] == "system" and user["role"] == "user"
     for f in r.facts:

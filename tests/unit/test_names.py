@@ -21,7 +21,7 @@ from clinsynth.terminology.names import SYSTEMS, covers, lexicon, names_for, pin
         ("icd10gm", "arterielle Hypertonie", "I10"),
         ("icd10gm", "Sepsis", "A41"),  # no ".9 nicht näher bezeichnet" from silence
         ("icd10gm", "C18.2", "C18.2"),  # a written code pins itself
-        ("ops", "Hemikolektomie rechts", "5-455.4"),  # the name pins the 5-455.4 level, which the catalogue holds
+        ("ops", "Hemikolektomie rechts", "5-455.4"),  # the name pins 5-455.4, which the catalogue holds
         ("ops", "Port-Implantation", "5-399.5"),
         ("ops", "laparoskopische Sigmaresektion mit Anastomose", "5-455.75"),
         ("morphology", "Adenokarzinom", "8140/3"),
