@@ -4,6 +4,11 @@ Typos touch only words that belong to no fact string, so gold stays right. OCR c
 ("Ml" for "M1", "l" for "1", "IX" for "LK") may touch a fact string; then gold still holds the
 clean value and the letter records the pair (as in say, as written) in its `noise` list, so the
 verifier can tolerate exactly those changes and nothing else.
+
+Heavy noise (level >= SHIFT_MIN_LEVEL) sometimes shifts one column of a table (a lab table's values,
+a medication table's schedules) down by one row, as an OCR or copy-paste slip does: the first row
+loses its cell, the last cell hangs on a line of its own. Gold keeps what was meant; the letter
+records the pair (block as meant, block as written), which the verifier undoes by plain replacement.
 """
 
 from __future__ import annotations
@@ -14,6 +19,16 @@ from collections.abc import Callable, Sequence
 
 from clinsynth.letters import frames as F
 from clinsynth.sampling.recipe import RecipeFact
+
+#: a table as the renderer wrote it: rows as (left cells, right cells) whose concatenation
+#: (right-stripped) is the row, and the side a shift moves (0 left, 1 right)
+Table = tuple[list[tuple[str, str]], int]
+
+#: the lowest level that is "heavy" (the sampler's heavy is 1.0, the renderer's named heavy 1.5)
+SHIFT_MIN_LEVEL = 1.0
+#: the share of heavy-noise letters with a table of >= SHIFT_MIN_ROWS rows that get one shifted
+SHIFT_P = 0.25
+SHIFT_MIN_ROWS = 3
 
 #: the only words a typo may touch: those of the fact-free sentences (fillers, openings,
 #: closings). Cues, "Zyklus", "Tag", labels and fact strings never get one, so every assertion,
@@ -119,3 +134,37 @@ def add_noise(
             if noised:
                 break
     return text, noised
+
+
+def shifted_block(table: Table) -> tuple[str, str]:
+    """(the block as written, the block with its moving column one row down)."""
+    cells, side = table
+    meant = "\n".join((a + b).rstrip() for a, b in cells)
+    rows = []
+    for i in range(len(cells) + 1):
+        a = cells[i][0] if i < len(cells) else " " * len(cells[-1][0])
+        b = cells[i][1] if i < len(cells) else ""
+        if side == 1:  # the right column slides: row i gets row i-1's right cell
+            b = cells[i - 1][1] if i else ""
+        else:  # the left column slides (its width kept so the right column stays in place)
+            a = cells[i - 1][0] if i else " " * len(cells[0][0])
+            if i == len(cells):
+                b = ""
+        rows.append((a + b).rstrip())
+    return meant, "\n".join(rows)
+
+
+def shift_table(
+    text: str, tables: Sequence[Table], rng: random.Random, level: float
+) -> tuple[str, list[tuple[str, str]]]:
+    """(text, [(block as meant, block as written)]): at heavy noise, with chance SHIFT_P, one table
+    of >= SHIFT_MIN_ROWS rows that the text holds once gets a column shifted down by one row."""
+    if level < SHIFT_MIN_LEVEL:
+        return text, []
+    blocks = [shifted_block(t) for t in tables if len(t[0]) >= SHIFT_MIN_ROWS]
+    # the block must stand once in the text (OCR may have changed a row) and the shift must change it
+    blocks = [(m, s) for m, s in blocks if m != s and text.count(m) == 1 and s not in text]
+    if not blocks or rng.random() >= SHIFT_P:
+        return text, []
+    meant, written = blocks[rng.randrange(len(blocks))]
+    return text.replace(meant, written), [(meant, written)]

@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 
 from clinsynth.letters import frames as F
-from clinsynth.letters.noise import add_noise
+from clinsynth.letters.noise import Table, add_noise, shift_table
 from clinsynth.sampling.recipe import Recipe, RecipeFact
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -273,6 +273,9 @@ class SectionWriter:
         self.last_frame = ""
         self.female = recipe.header.get("sex") == "female"
         self.have = traits(recipe)
+        #: the tables written: (rows as (left cells, right cells), the column a shift moves: 0 left,
+        #: 1 right); `noise.shift_table` may shift one of them in a heavy-noise letter
+        self.tables: list[Table] = []
 
     # -- small helpers
     def pick(self, options: Sequence[Any]) -> Any:
@@ -622,12 +625,16 @@ class SectionWriter:
             head += (self.pick((f" vom {d}", f" ({d})", f" {d}")) if d else "") + ":"
             if layout == "table":
                 width = max(len(_name(f.say)) for f in group) + 2
-                rows = [
-                    f"{_name(f.say):<{width}}{f.say.get('value') or ''} {f.say.get('unit') or ''}"
-                    f"{' ' + str(f.say['flag']) if f.say.get('flag') else ''}".rstrip()
+                cells = [
+                    (
+                        f"{_name(f.say):<{width}}",
+                        f"{f.say.get('value') or ''} {f.say.get('unit') or ''}"
+                        f"{' ' + str(f.say['flag']) if f.say.get('flag') else ''}",
+                    )
                     for f in group
                 ]
-                out.append(head + "\n" + "\n".join(rows))
+                self.tables.append((cells, 1))  # the value column can slide
+                out.append(head + "\n" + "\n".join((a + b).rstrip() for a, b in cells))
             elif layout == "list":
                 out.append(
                     head + "\n" + "\n".join(self.pick(("- ", "", "  ")) + self.labtext(f) for f in group)
@@ -674,6 +681,7 @@ class SectionWriter:
             )
         else:
             width = max((len(_name(f.say)) for f in present), default=0) + 2
+            cells: list[tuple[str, str]] = []
             for f in present:
                 s = f.say
                 dose = dose_text(s)
@@ -685,9 +693,13 @@ class SectionWriter:
                 elif layout == "colon":
                     rows.append(" ".join(p for p in (name, dose, route) if p) + (f": {when}" if when else ""))
                 elif layout == "columns":
-                    rows.append(f"{name:<{width}}{dose:<12}{route:<6}{when}".rstrip())
+                    cells.append((f"{name:<{width}}{dose:<12}{route:<6}", when))
+                    rows.append("".join(cells[-1]).rstrip())
                 else:
-                    rows.append(f"{when or '-':<11} {' '.join(p for p in (name, dose, route) if p)}")
+                    cells.append((f"{when or '-':<11} ", " ".join(p for p in (name, dose, route) if p)))
+                    rows.append("".join(cells[-1]).rstrip())
+            if cells:  # the schedule column can slide (last in `columns`, first in `scheme_first`)
+                self.tables.append((cells, 1 if layout == "columns" else 0))
         shown = {id(f) for f in present}
         rows += self.sentences([f for f in meds if id(f) not in shown], group=False)
         return rows
@@ -1080,7 +1092,8 @@ class RenderedLetter:
     sections: dict[str, str]
     #: strings written without gold on purpose (recipe.untagged + the renderer's own dates)
     untagged: list[str] = field(default_factory=list)
-    #: fact strings the noise changed: (as in say, as written)
+    #: fact strings the noise changed: (as in say, as written); a shifted table (heavy noise) is one
+    #: pair (the block as meant, the block as written), listed first (the verifier undoes it first)
     noise: list[tuple[str, str]] = field(default_factory=list)
     #: fact id -> frame id (kind.assertion:frame|modality), for the data report
     frames: dict[str, str] = field(default_factory=dict)
@@ -1335,6 +1348,10 @@ def render(
         text, noised = add_noise(
             text, protected, recipe.facts, random.Random(_seed("noise", recipe.spec_id)), level
         )
+        # last, on the noised text: its pair goes first, so the verifier undoes it first
+        tables = [t for k in order if k in writers for t in writers[k].tables]
+        text, shifted = shift_table(text, tables, random.Random(_seed("shift", recipe.spec_id)), level)
+        noised = shifted + noised
     return RenderedLetter(text, rendered, sorted(set(untagged), key=untagged.index), noised, frames)
 
 

@@ -428,3 +428,38 @@ def test_medication_table_header_matches_its_columns(reviewed: list) -> None:
         med = out.sections.get("medikation", "")
         if "morgens-mittags-abends" in med:
             assert ("-nachts" in med) == ("1-0-0-0" in med), (r.spec_id, med)
+
+
+# ---------------------------------------------------------------------------- shifted table rows
+@pytest.fixture(scope="module")
+def shifted() -> list[tuple[Recipe, RenderedLetter]]:
+    """Heavy-noise letters of the table-layout recipe (crc-1) that got a table shifted."""
+    out = []
+    for v in variants(RR.colorectal(), 40):
+        letter = render(v, noise=1.5)
+        if any("\n" in m for m, _w in letter.noise):
+            out.append((v, letter))
+    return out
+
+
+def test_heavy_noise_shifts_a_table_column_in_some_letters_and_records_it(shifted: list) -> None:
+    from clinsynth.letters.noise import SHIFT_MIN_ROWS
+
+    assert 2 <= len(shifted) <= 25  # about a quarter of 40, never all
+    for v, letter in shifted:
+        meant, written = letter.noise[0]  # the shift is recorded first: the verifier undoes it first
+        assert written != meant and written in letter.text and meant not in letter.text
+        assert meant in render(v, noise=0).text or any(o in meant for o, _n in letter.noise[1:])
+        assert meant.count("\n") + 1 >= SHIFT_MIN_ROWS and written.count("\n") == meant.count("\n") + 1
+        assert sorted(meant.split()) == sorted(written.split())  # the same cells, one row further down
+    assert all(not any("\n" in m for m, _w in render(v, noise=0.4).noise) for v in variants(RR.colorectal()))
+
+
+def test_the_verifier_undoes_a_recorded_shift_and_catches_an_unrecorded_one(shifted: list) -> None:
+    from clinsynth.letters.verify import verify
+
+    for v, letter in shifted:
+        ok = verify(v, letter.text, untagged=letter.untagged, noise=letter.noise)
+        assert ok.ok, (v.spec_id, ok.reasons)
+        bare = verify(v, letter.text, untagged=letter.untagged, noise=letter.noise[1:])
+        assert not bare.ok and any("mismatch" in r or "missing" in r for r in bare.reasons), v.spec_id
