@@ -7,6 +7,9 @@ Letter record fields added for issue 10 (additive): `untagged` (strings written 
 gold: the recipe's own plus the renderer's follow-up dates and transfer destination/reason) and
 `noise` ([fact string as in say, as written] pairs the OCR noise changed); the verifier accepts
 exactly these. Template noise: `LetterWriter(noise=...)` overrides the recipe's `style.noise`.
+Hybrid letters get no template noise unless `noise` is given: their narrative is the model's own
+text, and their `sections` stay exactly as the letter holds them (template letters keep the
+recipe's noise; their `sections` are the bodies before it).
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ class LetterWriter:
                 sections: dict[str, str] = {}
             else:
                 bodies = {k.rsplit("/", 1)[1]: results[k].text.strip() for k in keys}
-                letter = render(r, bodies, noise=self.noise)
+                letter = render(r, bodies, noise=0.0 if self.noise is None else self.noise)
                 text, sections = letter.text, letter.sections
                 extra = {"untagged": letter.untagged, "noise": [list(p) for p in letter.noise]}
             out.append({**self._record(r, text, sections, parts, letter_seed(self.seed, r.spec_id)), **extra})

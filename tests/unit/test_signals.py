@@ -39,7 +39,10 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="process chec
 def _start(
     runs: Path, overrides: list[str], name: str = "launch", env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """The launcher as a real process; its stdout/stderr go to files next to `runs`."""
+    """The launcher as a real process; its stdout/stderr go to files next to `runs`.
+
+    SIGINT gets its default disposition in the child: a test run started in the background by a
+    shell (`nohup ... &`) inherits SIGINT ignored, and the launcher keeps an ignored SIGINT ignored."""
     log = runs.parent / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -48,6 +51,7 @@ def _start(
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     return proc, log
 
