@@ -6,6 +6,10 @@ used by the MII test data (`medizininformatik-initiative/mii-testdata`, IG 2026.
 
 from __future__ import annotations
 
+from typing import get_args
+
+from clinsynth.schema import StageSystem
+
 MII = "https://www.medizininformatik-initiative.de/fhir"
 ONKO = f"{MII}/ext/modul-onko/StructureDefinition"
 
@@ -130,19 +134,8 @@ SMOKING_CS = f"{CLINSYNTH_CS}/smoking"  # never | former | current, beside SNOME
 #: one code system per entity-specific staging system: value code = the stage as written
 STAGE_SYSTEMS = {
     name: f"{CLINSYNTH_CS}/stage-{name.lower().replace(' ', '-')}"
-    for name in (
-        "Ann Arbor",
-        "ISS",
-        "R-ISS",
-        "Binet",
-        "Rai",
-        "FIGO",
-        "Gleason",
-        "ISUP",
-        "ELN",
-        "Durie-Salmon",
-        "other",
-    )
+    for name in get_args(StageSystem)
+    if name != "UICC"  # UICC stages keep their own Observation (uicc_stage)
 }
 
 
