@@ -26,6 +26,7 @@ from rich.text import Text
 
 from clinsynth.artifacts.verdicts import REPORT, VERDICTS, read_report
 from clinsynth.core.atomic import read_json
+from clinsynth.letters.report import REPORT_MD as LETTERS_REPORT
 from launchers.states import StageState
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def _verify(folder: Path) -> KeyResult:
         line += f" ({100 * rate:.1f}%)"
     if r.get("failing_by_reason"):
         line += f"; failing: {_top(r['failing_by_reason'])}"
-    return KeyResult(line, (VERDICTS, REPORT))
+    return KeyResult(line, (VERDICTS, REPORT, LETTERS_REPORT))
 
 
 @summarizer("doctor")
