@@ -78,6 +78,7 @@ def fact_names(f: RecipeFact) -> list[str]:
     g = f.gold
     cands = [
         f.say.get("name"),
+        f.say.get("name_dat"),  # the inflected name after bei/mit/nach/Z.n.
         f.say.get("entity"),
         f.say.get("phrase"),  # recipes written before v2
         g.get("text"),

@@ -599,9 +599,11 @@ def usable(
     chapter: str | None = None,
     cycle: str = "",
     avoid: re.Pattern[str] | None = None,
+    dative: bool = False,
 ) -> bool:
-    """May this frame state this fact? (grammar of the name, procedure type, cycle, caller's ban)"""
-    if adjective_initial(name) and DATIVE_SLOT.search(frame):
+    """May this frame state this fact? (grammar of the name, procedure type, cycle, caller's ban);
+    `dative`: the fact carries the inflected form of its adjective-initial name (`say["name_dat"]`)."""
+    if adjective_initial(name) and not dative and DATIVE_SLOT.search(frame):
         return False
     if chapter is not None:
         if chapter != "diagnostic" and DIAGNOSTIC_WORDS.search(frame):
@@ -627,12 +629,14 @@ def choose(
     chapter: str | None = None,
     cycle: str = "",
     avoid: re.Pattern[str] | None = None,
+    dative: bool = False,
 ) -> tuple[str, str, str]:
     """(frame, modality, frame id) for one fact; the id names the frame the report counts.
 
-    `course` (chronic | acute | leading) picks a present diagnosis's frames; `chapter` (a procedure's
-    OPS chapter, see `ops_chapter`) keeps "Zur Diagnostik" off therapies and "Therapeutisch" off
-    diagnostics; `cycle` keeps start verbs at cycle 1 and continuation verbs after it."""
+    `course` (chronic | acute | leading) picks a present diagnosis's frames; `dative` lets an
+    adjective-initial name take dative frames (the caller writes `say["name_dat"]` there);
+    `chapter` (a procedure's OPS chapter, see `ops_chapter`) keeps "Zur Diagnostik" off therapies
+    and "Therapeutisch" off diagnostics; `cycle` keeps start verbs at cycle 1, continuation after it."""
     frames = FRAMES.get(kind, FINDING).get(assertion) or FINDING[assertion]
     if kind == "diagnosis" and assertion == "present" and course in FINDING_PRESENT_BY_COURSE:
         frames = FINDING_PRESENT_BY_COURSE[course]
@@ -641,10 +645,11 @@ def choose(
             frames = PROCEDURE_DATED.get(assertion, frames)
         elif assertion == "historical" and kind in ("diagnosis", "tumor"):
             frames = FINDING_DATED_HISTORY
-    ok = [f for f in frames if usable(f, name=name, chapter=chapter, cycle=cycle, avoid=avoid)]
+    rules = {"name": name, "chapter": chapter, "cycle": cycle, "avoid": avoid, "dative": dative}
+    ok = [f for f in frames if usable(f, **rules)]  # type: ignore[arg-type]
     if not ok and dated:  # e.g. every dated history frame starts with "Z.n.": the undated ones
         base = FRAMES.get(kind, FINDING).get(assertion) or FINDING[assertion]
-        ok = [f for f in base if usable(f, name=name, chapter=chapter, cycle=cycle, avoid=avoid)]
+        ok = [f for f in base if usable(f, **rules)]  # type: ignore[arg-type]
     frames = tuple(ok) or frames
     frame = frames[rng.randrange(len(frames))]
     mod = ""

@@ -371,12 +371,19 @@ class SectionWriter:
             "cycle": str(f.say.get("cycle") or "") if f.kind == "medication" else "",
             # earlier cycles of a regimen that continues this stay are never "finished" (sampler FB)
             "avoid": _FINISHED if f.kind == "medication" and f.say.get("continuing") else avoid,
+            "dative": bool(f.say.get("name_dat")),
         }
         frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), **opts)
         if frame == self.last_frame:  # the same frame twice in a row reads like a template
             frame, mod, fid = F.choose(self.rng, f.kind, f.assertion, _name(f.say), **opts)
         self.last_frame = frame
         self.frames[f.id] = fid
+        name = _name(f.say)
+        if f.say.get("name_dat") and F.adjective_initial(name) and F.DATIVE_SLOT.search(frame):
+            # "bei benigner essentieller Hypertonie", "Z.n. zerebralen Metastasen"
+            dat = str(f.say["name_dat"])
+            x = x.replace(name, dat, 1)
+            name = dat
         if f.kind == "medication":  # regimen/cycle after a cue that follows the name, else beside it
             note = self.cycle_note(f)
             if f.assertion != "present" and frame.startswith("{x}"):
@@ -390,7 +397,7 @@ class SectionWriter:
             tail = (f" ({code}{f.say.get('mark') or ''})" if code else "") + (
                 self.pick((f" ({d})", f", {d}")) if d else ""
             )
-            return self._end(F.fill(frame, _name(f.say), mod) + tail, item)
+            return self._end(F.fill(frame, name, mod) + tail, item)
         return self._end(F.fill(frame, self.dated(f, x) if d else x, mod), item)
 
     def _end(self, s: str, item: bool) -> str:

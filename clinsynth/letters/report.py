@@ -222,7 +222,7 @@ def _strings(value: Any) -> list[str]:
 def fact_names(f: RecipeFact) -> list[str]:
     """The names a letter writes a fact under: `say` name/entity first, then the gold's, then
     the recipe's synonyms."""
-    out = _strings(f.say.get("name")) + _strings(f.say.get("entity"))
+    out = _strings(f.say.get("name")) + _strings(f.say.get("name_dat")) + _strings(f.say.get("entity"))
     for key in ("text", "name", "entity", "target"):
         out += _strings(f.gold.get(key))
     return list(dict.fromkeys(out + _strings(f.synonyms)))

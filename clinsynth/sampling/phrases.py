@@ -10,6 +10,7 @@ from catalogue titles.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from datetime import date
 from typing import TypeVar
@@ -105,23 +106,40 @@ UNIT_DISPLAY: dict[str, tuple[str, ...]] = {
 }
 
 
+#: histology wording that belongs to one organ's pathology (name fragment -> ICD categories)
+SITE_BOUND_NAMES: dict[str, tuple[str, ...]] = {
+    "NST": ("C50",),  # "no special type": WHO breast terminology
+    "lobulär": ("C50",),
+}
+
+
+def name_fits_site(name: str, site: str) -> bool:
+    """May a histology name be written for a tumour of ICD category `site`?"""
+    return all(site[:3] in sites for frag, sites in SITE_BOUND_NAMES.items() if frag in name)
+
+
+#: marks of an English terminology display (LOINC long names, SNOMED CT fully specified names):
+#: a source system's display is no letter wording, whatever code it carries
+_FOREIGN = re.compile(
+    r"\[[A-Za-z#./ ]+\]"  # LOINC property: [Moles/volume], [Mass/volume], [#/volume]
+    r"|\((?:procedure|finding|disorder|observable entity|qualifier value|substance|regime/therapy"
+    r"|body structure|situation|event|morphologic abnormality|product|medicinal product)\)\s*$"
+    r"|\b(?:in (?:Serum|Plasma|Blood|Urine)|by (?:Automated|Manual|Immunoassay)|Serum or Plasma"
+    r"|[Mm]easurement|[Pp]rocedure|[Aa]ssessment|of the|[Tt]umou?r of"
+    r"|[Mm]alignant|[Nn]eoplasm|[Cc]arcinoma|[Dd]isease|[Tt]herapy|[Tt]ablet|[Ii]njection)\b"
+)
+
+
+def foreign_wording(text: str | None) -> bool:
+    """Is `text` an English code display (not something a German letter would write)?"""
+    return text is not None and _FOREIGN.search(text) is not None
+
+
 def unit_variants(ucum: str | None) -> tuple[str, ...]:
     if not ucum:
         return ("",)
     return UNIT_DISPLAY.get(ucum, (ucum,))
 
-
-#: vital signs: LOINC -> names as written
-VITAL_NAMES: dict[str, tuple[str, ...]] = {
-    "8480-6": ("RR systolisch", "systolischer Blutdruck"),
-    "8462-4": ("RR diastolisch", "diastolischer Blutdruck"),
-    "8867-4": ("Puls", "Herzfrequenz", "HF"),
-    "8310-5": ("Temperatur", "Temp."),
-    "29463-7": ("Gewicht", "Körpergewicht"),
-    "8302-2": ("Größe", "Körpergröße"),
-    "59408-5": ("SpO2", "Sauerstoffsättigung"),
-    "9279-1": ("Atemfrequenz", "AF"),
-}
 
 #: assertion -> cue patterns (`{x}` is the name); the renderer owns its own frames, these
 #: serve the v1 verifier and prompts that still import them

@@ -51,7 +51,7 @@ Contract between the sampler (what is said) and the renderer (how it is written)
       frames: "benigne essentielle Hypertonie" -> "benigner essentieller Hypertonie", "zerebrale
       Metastasen" -> "zerebralen Metastasen"); absent when the name does not start with an adjective
       or its head noun's gender is unclear — the renderer then uses label frames ("Z.n.: …") instead.
-      Gold text stays `name` (the verifier must accept the dative as the written name).
+      Gold text stays `name`; the renderer writes `name_dat` in dative frames and the verifier binds it.
     - medication: `continuing` (true): a historical fact that stands for the earlier cycles of the
       regimen running this stay (gold has `regimen` and `cycle`: "Z.n. 3 Zyklen FOLFOX"); the
       renderer writes it only with cycle-bound frames ("Vormals … (C3)", "Z.n. 3 Zyklen …"), never

@@ -19,7 +19,8 @@ complications, earlier stays) and placed with the same section weights as presen
 `Sampler.stats` counts for the sample report: `codes/<slot>/written|pinned` (how each gold
 code is supported), `foreign_system/<kind>` (codes of another system kept out of a slot),
 `no_name/<system>`, `dropped/<why>`, `future_facts_dropped`, `main_pending_as_suspected`,
-`postponed_cycle_negated`, `vital_loinc_not_in_catalogue`.
+`postponed_cycle_negated`, `vital_loinc_not_in_catalogue` (a vital whose code has no German name in
+the lexicon: not written).
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ _FINDING_OPS = ("3-", "1-6", "1-44", "1-63", "1-64", "1-65", "1-61", "1-62")
 #: cancers an endoscopy diagnoses (oesophagus to anus, bladder, larynx)
 _ENDOSCOPIC_ENTITIES = ("C15", "C16", "C17", "C18", "C19", "C20", "C21", "C32", "C67")
 _RESPONSES = ("complete_remission", "partial_remission", "stable", "progression", "mixed")
+def _is_antiemesis(atc: Any) -> bool:
+    """5-HT3 and NK1 antagonists (A04AA, A04AD) and dexamethasone, the antiemetic prophylaxis drugs."""
+    return isinstance(atc, str) and (atc.startswith(("A04AA", "A04AD")) or atc == "H02AB02")
+
+
 _CONTEXT_OF_ROLE = {"community": "discharge", "discharge": "discharge", "inpatient": "inpatient"}
 _MEDICATION_CONTEXTS = ("discharge", "inpatient", "therapy", "admission", "allergy")
 
@@ -476,6 +482,14 @@ class Sampler:
         ds = style or ctx.style["date_style"]
         return P.format_date(d, ds), P.gold_date(d, ds)
 
+    def _own_words(self, text: str | None) -> str:
+        """A source text fit to be written in the letter: an English code display ("Cholesterol
+        [Moles/volume] in Serum or Plasma", "... (procedure)") is not (counted, never written)."""
+        if text and P.foreign_wording(text):
+            self.stats["dropped/english_display"] += 1
+            return ""
+        return text or ""
+
     def _slot_code(self, fact: dict[str, Any], systems: tuple[str, ...], what: str) -> str | None:
         """The record's code if it is in the slot's system, else None (counted)."""
         code = fact.get("code")
@@ -500,10 +514,14 @@ class Sampler:
         return options[-1] if ctx.rng.random() < 0.7 else P.pick(ctx.rng, options)
 
     def _name(
-        self, ctx: _Ctx, system: str, code: str, prefer_specific: float = 0.5
+        self, ctx: _Ctx, system: str, code: str, prefer_specific: float = 0.5, site: str | None = None
     ) -> tuple[str, str | None] | None:
-        """A clinical name for a coded fact and the code it pins (None: written without a code)."""
+        """A clinical name for a coded fact and the code it pins (None: written without a code).
+        `site` (the tumour's ICD category) keeps organ-bound wording to its organ: "Karzinom NST"
+        is breast pathology, a pancreatic 8500/3 is a "duktales Adenokarzinom"."""
         names = self.lex.names_with_codes(system, code)
+        if site is not None:
+            names = [n for n in names if P.name_fits_site(n[0], site)] or names
         if not names:
             self.stats[f"no_name/{system}"] += 1
             return None
@@ -631,7 +649,7 @@ class Sampler:
                 name, pinned = fallback
                 self.stats["diagnosis_named_by_category_title"] += 1
         if name is None:
-            text = f.get("text") or ""
+            text = self._own_words(f.get("text"))
             if text and ": " not in text and self.lex.pinned_code("icd10gm", text) in (None, code):
                 name = text  # the source's own wording; its code only when written
                 pinned = self.lex.pinned_code("icd10gm", text)
@@ -817,7 +835,8 @@ class Sampler:
         # a suspected tumour has no tissue yet: at most a clinical TNM, no histology, grading, markers, stage
         tissue = assertion != "suspected"
         if tissue and histo is not None and self._slot_code(histo, ICDO3_SYSTEMS, "histology"):
-            got = self._name(ctx, "morphology", histo["code"], prefer_specific=0.7)
+            site = str(gold.get("icd10gm") or code or "")[:3] or None
+            got = self._name(ctx, "morphology", histo["code"], prefer_specific=0.7, site=site)
             if got:
                 hname, hpinned = got
                 gold["histology"] = hname
@@ -975,7 +994,7 @@ class Sampler:
             if rng.random() >= 0.8:
                 continue
             ex = self._x(f)
-            name = f.get("text") or f.get("display") or str(f.get("code") or "")
+            name = self._own_words(f.get("text") or f.get("display"))
             if not name or len(name) > 40:
                 continue
             m: dict[str, Any] = {"name": name}
@@ -1070,7 +1089,7 @@ class Sampler:
             if got:
                 name, pinned = got
         if name is None:
-            text = f.get("text") or (f.get("display") if not code else None) or ""
+            text = self._own_words(f.get("text") or (f.get("display") if not code else None))
             if not text or ": " in text or len(text) > 60:
                 self.stats["dropped/procedure_without_name"] += 1
                 return 0
@@ -1105,7 +1124,7 @@ class Sampler:
             if f["category"] != "radiotherapy":
                 continue
             ex = self._x(f)
-            target = ex.get("target") or f.get("text")
+            target = ex.get("target") or self._own_words(f.get("text"))
             if not target or len(target) > 60:
                 self.stats["dropped/radiotherapy_without_target"] += 1
                 continue
@@ -1164,7 +1183,7 @@ class Sampler:
                 return P.pick(ctx.rng, others)
             if first:
                 return first[0]
-        text = f.get("display") or f.get("text")
+        text = self._own_words(f.get("display") or f.get("text"))
         if text and len(text) <= 60 and ": " not in text:
             self.stats["medication_as_text"] += 1
             return text, self.lex.pinned_code("atc", text)
@@ -1174,8 +1193,26 @@ class Sampler:
         rng = ctx.rng
         n = 0
         seen: set[tuple[Any, ...]] = set()
+        # the antiemetic combination of a chemotherapy stay (5-HT3 + dexamethasone [+ NK1]) is one
+        # decision: a letter lists all of it or none, never a partial triad
+        group = [
+            f
+            for f in own
+            if f["category"] == "medication"
+            and _is_antiemesis(f.get("code"))
+            and _CONTEXT_OF_ROLE.get(f.get("role") or "", "inpatient") == "inpatient"
+            and not self._x(f).get("therapy")
+        ]
+        group_ids = {f["resource_id"] for f in group} if len(group) >= 2 else set()
+        keep_group = bool(group_ids) and rng.random() < self.cfg.keep["medication"]
         for f in own:
-            if f["category"] != "medication" or n >= self.cfg.max_facts["medication"]:
+            if f["category"] != "medication":
+                continue
+            if f["resource_id"] in group_ids:
+                if keep_group:
+                    n += self._medication_fact(ctx, f, "inpatient", "present")
+                continue
+            if n >= self.cfg.max_facts["medication"]:
                 continue
             ex = self._x(f)
             context = (
@@ -1385,7 +1422,7 @@ class Sampler:
     ) -> bool:
         rng = ctx.rng
         lab = self.cat.labs.get(code) if code else None
-        full = (lab.name_de if lab else None) or f.get("display") or f.get("text")
+        full = (lab.name_de if lab else None) or self._own_words(f.get("display") or f.get("text"))
         if not full:
             return False
         shorts = P.LAB_SHORT.get(full, ())
@@ -1432,13 +1469,14 @@ class Sampler:
             if (code or "") in seen or (f.get("date") or "")[:10] != first or rng.random() < 0.25:
                 continue
             seen.add(code or "")
-            names = P.VITAL_NAMES.get(code or "", ())
-            name = P.pick(rng, names) if names else (f.get("text") or f.get("display"))
-            if not name:
+            # a German name that pins the vital's LOINC code (catalogue table `vitals` + clinical
+            # names); a vital without one is not written (an English FHIR display is no letter text)
+            names = [n for n, c in self.lex.names_for("loinc", code) if c == code] if code else []
+            if not names:
+                self.stats["vital_loinc_not_in_catalogue" if code else "dropped/vital_without_code"] += 1
                 continue
-            loinc = code if code and self.cat.loinc.lookup(code) else None
-            if code and loinc is None:
-                self.stats["vital_loinc_not_in_catalogue"] += 1
+            name = P.pick(rng, names)
+            loinc = code
             value = float(f["value_num"])
             value_s = P.format_number(value, 1)
             unit = f.get("unit") or ""

@@ -353,7 +353,7 @@ def load_catalog() -> Catalog:
         icdo3_morphology=_morphology_table(tables["icdo3_morphology"], version["icdo3_morphology"]),
         ops=_ops_table(tables["ops"], version["ops"]),
         atc=atc,
-        loinc=_loinc_table(tables["labs"], version["labs"]),
+        loinc=_loinc_table(tables["labs"], tables["vitals"], version["labs"]),
         entities=[_entity(e, topography) for e in entities_doc["entities"]],
         regimens=_regimens(tables["regimens"]),
         labs=labs,
@@ -480,7 +480,8 @@ def _atc_table(rows: list[dict[str, str]], version: str) -> CodeTable:
     return CodeTable("atc", ATC_SYSTEM, version, ATC_PATTERN, concepts, level_fn=atc_level)
 
 
-def _loinc_table(rows: list[dict[str, str]], version: str) -> CodeTable:
+def _loinc_table(labs: list[dict[str, str]], vitals: list[dict[str, str]], version: str) -> CodeTable:
+    """Labs and vital signs: both are gold LOINC codes; only `labs` feeds lab sampling (`_labs`)."""
     concepts = [
         Concept(
             r["loinc"],
@@ -488,9 +489,15 @@ def _loinc_table(rows: list[dict[str, str]], version: str) -> CodeTable:
             LOINC_SYSTEM,
             parse_bool(r["code_verified"]),
             MappingProxyType(
-                {"long_name_en": r["long_name_en"], "unit": r["unit"], "marker": parse_bool(r["marker"])}
+                {
+                    "long_name_en": r["long_name_en"],
+                    "unit": r["unit"],
+                    "marker": parse_bool(r.get("marker", "false")),
+                    "vital": vital,
+                }
             ),
         )
+        for rows, vital in ((labs, False), (vitals, True))
         for r in rows
     ]
     return CodeTable("loinc", LOINC_SYSTEM, version, LOINC_PATTERN, concepts, level_fn=loinc_level)

@@ -247,6 +247,9 @@ def lexicon() -> Lexicon:
         for name in (lab.name_de, *LAB_SHORT.get(lab.name_de, ())):
             if ("loinc", normalize(name)) not in lex._by_name:
                 lex._add("loinc", loinc, name)
+    for concept in cat.loinc:  # vital signs: their German label; short forms are in clinical_names.csv
+        if concept.extra.get("vital") and ("loinc", normalize(concept.display)) not in lex._by_name:
+            lex._add("loinc", concept.code, concept.display)
     return lex
 
 

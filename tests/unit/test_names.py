@@ -29,6 +29,9 @@ from clinsynth.terminology.names import SYSTEMS, covers, lexicon, names_for, pin
         ("atc", "Pantoprazol", "A02BC02"),  # INN
         ("loinc", "Hb", "718-7"),
         ("loinc", "Kreatinin", "2160-0"),
+        ("loinc", "RR systolisch", "8480-6"),  # vital signs: table `vitals`, short forms in clinical names
+        ("loinc", "Puls", "8867-4"),
+        ("loinc", "SpO2", "59408-5"),
     ],
 )
 def test_a_name_pins_the_code_it_expresses(system: str, text: str, code: str) -> None:
@@ -65,6 +68,7 @@ def test_every_row_is_a_clinical_name_with_a_well_formed_code() -> None:
         "ops": cat.ops,
         "morphology": cat.icdo3_morphology,
         "atc": cat.atc,
+        "loinc": cat.loinc,
     }
     lex = lexicon()
     rows = read_csv(data_text("clinical_names.csv"))
@@ -92,3 +96,6 @@ def test_every_code_the_cohort_draws_has_a_clinical_name() -> None:
     assert [a for a in atc if not names_for("atc", a)] == []
     assert [c.code for c in cat.ops if not lexicon().names_with_codes("ops", c.code)] == []
     assert {lab.name_de for code, lab in cat.labs.items() if not names_for("loinc", code)} <= {"Leukozyten"}
+    vitals = [c.code for c in cat.loinc if c.extra.get("vital")]
+    assert len(vitals) >= 8 and not set(vitals) & set(cat.labs)  # vitals never join lab sampling
+    assert [v for v in vitals if not names_for("loinc", v)] == []

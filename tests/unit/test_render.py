@@ -463,3 +463,32 @@ def test_the_verifier_undoes_a_recorded_shift_and_catches_an_unrecorded_one(shif
         assert ok.ok, (v.spec_id, ok.reasons)
         bare = verify(v, letter.text, untagged=letter.untagged, noise=letter.noise[1:])
         assert not bare.ok and any("mismatch" in r or "missing" in r for r in bare.reasons), v.spec_id
+
+
+def test_adjective_initial_names_take_their_dative_after_a_preposition_and_still_verify() -> None:
+    """With `say["name_dat"]` a name may follow bei/nach/Z.n. inflected; the verifier binds that form."""
+    from clinsynth.letters.verify import verify
+    from clinsynth.terminology.names import name_dative
+
+    r = review_recipe()
+    for f in r.facts:
+        if f.kind == "diagnosis" and (dat := name_dative(str(f.say.get("name") or ""))):
+            f.say["name_dat"] = dat
+    assert any(f.say.get("name_dat") for f in r.facts)
+    inflected = re.compile(
+        r"\b(?:[Vv]on|[Bb]ei|mit|nach|Z\.\s?n\.|Zustand nach|St\.\s?p\.)\s+(?:\w+ )?"
+        r"(?:benigner essentieller Hypertonie|zerebralen Metastasen|tiefer Beinvenenthrombose"
+        r"|perkutaner Leberbiopsie|febriler Neutropenie)"
+    )
+    wrong = re.compile(
+        r"\b(?:[Vv]on|[Bb]ei|mit|nach|Z\.\s?n\.|Zustand nach|St\.\s?p\.)\s+(?:\w+ )?"
+        r"(?:benigne essentielle|zerebrale Metastasen|tiefe Beinvenen|perkutane Leber|febrile Neutro)"
+    )
+    seen = 0
+    for v in variants(r, 40):
+        out = render(v, noise=0)
+        assert not wrong.search(out.text), (v.spec_id, wrong.search(out.text))
+        seen += len(inflected.findall(out.text))
+        verdict = verify(v, out.text, untagged=out.untagged, noise=out.noise)
+        assert verdict.ok, (v.spec_id, verdict.reasons[:3])
+    assert seen >= 5

@@ -94,6 +94,8 @@ def test_gold_codes_are_written_or_pinned_by_the_written_name(recipes: list[Reci
                 counts[f"{slot}/pinned"] += 1
     assert counts["icd10gm/written"] > 50 and counts["icd10gm/pinned"] > 50
     assert counts["ops/pinned"] > 50 and counts["morphology/pinned"] > 20
+    vitals = [f for f in _facts(recipes) if f.kind == "vital"]
+    assert vitals and all(f.gold.get("loinc") for f in vitals)  # a vital's German name pins its LOINC
 
 
 def test_written_icd_codes_look_like_letters_write_them(recipes: list[Recipe]) -> None:
@@ -576,3 +578,58 @@ def test_a_response_is_stated_only_after_a_therapy_the_letter_shows(recipes: lis
             for f in r.facts
         ), r.spec_id
     assert n > 0
+
+
+def test_the_antiemetic_combination_is_written_whole_or_not_at_all(
+    records: list[PatientRecord], recipes: list[Recipe]
+) -> None:
+    """A high-emetogenic stay gets 5-HT3 + dexamethasone + NK1; the letter lists all or none."""
+    stays = {(rec.patient_id, eid): enc for rec in records for eid, enc in rec.encounters.items()}
+
+    def antiemesis(code: Any) -> bool:
+        return isinstance(code, str) and (code.startswith(("A04AA", "A04AD")) or code == "H02AB02")
+
+    checked = 0
+    for r in recipes:
+        given = {
+            f["code"]
+            for f in stays[(r.patient_id, r.encounter_id)].facts
+            if f["category"] == "medication" and f.get("role") == "inpatient" and antiemesis(f.get("code"))
+        }
+        if len(given) < 2:
+            continue
+        written = {
+            f.gold.get("atc")
+            for f in r.facts
+            if f.kind == "medication"
+            and f.assertion == "present"
+            and f.gold.get("context") == "inpatient"
+            and antiemesis(f.gold.get("atc"))
+        }
+        assert written in (set(), given), (r.spec_id, sorted(given), sorted(written))
+        checked += bool(written)
+    assert checked >= 5
+
+
+def test_english_code_displays_are_not_letter_wording() -> None:
+    from clinsynth.sampling.phrases import foreign_wording
+
+    for text in (
+        "Cholesterol [Moles/volume] in Serum or Plasma",
+        "Molecular genetic test (procedure)",
+        "Malignant tumor of breast",
+    ):
+        assert foreign_wording(text), text
+    for text in ("Cholesterin", "Mammographie", "Therapie mit Zytostatika", "CT-Thorax", "Hämoccult-Test"):
+        assert not foreign_wording(text), text
+
+
+def test_organ_bound_histology_wording_stays_with_its_organ(recipes: list[Recipe]) -> None:
+    from clinsynth.sampling.phrases import name_fits_site
+
+    nst = "invasives Karzinom NST"
+    assert name_fits_site(nst, "C50") and not name_fits_site(nst, "C25")
+    for f in _facts(recipes):
+        if f.kind == "tumor" and f.gold.get("histology") and f.gold.get("icd10gm"):
+            site, histology = f.gold["icd10gm"][:3], f.gold["histology"]
+            assert name_fits_site(histology, site), (site, histology)
