@@ -451,7 +451,8 @@ def check_tumor(lt: LetterText, p: Place, gold: Mapping[str, Any]) -> list[str]:
         if lat not in said:
             out.append(f"tumour laterality: gold {lat}, text {', '.join(sorted(said)) or 'none'}")
     elif lat is None:
-        near = _sides(lt.n[p.start : le], p.end + 25 - p.start)
+        # up to 25 characters after the name, never into the next tumour ("Z.n. Melanom. Larynx-CA re.")
+        near = _sides(lt.n[p.start : min(le, p.region_end)], p.end + 25 - p.start)
         if near:
             out.append(f"tumour laterality: text {', '.join(sorted(near))}, gold has none")
     for marker in gold.get("markers") or ():

@@ -180,6 +180,8 @@ class Analysis:
             code_end = self._next_other_fact(f, end)
             if code_end < len(lt.n) and lt.line(code_end)[0] > end:  # a later line belongs to that fact
                 code_end = lt.line(code_end)[0]
+            if code_end < len(lt.n) and (other_s := lt.sentence(code_end, code_end)[0]) > end:
+                code_end = other_s  # so does a later sentence ("... ECOG 1. E11.9 Typ-2-Diabetes")
             return Place(start, end, max(end, stop), sec_s, sec_e, lead=max(ls, prev_end), code_end=code_end)
         s_start, s_end = lt.sentence(start, end)
         region_end = min(self._next_other(start, end), s_end)

@@ -663,8 +663,8 @@ def join_names(names: Sequence[str], rng: random.Random, conj: str = "oder") -> 
     """ "A, B oder C": every name in full (no "Leber- oder Lungenmetastasen")."""
     if len(names) == 1:
         return names[0]
-    sep = ", " if rng.random() < 0.8 else "; "
-    return sep.join(names[:-1]) + f" {conj} " + names[-1]
+    # never "; ": a semicolon ends the cue's scope ("keine Hinweise auf A; B oder C" negates only A)
+    return ", ".join(names[:-1]) + f" {conj} " + names[-1]
 
 
 def list_frame(rng: random.Random, assertion: str, names: Sequence[str] = ()) -> str:

@@ -93,6 +93,7 @@ UNIT_DISPLAY: dict[str, tuple[str, ...]] = {
     "g": ("g",),
     "IE": ("IE",),
     "[IU]": ("IE",),
+    "[iU]": ("IE", "I.E."),
     "Mio. IE": ("Mio. IE",),
     "mg/m2": ("mg/m²", "mg/m2"),
     "mg/kg": ("mg/kg",),
@@ -133,6 +134,34 @@ _FOREIGN = re.compile(
 def foreign_wording(text: str | None) -> bool:
     """Is `text` an English code display (not something a German letter would write)?"""
     return text is not None and _FOREIGN.search(text) is not None
+
+
+_TIMING = re.compile(r"(\d+)/(\d+)?(h|d|wk|mo)")
+#: FHIR period unit -> (adverb for "n per 1", plural for "every k", noun for "n/…")
+_PERIOD = {
+    "h": ("pro Stunde", "h", "h"),
+    "d": ("tgl.", "Tage", "Tag"),
+    "wk": ("wöchentlich", "Wochen", "Woche"),
+    "mo": ("monatlich", "Monate", "Monat"),
+}
+
+
+def frequency_text(rng: random.Random, freq: str, *, has_schedule: bool = False) -> str | None:
+    """A FHIR timing as ingest stores it ("2/1d", "1/3wk") as a letter writes it ("2x tgl.",
+    "alle 3 Wochen"); free text ("Tag 1-5") as it is. None: a daily count the 1-0-1-0 scheme
+    already says."""
+    m = _TIMING.fullmatch(freq.strip())
+    if m is None:
+        return freq
+    n, period, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
+    every, plural, noun = _PERIOD[unit]
+    if period == 1:
+        if unit == "d" and has_schedule:
+            return None
+        return pick(rng, (f"{n}x {every}", f"{n}x/{noun}"))
+    if n == 1:
+        return f"alle {period} {plural}"
+    return f"{n}x alle {period} {plural}"
 
 
 def unit_variants(ucum: str | None) -> tuple[str, ...]:

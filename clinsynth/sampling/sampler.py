@@ -1294,9 +1294,10 @@ class Sampler:
             gold["schedule"] = [float(x) for x in sched]
             four = sched[3] != 0 or rng.random() < 0.3
             say["schedule"] = "-".join(P.format_number(float(x)) for x in (sched if four else sched[:3]))
-        if assertion == "present" and ex.get("frequency") and rng.random() < 0.8:
-            gold["frequency"] = str(ex["frequency"])
-            say["frequency"] = str(ex["frequency"])
+        freq = P.frequency_text(rng, str(ex.get("frequency") or ""), has_schedule="schedule" in gold)
+        if assertion == "present" and freq and rng.random() < 0.8:
+            gold["frequency"] = freq  # as written ("2x tgl."), never the FHIR timing ("2/1d")
+            say["frequency"] = freq
         if ex.get("as_needed"):
             gold["as_needed"] = True
             say["as_needed"] = P.pick(rng, P.AS_NEEDED)

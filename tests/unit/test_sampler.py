@@ -633,3 +633,16 @@ def test_organ_bound_histology_wording_stays_with_its_organ(recipes: list[Recipe
         if f.kind == "tumor" and f.gold.get("histology") and f.gold.get("icd10gm"):
             site, histology = f.gold["icd10gm"][:3], f.gold["histology"]
             assert name_fits_site(histology, site), (site, histology)
+
+
+def test_fhir_timings_are_written_as_letters_write_frequencies() -> None:
+    import random
+
+    from clinsynth.sampling.phrases import frequency_text
+
+    rng = random.Random(0)
+    assert frequency_text(rng, "1/3wk") == "alle 3 Wochen"
+    assert frequency_text(rng, "1/8h") == "alle 8 h"
+    assert frequency_text(rng, "2/1d") in ("2x tgl.", "2x/Tag")
+    assert frequency_text(rng, "2/1d", has_schedule=True) is None  # 1-0-1-0 says it already
+    assert frequency_text(rng, "Tag 1-5") == "Tag 1-5"  # free text as it is
