@@ -219,25 +219,23 @@ class Medication(Fact):
     intent: TherapyIntent | None = None
 
 
-class Lab(Fact):
+class _Measurement(Fact):
+    """A named measured value: labs and vitals share it (one list each in the extraction)."""
+
     name: str = Field(min_length=1)
     loinc: Code | None = Field(default=None, pattern=LOINC)
     value: float | None = None
     value_text: str | None = None
     unit: str | None = None
     date: Date | None = None
+
+
+class Lab(_Measurement):
     flag: LabFlag | None = None
 
 
-class Vital(Fact):
+class Vital(_Measurement):
     """Blood pressure is two facts (systolic, diastolic) so that each value is a number."""
-
-    name: str = Field(min_length=1)
-    loinc: Code | None = Field(default=None, pattern=LOINC)
-    value: float | None = None
-    value_text: str | None = None
-    unit: str | None = None
-    date: Date | None = None
 
 
 class RiskFactor(Fact):
