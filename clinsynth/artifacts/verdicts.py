@@ -39,5 +39,5 @@ def read_report(stage_dir: Path) -> dict[str, Any]:
 
 
 def training_spec_ids(stage_dir: Path) -> set[str]:
-    """Letters the verifier lets into training (failing ones only with verify.include_failed)."""
+    """Letters that passed verification (use_for_training == ok; dataset.include_failed may add the rest)."""
     return {v["spec_id"] for v in read_verdicts(stage_dir) if v["use_for_training"]}

@@ -1,7 +1,8 @@
 """`verify`: hold every letter to its recipe; write per-letter verdicts, rates and throughput.
 
-Failing letters are kept (with reasons in verification.jsonl); the dataset stage excludes them
-from training unless verify.include_failed=true.
+Failing letters are kept (with reasons in verification.jsonl); use_for_training is the verdict
+itself, and the dataset stage decides whether failing letters are trained on (dataset.include_failed),
+so flipping that setting never reruns verification.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from clinsynth.artifacts.letters import check_letters, read_letters, shard_stats
 from clinsynth.artifacts.specs import check_shard_recipes, check_specs, shard_recipes, spec_ids
 from clinsynth.artifacts.verdicts import REPORT, STATS, verdicts_path
 from clinsynth.core.atomic import atomic_open, write_json
-from clinsynth.core.config import StageConfig, identity
+from clinsynth.core.config import StageConfig
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.letters.report import LettersReport, write_report
@@ -29,12 +30,9 @@ from clinsynth.letters.verify import spans, summarize, verify
 from clinsynth.sampling.recipe import Recipe
 
 
-class VerifySection(StageConfig):
-    include_failed: bool = identity(why="sets use_for_training of failing letters; generate never reads it")
-
-
 class VerifyConfig(StageConfig):
-    verify: VerifySection
+    """No keys: the rules are code (bump the stage version to rerun); what is trained on is the dataset
+    stage's choice (dataset.include_failed)."""
 
 
 @stage("verify", needs=("generate", "sample"), config=VerifyConfig, version=1)
@@ -52,7 +50,6 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
     verdicts: list[dict[str, Any]] = []
     by_mode: dict[str, list[dict[str, Any]]] = {}
     seen: Counter[str] = Counter()
-    include_failed = cfg.verify.include_failed
     letters_report = LettersReport()  # the data report (letters_report.json/.md), streamed
     # one pool for the whole stage: at paper scale the shards are small (75k letters in many array
     # tasks' shards), so a per-shard threshold would keep every shard on one core
@@ -89,8 +86,8 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                     "facts": facts,
                     # fact id -> [start, end, sentence start, sentence end, section found, cue side]
                     "spans": fact_spans,
-                    # failing letters stay here with their reasons but are not trained on by default
-                    "use_for_training": ok or include_failed,
+                    # failing letters stay here with their reasons; dataset.include_failed decides
+                    "use_for_training": ok,
                 }
                 fh.write(orjson.dumps(row) + b"\n")
                 letters_report.add(recipe, letter["text"], row)

@@ -139,11 +139,14 @@ def _lookup(data: dict, dotted: str) -> Any:
     return data
 
 
-def test_verify_include_failed_never_changes_generate():
-    base = plan_for(["+experiment=smoke"])
-    other = plan_for(["+experiment=smoke", "verify.include_failed=true"])
-    assert other.stage("generate").stage_id == base.stage("generate").stage_id
-    assert other.stage("verify").stage_id != base.stage("verify").stage_id
+def test_include_failed_changes_only_dataset_and_train():
+    """What is trained on is the dataset stage's choice: verification and the letters never rerun."""
+    base = plan_for(["+experiment=smoke", "pipeline=[train]"])
+    other = plan_for(["+experiment=smoke", "pipeline=[train]", "dataset.include_failed=true"])
+    changed = {s.name for s in base.stages if other.stage(s.name).stage_id != s.stage_id}
+    assert changed == {"dataset", "train"}
+    with pytest.raises(PlanError, match="unknown key verify"):  # the old key is gone, not ignored
+        plan_for(["+experiment=smoke", "+verify.include_failed=true"])
 
 
 def test_identity_fields_change_their_stage_and_what_follows():
