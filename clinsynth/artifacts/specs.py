@@ -133,6 +133,14 @@ def spec_ids(stage_dir: Path) -> list[str]:
     return cast(list[str], read_specs(stage_dir, columns=["spec_id"]).column("spec_id").to_pylist())
 
 
+def iter_specs(stage_dir: Path, columns: list[str], batch_size: int = 4096) -> Iterator[dict[str, Any]]:
+    """Spec rows (only `columns`) in spec order, streamed by batches: at paper scale the gold and recipe
+    columns do not fit in memory at once."""
+    pf = pq.ParquetFile(specs_path(stage_dir))
+    for batch in pf.iter_batches(columns=columns, batch_size=batch_size):
+        yield from batch.to_pylist()
+
+
 def shard_recipes(stage_dir: Path, shard: int, num_shards: int, batch_size: int = 4096) -> list[str]:
     """Recipe JSON of specs shard, shard+N, ... (the order of ctx.items), streamed by batches.
 
