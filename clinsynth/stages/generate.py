@@ -69,11 +69,14 @@ def _requires(cfg: GenerateConfig) -> list[tuple[str, str]]:
     if cfg.generate.letters.mode == "template":
         return []
     kind = cfg.generate.backend.kind
+    model_kind = cfg.generate.model.kind if cfg.generate.model is not None else None
+    # a packaged model (GGUF in a package) is converted locally by transformers + gguf for vllm and hf
+    packaged = [("gguf", "hf")] if model_kind == "packaged" and kind in ("vllm", "hf") else []
     if kind == "vllm":
-        return [("vllm", "gen (GPU) or gen-cpu (CPU)")]
+        return [("vllm", "gen (GPU) or gen-cpu (CPU)"), *packaged]
     if kind == "hf":
-        return [("torch", "hf"), ("transformers", "hf")]
-    if cfg.generate.model is not None and cfg.generate.model.kind == "tiny":
+        return [("torch", "hf"), ("transformers", "hf"), *packaged]
+    if model_kind == "tiny":
         return [("tokenizers", "hf")]  # the tiny model is built locally even for a server
     return []
 
