@@ -350,7 +350,25 @@ def load_causal_lm(
     if device_map is not None:
         kwargs["device_map"] = device_map
     path = local_model(model_cfg, cache_dir)
+    if quantization is None and prequantized_method(path) == "mxfp4":
+        # gpt-oss ships MXFP4 experts, which transformers cannot train (nor merge into): bf16 copy instead
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def prequantized_method(path: str) -> str | None:
+    """quant_method of weights that were saved quantized (gpt-oss: 'mxfp4'), or None."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):  # not resolvable offline: from_pretrained will say why
+        return None
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method)) if method is not None else None
 
 
 __all__ = [
@@ -363,6 +381,7 @@ __all__ = [
     "local_model",
     "package_dir",
     "packaged_source",
+    "prequantized_method",
     "quantization_config",
     "torch_dtype",
 ]
