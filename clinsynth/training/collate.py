@@ -224,12 +224,14 @@ def useful_tokens(batch: Mapping[str, Any]) -> int:
 
 def _base_model(model: Any) -> Any:
     """The transformers model under peft / DeepSpeed / DDP wrappers."""
-    seen = 0
-    while seen < 8:
-        seen += 1
+    from transformers import PreTrainedModel
+
+    for _ in range(8):
+        if isinstance(model, PreTrainedModel):
+            break
         if hasattr(model, "get_base_model"):
             model = model.get_base_model()
-        elif hasattr(model, "module") and not hasattr(model, "config"):
+        elif hasattr(model, "module"):
             model = model.module
         else:
             break

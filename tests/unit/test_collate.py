@@ -195,3 +195,24 @@ def test_gpu_check_script_runs_tiny_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["padded"]["useful_tokens"] > 0 and report["packed"]["useful_tokens"] > 0
     assert report["ratio"] > 0 and report["packing_mode"] == "position_ids"
+
+
+def test_packing_mode_sees_through_peft_and_ddp_style_wrappers():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(llama(), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+    class Wrapper(torch.nn.Module):  # DDP / DeepSpeed engines keep the model in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+            self.config = {"not": "a model config"}
+
+    assert packing_mode(model) == "position_ids"
+    assert packing_mode(Wrapper(model)) == "position_ids"
+    model.get_base_model().config.use_cache = True
+    assert packing_mode(Wrapper(model)) == "padded"
+    flash = llama()
+    flash.config._attn_implementation_internal = "flash_attention_2"  # the attribute the setter checks
+    collator, mode = make_collator(flash, packing=True, pad_id=0, max_len=32)
+    assert mode == "position_ids" and collator.flatten
