@@ -165,7 +165,11 @@ class Analysis:
         _, sec_s, sec_e = lt.section_at(start)
         if f.kind == "tumor":
             i = bisect.bisect_right(self.tumour_starts, end)
-            other = [s for s in self.tumour_starts[i:] if s >= end and not self._same_name(f, s)]
+            other = [
+                s
+                for s in self.tumour_starts[i:]
+                if s >= end and not self._same_name(f, s) and not self._inside_own_words(f, s)
+            ]
             stop = min(
                 other[0] if other else len(lt.n),
                 lt.paragraph(start)[1],
@@ -208,6 +212,19 @@ class Analysis:
         own = set(self.occ[f.id])
         for o in self.all_occ[max(0, i - 8) : i]:
             if o not in own and o[0] <= occ[0] and occ[1] <= o[1] and o != occ:
+                return True
+        return False
+
+    def _inside_own_words(self, f: RecipeFact, pos: int) -> bool:
+        """Is a name at `pos` part of this fact's own words ("Histologie: malignes Melanom" in the block
+        of "Malignes Melanom der unteren Extremität" is its histology, not the earlier "Melanom")?"""
+        n = self.lt.n
+        for v in (*f.gold.values(), *f.say.values()):
+            if not isinstance(v, str) or len(v) < 4:
+                continue
+            w = norm(v)
+            at = n.find(w, max(0, pos - len(w)), pos + len(w))
+            if 0 <= at <= pos < at + len(w):
                 return True
         return False
 

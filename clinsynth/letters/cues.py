@@ -29,6 +29,10 @@ from clinsynth.schema import Assertion
 _NOUN_CUE = r"(?:hinweis|anhalt|anhaltspunkt|nachweis|zeichen|verdacht|evidenz|befund)\w*"
 _ART = r"(?:auf|für|von|vom|einer?|eines|einen|einem|den|die|das|der)"
 _VORLIEGEN = r"(?:\s+(?:das\s+)?vorliegen\s+(?:von|einer?|eines))?"
+#: a word between "kein"/"ohne" and its noun stays on their line: "aktuell ohne Bedeutung⏎Verdacht auf X"
+#: is no "ohne Verdacht auf" (a bare line wrap between the two words still joins them)
+_SP = r"[^\S\n]+"
+_INNER = rf"(?:{_SP}[\w-]+)"
 _NICHT_AUSZ = r"nicht\s+(?:sicher\s+|ganz\s+|mit\s+sicherheit\s+)?auszuschlie(?:ß|ss)en"
 
 #: (pattern, assertion, strong, where: "pre" | "post" | "both"); the first alternative that matches wins
@@ -39,12 +43,12 @@ CUE_TABLE: tuple[tuple[str, Assertion, bool, str], ...] = (
     # "Exsikkose: kein Nachweis" (no preposition follows: the cue closes the clause, so it looks back)
     (rf"kein(?:e[nmrs]?)?\s+{_NOUN_CUE}(?!\s+{_ART})", "negated", True, "both"),
     (
-        rf"kein(?:e[nmrs]?)?(?:\s+[\w-]+){{0,2}}?\s+{_NOUN_CUE}(?:\s+{_ART})?{_VORLIEGEN}",
+        rf"kein(?:e[nmrs]?)?(?:{_INNER}{{1,2}}?{_SP}|\s+){_NOUN_CUE}(?:\s+{_ART})?{_VORLIEGEN}",
         "negated",
         True,
         "pre",
     ),
-    (rf"ohne(?:\s+[\w-]+)?\s+{_NOUN_CUE}(?:\s+{_ART})?", "negated", True, "pre"),
+    (rf"ohne(?:{_INNER}{_SP}|\s+){_NOUN_CUE}(?:\s+{_ART})?", "negated", True, "pre"),
     (r"kein(?:e[nmrs]?)?", "negated", True, "pre"),
     (r"ohne", "negated", True, "pre"),
     (rf"ausschluss\s+{_ART}?", "negated", True, "pre"),
