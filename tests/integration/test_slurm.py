@@ -124,7 +124,8 @@ def test_smoke_on_slurm_arrays_match_local(tmp_path):
     """The README's main command on the test cluster: cohort and generate as job arrays, the rest
     as single jobs chained by afterok; every output equals the local run's."""
     overrides = [
-        "+experiment=smoke", "tracking=disabled", "cohort.patients=40", "resources.cohort.shards=4",
+        "+experiment=smoke",
+            "pipeline=[verify]", "tracking=disabled", "cohort.patients=40", "resources.cohort.shards=4",
         "resources.generate.shards=3",
     ]  # fmt: skip
     result = launch([*overrides, "cluster=slurm", f"paths.runs={tmp_path / 'slurm'}"])

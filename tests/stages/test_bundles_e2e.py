@@ -42,7 +42,8 @@ SLOT_SYSTEMS = {
 def _launch(runs: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """The README command (source.path relative to the repository, as a user types it)."""
     source = os.path.relpath(MII, REPO)
-    cmd = [sys.executable, "-m", "launch", "+experiment=smoke", "source=bundles", f"source.path={source}",
+    cmd = [sys.executable, "-m", "launch", "+experiment=smoke",
+        "pipeline=[verify]", "source=bundles", f"source.path={source}",
            "cluster=local", "tracking=disabled", f"paths.runs={runs}", *extra]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
 

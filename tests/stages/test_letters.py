@@ -31,6 +31,7 @@ def smoke(tmp_path_factory):
     result = launch(
         [
             "+experiment=smoke",
+            "pipeline=[verify]",
             "cluster=debug",
             "tracking=disabled",
             "cohort.patients=60",
@@ -199,6 +200,7 @@ def test_verification_catches_a_planted_extra_code_and_truncation(smoke):
 def test_sigkill_mid_shard_then_relaunch_gives_exactly_one_letter_per_spec(tmp_path):
     overrides = [
         "+experiment=smoke",
+        "pipeline=[verify]",
         "cluster=debug",
         "tracking=disabled",
         "cohort.patients=120",

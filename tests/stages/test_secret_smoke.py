@@ -29,7 +29,8 @@ def test_a_smoke_run_from_a_token_protected_server_leaves_no_secret_under_runs(
     monkeypatch.setenv("FHIR_TOKEN", token)
 
     server = ["source=server", f"source.url={fhir_server.base_url}", "source.page_size=50"]
-    run = launch(["+experiment=smoke", *server, "cluster=local", *small, "tracking=offline"])
+    run = launch(["+experiment=smoke",
+        "pipeline=[verify]", *server, "cluster=local", *small, "tracking=offline"])
     assert all(a.status == "ran" for a in run.actions if a.stage != "cohort")
     ingest = orjson.loads((run.plan.stage("ingest").folder.path / "ingest_report.json").read_bytes())
     assert ingest["resources_read"] == len(resources) and ingest["resources_quarantined"] == 0
@@ -38,11 +39,13 @@ def test_a_smoke_run_from_a_token_protected_server_leaves_no_secret_under_runs(
     assert requests and all(r.get("status") != 401 for r in requests)  # the token was sent and accepted
 
     with pytest.raises(PlanError, match=r"unknown key source\.token") as info:
-        launch(["+experiment=smoke", *server, f"+source.token={token}", "cluster=local", *small])
+        launch(["+experiment=smoke",
+            "pipeline=[verify]", *server, f"+source.token={token}", "cluster=local", *small])
     assert token not in str(info.value)
     bad_url = fhir_server.base_url.replace("://", f"://reader:{token}@")
     with pytest.raises(PlanError, match="must not hold credentials") as info:
-        launch(["+experiment=smoke", "source=server", f"source.url={bad_url}", "cluster=local", *small])
+        launch(["+experiment=smoke",
+            "pipeline=[verify]", "source=server", f"source.url={bad_url}", "cluster=local", *small])
     assert token not in str(info.value)
 
     assert leaks(runs, token) == []

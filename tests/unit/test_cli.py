@@ -16,7 +16,8 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_smoke_runs_tracks_offline_and_reports_status(tmp_path):
-    out = run("+experiment=smoke", "cluster=debug", "cohort.patients=20", f"paths.runs={tmp_path}")
+    out = run("+experiment=smoke",
+        "pipeline=[verify]", "cluster=debug", "cohort.patients=20", f"paths.runs={tmp_path}")
     assert out.returncode == 0, out.stderr
     run_dir = next((tmp_path / "smoke").iterdir())
     run_id = run_dir.name

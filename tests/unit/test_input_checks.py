@@ -30,7 +30,8 @@ from clinsynth.stages import verify as verify_stage
 from launchers.plan import stage_config
 from launchers.submit import launch
 
-OVERRIDES = ["+experiment=smoke", "cluster=debug", "tracking=disabled", "cohort.patients=24"]
+OVERRIDES = ["+experiment=smoke",
+    "pipeline=[verify]", "cluster=debug", "tracking=disabled", "cohort.patients=24"]
 
 
 @pytest.fixture(scope="module")

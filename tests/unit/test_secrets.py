@@ -160,7 +160,7 @@ def test_an_error_whose_text_comes_from_other_fields_leaves_as_a_scrubbed_copy()
 
 def test_a_config_named_secret_pasted_into_another_key_stops_the_launch(tmp_path, monkeypatch):
     monkeypatch.setenv("FHIR_ACCESS", SECRET)  # a name no rule guesses: secret because token_env names it
-    overrides = ["+experiment=smoke", "source=server", "source.token_env=FHIR_ACCESS",
+    overrides = ["+experiment=smoke", "pipeline=[verify]", "source=server", "source.token_env=FHIR_ACCESS",
                  "source.url=http://127.0.0.1:9/fhir", f"source.snapshot=export-{SECRET}",
                  f"paths.runs={tmp_path}"]
     match = r"source\.snapshot holds the value of the secret variable FHIR_ACCESS"
