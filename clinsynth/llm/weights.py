@@ -172,7 +172,7 @@ def _remove_stale_temps(root: Path, name: str, min_age_s: float = 3600.0) -> Non
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # read-only: others sharing the cache can lock it too
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
