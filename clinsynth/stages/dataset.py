@@ -31,7 +31,7 @@ from clinsynth.training.answer import canonical_answer
 from clinsynth.training.chat import PROMPT_VERSION, example_messages, tokenize_examples
 from clinsynth.training.config import DatasetConfig
 
-#: letters tokenised per batch (one template render each, two batch encodes per batch)
+#: letters tokenised per batch (one encode each; the first of a batch is also held to the strict prefix rule)
 BATCH = 256
 #: a progress line every this many letters
 PROGRESS_EVERY = 2000
@@ -70,7 +70,7 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
 
         def flush() -> None:
             convs = [p["messages"] for p in pending]
-            for row, ex in zip(pending, tokenize_examples(tokenizer, convs), strict=True):
+            for row, ex in zip(pending, tokenize_examples(tokenizer, convs, exact_every=BATCH), strict=True):
                 st = stats[row["split"]]
                 assert ex is not None  # no max_tokens given: every example comes back
                 if ex.n_tokens > ds.max_tokens:  # the rule: prompt + answer + end of turn over the limit

@@ -82,6 +82,7 @@ def test_labels_are_exactly_the_answer_and_end_of_turn(name, schema_in_prompt, r
     msgs = example_messages(LETTER, ANSWER, schema_in_prompt=schema_in_prompt)
     ex = tokenize_example(tok, msgs)
     assert len(ex.input_ids) == len(ex.labels) == ex.n_prompt + ex.n_answer
+    assert tokenize_examples(tok, [msgs, msgs], exact_every=2)[1] == ex  # offsets path, not re-checked
     labelled = [t for t in ex.labels if t != -100]
     assert tok.decode(labelled, skip_special_tokens=False) == ANSWER + EOT[name]
     # no prompt token is labelled, and every label is its own input token (shifting is the model's job)
@@ -105,6 +106,7 @@ def test_batch_equals_single_and_length_rule(tiny):
     convs = [example_messages(LETTER[: 80 + 40 * i], ANSWER, schema_in_prompt="compact") for i in range(4)]
     singles = [tokenize_example(tiny, c) for c in convs]
     assert tokenize_examples(tiny, convs) == singles
+    assert tokenize_examples(tiny, convs, exact_every=3) == singles  # the dataset stage's fast path
     limit = singles[1].n_tokens
     assert [e is not None for e in tokenize_examples(tiny, convs, max_tokens=limit)] == [
         True,
