@@ -195,6 +195,8 @@ def train_steps(model: Any, batches: list[dict[str, Any]], *, warmup: int, devic
 
 def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)  # 1: no spinning threads; CPU-seconds then measure work
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = add_lora(build_model(args.shape, device, dtype))
     if args.gradient_checkpointing:
@@ -240,6 +242,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="padded-loop steps (x2 examples) not timed")
     ap.add_argument("--repeats", type=int, default=2, help="alternating rounds; the best counts")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's default)")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="(on by default on CUDA)")
     ap.add_argument("--variants", default="padded,clinsynth,rows")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -264,7 +267,8 @@ def main() -> None:
             for name in names:
                 out = Path(tmp) / f"{name}-{rnd}.json"
                 cmd = [sys.executable, __file__, "--variant", name, "--out", str(out)]
-                for flag in ("shape", "scale", "row_len", "micro_batch", "examples", "warmup", "seed"):
+                for flag in ("shape", "scale", "row_len", "micro_batch", "examples", "warmup", "seed",
+                             "threads"):
                     cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 if args.gradient_checkpointing:
                     cmd.append("--gradient-checkpointing")
