@@ -21,7 +21,16 @@ def _offline_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         monkeypatch.setenv(var, str(wandb_dir / var.lower()))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("CLINSYNTH_RUNS", raising=False)
+    # converted packaged models (SmolLM2) are shared by every runs folder of the session and across
+    # sessions (clinsynth.llm.weights.MODEL_CACHE_ENV): a smoke run's train stage converts nothing
+    monkeypatch.setenv("CLINSYNTH_MODEL_CACHE", str(model_cache_root()))
     monkeypatch.chdir(REPO)  # jobs import tests.toy_stages from the checkout
+
+
+def model_cache_root() -> Path:
+    """Where converted test models live: $CLINSYNTH_TEST_MODEL_CACHE or ~/.cache/clinsynth-test-models."""
+    default = Path.home() / ".cache" / "clinsynth-test-models"
+    return Path(os.environ.get("CLINSYNTH_TEST_MODEL_CACHE") or default)
 
 
 def _slurm_ready() -> tuple[bool, str]:
@@ -71,8 +80,7 @@ def smollm2_dir() -> Path:
     from clinsynth.llm.weights import ModelUnavailable, local_model
 
     cfg = yaml.safe_load((REPO / "conf" / "train" / "model" / "smollm2_135m.yaml").read_text())
-    default = Path.home() / ".cache" / "clinsynth-test-models"
-    root = Path(os.environ.get("CLINSYNTH_TEST_MODEL_CACHE") or default)
+    root = model_cache_root()
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HF_HUB_OFFLINE", "1")

@@ -48,13 +48,20 @@ class ModelUnavailable(ValueError):
 # ------------------------------------------------------------------------------------------ folders
 
 
+#: environment variable naming a shared cache for converted packaged models (e.g. on shared disk):
+#: every runs folder and test session then converts a package's weights once, not once each
+MODEL_CACHE_ENV = "CLINSYNTH_MODEL_CACHE"
+
+
 def local_model(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
     """The folder (or HF id) to load for `model_cfg`; tiny and packaged are made once under cache_dir."""
     kind = model_cfg.get("kind", "pretrained")
     if kind == "tiny":
         return str(ensure_tiny_model(dict(model_cfg.get("tiny") or {}), Path(cache_dir)))
     if kind == "packaged":
-        return str(ensure_packaged_model(model_cfg, Path(cache_dir)))
+        # a machine- or site-wide cache (operational: same key, same folder) beats the runs folder's own
+        shared = os.environ.get(MODEL_CACHE_ENV)
+        return str(ensure_packaged_model(model_cfg, Path(shared) if shared else Path(cache_dir)))
     if kind != "pretrained":
         raise ValueError(f"model.kind must be 'tiny', 'packaged' or 'pretrained', not {kind!r}")
     path = model_cfg.get("path")

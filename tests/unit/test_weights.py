@@ -34,6 +34,20 @@ GERMAN = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests pass their cache folder themselves: no shared model cache (conftest sets one)."""
+    monkeypatch.delenv("CLINSYNTH_MODEL_CACHE", raising=False)
+
+
+def test_a_shared_model_cache_wins_over_the_runs_folder(
+    smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(weights.MODEL_CACHE_ENV, str(smollm2_dir.parents[1]))
+    assert weights.local_model(SMOLLM2_CFG, tmp_path / "runs-cache") == str(smollm2_dir)
+    assert not (tmp_path / "runs-cache").exists()  # nothing converted into the runs folder
+
+
 def _fake_package(root: Path) -> Path:
     pkg = root / "clinsynth_fake_weights"
     pkg.mkdir(parents=True)
