@@ -23,10 +23,10 @@ from typing import Any, Literal, Union
 import orjson
 from pydantic import BaseModel
 
-from clinsynth.schema import ISO_DATE, ClinicalExtraction, json_schema
+from clinsynth.schema import ISO_DATE, ClinicalExtraction, Fact, json_schema
 
 #: bump when the system text, the schema rendering or the user turn layout changes
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 
 SchemaInPrompt = Literal["compact", "json_schema", "none"]
 
@@ -84,9 +84,7 @@ def _type(annotation: Any, name: str, pattern: str | None) -> str:
             return _CODE_NAMES[name]
         if pattern == ISO_DATE:
             return "date"
-        if pattern:
-            return f"str /{pattern.strip('^$')}/"
-        return "str"
+        return "str"  # patterns (TNM, grading) cost hundreds of tokens; the answers teach them
     return {int: "int", float: "number", bool: "bool"}.get(
         annotation, getattr(annotation, "__name__", str(annotation))
     )
@@ -95,6 +93,8 @@ def _type(annotation: Any, name: str, pattern: str | None) -> str:
 def _model(model: type[BaseModel]) -> str:
     parts = []
     for name, field in model.model_fields.items():
+        if name == "assertion" and issubclass(model, Fact):
+            continue  # said once for every fact (compact_schema's first line)
         req = "!" if field.is_required() else ""
         parts.append(f"{name}{req}:{_type(field.annotation, name, _pattern(field))}")
     return "{" + ",".join(parts) + "}"
@@ -104,7 +104,9 @@ def _model(model: type[BaseModel]) -> str:
 def compact_schema() -> str:
     """The schema as one field per line of the top object, generated from the pydantic model
     (`!` marks a required key; a|b|c lists the allowed values; [x] is a list of x)."""
-    lines = [
+    assertion = _type(Fact.model_fields["assertion"].annotation, "assertion", None)
+    lines = [f"every fact in a list also has assertion:{assertion} (default present)"]
+    lines += [
         f"{name}:{_type(field.annotation, name, _pattern(field))}"
         for name, field in ClinicalExtraction.model_fields.items()
     ]
