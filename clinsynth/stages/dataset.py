@@ -20,7 +20,7 @@ from typing import IO, Any
 import orjson
 
 from clinsynth.artifacts.checks import upstream_error
-from clinsynth.artifacts.letters import check_letters
+from clinsynth.artifacts.letters import check_letters, read_letters
 from clinsynth.artifacts.sft import LENGTHS_PNG, sft_path, stats_path
 from clinsynth.artifacts.specs import check_specs, iter_specs, specs_path
 from clinsynth.artifacts.verdicts import read_verdicts, verdicts_path
@@ -219,31 +219,31 @@ def _pairs(
     """(spec row, letter, "file:line" of the letter) in spec order: spec j is line j // N + 1 of shard
     j mod N."""
     columns = ["spec_id", "patient_id", "split", "gold"]
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open(path, "rb")) for _, _, path in shards]
-        n = len(files)
-        j = -1
-        for j, spec in enumerate(iter_specs(sample_dir, columns)):
-            shard_path = shards[j % n][2]
-            line_no = j // n + 1
-            line = files[j % n].readline()
-            where = f"{shard_path}:{line_no}"
-            try:
-                letter = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise RuntimeError(
-                    f"{where}: not a JSON letter ({exc}); delete the generate stage folder and relaunch"
-                ) from exc
-            if not isinstance(letter, dict):
-                raise RuntimeError(f"{where}: not a letter record")
-            for key in columns[:3]:
-                if not isinstance(spec.get(key), str):
-                    raise RuntimeError(f"{specs_path(sample_dir)}: row {j}: {key} is {spec.get(key)!r}")
-            yield spec, letter, where
-        if j + 1 != total:
+    letters = [read_letters(path) for _, _, path in shards]  # one open reader per shard, in step
+    n = len(letters)
+    j = -1
+    for j, spec in enumerate(iter_specs(sample_dir, columns)):
+        where = f"{shards[j % n][2]}:{j // n + 1}"
+        try:
+            letter = next(letters[j % n])
+        except orjson.JSONDecodeError as exc:
+            raise RuntimeError(
+                f"{where}: not a JSON letter ({exc}); delete the generate stage folder and relaunch"
+            ) from exc
+        except StopIteration:
             raise upstream_error(
-                "dataset", "sample", sample_dir, f"rows of {specs_path(sample_dir)}", total, j + 1
-            )
+                "dataset", "generate", shards[j % n][2], "letters", f"a line {where}", "none"
+            ) from None
+        if not isinstance(letter, dict):
+            raise RuntimeError(f"{where}: not a letter record")
+        for key in columns[:3]:
+            if not isinstance(spec.get(key), str):
+                raise RuntimeError(f"{specs_path(sample_dir)}: row {j}: {key} is {spec.get(key)!r}")
+        yield spec, letter, where
+    if j + 1 != total:
+        raise upstream_error(
+            "dataset", "sample", sample_dir, f"rows of {specs_path(sample_dir)}", total, j + 1
+        )
 
 
 def _tokenizer_name(model_cfg: dict[str, Any], tokenizer: Any) -> str:
