@@ -29,11 +29,15 @@ import argparse
 import gc
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# a 27B model near the memory limit: fewer fragmentation OOMs (set before torch initialises CUDA)
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
 

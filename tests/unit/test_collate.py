@@ -185,7 +185,7 @@ def test_gpu_check_script_runs_tiny_on_cpu(tmp_path):
     """tests/gpu/train_gpu_check.py's code path (both loops, the packed collator) executes on CPU."""
     out = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests/gpu/train_gpu_check.py"), "--tiny", "--steps", "2",
+        [sys.executable, str(ROOT / "tests/gpu/train_gpu_check.py"), "--tiny", "--steps", "1",
          "--json", str(out)],
         capture_output=True, text=True, cwd=ROOT,
     )
