@@ -148,8 +148,13 @@ def main() -> int:
     # 2. clinsynth's packed rows (+ Liger)
     liger = None if (args.no_liger or device != "cuda") else try_liger(args.liger_wheel)
     if liger is not None:
-        liger(rope=False, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True,
-              model=model.get_base_model())
+        try:
+            liger(rope=False, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True,
+                  model=model.get_base_model())
+        except Exception as exc:  # a transformers version the patch does not know: measure without it
+            print(f"liger patch failed, packed runs without it: {type(exc).__name__}: {exc}", flush=True)
+            info["liger_error"] = f"{type(exc).__name__}: {exc}"
+            liger = None
     info["liger"] = liger is not None
     collator, mode = make_collator(model, packing=True, pad_id=0, max_len=row_len)
     info["packing_mode"] = mode
@@ -188,6 +193,10 @@ def main() -> int:
             print(f"out of memory with {n_plain} plain layers; trying {n_plain * 2 // 3}", flush=True)
             model.zero_grad(set_to_none=True)
             n_plain = n_plain * 2 // 3
+        except Exception as exc:  # keep the padded/packed numbers: report and stop this variant
+            print(f"packed_sel failed: {type(exc).__name__}: {exc}", flush=True)
+            info["packed_sel_error"] = f"{type(exc).__name__}: {exc}"
+            break
     set_checkpointed(model, 0)
 
     base = results["padded"]["tokens_per_s"]
