@@ -509,7 +509,11 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     cache_dir = ctx.cache_dir or stage_dir / ".cache"
     if geom.device == "cuda":
         torch.cuda.set_device(ctx.local_rank)
-    if ctx.world_size > 1:
+    if ctx.world_size > 1 and geom.deepspeed != "none":
+        import deepspeed  # its comm layer must wrap the group, else DeepSpeed sees a world of 1
+
+        deepspeed.init_distributed(dist_backend=geom.backend, rank=ctx.rank, world_size=ctx.world_size)
+    elif ctx.world_size > 1:
         ctx.init_distributed(geom.backend)
 
     from clinsynth.llm.weights import load_tokenizer
