@@ -161,7 +161,7 @@ def setup(
 def trained(setup: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     from clinsynth.stages.train import run
 
-    cfg = stage_config("train", [*BASE_OVERRIDES, "train.max_steps=30"])
+    cfg = stage_config("train", [*BASE_OVERRIDES, "train.max_steps=30", "train.merge=true"])
     stage_dir = tmp_path_factory.mktemp("train")
     run(cfg, make_ctx(stage_dir, setup["dataset"], setup["cache"]))
     return stage_dir
@@ -222,6 +222,30 @@ def test_adapter_loads_in_transformers_peft_and_changes_the_output(
         tuned_out = tuned.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
     assert (tuned_logits - base_logits).abs().max() > 1e-2
     assert tuned_out.tolist() != base_out.tolist()
+    # train.merge=true: merged/ is base + adapter in one plain model folder, the same function
+    merged = AutoModelForCausalLM.from_pretrained(trained / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, tuned_logits, atol=1e-4)
+
+
+def test_full_fine_tuning_writes_the_whole_model(setup: dict[str, Any], tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from clinsynth.stages.train import run
+
+    cfg = stage_config(
+        "train", [*BASE_OVERRIDES, "train.method=full", "train.max_steps=2", "train.lr=1.0e-3"]
+    )
+    run(cfg, make_ctx(tmp_path, setup["dataset"], setup["cache"]))
+    report = json.loads((tmp_path / "train_report.json").read_text())
+    assert report["method"] == "full" and report["params_trainable"] == report["params_total"]
+    assert not (tmp_path / "adapter").exists()
+    ids = torch.tensor([_prompt_ids(setup["tokenizer"])])
+    base = AutoModelForCausalLM.from_pretrained(setup["model_dir"], dtype=torch.float32).eval()
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (tuned(ids).logits - base(ids).logits).abs().max() > 1e-3
 
 
 def test_adapter_loads_in_vllm_and_changes_its_output(trained: Path, setup: dict[str, Any]) -> None:
