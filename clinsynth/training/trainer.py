@@ -21,8 +21,8 @@ parameters of the matmuls (all parameters less an untied input embedding): forwa
 activations 2N (also for frozen weights), weight gradients 2 x N_trainable (= 6N for full fine-tuning,
 ~4N for LoRA). Attention's quadratic term and the gradient-checkpointing recompute are not counted (MFU, not
 hardware FLOPs). MFU = FLOPs/token x useful tokens/s (all ranks) / (peak FLOP/s per device x world size).
-Peak: bf16 dense of the GPU model (table below) or, on CPU, an assumed 50 GFLOP/s per core in fp32 (AVX2
-FMA at realistic clocks); CLINSYNTH_PEAK_TFLOPS overrides both (per device).
+Peak: bf16 dense of the GPU model (table below) or, on CPU, an assumed 100 GFLOP/s per core in fp32
+(AVX2: two 256-bit FMA pipes = 32 FLOP/cycle at ~3 GHz); CLINSYNTH_PEAK_TFLOPS overrides both (per device).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     pass
 
 #: assumed CPU peak per core (fp32 FLOP/s) for the MFU estimate; see the module docstring
-CPU_PEAK_FLOPS_PER_CORE = 50e9
+CPU_PEAK_FLOPS_PER_CORE = 100e9
 #: bf16 dense peak FLOP/s by GPU name fragment (vendor data sheets, without sparsity)
 GPU_PEAK_FLOPS = {
     "H200": 989e12,
