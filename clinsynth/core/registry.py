@@ -30,6 +30,8 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "clinsynth.stages.sample",
     "clinsynth.stages.generate",
     "clinsynth.stages.verify",
+    "clinsynth.stages.dataset",
+    "clinsynth.stages.train",
 )
 
 
