@@ -38,7 +38,19 @@ PROGRESS_EVERY = 2000
 PERCENTILES = (50, 90, 95, 99)
 
 
-@stage("dataset", needs=("verify", "generate", "sample"), config=DatasetConfig, version=1)
+def _requires(cfg: DatasetConfig) -> list[tuple[str, str]]:
+    """Checked at plan time: the tokenizer needs transformers; a packaged model's GGUF needs gguf and
+    the package that ships it (installed --no-deps, never imported)."""
+    needs = [("transformers", "train"), ("matplotlib", "train")]
+    model = cfg.dataset.model
+    if model.kind == "tiny":
+        needs.append(("tokenizers", "hf"))
+    if model.kind == "packaged":
+        needs.append(("gguf", "train"))
+    return needs
+
+
+@stage("dataset", needs=("verify", "generate", "sample"), config=DatasetConfig, version=1, requires=_requires)
 def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
     """SFT examples per split (sft/<split>.jsonl), stats.json, lengths.png."""
     from clinsynth.llm.weights import load_tokenizer

@@ -20,6 +20,8 @@ def _requires(cfg: TrainConfig) -> list[tuple[str, str]]:
     needs = [("torch", "train"), ("transformers", "train"), ("peft", "train")]
     if cfg.train.deepspeed.name != "none":
         needs.append(("deepspeed", "train"))
+    if cfg.train.model.kind == "packaged":
+        needs.append(("gguf", "train"))
     if cfg.train.method == "qlora":
         # and a GPU: checked when the job starts (trainer.plan_geometry)
         needs.append(("bitsandbytes", "train (plus bitsandbytes on the GPU nodes)"))

@@ -74,7 +74,9 @@ class TrainSection(StageConfig):
     packing: bool = identity(why="several examples per row, no attention across them (position ids)")
     precision: Literal["auto", "bf16", "fp32"] = identity(why="auto: bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = operational(why="recomputes activations: memory for time, same math")
-    attn_implementation: str | None = operational(why="sdpa, eager, flash_attention_2: the kernel, not the math")
+    attn_implementation: str | None = operational(
+        why="sdpa, eager, flash_attention_2: the kernel, not the math"
+    )
     save_steps: int = operational(ge=1, why="checkpoint cadence for preemption; resume is exact")
     logging_steps: int = operational(ge=1, why="how often loss/lr/grad norm/throughput are logged")
     merge: bool = identity(why="also write merged full weights beside the adapter")
@@ -82,7 +84,9 @@ class TrainSection(StageConfig):
     @model_validator(mode="after")
     def _method_fits(self) -> TrainSection:
         if self.method == "qlora" and self.deepspeed.name == "zero3":
-            raise ValueError("train.method=qlora does not shard with ZeRO-3: use train/deepspeed=zero2 or none")
+            raise ValueError(
+                "train.method=qlora does not shard with ZeRO-3: use train/deepspeed=zero2 or none"
+            )
         return self
 
 
