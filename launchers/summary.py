@@ -165,6 +165,52 @@ def _verify(folder: Path) -> KeyResult:
     return KeyResult(line, (VERDICTS, REPORT, LETTERS_REPORT))
 
 
+@summarizer("dataset")
+def _dataset(folder: Path) -> KeyResult:
+    r = read_json(folder / "stats.json")
+    splits = r.get("splits") or {}
+    line = f"{r['examples']} chat examples from {r['letters']} letters"
+    if splits:
+        line += " (" + ", ".join(f"{k} {v.get('examples', 0)}" for k, v in sorted(splits.items())) + ")"
+    out = [
+        f"{r[k]} {what}"
+        for k, what in (
+            ("excluded_failed", "failed letters left out"),
+            ("dropped_too_long", "too long dropped"),
+        )
+        if r.get(k)
+    ]
+    if out:
+        line += "; " + ", ".join(out)
+    return KeyResult(line, ("sft/", "stats.json", "lengths.png"))
+
+
+@summarizer("train")
+def _train(folder: Path) -> KeyResult:
+    r = read_json(folder / "train_report.json")
+    losses = [
+        m.get("train/loss") for m in _jsonl(folder / "metrics.jsonl") if m.get("train/loss") is not None
+    ]
+    line = f"{r['method']} {r['model']}: {r['steps']} steps, {r['examples_seen']} examples seen"
+    if losses:
+        line += f", loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+    if r.get("tokens_per_s_useful"):
+        line += f", {r['tokens_per_s_useful']:,.0f} useful tokens/s on {r.get('world_size', 1)} rank(s)"
+    if r.get("resumed_from"):
+        line += " (resumed)"
+    outputs = ["adapter/"] if (folder / "adapter").is_dir() else []
+    outputs += ["merged/"] if (folder / "merged").is_dir() else []
+    return KeyResult(line, (*outputs, "train_report.json", "metrics.jsonl"))
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    import orjson
+
+    if not path.is_file():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
 @summarizer("doctor")
 def _doctor(folder: Path) -> KeyResult:
     reports = [read_json(p) for p in sorted((folder / "reports").glob("rank-*.json"))]
