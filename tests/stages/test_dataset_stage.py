@@ -22,8 +22,8 @@ from launchers.plan import stage_config
 from launchers.submit import launch
 
 SPLITS = ("train", "val", "test")
-#: tiny's byte-level BPE (1k vocabulary) makes these letters ~3.9k-7k tokens: a limit in the middle
-#: keeps some and drops some, so both sides of the rule are exercised
+#: tiny's byte-level BPE (1k vocabulary) makes these letters with the compact schema ~3.9k-7k tokens: a
+#: limit in the middle keeps some and drops some, so both sides of the rule are exercised
 MAX_TOKENS = 5600
 OVERRIDES = [
     "+experiment=smoke",
@@ -32,6 +32,7 @@ OVERRIDES = [
     "tracking=disabled",
     "cohort.patients=30",
     "train/model=tiny",
+    "dataset.schema_in_prompt=compact",  # pinned: the smoke experiment leaves the schema out
     f"dataset.max_tokens={MAX_TOKENS}",
 ]
 
