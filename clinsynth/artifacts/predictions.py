@@ -3,7 +3,7 @@
 One JSON line per document, in the shard's document order:
 
     {"doc": "spec-000123" | "grascco:Meyr" | "file:<name>",  # what the gold is looked up by
-     "source": "synthetic" | "dev" | "external",               # test letters, the six dev letters, extract.letters
+     "source": "synthetic" | "dev" | "external",  # test letters, the six dev letters, extract.letters
      "extractor": "finetuned" | "oneshot" | "rules",
      "status": "ok" | "repaired" | "invalid" | "truncated",    # how the raw output parsed
      "extraction": {... schema v2 ClinicalExtraction ...} | null,   # null exactly when status is invalid
