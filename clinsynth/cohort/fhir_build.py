@@ -20,27 +20,10 @@ from clinsynth.cohort.model import Dx, Lab, Marker, Med, Person, Proc, Radiother
 from clinsynth.fhir import conventions as fc
 from clinsynth.records import CATEGORIES
 
-_ROUTE = {
-    "i.v.": ("20045000", "Intravenous use"),
-    "p.o.": ("20053000", "Oral use"),
-    "s.c.": ("20066000", "Subcutaneous use"),
-}
-_WHEN = ("MORN", "NOON", "EVE", "NIGHT")
-#: German dose units -> UCUM codes
-_UCUM = {
-    "µg": "ug",
-    "mcg": "ug",
-    "IE": "[IU]",
-    "I.E.": "[IU]",
-    "ml": "mL",
-    "Hub": "{Hub}",
-    "Tbl": "{Tbl}",
-    "Stück": "{Stück}",
-    "Tropfen": "[drp]",
-    "mg/m2": "mg/m2",
-    "mg/kg": "mg/kg",
-}
-_GRADING = {"G1": "1", "G2": "2", "G3": "3", "G4": "4", "GX": "X", "GB": "B", "L": "L", "M": "M", "H": "H"}
+_ROUTE = fc.ROUTE_EDQM
+_WHEN = fc.SCHEDULE_WHEN
+_UCUM = fc.UNIT_UCUM
+_GRADING = fc.GRADING_OF
 
 
 def _meta(key: str) -> dict[str, Any]:
@@ -64,23 +47,9 @@ def _d(x: date) -> str:
     return x.isoformat()
 
 
-#: SNOMED CT smoking status answers (the MII and HL7 use these for LOINC 72166-2)
-_SMOKING = {
-    "never": ("266919005", "Never smoked tobacco"),
-    "former": ("8517006", "Ex-smoker"),
-    "current": ("77176002", "Smoker"),
-}
-#: MII oncology: therapy intention (K kurativ, P palliativ) where our intent maps onto it
-_MII_INTENTION = {"curative": ("K", "kurativ"), "palliative": ("P", "palliativ")}
-#: MII Verlauf (Gesamtbeurteilung) beside our own status code
-_MII_STATUS = {
-    "complete_remission": ("V", "Vollremission"),
-    "partial_remission": ("T", "Teilremission"),
-    "stable": ("K", "keine Änderung"),
-    "progression": ("P", "Progression"),
-    "recurrence": ("Y", "Rezidiv"),
-    "mixed": ("D", "divergentes Geschehen"),
-}
+_SMOKING = fc.SMOKING_SNOMED
+_MII_INTENTION = fc.MII_INTENTION_OF
+_MII_STATUS = fc.MII_STATUS_OF
 #: ICD-10-GM metastasis code -> MII site code (mii-cs-onko-fernmetastasen)
 _MII_SITE = {
     "C78.0": ("PUL", "Lunge"),
@@ -93,12 +62,8 @@ _MII_SITE = {
     "C79.7": ("ADR", "Nebennieren"),
     "C77": ("LYM", "Lymphknoten"),
 }
-_LYMPH_NODES = {
-    "positive": ("21893-3", "Regional lymph nodes positive [#] Specimen"),
-    "examined": ("21894-1", "Regional lymph nodes examined [#] Specimen"),
-}
-#: receptor markers with an MII profile of their own, by LOINC
-_MARKER_PROFILE = {"40556-3": "Observation.er", "85339-0": "Observation.pr", "48676-1": "Observation.her2"}
+_LYMPH_NODES = fc.LYMPH_NODES_LOINC
+_MARKER_PROFILE = fc.MARKER_PROFILE_OF
 
 
 def _tumor_conditions(p: Person) -> dict[tuple[str, str], str]:
@@ -285,11 +250,7 @@ def _radiotherapy(rid: str, rt: Radiotherapy, subject: dict, enc: dict, cond: st
                 }
             )
         ext.append({"url": fc.EXT_INTENT, "valueCode": rt.intent})
-    coding = (
-        _coding(fc.OPS, rt.ops, None, "2025")
-        if rt.ops
-        else _coding(fc.SNOMED, "33195004", "External beam radiation therapy procedure")
-    )
+    coding = _coding(fc.OPS, rt.ops, None, "2025") if rt.ops else _coding(*fc.EXTERNAL_BEAM_CODE)
     res: dict[str, Any] = {
         "resourceType": "Procedure",
         "id": rid,
@@ -431,7 +392,7 @@ def _smoking(p: Person, st: Stay, subject: dict, enc: dict) -> dict[str, Any]:
         "meta": _meta("Observation.smoking"),
         "status": "final",
         "category": [{"coding": [_coding(fc.OBSERVATION_CATEGORY, "social-history")]}],
-        "code": {"coding": [_coding(fc.LOINC, "72166-2", "Tobacco smoking status")]},
+        "code": {"coding": [_coding(*fc.SMOKING_CODE)]},
         "subject": subject,
         "encounter": enc,
         "effectiveDateTime": _d(st.start),
@@ -442,7 +403,7 @@ def _smoking(p: Person, st: Stay, subject: dict, enc: dict) -> dict[str, Any]:
     if p.pack_years is not None:
         res["component"] = [
             {
-                "code": {"coding": [_coding(fc.LOINC, "8664-5", "Cigarettes smoked total (pack per year)")]},
+                "code": {"coding": [_coding(*fc.PACK_YEARS_CODE)]},
                 "valueQuantity": {
                     "value": p.pack_years,
                     "unit": "pack-years",
@@ -487,7 +448,7 @@ def _histology(obs: Any, base: str, t: Tumor) -> Iterator[dict[str, Any]]:
     yield obs(
         "Observation.histology",
         f"histo-{base}",
-        {"coding": [_coding(fc.LOINC, "59847-4", "Histology and Behavior ICD-O-3 Cancer")]},
+        {"coding": [_coding(*fc.HISTOLOGY_CODE)]},
         {"coding": [_coding(fc.ICDO3, t.morphology, t.morphology_display)], "text": t.morphology_display},
         bodySite={"coding": [_coding(fc.ICDO3, t.topography)]},
     )
@@ -495,7 +456,7 @@ def _histology(obs: Any, base: str, t: Tumor) -> Iterator[dict[str, Any]]:
     yield obs(
         "Observation.grading",
         f"grading-{base}",
-        {"coding": [_coding(fc.LOINC, "33732-9", "Histology grade [Identifier] in Cancer specimen")]},
+        {"coding": [_coding(*fc.GRADING_CODE)]},
         {"coding": [_coding(fc.GRADING, grade)]},
     )
 
@@ -505,7 +466,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
     tnm_method = {"coding": [_coding(fc.TNM_VERSION, "8", "8. Auflage")]}
     members = []
     prefixes = {"t": t.prefix, "n": t.n_prefix or t.prefix, "m": t.m_prefix or t.prefix}
-    for axis, value, snomed in (("t", t.t, "399504009"), ("n", t.n, "399534004"), ("m", t.m, "399387003")):
+    for axis, value in (("t", t.t), ("n", t.n), ("m", t.m)):
         if value is None:
             continue
         rid = f"tnm{axis}-{base}"
@@ -531,7 +492,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
             f"Observation.tnm_{axis}",
             rid,
             {
-                "coding": [_coding(fc.SNOMED, snomed, f"{axis.upper()} category")],
+                "coding": [_coding(*fc.TNM_CATEGORY_CODE[axis])],
                 "extension": [
                     {
                         "url": f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix",
@@ -544,11 +505,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
             extension=kind_ext,
             **({"hasMember": node_members} if node_members else {}),
         )
-    for axis, value, snomed, display in (
-        ("l", t.l, "395715009", "Status of lymphatic (small vessel) invasion by tumor"),
-        ("v", t.v, "371493002", "Status of vascular invasion by tumor"),
-        ("pn", t.pn, "371513001", "Status of perineural invasion by tumor"),
-    ):
+    for axis, value in (("l", t.l), ("v", t.v), ("pn", t.pn)):
         if value is None:
             continue
         rid = f"tnm{axis}-{base}"
@@ -556,7 +513,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
         yield obs(
             f"Observation.tnm_{axis}",
             rid,
-            {"coding": [_coding(fc.SNOMED, snomed, display)]},
+            {"coding": [_coding(*fc.TNM_CATEGORY_CODE[axis])]},
             {"coding": [_coding(fc.UICC, value)]},
             method=tnm_method,
             extension=kind_ext,
@@ -565,11 +522,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
         yield obs(
             "Observation.residual",
             f"residual-{base}",
-            {
-                "coding": [
-                    _coding(fc.LOINC, "84892-9", "Residual tumor classification [Type] in Cancer specimen")
-                ]
-            },
+            {"coding": [_coding(*fc.RESIDUAL_CODE)]},
             {"coding": [_coding(fc.RESIDUAL, t.r)]},
             extension=kind_ext,
         )
@@ -577,11 +530,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
         yield obs(
             "Observation.tnm",
             f"tnm-{base}",
-            {
-                "coding": [
-                    _coding(fc.SNOMED, "399588009" if t.prefix != "c" else "399537006", "TNM stage grouping")
-                ]
-            },
+            {"coding": [_coding(*fc.TNM_GROUPING_CODE["clinical" if t.prefix == "c" else "pathological"])]},
             {"coding": [_coding(fc.UICC, t.uicc, f"Stadium {t.uicc}")]},
             method=tnm_method,
             extension=kind_ext,
@@ -605,12 +554,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
         yield obs(
             "Observation.ecog",
             f"ecog-{base}",
-            {
-                "coding": [
-                    _coding(fc.SNOMED, "423740007", "ECOG performance status"),
-                    _coding(fc.LOINC, "89262-0", "Physical performance [ECOG]"),
-                ]
-            },
+            {"coding": [_coding(*c) for c in fc.ECOG_CODES]},
             {"coding": [_coding(fc.ECOG, str(t.ecog))]},
         )
     if t.status is not None:
@@ -620,7 +564,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
         yield obs(
             "Observation.status",
             f"status-{base}",
-            {"coding": [_coding(fc.SNOMED, "396432002", "Status of regression of tumor")]},
+            {"coding": [_coding(*fc.TUMOR_STATUS_CODE)]},
             {"coding": codings},
         )
     for i, site in enumerate(t.metastasis_sites):
@@ -633,7 +577,7 @@ def _staging(obs: Any, base: str, t: Tumor, kind_ext: list[dict[str, Any]]) -> I
         yield obs(
             "Observation.metastasis",
             f"meta-{base}-{i}",
-            {"coding": [_coding(fc.SNOMED, "385421009", "Site of distant metastasis")]},
+            {"coding": [_coding(*fc.METASTASIS_CODE)]},
             {"coding": codings},
         )
 
@@ -705,7 +649,7 @@ def truth(p: Person) -> dict[str, Any]:
             )
         cats["lab"] += [x.loinc for x in st.labs]
         for r in st.radiotherapy:
-            code = r.ops or "33195004"
+            code = r.ops or fc.EXTERNAL_BEAM_CODE[1]
             cats["radiotherapy"].append(code)
             put(
                 "radiotherapy",

@@ -243,3 +243,83 @@ def is_known_system(system: str | None, extra: frozenset[str] = frozenset()) -> 
     if system.startswith(STRICT_FAMILIES):
         return False
     return system.startswith(KNOWN_SYSTEM_PREFIXES)
+
+
+# ---- codes clinsynth writes for what it records: one place for the cohort and the export
+#: (system, code, display) of a coding
+CodeSpec = tuple[str, str, str]
+#: schema grading (G1 ... GB, L/M/H) -> code in mii-cs-onko-grading
+GRADING_OF = {"G1": "1", "G2": "2", "G3": "3", "G4": "4", "GX": "X", "GB": "B", "L": "L", "M": "M", "H": "H"}
+#: German dose and lab units -> UCUM codes (units not listed here are written as they are)
+UNIT_UCUM = {
+    "µg": "ug",
+    "mcg": "ug",
+    "IE": "[IU]",
+    "I.E.": "[IU]",
+    "ml": "mL",
+    "Hub": "{Hub}",
+    "Tbl": "{Tbl}",
+    "Stück": "{Stück}",
+    "Tropfen": "[drp]",
+    "mg/m2": "mg/m2",
+    "mg/kg": "mg/kg",
+}
+#: route as written -> EDQM standard term (code, display)
+ROUTE_EDQM = {
+    "i.v.": ("20045000", "Intravenous use"),
+    "p.o.": ("20053000", "Oral use"),
+    "s.c.": ("20066000", "Subcutaneous use"),
+}
+#: the four slots of a 1-0-1-0 schedule as Timing.repeat.when codes
+SCHEDULE_WHEN = ("MORN", "NOON", "EVE", "NIGHT")
+#: SNOMED CT smoking status answers (the MII and HL7 use these for LOINC 72166-2)
+SMOKING_SNOMED = {
+    "never": ("266919005", "Never smoked tobacco"),
+    "former": ("8517006", "Ex-smoker"),
+    "current": ("77176002", "Smoker"),
+}
+#: MII oncology: therapy intention (K kurativ, P palliativ) where our intent maps onto it
+MII_INTENTION_OF = {"curative": ("K", "kurativ"), "palliative": ("P", "palliativ")}
+#: MII Verlauf (Gesamtbeurteilung) beside our own status code
+MII_STATUS_OF = {
+    "complete_remission": ("V", "Vollremission"),
+    "partial_remission": ("T", "Teilremission"),
+    "stable": ("K", "keine Änderung"),
+    "progression": ("P", "Progression"),
+    "recurrence": ("Y", "Rezidiv"),
+    "mixed": ("D", "divergentes Geschehen"),
+}
+#: lymph node counts of the N category: LOINC (code, display) by role
+LYMPH_NODES_LOINC = {
+    "positive": ("21893-3", "Regional lymph nodes positive [#] Specimen"),
+    "examined": ("21894-1", "Regional lymph nodes examined [#] Specimen"),
+}
+#: receptor markers with an MII profile of their own, by LOINC
+MARKER_PROFILE_OF = {"40556-3": "Observation.er", "85339-0": "Observation.pr", "48676-1": "Observation.her2"}
+#: Observation.code of the tumour observations
+HISTOLOGY_CODE: CodeSpec = (LOINC, "59847-4", "Histology and Behavior ICD-O-3 Cancer")
+GRADING_CODE: CodeSpec = (LOINC, "33732-9", "Histology grade [Identifier] in Cancer specimen")
+RESIDUAL_CODE: CodeSpec = (LOINC, "84892-9", "Residual tumor classification [Type] in Cancer specimen")
+TNM_CATEGORY_CODE: dict[str, CodeSpec] = {
+    "t": (SNOMED, "399504009", "T category"),
+    "n": (SNOMED, "399534004", "N category"),
+    "m": (SNOMED, "399387003", "M category"),
+    "l": (SNOMED, "395715009", "Status of lymphatic (small vessel) invasion by tumor"),
+    "v": (SNOMED, "371493002", "Status of vascular invasion by tumor"),
+    "pn": (SNOMED, "371513001", "Status of perineural invasion by tumor"),
+}
+#: UICC stage grouping: clinical (prefix c) or pathological (any other prefix)
+TNM_GROUPING_CODE: dict[str, CodeSpec] = {
+    "clinical": (SNOMED, "399537006", "TNM stage grouping"),
+    "pathological": (SNOMED, "399588009", "TNM stage grouping"),
+}
+ECOG_CODES: tuple[CodeSpec, ...] = (
+    (SNOMED, "423740007", "ECOG performance status"),
+    (LOINC, "89262-0", "Physical performance [ECOG]"),
+)
+TUMOR_STATUS_CODE: CodeSpec = (SNOMED, "396432002", "Status of regression of tumor")
+METASTASIS_CODE: CodeSpec = (SNOMED, "385421009", "Site of distant metastasis")
+SMOKING_CODE: CodeSpec = (LOINC, "72166-2", "Tobacco smoking status")
+PACK_YEARS_CODE: CodeSpec = (LOINC, "8664-5", "Cigarettes smoked total (pack per year)")
+#: a radiotherapy course without an OPS code
+EXTERNAL_BEAM_CODE: CodeSpec = (SNOMED, "33195004", "External beam radiation therapy procedure")
