@@ -294,23 +294,22 @@ class _Letter:
                 return i
         return None
 
-    def _label(self, t: Token) -> str:
-        """The text a written code without a known name stands for: its list item, without the code."""
+    def _label(self, t: Token) -> tuple[str, int]:
+        """The text a written code without a known name stands for (its list item, without the code),
+        and where that text starts."""
         lt = self.lt
         ls, le = lt.line(t.start)
         m = _BULLET.match(lt.n, ls, le)
         start = m.end() if m else ls
-        before = lt.raw[start : t.start]
-        before = re.split(r"[(\[]", before)[0]
-        before = before.strip(" \t-–:,;[]()")
-        if before:
-            return before.split(",")[0].strip()[:120]
-        after = lt.raw[t.end : le]
-        after = re.split(r"[,(\[;]", after)[0].strip(" \t-–:.")
+        before = re.split(r"[(\[]", lt.raw[start : t.start])[0]
+        text = before.strip(" \t-–:,;[]()").split(",")[0].strip()
+        if text:
+            return text[:120], start + before.index(text)
+        after = re.split(r"[,(\[;]", lt.raw[t.end : le])[0].strip(" \t-–:.")
         if after:
-            return after[:120]
+            return after[:120], t.start
         c = self.cat.icd10gm.lookup(t.text) or self.cat.ops.lookup(t.text)
-        return c.display if c is not None else t.text
+        return (c.display if c is not None else t.text), t.start
 
     # -- facts
 
@@ -388,8 +387,8 @@ class _Letter:
                 continue
             mentions.append((h.start, h.end, h.text, taken.get(k) or h.entry.code("icd10gm")))
         for t in loose:
-            label = self._label(t)
-            mentions.append((t.start, t.end, label, t.text))
+            label, at = self._label(t)
+            mentions.append((at, t.end, label, t.text))
         mentions.sort()
         for s, e, text, code in mentions:
             assertion = self.assertion(s, e)
@@ -545,27 +544,27 @@ class _Letter:
         raw = self.lt.raw
         out: list[dict[str, Any]] = []
         for m in _MARKER.finditer(raw, a, b):
-            r = _MARKER_RESULT.match(raw, m.end(), min(b, m.end() + 30))
-            if r is None:
-                continue
-            word = " ".join(r.group(1).lower().split())
             d: dict[str, Any] = {"name": m.group(1)}
-            if r.group(2):
-                d["value"] = float(r.group(2).replace(",", "."))
-                d["unit"] = "%"
-                tail = _MARKER_RESULT.match(raw, r.end(), min(b, r.end() + 20))
-                if tail is not None and tail.group(1).lower() in _MARKER_RESULTS:
-                    d["result"] = _MARKER_RESULTS[tail.group(1).lower()]
-            elif word in _MARKER_RESULTS:
-                d["result"] = _MARKER_RESULTS[word]
-                tail = re.match(r"[ \t]+(MSI-H|MSS|dMMR|pMMR)", raw[r.end() : r.end() + 8])
-                if tail is not None:
-                    d["text"] = tail.group(1)
+            at = m.end()
+            for _ in range(2):  # "ER positiv 90 %", "ER 90 % positiv", "MSI positiv MSI-H"
+                r = _MARKER_RESULT.match(raw, at, min(b, at + 30))
+                if r is None:
+                    break
+                word = " ".join(r.group(1).lower().split())
+                if r.group(2):
+                    d.setdefault("value", float(r.group(2).replace(",", ".")))
+                    d.setdefault("unit", "%")
+                elif word in _MARKER_RESULTS and "result" not in d:
+                    d["result"] = _MARKER_RESULTS[word]
+                    if word in ("msi-h", "mss", "dmmr", "pmmr"):
+                        d["text"] = r.group(1)
                 elif word in ("msi-h", "mss", "dmmr", "pmmr"):
-                    d["text"] = r.group(1)
-            else:
-                d["text"] = r.group(1)
-            out.append(d)
+                    d.setdefault("text", r.group(1))
+                else:
+                    d.setdefault("text", r.group(1))
+                at = r.end()
+            if len(d) > 1:
+                out.append(d)
         for k in range(bisect.bisect_left(self.starts, a), len(self.hits)):
             h = self.hits[k]
             if h.start >= b:
@@ -613,7 +612,8 @@ class _Letter:
         for t in self.ops:
             k = self._code_owner(t, "ops", set(taken))
             if k is None:
-                items.append((t.start, t.end, self._label(t), t.text, -1))
+                label, at = self._label(t)
+                items.append((at, t.end, label, t.text, -1))
             else:
                 taken[k] = t.text
         for k, h in enumerate(self.hits):
@@ -622,9 +622,9 @@ class _Letter:
         out = []
         for s, e, text, code, k in sorted(items):
             d: dict[str, Any] = {"text": text, "ops": code, "assertion": self.assertion(s, e)}
-            lead = self.lead(k) if k >= 0 else lt.line(s)[0]
-            gap_ok = len(lt.n[lead:s].split()) <= 4
-            before = V.last_date(lt, lead, s) if gap_ok else None
+            lead = max(self.lead(k) if k >= 0 else lt.line(s)[0], lt.sentence(s, e)[0])
+            dates = [t for t in lt.tokens("dates", lead, s) if len(lt.n[t.end : s].split()) <= 3]
+            before = V.iso(dates[-1].value) if dates else None
             end = self.region_end(k) if k >= 0 else lt.sentence(s, e)[1]
             d["date"] = before or V.first_date(lt, e, end)
             out.append(d)
