@@ -215,9 +215,13 @@ class _Letter:
 
     def assertion(self, s: int, e: int) -> str:
         """The assertion the strong cues in scope give; a negation wins over suspicion ("kein V.a.")."""
-        strong = [c for c in self.cues.in_scope(s, e) if c.strong]
+        cues = self.cues.in_scope(s, e)
+        strong = [c for c in cues if c.strong]
         if not strong:
-            return "present"
+            # a hedge ("am ehesten", "vereinbar mit") or a trailing "negativ" still says it; a weak
+            # history word ("bekannt", "(2019)") does not make a current fact historical
+            weak = next((c for c in cues if c.assertion in ("suspected", "negated") and c.text != "?"), None)
+            return weak.assertion if weak is not None else "present"
         if any(c.assertion == "negated" for c in strong):
             return "negated"
         return strong[0].assertion
@@ -396,7 +400,7 @@ class _Letter:
             sec = lt.section_at(s)[0]
             _, region = lt.sentence(s, e)
             d["date"] = V.diagnosis_date(lt, e, min(region, e + 60))
-            if sec == "diagnosen" and self.line_leader(s) and assertion != "negated":
+            if sec == "diagnosen" and assertion != "negated" and self.line_leader(s):
                 ls, _ = lt.line(s)
                 head = n[ls:s]
                 if "hd" in head or "haupt" in head or not seen_list_entry:
