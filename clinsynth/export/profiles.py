@@ -280,16 +280,20 @@ class _Res:
         self.need(f"{path}.value", isinstance(q.get("value"), (int, float)), "a numeric value")
 
 
-def _walk(value: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
-    """(path, key, value) of every element below `value`, depth first."""
+def _walk(value: Any, path: str = "", key: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(path, key, value) of every element below `value`, depth first; a list's items carry the
+    list's key (`coding[0]` is a `coding`)."""
     if isinstance(value, dict):
         for k, v in value.items():
             p = f"{path}.{k}" if path else k
             yield p, k, v
-            yield from _walk(v, p)
+            yield from _walk(v, p, k)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _walk(v, f"{path}[{i}]")
+            p = f"{path}[{i}]"
+            if not isinstance(v, list):
+                yield p, key, v
+            yield from _walk(v, p, key)
 
 
 def _common(c: _Res) -> None:
