@@ -15,10 +15,10 @@ import numpy as np
 def resample_weights(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) float32 draw counts; each row sums to n."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n), dtype=np.int64)
-    idx += (np.arange(resamples, dtype=np.int64) * n)[:, None]
-    counts = np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n)
-    return counts.astype(np.float32)
+    out = np.empty((resamples, n), dtype=np.float32)
+    for b in range(resamples):  # row by row: no (resamples x n) int64 index matrix in memory
+        out[b] = np.bincount(rng.integers(0, n, n), minlength=n)
+    return out
 
 
 def _bounds(stat: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:

@@ -120,7 +120,7 @@ EXTRACTION_TYPE = pa.struct(
             pa.struct([(k, _S) for k in ("admission", "discharge", "type", "department", "letter_type")]),
         ),
         ("patient", pa.struct([("sex", _S), ("birth_date", _S), ("name", _S)])),
-        ("diagnoses", pa.list_(pa.struct([("assertion", _S), ("text", _S), ("icd10gm", _S)]))),
+        ("diagnoses", pa.list_(pa.struct([("assertion", _S), ("icd10gm", _S)]))),
         (
             "tumors",
             pa.list_(
@@ -167,7 +167,7 @@ EXTRACTION_TYPE = pa.struct(
             pa.list_(pa.struct([("assertion", _S), ("name", _S), ("atc", _S), ("dose", _F), ("unit", _S)])),
         ),
         ("labs", pa.list_(_MEAS)),
-        ("vitals", pa.list_(_MEAS)),
+        ("vitals", pa.list_(pa.struct([(f.name, f.type) for f in _MEAS if f.name != "loinc"]))),
         (
             "risk_factors",
             pa.list_(pa.struct([("assertion", _S), ("kind", _S), ("text", _S), ("pack_years", _F)])),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -74,28 +75,45 @@ def pigeon_code(s: str) -> str:
 
 
 # ---- the same over Arrow string/float arrays (nulls stay null)
-def a_text(arr: pa.Array) -> pa.Array:
+def _on_distinct(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Apply a string rule to the distinct values only (a column of 100k lab names has ~50): hash the
+    column once, normalise its dictionary, take back."""
+
+    def run(arr: Any) -> Any:
+        enc = pc.dictionary_encode(arr)
+        return pc.take(fn(enc.dictionary), enc.indices)
+
+    run.__doc__ = fn.__doc__
+    return run
+
+
+@_on_distinct
+def a_text(arr: Any) -> Any:
     out = pc.utf8_lower(pc.utf8_normalize(arr, "NFC"))
     return pc.utf8_trim(pc.replace_substring_regex(out, _WS_RE2, " "), TEXT_TRIM)
 
 
-def a_code(arr: pa.Array) -> pa.Array:
+@_on_distinct
+def a_code(arr: Any) -> Any:
     return pc.utf8_upper(pc.replace_substring_regex(arr, _ICD_MARKS_RE2, ""))
 
 
-def a_ops(arr: pa.Array) -> pa.Array:
+@_on_distinct
+def a_ops(arr: Any) -> Any:
     return pc.utf8_lower(pc.replace_substring_regex(arr, _SPACE_RE2, ""))
 
 
-def a_unit(arr: pa.Array) -> pa.Array:
+@_on_distinct
+def a_unit(arr: Any) -> Any:
     out = pc.replace_substring_regex(pc.utf8_lower(arr), _SPACE_RE2, "")
     return pc.replace_substring_regex(out, _MICRO_RE2, "u")
 
 
-def a_number(arr: pa.Array) -> pa.Array:
+def a_number(arr: Any) -> Any:
     return pc.cast(pc.round(pc.cast(arr, pa.float64()), 4), pa.string())
 
 
-def a_pigeon_code(arr: pa.Array) -> pa.Array:
+@_on_distinct
+def a_pigeon_code(arr: Any) -> Any:
     out = pc.utf8_lower(pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, r"[!+*]", "")))
     return pc.replace_substring_regex(out, r"\.00?$", "")

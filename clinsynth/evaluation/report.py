@@ -119,7 +119,16 @@ def write_errors(path: Path, results: Any) -> int:
                     if c in base:
                         item = {"key": keys[k], "assertion": ASSERTIONS[a]}
                         lines[(d, c)].setdefault(what, []).extend([item] * cnt)
-            for d, c, k, ga, pa_, cnt in s.confusions:
+            cf = s.confusions
+            for d, c, k, ga, pa_, cnt in zip(
+                cf.doc.tolist(),
+                cf.cat.tolist(),
+                cf.key.tolist(),
+                cf.gold.tolist(),
+                cf.pred.tolist(),
+                cf.count.tolist(),
+                strict=True,
+            ):
                 if c in base:
                     item = {"key": keys[k], "gold": ASSERTIONS[ga], "pred": ASSERTIONS[pa_], "count": cnt}
                     lines[(d, c)].setdefault("assertion", []).append(item)

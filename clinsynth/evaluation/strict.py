@@ -48,6 +48,18 @@ class Mismatch:
 
 
 @dataclass
+class Confusions:
+    """Pairs of items with the same key and different assertions: parallel arrays."""
+
+    doc: np.ndarray
+    cat: np.ndarray
+    key: np.ndarray
+    gold: np.ndarray  # assertion index
+    pred: np.ndarray
+    count: np.ndarray
+
+
+@dataclass
 class StrictResult:
     n_docs: int
     tp: np.ndarray  # (n_docs, n_categories) int64
@@ -57,11 +69,31 @@ class StrictResult:
     confusion: np.ndarray
     missed: Mismatch
     spurious: Mismatch
-    #: (doc, cat, key index, gold assertion, predicted assertion, count) of assertion mismatches
-    confusions: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    #: assertion mismatches among items whose keys match
+    confusions: Confusions
     #: (doc, cat, gold key index, predicted key index, score) of fuzzy matches that were not exact
     fuzzy_pairs: list[tuple[int, int, int, int, float]] = field(default_factory=list)
     keys: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+
+
+def unique_sorted(x: np.ndarray) -> np.ndarray:
+    """np.unique(x) by sorting: numpy 2.3's default (hash-based) unique is ~50x slower on int64 ids."""
+    s = np.sort(x)
+    if len(s) == 0:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def member(x: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """np.isin(x, sorted_unique) by binary search."""
+    if len(sorted_unique) == 0:
+        return np.zeros(len(x), dtype=bool)
+    i = np.searchsorted(sorted_unique, x)
+    i[i == len(sorted_unique)] = 0
+    return np.asarray(sorted_unique[i] == x)
 
 
 def match(gold: Items, pred: Items, n_docs: int, *, text_threshold: float) -> StrictResult:
@@ -83,6 +115,7 @@ def match(gold: Items, pred: Items, n_docs: int, *, text_threshold: float) -> St
     mg[ig] = both
     mp[ip] = both
 
+    confusion, confusions = _confusion(ug, cg, mg, up, cp, mp, K)  # on exact keys: before the fuzzy pass
     fuzzy_pairs = _fuzzy(ug, cg, mg, up, cp, mp, K, keys.dictionary, text_threshold)
 
     size = n_docs * C
@@ -90,7 +123,6 @@ def match(gold: Items, pred: Items, n_docs: int, *, text_threshold: float) -> St
     n_g = np.bincount(cell_g, minlength=size).reshape(n_docs, C)
     n_p = np.bincount(cell_p, minlength=size).reshape(n_docs, C)
     fp, fn = n_p - tp, n_g - tp
-    confusion, confusions = _confusion(cell_g * K + kg, gold.assertion, cell_p * K + kp, pred.assertion, K)
     for name, parts in POOLED.items():
         cols = [CAT_INDEX[p] for p in parts]
         j = CAT_INDEX[name]
@@ -143,80 +175,92 @@ def _fuzzy(
 
     sg, grp_g = leftovers(ug, cg, mg)
     sp, grp_p = leftovers(up, cp, mp)
-    common = np.intersect1d(grp_g, grp_p)
+    og, op = np.argsort(grp_g, kind="stable"), np.argsort(grp_p, kind="stable")
+    sg, grp_g, sp, grp_p = sg[og], grp_g[og], sp[op], grp_p[op]
+    common = np.intersect1d(unique_sorted(grp_g), unique_sorted(grp_p), assume_unique=True)
     if len(common) == 0:
         return pairs
-    texts = dictionary.to_pylist()
-    gi = {g: sg[grp_g == g] for g in common} if len(common) < 64 else _group(sg, grp_g, common)
-    pi = {g: sp[grp_p == g] for g in common} if len(common) < 64 else _group(sp, grp_p, common)
-    for g in common.tolist():
-        rows_g, rows_p = gi[g], pi[g]
-        tg = [texts[(ug[r] // A) % K] for r in rows_g]
-        tpred = [texts[(up[r] // A) % K] for r in rows_p]
-        scores = process.cdist(tg, tpred, scorer=fuzz.token_sort_ratio, score_cutoff=threshold)
-        cand = [
-            (-float(scores[i, j]), tg[i], tpred[j], i, j)
-            for i, j in zip(*np.nonzero(scores >= threshold), strict=True)
-        ]
-        cand.sort()
-        for neg, _t1, _t2, i, j in cand:
-            r_g, r_p = rows_g[i], rows_p[j]
-            while mg[r_g] < cg[r_g] and mp[r_p] < cp[r_p]:  # duplicates of one text pair up one by one
-                mg[r_g] += 1
-                mp[r_p] += 1
-                cell = int(ug[r_g] // (K * A))
-                pairs.append((cell // C, cell % C, int((ug[r_g] // A) % K), int((up[r_p] // A) % K), -neg))
+    # every (gold, predicted) pair within a group, built without a Python loop
+    start_g = np.searchsorted(grp_g, common)
+    n_g = np.searchsorted(grp_g, common, side="right") - start_g
+    start_p = np.searchsorted(grp_p, common)
+    n_p = np.searchsorted(grp_p, common, side="right") - start_p
+    per = n_g * n_p
+    group = np.repeat(np.arange(len(common)), per)
+    within = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+    rg = sg[start_g[group] + within // n_p[group]]
+    rp = sp[start_p[group] + within % n_p[group]]
+    tg = dictionary.take(pa.array((ug[rg] // A) % K)).to_pylist()
+    tpred = dictionary.take(pa.array((up[rp] // A) % K)).to_pylist()
+    scores = process.cpdist(tg, tpred, scorer=fuzz.token_sort_ratio, score_cutoff=threshold)
+    hits = np.nonzero(scores >= threshold)[0].tolist()
+    # greedy per group, best score first, ties broken by the texts (order-independent)
+    cand = sorted((int(group[i]), -float(scores[i]), tg[i], tpred[i], int(rg[i]), int(rp[i])) for i in hits)
+    for _grp, neg, _t1, _t2, r_g, r_p in cand:
+        while mg[r_g] < cg[r_g] and mp[r_p] < cp[r_p]:  # duplicates of one text pair up one by one
+            mg[r_g] += 1
+            mp[r_p] += 1
+            cell = int(ug[r_g] // (K * A))
+            pairs.append((cell // C, cell % C, int((ug[r_g] // A) % K), int((up[r_p] // A) % K), -neg))
     return pairs
 
 
-def _group(rows: np.ndarray, groups: np.ndarray, wanted: np.ndarray) -> dict[int, np.ndarray]:
-    order = np.argsort(groups, kind="stable")
-    g_sorted = groups[order]
-    starts = np.searchsorted(g_sorted, wanted, side="left")
-    ends = np.searchsorted(g_sorted, wanted, side="right")
-    return {int(w): rows[order[s:e]] for w, s, e in zip(wanted, starts, ends, strict=True)}
+def _rows(u: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique (cell, key, assertion) ids -> distinct (cell, key) ids, a (rows, A) count matrix."""
+    h = u // A
+    start = np.ones(len(h), dtype=bool)
+    np.not_equal(h[1:], h[:-1], out=start[1:])
+    row = np.cumsum(start) - 1
+    m = np.zeros((int(start.sum()), A), dtype=np.int64)
+    m[row, u % A] = counts
+    return h[start], m
 
 
 def _confusion(
-    hg: np.ndarray, ag: np.ndarray, hp: np.ndarray, ap: np.ndarray, K: int
-) -> tuple[np.ndarray, list[tuple[int, int, int, int, int, int]]]:
-    """Pair items on (cell, key) ignoring the assertion; count gold x predicted assertions."""
+    ug: np.ndarray, cg: np.ndarray, mg: np.ndarray, up: np.ndarray, cp: np.ndarray, mp: np.ndarray, K: int
+) -> tuple[np.ndarray, Confusions]:
+    """Pair items on (cell, key) ignoring the assertion; count gold x predicted assertions.
+
+    Same-assertion pairs are the exact pass's matches (the diagonal); only the items it left over can
+    form off-diagonal pairs, so only those are grouped."""
     C = len(CATEGORIES)
     confusion = np.zeros((C, A, A), dtype=np.int64)
-    common = np.intersect1d(hg, hp)
-    if len(common) == 0:
-        return confusion, []
-    sel_g = np.isin(hg, common)
-    sel_p = np.isin(hp, common)
-    ig = np.searchsorted(common, hg[sel_g])
-    ip = np.searchsorted(common, hp[sel_p])
-    n = len(common)
-    G = np.bincount(ig * A + ag[sel_g], minlength=n * A).reshape(n, A)
-    P = np.bincount(ip * A + ap[sel_p], minlength=n * A).reshape(n, A)
-    D = np.minimum(G, P)
+    diag = np.bincount(((ug // A) // K % C) * A + ug % A, weights=mg, minlength=C * A).astype(np.int64)
+    confusion[:, np.arange(A), np.arange(A)] = diag.reshape(C, A)
+    lg_ = cg > mg
+    lp_ = cp > mp
+    hg, LG = _rows(ug[lg_], (cg - mg)[lg_])
+    hp, LP = _rows(up[lp_], (cp - mp)[lp_])
+    common, ig, ip = np.intersect1d(hg, hp, assume_unique=True, return_indices=True)
+    LG, LP = LG[ig], LP[ip]
     cat = (common // K) % C
-    for a in range(A):
-        confusion[:, a, a] = np.bincount(cat, weights=D[:, a], minlength=C).astype(np.int64)
-    LG, LP = G - D, P - D
-    rows = np.nonzero((LG.sum(axis=1) > 0) & (LP.sum(axis=1) > 0))[0]
-    details: list[tuple[int, int, int, int, int, int]] = []
-    for r in rows.tolist():
+    # the usual case: one left-over assertion on each side (the two sides' assertions differ)
+    one = ((LG > 0).sum(axis=1) == 1) & ((LP > 0).sum(axis=1) == 1)
+    simple = np.nonzero(one)[0]
+    gi, pj = LG[simple].argmax(axis=1), LP[simple].argmax(axis=1)
+    k = np.minimum(LG[simple, gi], LP[simple, pj])
+    rows, ga, pa_, cnt = [simple], [gi], [pj], [k]
+    for r in np.nonzero(~one)[0].tolist():
         lg, lp = LG[r].tolist(), LP[r].tolist()
         i = j = 0
         while i < A and j < A:  # pair the left-overs in assertion order
             if lg[i] == 0:
                 i += 1
-                continue
-            if lp[j] == 0:
+            elif lp[j] == 0:
                 j += 1
-                continue
-            k = min(lg[i], lp[j])
-            c = int(cat[r])
-            confusion[c, i, j] += k
-            details.append((int(common[r] // K // C), c, int(common[r] % K), i, j, k))
-            lg[i] -= k
-            lp[j] -= k
-    return confusion, details
+            else:
+                n = min(lg[i], lp[j])
+                rows.append(np.array([r]))
+                ga.append(np.array([i]))
+                pa_.append(np.array([j]))
+                cnt.append(np.array([n]))
+                lg[i] -= n
+                lp[j] -= n
+    r_all = np.concatenate(rows).astype(np.int64)
+    g_all, p_all, n_all = (np.concatenate(x).astype(np.int64) for x in (ga, pa_, cnt))
+    np.add.at(confusion, (cat[r_all], g_all, p_all), n_all)
+    h = common[r_all]
+    return confusion, Confusions(h // K // C, cat[r_all], h % K, g_all, p_all, n_all)
 
 
 def prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

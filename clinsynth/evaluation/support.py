@@ -54,9 +54,10 @@ def code_checks(
     preds: Sequence[dict[str, Any] | None], letters: Sequence[str | None], catalog: Any
 ) -> dict[str, Any]:
     """Counts and rates of codes not in the catalogue and not supported by the letter."""
-    in_cat: dict[
-        tuple[str, str], str | None
-    ] = {}  # (table, code) -> normalised title, None: not in catalogue
+    #: (table, code) -> the normalised catalogue title; None: not in the catalogue
+    in_cat: dict[tuple[str, str], str | None] = {}
+    #: fact text -> normalised (facts repeat across documents)
+    norm: dict[str, str] = {}
     n_codes = not_in_cat = 0
     n_with_letter = unsupported = 0
     docs_without_letter = 0
@@ -78,7 +79,14 @@ def code_checks(
             if text is None:
                 continue
             n_with_letter += 1
-            found = code.lower() in text or any(nz.text(t) in text for t in texts if nz.text(t))
+            found = code.lower() in text
+            for t in texts:
+                if found:
+                    break
+                nt = norm.get(t)
+                if nt is None:
+                    nt = norm[t] = nz.text(t)
+                found = bool(nt) and nt in text
             if not found and not (title and title in text):
                 unsupported += 1
     out: dict[str, Any] = {
