@@ -421,8 +421,8 @@ def pigeon_sets_py(e: dict[str, Any] | None, gold: bool) -> dict[str, set[str]]:
             if "-" in c:
                 s["ops_category"].add(c.split("-")[0])
         s["procedure_text"].add(p["text"])
-    for v in s.values():
-        v.discard("")
+    for values in s.values():
+        values.discard("")
     if gold:
         for k in s:
             s[k] = {v for v in s[k] if not v.upper().startswith("B99")}
