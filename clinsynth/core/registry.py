@@ -32,6 +32,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "clinsynth.stages.verify",
     "clinsynth.stages.dataset",
     "clinsynth.stages.train",
+    "clinsynth.stages.extract",
     "clinsynth.stages.export",
 )
 
