@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,11 +40,24 @@ CPU_MIN_BATCHED_TOKENS = 2048
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter to answer a request with: vLLM loads `path` (LoRARequest), a server knows it as
+    `name` (`--lora-modules NAME=DIR`), transformers loads it with peft."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
 class GenRequest:
     key: str                         # unique id, e.g. "<spec_id>/anamnese"
     messages: list[dict[str, str]]   # chat messages [{"role": "system"|"user", "content": ...}]
     seed: int                        # per-request seed: same seed + same prompt -> same text
     max_tokens: int
+    #: guided decoding: the output must match this JSON Schema (vllm, openai; hf parses with repair)
+    json_schema: dict[str, Any] | None = field(default=None, compare=False)
+    #: answer with base model + this LoRA adapter (None: the base model)
+    lora: Adapter | None = None
 
 
 @dataclass
@@ -66,6 +79,10 @@ class Backend(Protocol):
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]: ...
 
     def close(self) -> None: ...
+
+
+class LoraNotEnabled(RuntimeError):
+    """A request asks for a LoRA adapter that the engine cannot serve: a configuration error."""
 
 
 def error_result(req: GenRequest, error: str, latency_s: float = 0.0) -> GenResult:
@@ -205,6 +222,20 @@ class VLLMBackend:
                 kwargs["max_num_batched_tokens"] = max(int(length), CPU_MIN_BATCHED_TOKENS)
         if kv_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
+        if backend_cfg.get("enable_lora"):
+            # LoRA requests (the fine-tuned extractor): rank cap and adapters per batch are engine-wide
+            kwargs["enable_lora"] = True
+            kwargs["max_lora_rank"] = int(backend_cfg.get("max_lora_rank") or 16)
+            kwargs["max_loras"] = int(backend_cfg.get("max_loras") or 1)
+        guided = backend_cfg.get("structured_outputs_backend")
+        if guided or backend_cfg.get("disable_any_whitespace"):
+            # guided decoding's backend and whitespace are chosen per engine, not per request
+            kwargs["structured_outputs_config"] = {
+                "backend": guided or "auto",
+                "disable_any_whitespace": bool(backend_cfg.get("disable_any_whitespace")),
+            }
+        self.chat_template_kwargs = dict(backend_cfg.get("chat_template_kwargs") or {}) or None
+        self._lora_ids: dict[str, int] = {}
         if backend_cfg.get("batch_invariant"):
             # GPU kernels otherwise vary with batch size: a seed's text could change with its neighbours.
             # Read by vLLM from the environment (engine processes inherit it); slower, so opt-in.
@@ -217,6 +248,11 @@ class VLLMBackend:
 
     def _params(self, req: GenRequest) -> Any:
         s = self.sampling
+        guided = None
+        if req.json_schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            guided = StructuredOutputsParams(json=req.json_schema)
         return self._vllm.SamplingParams(
             temperature=s["temperature"],
             top_p=s["top_p"],
@@ -224,19 +260,36 @@ class VLLMBackend:
             repetition_penalty=float(s["repetition_penalty"] or 1.0),
             max_tokens=int(req.max_tokens),
             seed=int(req.seed),
+            structured_outputs=guided,
         )
+
+    def _lora(self, req: GenRequest) -> Any:
+        if req.lora is None:
+            return None
+        if not self.engine_args.get("enable_lora"):
+            raise LoraNotEnabled(
+                f"request {req.key!r} asks for LoRA adapter {req.lora.path} but this vLLM engine was "
+                "started without enable_lora (set backend.enable_lora=true)"
+            )
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(req.lora.path, len(self._lora_ids) + 1)
+        return LoRARequest(req.lora.name, lora_id, req.lora.path)
 
     def _run(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         if self._llm is None:
             raise RuntimeError("the vllm engine is closed")
         # plain dicts: vLLM types messages as its own TypedDicts, which these satisfy
         conversations: list[Any] = [list(r.messages) for r in requests]
+        loras = [self._lora(r) for r in requests]
         t0 = time.perf_counter()
         outs = self._llm.chat(
             conversations,
             [self._params(r) for r in requests],
             use_tqdm=False,
+            lora_request=loras if any(x is not None for x in loras) else None,
             chat_template=self._chat_template,
+            chat_template_kwargs=self.chat_template_kwargs,
         )
         wall = time.perf_counter() - t0
         results = []
@@ -266,7 +319,7 @@ class VLLMBackend:
         try:
             return self._run(requests)
         except Exception as exc:
-            if type(exc).__name__ == "EngineDeadError":
+            if type(exc).__name__ == "EngineDeadError" or isinstance(exc, LoraNotEnabled):
                 raise  # nothing will work any more: fail the task, a relaunch resumes it
             if len(requests) == 1:
                 return [error_result(requests[0], f"{type(exc).__name__}: {exc}")]
@@ -327,6 +380,7 @@ class OpenAIBackend:
         self.timeout_s = float(backend_cfg.get("timeout_s", 600.0))
         self.send_extensions = bool(backend_cfg.get("vllm_extensions", True))
         self._chat_template = _chat_template(model_cfg)
+        self.chat_template_kwargs = dict(backend_cfg.get("chat_template_kwargs") or {}) or None
         headers = {}
         key_env = backend_cfg.get("api_key_env")
         if key_env:
@@ -355,6 +409,8 @@ class OpenAIBackend:
             "top_p": s["top_p"],
             "seed": int(req.seed),
         }
+        if req.lora is not None:
+            body["model"] = req.lora.name  # the server's --lora-modules NAME=DIR
         if self.send_extensions:  # vLLM accepts these; the OpenAI API itself would reject them
             if s["top_k"] is not None:
                 body["top_k"] = int(s["top_k"])
@@ -362,6 +418,16 @@ class OpenAIBackend:
                 body["repetition_penalty"] = float(s["repetition_penalty"])
             if self._chat_template:
                 body["chat_template"] = self._chat_template
+            if self.chat_template_kwargs:
+                body["chat_template_kwargs"] = self.chat_template_kwargs
+            if req.json_schema is not None:
+                # vLLM 0.32's field; the removed `guided_json` is ignored by the server without an error
+                body["structured_outputs"] = {"json": req.json_schema}
+        elif req.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "extraction", "schema": req.json_schema},
+            }
         return body
 
     def _delay(self, attempt: int, response: Any = None) -> float:
@@ -512,6 +578,8 @@ class HFBackend:
         tpl = _chat_template(model_cfg)
         if tpl:
             self.tokenizer.chat_template = tpl
+        self.chat_template_kwargs = dict(backend_cfg.get("chat_template_kwargs") or {})
+        self._adapter: str | None = None  # the LoRA adapter loaded into the model (peft), if any
         # Any: transformers types PreTrainedModel.to's wrapper as if the device were the model
         model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust)
         self._model = model.to(self.device)
@@ -525,7 +593,9 @@ class HFBackend:
 
     def _prompt(self, req: GenRequest) -> str:
         msgs = list(req.messages)
-        prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        prompt = self.tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
         assert isinstance(prompt, str)  # tokenize=False: the rendered text
         return prompt
 
@@ -583,7 +653,41 @@ class HFBackend:
             )
         return results
 
+    def _with_adapter(self, lora: Adapter | None) -> Any:
+        """A context in which the model answers as base + `lora` (peft), or as the base model.
+
+        No guided decoding here: outputs are parsed with repair (clinsynth.extraction.parse)."""
+        import contextlib
+
+        if lora is None:
+            if self._adapter is None:
+                return contextlib.nullcontext()
+            return self._model.disable_adapter()
+        if self._adapter is None:
+            from peft import PeftModel
+
+            self._model = PeftModel.from_pretrained(self._model, lora.path).eval()
+            self._adapter = lora.path
+        elif self._adapter != lora.path:
+            raise ValueError(
+                f"the hf backend serves one LoRA adapter per task: {self._adapter} is loaded, "
+                f"{lora.path} was asked for"
+            )
+        return contextlib.nullcontext()
+
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        by_key: dict[int, GenResult] = {}
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.lora.path if r.lora else None, []).append(i)
+        for idx in groups.values():
+            lora = requests[idx[0]].lora
+            with self._with_adapter(lora):
+                for i, res in zip(idx, self._generate([requests[i] for i in idx]), strict=True):
+                    by_key[i] = res
+        return [by_key[i] for i in range(len(requests))]
+
+    def _generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         results: list[GenResult] = []
         for i in range(0, len(requests), self.batch_size):
             batch = requests[i : i + self.batch_size]
@@ -594,7 +698,7 @@ class HFBackend:
                     results.append(error_result(batch[0], f"{type(exc).__name__}: {exc}"))
                     continue
                 self.logger.warning("hf batch of %d failed (%s); retrying one by one", len(batch), exc)
-                results.extend(r for one in batch for r in self.generate([one]))
+                results.extend(r for one in batch for r in self._generate([one]))
         return results
 
     def close(self) -> None:
