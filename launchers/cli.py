@@ -16,6 +16,7 @@ usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and s
        python -m launch -m [+experiment=NAME] KEY=A,B ...       one launch per sweep point
        python -m launch --cfg [overrides ...]                  print the composed config
        python -m launch status RUN_FOLDER                      stage and shard state
+       python -m launch score gold=GOLD.jsonl pred=PRED.jsonl  score extractions (launchers/score.py)
 
 Operational keys: cluster=local|debug|slurm, resources/<stage>=..., resources.<stage>.KEY=...,
 tracking=offline|wandb|disabled, wait=true, dry_run=true. See README.md and conf/.
@@ -42,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}\n{status_usage}", file=sys.stderr)
             return 2
         return 0 if all(s.state == "done" for s in statuses) else 1
+    if args and args[0] == "score":
+        from launchers.score import main as score
+
+        return score(args[1:])
     if args and args[0] == "--cfg":
         from omegaconf import OmegaConf
 

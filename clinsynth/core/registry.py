@@ -33,6 +33,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "clinsynth.stages.dataset",
     "clinsynth.stages.train",
     "clinsynth.stages.extract",
+    "clinsynth.stages.evaluate",
     "clinsynth.stages.export",
 )
 
