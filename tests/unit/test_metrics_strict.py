@@ -47,7 +47,7 @@ def test_icd_exact_one_to_one_with_assertion_and_3_character_level():
     assert micro(s, "icd10gm") == (2, 2, 2, 0.5, 0.5, 0.5)
     # 3 characters: C34 x2 / C34, C78 negated / C78 present, E11 / E11, -- / I10: the same counts
     assert micro(s, "icd10gm@3") == (2, 2, 2, 0.5, 0.5, 0.5)
-    # confusion (keys matched ignoring the assertion): C34.1, E11.90 present->present (2), C78.7 negated->present
+    # confusion (keys matched, assertion ignored): C34.1, E11.90 present->present (2), C78.7 negated->present
     assert conf(s, "icd10gm", "present", "present") == 2
     assert conf(s, "icd10gm", "negated", "present") == 1
 
