@@ -1,0 +1,137 @@
+"""The evaluate stage on real sample + generate outputs of a small smoke run, with predictions written
+through clinsynth.artifacts.predictions as the extract stage writes them (perturbed gold, one invalid,
+one missing, a development letter, an external letter, and ungrounded/ beside predictions/)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from clinsynth.artifacts.predictions import prediction, shard_path, write_predictions
+from clinsynth.artifacts.specs import read_specs
+from clinsynth.core.context import StageContext
+from clinsynth.core.registry import get_stage
+from clinsynth.letters.devset import load_gold
+from clinsynth.stages.evaluate import run
+from launchers.plan import stage_config
+from launchers.submit import launch
+
+
+class Recorder:
+    log_samples = False
+
+    def __init__(self) -> None:
+        self.summaries: list[dict[str, Any]] = []
+
+    def log(self, metrics: Any, step: int | None = None) -> None:
+        pass
+
+    def summary(self, values: Any) -> None:
+        self.summaries.append(dict(values))
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    runs = tmp_path_factory.mktemp("runs")
+    small = ["cluster=debug", "tracking=disabled", "cohort.patients=16", f"paths.runs={runs}"]
+    result = launch(["+experiment=smoke", "pipeline=[generate]", *small])
+    return {s: result.plan.stage(s).folder.path for s in ("sample", "generate")}
+
+
+def _perturb(gold: dict[str, Any]) -> dict[str, Any]:
+    p = copy.deepcopy(gold)
+    if p.get("diagnoses"):
+        p["diagnoses"][0]["assertion"] = (
+            "present" if p["diagnoses"][0]["assertion"] != "present" else "negated"
+        )
+    if p.get("labs"):
+        p["labs"].pop()
+    return p
+
+
+@pytest.fixture(scope="module")
+def evaluated(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    rows = read_specs(upstream["sample"], ["spec_id", "split", "gold"]).to_pylist()
+    tests = [r for r in rows if r["split"] == "test"]
+    assert len(tests) >= 4, "the smoke cohort has too few test letters for this test"
+    extract = tmp_path_factory.mktemp("extract")
+    records = []
+    for i, r in enumerate(tests[1:]):  # tests[0]: no prediction at all (missing)
+        gold = orjson.loads(r["gold"])
+        if i == 0:
+            records.append(
+                prediction(r["spec_id"], "synthetic", "rules", "invalid", None, "garbage", error="no JSON")
+            )
+        else:
+            records.append(prediction(r["spec_id"], "synthetic", "rules", "ok", _perturb(gold), "{}"))
+    meyr = load_gold("Meyr").model_dump(mode="json", exclude_none=True)
+    records.append(prediction("grascco:Meyr", "dev", "rules", "ok", meyr, "{}"))
+    records.append(prediction("file:x.txt", "external", "rules", "ok", {"diagnoses": []}, "{}"))
+    write_predictions(shard_path(extract, 0), records[::2])
+    write_predictions(shard_path(extract, 1), records[1::2])
+    ungrounded = [dict(r, extraction={"diagnoses": []}) if r["extraction"] else r for r in records]
+    write_predictions(extract / "ungrounded" / "shard-00000.jsonl", ungrounded)
+
+    out = tmp_path_factory.mktemp("evaluate")
+    tracker = Recorder()
+    ctx = StageContext(
+        stage="evaluate",
+        stage_id="test",
+        stage_dir=out,
+        inputs={"extract": extract, **upstream},
+        tracker=tracker,
+    )
+    cfg = stage_config("evaluate", ["evaluate.bootstrap=200"])
+    result = run(cfg, ctx)
+    return {"out": out, "result": result, "tracker": tracker, "tests": tests, "upstream": upstream}
+
+
+def test_sources_reported_separately_with_missing_and_invalid(evaluated: dict[str, Any]) -> None:
+    m = json.loads((evaluated["out"] / "metrics.json").read_text())
+    syn, dev = m["sources"]["synthetic"], m["sources"]["dev"]
+    assert syn["documents"] == len(evaluated["tests"])  # every test letter, predicted or not
+    assert syn["status"]["missing"] == 1 and syn["status"]["invalid"] == 1
+    assert dev["documents"] == 1 and dev["strict"]["icd10gm"]["f1"] == 1.0  # Meyr predicted as its gold
+    assert m["not_scored"]["external"]["documents"] == 1
+    # perturbed: the first diagnosis' assertion flipped, one lab dropped, two documents empty
+    assert 0 < syn["strict"]["icd10gm"]["f1"] < 1 and syn["strict"]["lab"]["recall"] < 1
+    assert sum(map(sum, syn["assertion_confusion"]["by_category"]["icd10gm"])) > 0
+    assert syn["codes"]["not_supported_rate"] is not None  # the test letters were read
+    assert evaluated["result"]["ungrounded_scored"] is True
+    assert "strict_f1" in m["grounding"] and (evaluated["out"] / "ungrounded" / "metrics.json").is_file()
+
+
+def test_outputs_and_tracker_hold_no_letter_text(evaluated: dict[str, Any]) -> None:
+    from clinsynth.artifacts.letters import letter_shards, read_letters
+
+    out = evaluated["out"]
+    for name in ("metrics.json", "report.md", "errors.jsonl"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "plots" / "f1_synthetic.png").is_file() and (out / "plots" / "f1_dev.png").is_file()
+    texts = [(out / n).read_text(encoding="utf-8") for n in ("metrics.json", "report.md", "errors.jsonl")]
+    sentences = []
+    for _, _, path in letter_shards(evaluated["upstream"]["generate"]):
+        for letter in read_letters(path):
+            sentences += [s for s in letter["text"].splitlines() if len(s) > 60][:2]
+    assert sentences
+    for s in sentences:
+        assert all(s not in t for t in texts), "a letter sentence leaked into the outputs"
+    (summary,) = evaluated["tracker"].summaries
+    assert summary and all(isinstance(v, (int, float)) for v in summary.values())
+    assert "evaluate/dev/strict/icd10gm/f1" in summary
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## synthetic" in report and "## dev" in report and "With and without grounding" in report
+
+
+def test_needs_follow_the_extract_inputs() -> None:
+    spec = get_stage("evaluate")
+    assert spec.needs_for({"extract": {"test_letters": True}}) == ("extract", "sample", "generate")
+    assert spec.needs_for({"extract": {"test_letters": False}}) == ("extract",)
