@@ -274,3 +274,20 @@ def test_counts_do_not_depend_on_document_or_item_order():
     _, (b, _) = score([golds[i] for i in order], [shuffled[i] for i in order])
     assert np.array_equal(a.tp[order], b.tp) and np.array_equal(a.fn[order], b.fn)
     assert np.array_equal(a.confusion, b.confusion)
+
+
+def test_vectorised_scoring_equals_the_per_document_loop_on_random_documents():
+    """The benchmark's plain-Python loop over the same rules (benchmarks/evaluate.py) gives the same
+    strict counts, confusion matrices and pigeon_compat scores on random perturbed documents."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluate", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    docs = bench.make_docs(300, seed=7, letters=False)
+    fast = score_both(docs, ScoreSettings(text_threshold=85.0))
+    bench.check_same(fast, bench.naive_score(docs, 85.0))  # raises naming the first difference
+    assert fast[0].tp.sum() > 1000 and fast[0].confusion.sum() > 0 and fast[0].fuzzy_pairs
