@@ -41,8 +41,11 @@ lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
 
+# two workers (pytest-xdist): the suite waits on Slurm, vLLM and subprocesses much of the time; groups
+# (tests/conftest.py) keep the Slurm tests on one worker and the vLLM engine tests on one
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: install slurm-up lint
-	$(PYTHON) -m pytest || { rc=$$?; $(SLURM_HINT); exit $$rc; }
+	$(PYTHON) -m pytest $(PYTEST_ARGS) || { rc=$$?; $(SLURM_HINT); exit $$rc; }
 	@$(SLURM_HINT)
 
 smoke: install

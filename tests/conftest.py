@@ -89,3 +89,30 @@ def smollm2_dir() -> Path:
         if os.environ.get("CI") == "true" or os.environ.get("CLINSYNTH_REQUIRE_SMOLLM2") == "1":
             pytest.fail(f"SmolLM2 is required here but: {exc}")
         pytest.skip(str(exc))
+
+
+#: `make test` runs `pytest -n 2 --dist loadgroup` (pytest-xdist): each group runs on one worker. Tests on
+#: the one test Slurm cluster queue behind each other anyway and time their waits for it; tests of the
+#: session's vLLM engine / `vllm serve` share it (one engine per worker otherwise: ~40 s and ~2 GB each);
+#: every other test stays with its module, whose module fixtures then run once.
+XDIST_GROUP_FIXTURES = {
+    "slurm_cluster": "slurm",
+    "vllm_engine_backend": "vllm",
+    "vllm_serve_process": "vllm",
+    "vllm_server": "vllm",
+}
+XDIST_GROUP_PATHS = {
+    "tests/integration/": "slurm",
+    "tests/stages/test_llm_letters.py": "vllm",  # engines inside jobs: two at once would share 2 cores
+    "tests/stages/test_train_stage.py": "vllm",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        path = Path(str(item.fspath)).relative_to(REPO).as_posix()
+        group = next((g for f, g in XDIST_GROUP_FIXTURES.items() if f in names), None)
+        group = group or next((g for p, g in XDIST_GROUP_PATHS.items() if path.startswith(p)), None)
+        item.add_marker(pytest.mark.xdist_group(group or path))

@@ -28,7 +28,7 @@ from clinsynth.core.atomic import atomic_open, write_json
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.training.answer import canonical_answer
-from clinsynth.training.chat import PROMPT_VERSION, example_messages, tokenize_examples
+from clinsynth.training.chat import PROMPT_VERSION, TemplateError, example_messages, tokenize_examples
 from clinsynth.training.config import DatasetConfig
 
 #: letters tokenised per batch (one encode each; the first of a batch is also held to the strict prefix rule)
@@ -50,7 +50,13 @@ def _requires(cfg: DatasetConfig) -> list[tuple[str, str]]:
     return needs
 
 
-@stage("dataset", needs=("verify", "generate", "sample"), config=DatasetConfig, version=1, requires=_requires)
+@stage(
+    "dataset",
+    needs=("verify", "generate", "sample"),
+    config=DatasetConfig,
+    version=PROMPT_VERSION,  # a new prompt wording is a new dataset (and a new stage id downstream)
+    requires=_requires,
+)
 def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
     """SFT examples per split (sft/<split>.jsonl), stats.json, lengths.png."""
     from clinsynth.llm.weights import load_tokenizer
@@ -82,7 +88,15 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
 
         def flush() -> None:
             convs = [p["messages"] for p in pending]
-            for row, ex in zip(pending, tokenize_examples(tokenizer, convs, exact_every=BATCH), strict=True):
+            try:
+                encoded = tokenize_examples(tokenizer, convs, exact_every=BATCH)
+            except TemplateError as exc:
+                ids = [p["id"] for p in pending]
+                raise RuntimeError(
+                    f"dataset: the chat template of dataset.model {ds.model.name!r} cannot label a batch of "
+                    f"{len(ids)} letters ({ids[0]} ... {ids[-1]}): {exc}"
+                ) from exc
+            for row, ex in zip(pending, encoded, strict=True):
                 st = stats[row["split"]]
                 assert ex is not None  # no max_tokens given: every example comes back
                 if ex.n_tokens > ds.max_tokens:  # the rule: prompt + answer + end of turn over the limit
@@ -136,6 +150,14 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
         flush()
 
     seconds = time.perf_counter() - t0
+    if "train" in stats and stats["train"].examples == 0:
+        st = stats["train"]
+        raise RuntimeError(
+            f"dataset: the train split has no examples ({done} letters read: {st.excluded_failed} failed "
+            f"verification, {st.dropped_too_long} longer than dataset.max_tokens={ds.max_tokens}, "
+            f"{sum(stats[s].examples for s in stats)} in the other splits): raise dataset.max_tokens (and "
+            "train.max_seq_len), set dataset.include_failed=true, or sample more patients"
+        )
     report = {
         "letters": done,
         "splits": {s: st.summary() for s, st in stats.items()},

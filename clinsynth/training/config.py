@@ -18,7 +18,10 @@ from clinsynth.llm.config import Model
 
 class DatasetSection(StageConfig):
     model: Model = identity(why="the tokenizer and chat template the examples are counted and cut with")
-    include_failed: bool = identity(why="letters that failed verification are trained on too (default: no)")
+    include_failed: bool = identity(
+        why="letters that failed verification go into every split too (default: no); their gold does not "
+        "match their text, so they would mislead evaluation as much as training"
+    )
     max_tokens: int = identity(ge=64, why="examples longer than this (prompt + answer) are dropped, counted")
     schema_in_prompt: Literal["compact", "json_schema", "none"] = identity(
         why="what the user turn says about the output: a compact field list, the full JSON Schema, nothing"
@@ -32,6 +35,18 @@ class LoraSection(StageConfig):
     dropout: float = identity(ge=0, lt=1)
     #: "all-linear" or module names (q_proj, k_proj, ...); never lm_head with a fused CE loss
     target_modules: str | list[str] = identity()
+
+    @model_validator(mode="after")
+    def _no_lm_head(self) -> LoraSection:
+        names = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if any(n == "lm_head" or n.endswith(".lm_head") for n in names):
+            raise ValueError(
+                "train.lora.target_modules must not name lm_head: its adapter would be tied to the input "
+                "embedding in models that share them, vLLM's LoRA does not load it, and fused "
+                "cross-entropy kernels skip it; use all-linear (which leaves lm_head out) or the "
+                "attention/MLP projections"
+            )
+        return self
 
 
 class QloraSection(StageConfig):

@@ -59,6 +59,8 @@ GPU_PEAK_FLOPS = {
     "L4": 121e12,
     "V100": 125e12,
 }
+#: train_report.json's packing when packing was on but no row held two examples (per_device_batch=1)
+ONE_PER_ROW = "none (one example per row)"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -134,7 +136,7 @@ def load_examples(
 ) -> list[dict[str, Any]]:
     """The dataset stage's chat examples of `split`, tokenised with the labels mask of `chat.py`."""
     from clinsynth.artifacts.sft import read_sft
-    from clinsynth.training.chat import ExampleTooLong, tokenize_example
+    from clinsynth.training.chat import ExampleTooLong, TemplateError, tokenize_example
 
     rows = []
     for n, row in enumerate(read_sft(dataset_dir, split)):
@@ -144,6 +146,12 @@ def load_examples(
             raise TrainSetupError(
                 f"example {row.get('id')!r} of {dataset_dir}/sft/{split}.jsonl: {exc} (train.max_seq_len): "
                 "build the dataset with dataset.max_tokens <= train.max_seq_len (the default interpolates it)"
+            ) from exc
+        except TemplateError as exc:
+            raise TrainSetupError(
+                f"example {row.get('id')!r} (line {n + 1}) of {dataset_dir}/sft/{split}.jsonl: {exc}. The "
+                "dataset stage holds one example per batch to this check, training every example: fix the "
+                "model's chat template or tokenizer (train.model) and rebuild the dataset"
             ) from exc
         rows.append({"input_ids": list(ex.input_ids), "labels": list(ex.labels), "example_id": n})
     if not rows:
@@ -165,16 +173,23 @@ class ExampleDataset:
 
 
 class IdCollator:
-    """Runs the packed or padded collator on (input_ids, labels) and adds the batch's example ids."""
+    """Runs the packed or padded collator on (input_ids, labels) and adds the batch's example ids.
+
+    Counts rows and examples, so the report can say whether packing ever put two examples in a row (it
+    packs within a micro-batch: with per_device_batch=1 and no flattening it never does)."""
 
     def __init__(self, inner: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
         self.inner = inner
+        self.rows = 0
+        self.examples = 0
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         batch = dict(self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
         batch["example_ids"] = torch.tensor([int(f["example_id"]) for f in features], dtype=torch.long)
+        self.rows += int(batch["input_ids"].shape[0])
+        self.examples += len(features)
         return batch
 
 
@@ -199,6 +214,8 @@ def count_params(model: Any) -> tuple[int, int, int]:
             continue
         seen.add(id(p))
         n = int(getattr(p, "ds_numel", 0) or p.numel())
+        if type(p).__name__ == "Params4bit":
+            n *= 2  # bitsandbytes packs two 4-bit weights per byte: numel() counts bytes
         total += n
         if p.requires_grad:
             trainable += n
@@ -304,22 +321,65 @@ def build_model(train: TrainSection, geom: Geometry, cache_dir: Path, local_rank
 # ---- checkpoints
 
 
-def complete_checkpoints(folder: Path | None) -> list[tuple[int, Path]]:
-    """HF checkpoint folders under `folder` that finished saving (trainer_state.json is written last)."""
+def complete_checkpoints(folder: Path | None, world_size: int = 1) -> list[tuple[int, Path]]:
+    """HF checkpoint folders under `folder` that finished saving: rank 0 writes trainer_state.json last,
+    but each rank writes its own RNG state (rng_state_<rank>.pth with several ranks), possibly after rank
+    0 is done; a checkpoint without all of them would resume with a fresh RNG on some rank."""
     if folder is None or not folder.is_dir():
         return []
+    rng = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
     out = []
     for p in folder.iterdir():
         m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").is_file():
+        if (
+            m
+            and p.is_dir()
+            and (p / "trainer_state.json").is_file()
+            and all((p / name).is_file() for name in rng)
+        ):
             out.append((int(m.group(1)), p))
     return sorted(out)
 
 
+GEOMETRY_FILE = "geometry.json"
+
+
 def resume_point(ctx: StageContext) -> Path | None:
-    """The newest complete HF checkpoint of an earlier attempt (a stop save or a periodic one)."""
-    found = complete_checkpoints(ctx.checkpoint_dir)
+    """The newest complete HF checkpoint of an earlier attempt (a stop save or a periodic one), complete
+    for the world size it was written with (check_geometry then refuses another one)."""
+    world_size = ctx.world_size
+    recorded = ctx.checkpoint_dir / GEOMETRY_FILE if ctx.checkpoint_dir else None
+    if recorded is not None and recorded.is_file():
+        world_size = int(json.loads(recorded.read_text()).get("world_size", world_size))
+    found = complete_checkpoints(ctx.checkpoint_dir, world_size)
     return found[-1][1] if found else None
+
+
+def check_geometry(ctx: StageContext, train: TrainSection, geom: Geometry, resume: Path | None) -> None:
+    """Resume only with the batch geometry the checkpoint was written with.
+
+    world_size and per_device_batch are operational settings (the same stage id), but the Trainer
+    restores the data position as a count of micro-batches per rank: another geometry would skip the
+    wrong examples. A fresh start records the geometry (rank 0) next to the checkpoints."""
+    if ctx.checkpoint_dir is None:
+        return
+    want = {
+        "world_size": geom.world_size,
+        "per_device_batch": train.per_device_batch,
+        "gradient_accumulation": geom.grad_accum,
+    }
+    path = ctx.checkpoint_dir / GEOMETRY_FILE
+    if resume is not None and path.is_file():
+        had = json.loads(path.read_text())
+        if had != want:
+            raise TrainSetupError(
+                f"{resume} was written with {had}, this attempt runs with {want}: relaunch with the "
+                f"resources and train.per_device_batch of that run, or delete {ctx.checkpoint_dir} to "
+                "start the training over"
+            )
+    elif ctx.is_main:
+        ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, want)
 
 
 def _keep_until(path: Path, step: int) -> None:
@@ -516,6 +576,11 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     elif ctx.world_size > 1:
         ctx.init_distributed(geom.backend)
 
+    merged_only = _merge_only(train, ctx, cache_dir)
+    if merged_only is not None:
+        return merged_only
+    resume = resume_point(ctx)
+    check_geometry(ctx, train, geom, resume)  # before any loading: a mismatch is refused at once
     from clinsynth.llm.weights import load_tokenizer
 
     args = _training_args(train, geom, cfg, ctx.checkpoint_dir or stage_dir / "checkpoints" / "job")
@@ -531,7 +596,6 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     peak, peak_source = peak_flops_per_device(geom.device)
     collator, mode = make_collator(model, train.packing, int(tokenizer.pad_token_id), train.max_seq_len)
 
-    resume = resume_point(ctx)
     resumed_step = int(resume.name.split("-")[1]) if resume else 0
     metrics_path = stage_dir / "metrics.jsonl"
     seen_dir = stage_dir / "seen"
@@ -541,6 +605,9 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
         seen_path.unlink(missing_ok=True)
         if ctx.is_main:
             metrics_path.unlink(missing_ok=True)
+            for stale in seen_dir.glob("rank-*.jsonl"):  # ranks of an earlier, larger run
+                if int(stale.stem.split("-")[1]) >= ctx.world_size:
+                    stale.unlink()
     else:
         _keep_until(seen_path, resumed_step)
         if ctx.is_main:
@@ -580,9 +647,6 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
         tokenizer.save_pretrained(str(tmp))
         _replace_dir(tmp, stage_dir / out_dir)
     ctx.barrier()
-    if train.merge and train.method != "full" and ctx.is_main:
-        merge_adapter(train, cache_dir, stage_dir / "adapter", stage_dir / "merged", tokenizer)
-    ctx.barrier()
 
     examples_seen = _count_seen(seen_path, ctx)
     history = trainer.state.log_history
@@ -614,7 +678,9 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
         "peak_mem_kind": "torch.cuda.max_memory_allocated" if geom.device == "cuda" else "max RSS of rank 0",
         "params_total": total,
         "params_trainable": trainable,
-        "packing": mode,
+        # packing packs within a micro-batch: say so when no row ever held two examples
+        "packing": mode if mode == "padded" or collator.examples > collator.rows else ONE_PER_ROW,
+        "examples_per_row": round(collator.examples / collator.rows, 3) if collator.rows else None,
         "world_size": geom.world_size,
         "device": geom.device,
         "backend": geom.backend if geom.world_size > 1 else None,
@@ -634,9 +700,41 @@ def run_training(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
             {k: v for k, v in report.items() if isinstance(v, (int, float)) and v is not None}
         )
     ctx.barrier()
-    return {
-        k: report[k] for k in ("steps", "final_loss", "examples_seen", "packing", "world_size", "deepspeed")
-    }
+    return _finish(train, ctx, cache_dir, tokenizer, report)
+
+
+RESULT_KEYS = ("steps", "final_loss", "examples_seen", "packing", "world_size", "deepspeed")
+
+
+def _finish(
+    train: TrainSection, ctx: StageContext, cache_dir: Path, tokenizer: Any, report: dict[str, Any]
+) -> dict[str, Any]:
+    """After the last collective: rank 0 merges (train.merge) while the other ranks end their task.
+
+    A stop asked for by then (every rank asks: a collective) checkpoints the phase instead: the
+    requeued attempt finds adapter/ and train_report.json and only merges."""
+    if train.merge and train.method != "full":
+        if ctx.should_stop():
+            ctx.save_checkpoint({"phase": "merge", "step": report["steps"]})
+            ctx.requeue("asked to stop after training; the requeued attempt merges the adapter")
+        if ctx.is_main:
+            merge_adapter(train, ctx.stage_dir / "adapter", ctx.stage_dir / "merged", cache_dir, tokenizer)
+    return {k: report[k] for k in RESULT_KEYS}
+
+
+def _merge_only(train: TrainSection, ctx: StageContext, cache_dir: Path) -> dict[str, Any] | None:
+    """A requeued attempt after a stop between training and merging: merge, nothing else."""
+    state = ctx.load_checkpoint() if ctx.resuming else None
+    report_path = ctx.stage_dir / "train_report.json"
+    if not state or state.get("phase") != "merge":
+        return None
+    if not (ctx.stage_dir / "adapter").is_dir() or not report_path.is_file():
+        return None  # the outputs are gone: train again from the newest HF checkpoint
+    from clinsynth.llm.weights import load_tokenizer
+
+    ctx.logger.info("training finished in an earlier attempt: merging the adapter only")
+    tokenizer = load_tokenizer(train.model.model_dump(), cache_dir)
+    return _finish(train, ctx, cache_dir, tokenizer, json.loads(report_path.read_text()))
 
 
 def _count_seen(seen_path: Path, ctx: StageContext) -> int:
@@ -649,7 +747,7 @@ def _count_seen(seen_path: Path, ctx: StageContext) -> int:
     return n
 
 
-def merge_adapter(train: TrainSection, cache_dir: Path, adapter: Path, out: Path, tokenizer: Any) -> None:
+def merge_adapter(train: TrainSection, adapter: Path, out: Path, cache_dir: Path, tokenizer: Any) -> None:
     """Base weights + adapter merged into one model folder (loads in transformers and vLLM without peft)."""
     import torch
     from peft import PeftModel

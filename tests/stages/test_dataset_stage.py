@@ -175,3 +175,10 @@ def test_a_damaged_letter_line_is_named(run, tmp_path):
     shard.write_bytes(b"".join(lines))
     with pytest.raises(RuntimeError, match=rf"{shard.name}:3: not a JSON letter"):
         _run_stage(result, runs, tmp_path, _dir(result, "verify"), gen_dir=gen_dir)
+
+
+def test_an_empty_train_split_fails_with_the_counts(run, tmp_path):
+    """Every letter longer than the limit: the stage refuses to write a dataset with nothing to train on."""
+    result, runs = run
+    with pytest.raises(RuntimeError, match=r"train split has no examples .* than dataset.max_tokens=64"):
+        _run_stage(result, runs, tmp_path, _dir(result, "verify"), extra=["dataset.max_tokens=64"])

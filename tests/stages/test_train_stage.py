@@ -157,13 +157,34 @@ def setup(
     return {"cache": llm_cache_dir, "dataset": dataset, "model_dir": tiny_model_dir, "tokenizer": tok}
 
 
+#: the `trained` run: 2 examples (~820 tokens each) per micro-batch in rows of 2,048: packing puts both
+#: into one row
+TRAINED = [
+    *BASE_OVERRIDES,
+    "train.max_steps=30",
+    "train.merge=true",
+    "train.per_device_batch=2",
+    "train.max_seq_len=2048",
+]
+
+
 @pytest.fixture(scope="module")
 def trained(setup: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 steps; the stop flag rises while the last step is logged, i.e. after training and before the
+    merge: that attempt ends with a "merge" checkpoint, the requeued one only merges."""
     from clinsynth.stages.train import run
 
-    cfg = stage_config("train", [*BASE_OVERRIDES, "train.max_steps=30", "train.merge=true"])
+    cfg = stage_config("train", TRAINED)
     stage_dir = tmp_path_factory.mktemp("train")
-    run(cfg, make_ctx(stage_dir, setup["dataset"], setup["cache"]))
+    with pytest.raises(StopRequested, match="merges the adapter"):
+        run(cfg, make_ctx(stage_dir, setup["dataset"], setup["cache"], tracker=StopAtStep(30)))
+    state = json.loads((stage_dir / "checkpoints" / "job" / "checkpoint.json").read_text())["state"]
+    assert state == {"phase": "merge", "step": 30}
+    assert (stage_dir / "adapter").is_dir() and not (stage_dir / "merged").exists()
+    report = (stage_dir / "train_report.json").read_bytes()
+    run(cfg, make_ctx(stage_dir, setup["dataset"], setup["cache"], attempt=2))
+    assert (stage_dir / "merged" / "config.json").is_file()
+    assert (stage_dir / "train_report.json").read_bytes() == report  # not trained again
     return stage_dir
 
 
@@ -186,8 +207,9 @@ def test_lora_loss_falls_and_the_report_says_how_it_ran(trained: Path) -> None:
         assert m["train/grad_norm"] >= 0 and 0 < m["train/mfu"] < 1
     report = json.loads((trained / "train_report.json").read_text())
     assert report["steps"] == 30 and report["examples_seen"] == 30 * 2
-    assert report["packing"] == "position_ids" and report["world_size"] == 1 and report["deepspeed"] == "none"
-    assert report["gradient_accumulation"] == 2 and report["precision"] == "fp32"
+    assert report["packing"] == "position_ids" and report["examples_per_row"] == 2.0  # both in one row
+    assert report["world_size"] == 1 and report["deepspeed"] == "none"
+    assert report["gradient_accumulation"] == 1 and report["precision"] == "fp32"
     assert report["final_loss"] == pytest.approx(losses[-1])
     assert report["resumed_from"] is None and report["params_trainable"] < report["params_total"]
 
@@ -285,37 +307,49 @@ def test_adapter_loads_in_vllm_and_changes_its_output(trained: Path, setup: dict
 
 
 def test_stop_mid_run_checkpoints_requeues_and_resumes_exactly(setup: dict[str, Any], tmp_path: Path) -> None:
-    """8 steps uninterrupted vs. stopped after step 4 (flag raised while step 3 is logged) + resumed."""
+    """6 steps (8 examples, 2 per step in 2 micro-batches: 1.5 epochs) uninterrupted vs. stopped after step
+    5, the first of the second epoch (flag raised while step 4 is logged), and resumed: the reshuffled
+    second epoch resumes at its second step. Resuming with another batch geometry is refused."""
     from clinsynth.stages.train import run
-    from clinsynth.training.trainer import read_metrics, seen_by_step, seen_counts
+    from clinsynth.training.trainer import TrainSetupError, read_metrics, seen_by_step, seen_counts
 
     cfg = stage_config(
-        "train", [*BASE_OVERRIDES, "train.max_steps=8", "train.save_steps=3", "train.lora.dropout=0.1"]
+        "train", [*BASE_OVERRIDES, "train.max_steps=6", "train.save_steps=2", "train.lora.dropout=0.1"]
     )  # dropout: the RNG state must resume too
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"
-    run(cfg, make_ctx(ref_dir, setup["dataset"], setup["cache"]))
+    data = write_dataset(tmp_path / "dataset", setup["tokenizer"], n=8)
+    run(cfg, make_ctx(ref_dir, data, setup["cache"]))
+    ref_report = json.loads((ref_dir / "train_report.json").read_text())
+    assert ref_report["packing"] == "none (one example per row)"  # per_device_batch=1: nothing to pack
 
     with pytest.raises(StopRequested):
-        run(cfg, make_ctx(run_dir, setup["dataset"], setup["cache"], tracker=StopAtStep(3)))
+        run(cfg, make_ctx(run_dir, data, setup["cache"], tracker=StopAtStep(4)))
     state = json.loads((run_dir / "checkpoints" / "job" / "checkpoint.json").read_text())["state"]
-    assert state["step"] == 4 and Path(state["hf_checkpoint"]).name == "checkpoint-4"
+    assert state["step"] == 5 and Path(state["hf_checkpoint"]).name == "checkpoint-5"
     assert (Path(state["hf_checkpoint"]) / "optimizer.pt").is_file()
     assert not (run_dir / "adapter").exists()
-    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4]
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 6))
 
-    resumed = make_ctx(run_dir, setup["dataset"], setup["cache"], attempt=2)
+    other = stage_config("train", [*BASE_OVERRIDES, "train.max_steps=6", "train.per_device_batch=2"])
+    with pytest.raises(TrainSetupError, match=r"checkpoint-5 was written with .*per_device_batch.: 1"):
+        run(other, make_ctx(run_dir, data, setup["cache"], attempt=2))
+
+    resumed = make_ctx(run_dir, data, setup["cache"], attempt=2)
     assert resumed.resuming
     run(cfg, resumed)
     report = json.loads((run_dir / "train_report.json").read_text())
-    assert report["resumed_from"].endswith("checkpoint-4") and report["steps"] == 8
+    assert report["resumed_from"].endswith("checkpoint-5") and report["steps"] == 6
+    assert report["epochs"] == pytest.approx(1.5)
 
     ref, got = read_metrics(ref_dir), read_metrics(run_dir)
-    assert [m["step"] for m in got] == list(range(1, 9))
+    assert [m["step"] for m in got] == list(range(1, 7))
     for a, b in zip(ref, got, strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5), a["step"]
         assert b["train/lr"] == pytest.approx(a["train/lr"], rel=1e-6)
-    assert seen_by_step(run_dir) == seen_by_step(ref_dir)
-    assert seen_counts(run_dir) == seen_counts(ref_dir) and sum(seen_counts(ref_dir).values()) == 8 * 2
+    by_step = seen_by_step(ref_dir)
+    assert seen_by_step(run_dir) == by_step
+    assert sorted(i for s in range(1, 5) for i in by_step[s]) == list(range(8))  # epoch 1: each once
+    assert seen_counts(run_dir) == seen_counts(ref_dir) and sum(seen_counts(ref_dir).values()) == 6 * 2
     assert report["final_loss"] == pytest.approx(
         json.loads((ref_dir / "train_report.json").read_text())["final_loss"], rel=1e-5
     )
@@ -332,3 +366,5 @@ def test_batch_geometry_and_qlora_on_cpu_are_refused_with_a_reason() -> None:
         plan_geometry(qlora, 1, cuda=False)
     geom = plan_geometry(stage_config("train", BASE_OVERRIDES).train, 2, cuda=False)
     assert (geom.backend, geom.bf16, geom.grad_accum) == ("gloo", False, 1)
+    with pytest.raises(Exception, match="must not name lm_head"):
+        stage_config("train", [*BASE_OVERRIDES, "train.lora.target_modules=[q_proj,lm_head]"])

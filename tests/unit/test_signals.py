@@ -334,7 +334,8 @@ def test_a_relaunch_beside_a_killed_launchers_live_task_says_so_and_exits_non_ze
     """kill -9 of the launcher leaves its local tasks running: a relaunch does not run them twice,
     does not start the stages after them either, and never exits 0 as if the pipeline were done."""
     runs = tmp_path / "runs"
-    overrides = toy_overrides(runs, "local", n_items=60, shards=2, nodes=1, sleep_s=0.1)
+    # ~10 s per task: the relaunch (Python start + compose, slow on a loaded machine) must find them running
+    overrides = toy_overrides(runs, "local", n_items=200, shards=2, nodes=1, sleep_s=0.1)
     proc, _ = _start(runs, overrides)
     tasks = _wait_until(_running(runs, "toy_rows", 2), "both toy_rows tasks run", proc)
     proc.kill()
