@@ -1,18 +1,21 @@
 """The JSON Schema that guided decoding holds an extractor's output to: schema v2, bounded.
 
 Guided decoding keeps the output well formed but does not stop a model that loops (a base model
-repeats list items until its token limit), so the decoding schema bounds what the contract leaves
-open: every list gets `maxItems`, every free-text string a bounded pattern (1..N
-characters without control characters: xgrammar lets those into a string bounded by `maxLength`
-alone, which is not JSON). Codes stay constrained by
-their pattern, never by an enumeration of the catalogue (ICD-10-GM alone has ~14k codes), and a
-patterned string carries no `maxLength`: the pattern bounds it already, and vLLM 0.32's xgrammar
-refuses a field with both (its `auto` backend then falls back to the slower guidance backend).
-Optional keys are simply left out, so the `null` branch of optional fields is dropped: one way
-to say "no value", a smaller grammar, shorter outputs.
+repeats list items, a greedy one repeats a word inside a string, until its token limit), so the
+decoding schema bounds what the contract leaves open: every list gets `maxItems`, every free-text
+string `maxLength`, every number a magnitude. Codes stay constrained by their pattern, never by an
+enumeration of the catalogue (ICD-10-GM alone has ~14k codes); the pattern bounds them already.
+Optional keys are simply left out, so the `null` branch of optional fields is dropped: one way to
+say "no value", a smaller grammar, shorter outputs.
 
-`decoding_schema()` is what the backends send; `check_decoding_schema()` refuses a schema that
-would push vLLM off xgrammar (tests keep it so).
+Which structured-outputs backend (vLLM 0.32), measured here: xgrammar 0.2.8 lets raw control
+characters into a string bounded by `maxLength` alone (invalid JSON), refuses an escaped quote in
+one, and crashes on bounded-repetition patterns (`[^"]{1,160}`) with its grammar cache on; guidance
+(llguidance) keeps such strings valid JSON and honours `maxLength` and `pattern` together. So free
+text carries both `maxLength` and a pattern that excludes control characters: an engine on `auto`
+(a `vllm serve` someone else started) then picks guidance for these requests too, and an engine
+pinned to xgrammar refuses them instead of writing broken JSON. conf/extract/backend/vllm.yaml pins
+guidance and turns free whitespace off (a greedy model under a grammar can loop on blanks).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from clinsynth.schema import json_schema
 #: bounds of the decoding schema: generous for real letters, finite for a looping model
 MAX_ITEMS = 40
 MAX_STRING = 160
+#: |value| of any number: lab values in /µl reach 10^6
+MAX_NUMBER = 10_000_000
 #: lists that hold a handful of items in any real letter
 SMALL_LISTS = {"stages": 6, "markers": 16, "schedule": 4}
 #: a free-text value has no control character (JSON escapes them; no letter needs one)
@@ -62,16 +67,22 @@ def _strip(node: Any, key: str | None, max_items: int, max_string: int) -> Any:
             out["anyOf"] = kept
     kind = out.get("type")
     if kind == "string" and "enum" not in out:
-        if "pattern" in out:
-            out.pop("maxLength", None)  # the pattern bounds it; both push vLLM off xgrammar
+        if out.get("pattern", TEXT_PATTERN) != TEXT_PATTERN:  # a code, a date, a TNM value
+            out.pop("maxLength", None)  # the pattern bounds it (and xgrammar refuses both together)
             out.pop("minLength", None)
-        else:
-            limit = min(int(out.get("maxLength", max_string)), max_string)
-            out["maxLength"] = limit
+        else:  # free text: bounded, and no control characters
+            out["maxLength"] = min(int(out.get("maxLength", max_string)), max_string)
             out["pattern"] = TEXT_PATTERN
+    if kind in ("number", "integer"):
+        # magnitude bounds end a model that writes digits forever (fraction digits stay open:
+        # max_tokens ends those)
+        out.setdefault("maximum", MAX_NUMBER)
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -MAX_NUMBER
     if kind == "array":
-        bound = SMALL_LISTS.get(key or "", max_items)
-        out["maxItems"] = min(int(out.get("maxItems", bound)), bound)
+        bound = min(SMALL_LISTS.get(key or "", max_items), max_items)
+        bound = max(min(int(out.get("maxItems", bound)), bound), int(out.get("minItems", 0)))
+        out["maxItems"] = bound
     return out
 
 
@@ -98,17 +109,26 @@ def _nodes(node: Any, path: str = "#") -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def check_decoding_schema(schema: dict[str, Any]) -> list[str]:
-    """What would make the schema unfit for guided decoding: unbounded lists or free strings, a
-    pattern together with maxLength (vLLM leaves xgrammar), a code enumeration of catalogue size."""
+    """What would let a looping model run on, or break the grammar: unbounded lists, free strings or
+    numbers, a code pattern with maxLength, a list bound below its minimum, an enumeration of codes."""
     problems = []
     for path, node in _nodes(schema):
         kind = node.get("type")
-        if kind == "array" and "maxItems" not in node:
-            problems.append(f"{path}: list without maxItems")
-        if kind == "string" and "pattern" in node and "maxLength" in node:
-            problems.append(f"{path}: pattern and maxLength together (vLLM falls back from xgrammar)")
-        if kind == "string" and "pattern" not in node and "enum" not in node:
-            problems.append(f"{path}: free string without a bounded pattern")
+        if kind == "array":
+            if "maxItems" not in node:
+                problems.append(f"{path}: list without maxItems")
+            elif node["maxItems"] < node.get("minItems", 0):
+                problems.append(f"{path}: maxItems below minItems")
+        if kind == "string" and "enum" not in node:
+            pattern = node.get("pattern")
+            if pattern is None:
+                problems.append(f"{path}: string without a pattern")
+            elif pattern == TEXT_PATTERN and "maxLength" not in node:
+                problems.append(f"{path}: free text without maxLength")
+            elif pattern != TEXT_PATTERN and "maxLength" in node:
+                problems.append(f"{path}: a code pattern with maxLength")
+        if kind in ("number", "integer") and "maximum" not in node:
+            problems.append(f"{path}: number without maximum")
         if len(node.get("enum", ())) > 50:
             problems.append(f"{path}: an enumeration of {len(node['enum'])} values (codes go by pattern)")
     return problems
