@@ -97,6 +97,12 @@ def vllm_engine_backend(llm_cache_dir: Path, tiny_model_dir: Path) -> Iterator[A
         "kv_cache_memory_gib": KV_CACHE_GIB,
         "enforce_eager": True,   # no torch.compile warm-up: ~20 s start instead of ~60 s
         "seed": 0,
+        # the extract stage's settings: LoRA requests (its fine-tuned adapter, rank 8 in its tests) and
+        # guided decoding without free whitespace (else greedy decoding can loop on blanks): one engine
+        "enable_lora": True,
+        "max_lora_rank": 8,
+        "structured_outputs_backend": "guidance",
+        "disable_any_whitespace": True,
     }
     mp = pytest.MonkeyPatch()
     for key, value in VLLM_ENV.items():  # the engine's worker processes inherit the environment
