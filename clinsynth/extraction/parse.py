@@ -107,7 +107,7 @@ def _cut_points(s: str, start: int) -> tuple[int | None, list[tuple[int, list[st
             stack.append("}" if ch == "{" else "]")
             cuts.append((i + 1, list(stack)))
         elif ch in "}]":
-            if not stack:
+            if not stack or stack[-1] != ch:  # a stray or mismatched bracket: a syntax error here
                 return None, cuts
             stack.pop()
             if not stack:
@@ -127,6 +127,15 @@ def _close(s: str, cuts: list[tuple[int, list[str]]]) -> Any | None:
         except json.JSONDecodeError:
             continue
     return None
+
+
+def _has_content(value: Any) -> bool:
+    """Some value other than null, an empty list or an empty object, at any depth."""
+    if isinstance(value, dict):
+        return any(_has_content(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_content(v) for v in value)
+    return value is not None
 
 
 def load_object(text: str) -> tuple[Any | None, list[str], bool, str | None]:
@@ -149,8 +158,8 @@ def load_object(text: str) -> tuple[Any | None, list[str], bool, str | None]:
     if end is not None:  # a complete object that does not parse: a syntax error inside
         return None, [], False, f"not valid JSON ({first_error})"
     value = _close(body, cuts)
-    if value is None:
-        return None, [], True, f"cut answer that does not close into JSON ({first_error})"
+    if not _has_content(value):  # nothing complete before the cut or the error: no answer to speak of
+        return None, [], True, f"no complete value before the cut or error ({first_error})"
     return value, ["cut answer closed after its last complete value"], True, None
 
 
