@@ -207,7 +207,10 @@ class RulesRunner:
                     ex = self._rules.extract(d.text)
                     if not isinstance(ex, ClinicalExtraction):
                         ex = ClinicalExtraction.model_validate(ex)
-                    parsed, raw = Parsed("ok", ex), orjson.dumps(ex.model_dump(mode="json")).decode()
+                    # facts the rules' own validation dropped are named, as a parse repair would be
+                    problems = list(getattr(self._rules, "problems", None) or [])
+                    parsed = Parsed("repaired" if problems else "ok", ex, problems)
+                    raw = orjson.dumps(ex.model_dump(mode="json")).decode()
                 except Exception as exc:  # one letter that trips a rule does not stop the run
                     self.logger.warning("%s: rules failed: %s: %s", d.doc, type(exc).__name__, exc)
                     parsed, raw = (

@@ -233,6 +233,25 @@ def test_grounding_keeps_the_codes_as_extracted_beside_the_grounded_ones(
     assert read_stats(stage_dir)[0]["grounding_corrections"] == 2 * len(TEST_IDS)
 
 
+def test_the_rules_baseline_needs_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("clinsynth.extraction.rules")
+    sample, gen = upstream(tmp_path)
+    monkeypatch.setattr(extract, "_make_backend", lambda *a, **k: pytest.fail("rules started an engine"))
+    stage_dir = tmp_path / "extract"
+    cfg = stage_config(
+        "extract", ["extract/extractor=rules", "extract.dev_letters=false", "extract.ground=true"]
+    )
+    extract.run(cfg, make_ctx(stage_dir, {"sample": sample, "generate": gen}, tmp_path))
+    preds = {p["doc"]: p for p in read_predictions(stage_dir)}
+    assert sorted(preds) == sorted(TEST_IDS) and {p["extractor"] for p in preds.values()} == {"rules"}
+    assert all(p["status"] in ("ok", "repaired") and p["tokens"] is None for p in preds.values())
+    assert json.loads(preds["spec-0"]["raw"]) == next(iter(read_ungrounded(stage_dir)))["extraction"]
+    codes = {d["icd10gm"] for d in preds["spec-0"]["extraction"]["diagnoses"]}
+    assert "C50.4" in codes  # the code written in the letter
+    stats = read_stats(stage_dir)[0]
+    assert stats["backend"] is None and stats["model"] is None and stats["completion_tokens"] == 0
+
+
 def test_the_stage_id_follows_the_external_letters(tmp_path: Path, dev_corpus: Path) -> None:
     folder = tmp_path / "letters"
     folder.mkdir()
