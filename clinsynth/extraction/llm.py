@@ -58,8 +58,8 @@ class RunStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "generate_s": round(s, 3),
-            "completion_tokens_per_s": round(self.completion_tokens / s, 2) if s > 0 else None,
-            "documents_per_s": round(self.documents / s, 3) if s > 0 else None,
+            # inside the backend calls only; the stage adds the rate over all its work
+            "backend_tokens_per_s": round(self.completion_tokens / s, 2) if s > 0 else None,
             "grounding_corrections": self.corrections,
         }
 

@@ -164,6 +164,61 @@ def _vllm_on_cpu() -> bool:
         return not torch.cuda.is_available()
 
 
+def vllm_engine_kwargs(
+    model_path: str,
+    backend_cfg: Mapping[str, Any],
+    model_cfg: Mapping[str, Any],
+    logger: logging.Logger = log,
+) -> dict[str, Any]:
+    """The `vllm.LLM(...)` arguments of a backend config (benchmarks start a bare engine with the same)."""
+    on_cpu = _vllm_on_cpu()
+    eager = backend_cfg.get("enforce_eager")
+    kv_gib = backend_cfg.get("kv_cache_memory_gib")
+    if kv_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_gib = CPU_KV_CACHE_GIB
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tensor_parallel_size": int(backend_cfg.get("tensor_parallel_size") or 1),
+        "dtype": _dtype(backend_cfg, model_cfg),
+        "seed": int(backend_cfg.get("seed") or 0),
+        "enable_prefix_caching": bool(backend_cfg.get("enable_prefix_caching", True)),
+        # null: eager on CPU (skips a ~30 s torch.compile warm-up), CUDA graphs on GPU
+        "enforce_eager": on_cpu if eager is None else bool(eager),
+        "trust_remote_code": bool(backend_cfg.get("trust_remote_code", False)),
+    }
+    for key in ("max_num_seqs", "max_model_len", "gpu_memory_utilization"):
+        if backend_cfg.get(key) is not None:
+            kwargs[key] = backend_cfg[key]
+    own = _model_max_len(model_path)
+    if own is not None and int(kwargs.get("max_model_len") or 0) > own:
+        # max_model_len is a cap on KV per sequence; a model that holds fewer positions caps it lower
+        logger.info("max_model_len %s > the model's %d positions: capped", kwargs["max_model_len"], own)
+        kwargs["max_model_len"] = own
+    if on_cpu:
+        # vLLM's CPU worker cannot rewind a seeded request's generator ("CPU Generator does not
+        # use offset"), which it does whenever a prompt is prefilled in chunks: the engine dies
+        # mid-batch. Whole prompts per step avoid it (every letter request carries a seed).
+        kwargs["enable_chunked_prefill"] = False
+        length = kwargs.get("max_model_len") or own
+        if length:
+            kwargs["max_num_batched_tokens"] = max(int(length), CPU_MIN_BATCHED_TOKENS)
+    if kv_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
+    if backend_cfg.get("enable_lora"):
+        # LoRA requests (the fine-tuned extractor): rank cap and adapters per batch are engine-wide
+        kwargs["enable_lora"] = True
+        kwargs["max_lora_rank"] = int(backend_cfg.get("max_lora_rank") or 16)
+        kwargs["max_loras"] = int(backend_cfg.get("max_loras") or 1)
+    guided = backend_cfg.get("structured_outputs_backend")
+    if guided or backend_cfg.get("disable_any_whitespace"):
+        # guided decoding's backend and whitespace are chosen per engine, not per request
+        kwargs["structured_outputs_config"] = {
+            "backend": guided or "auto",
+            "disable_any_whitespace": bool(backend_cfg.get("disable_any_whitespace")),
+        }
+    return kwargs
+
+
 class VLLMBackend:
     """An in-process vLLM engine: one `LLM.chat` call per batch; vLLM schedules it continuously."""
 
@@ -189,51 +244,7 @@ class VLLMBackend:
         self.sampling = dict(sampling)
         self.logger = logger
         self._chat_template = _chat_template(model_cfg)
-        on_cpu = _vllm_on_cpu()
-        eager = backend_cfg.get("enforce_eager")
-        kv_gib = backend_cfg.get("kv_cache_memory_gib")
-        if kv_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            kv_gib = CPU_KV_CACHE_GIB
-        kwargs: dict[str, Any] = {
-            "model": model_path,
-            "tensor_parallel_size": int(backend_cfg.get("tensor_parallel_size") or 1),
-            "dtype": _dtype(backend_cfg, model_cfg),
-            "seed": int(backend_cfg.get("seed") or 0),
-            "enable_prefix_caching": bool(backend_cfg.get("enable_prefix_caching", True)),
-            # null: eager on CPU (skips a ~30 s torch.compile warm-up), CUDA graphs on GPU
-            "enforce_eager": on_cpu if eager is None else bool(eager),
-            "trust_remote_code": bool(backend_cfg.get("trust_remote_code", False)),
-        }
-        for key in ("max_num_seqs", "max_model_len", "gpu_memory_utilization"):
-            if backend_cfg.get(key) is not None:
-                kwargs[key] = backend_cfg[key]
-        own = _model_max_len(model_path)
-        if own is not None and int(kwargs.get("max_model_len") or 0) > own:
-            # max_model_len is a cap on KV per sequence; a model that holds fewer positions caps it lower
-            logger.info("max_model_len %s > the model's %d positions: capped", kwargs["max_model_len"], own)
-            kwargs["max_model_len"] = own
-        if on_cpu:
-            # vLLM's CPU worker cannot rewind a seeded request's generator ("CPU Generator does not
-            # use offset"), which it does whenever a prompt is prefilled in chunks: the engine dies
-            # mid-batch. Whole prompts per step avoid it (every letter request carries a seed).
-            kwargs["enable_chunked_prefill"] = False
-            length = kwargs.get("max_model_len") or own
-            if length:
-                kwargs["max_num_batched_tokens"] = max(int(length), CPU_MIN_BATCHED_TOKENS)
-        if kv_gib is not None:
-            kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
-        if backend_cfg.get("enable_lora"):
-            # LoRA requests (the fine-tuned extractor): rank cap and adapters per batch are engine-wide
-            kwargs["enable_lora"] = True
-            kwargs["max_lora_rank"] = int(backend_cfg.get("max_lora_rank") or 16)
-            kwargs["max_loras"] = int(backend_cfg.get("max_loras") or 1)
-        guided = backend_cfg.get("structured_outputs_backend")
-        if guided or backend_cfg.get("disable_any_whitespace"):
-            # guided decoding's backend and whitespace are chosen per engine, not per request
-            kwargs["structured_outputs_config"] = {
-                "backend": guided or "auto",
-                "disable_any_whitespace": bool(backend_cfg.get("disable_any_whitespace")),
-            }
+        kwargs = vllm_engine_kwargs(model_path, backend_cfg, model_cfg, logger)
         self.chat_template_kwargs = dict(backend_cfg.get("chat_template_kwargs") or {}) or None
         self._lora_ids: dict[str, int] = {}
         if backend_cfg.get("batch_invariant"):

@@ -195,6 +195,7 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     runner, backend = _runner(cfg, ctx, catalog) if todo else (None, None)
     start_s = time.perf_counter() - t0
+    engine_args = dict(getattr(backend, "engine_args", None) or {})
     done = 0
     try:
         for k, c in enumerate(todo, 1):
@@ -203,14 +204,15 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
             store.write(c, outcomes)
             done += len(outcomes)
             summary = runner.stats.summary()
+            rate = summary["completion_tokens"] / max(time.perf_counter() - t0 - start_s, 1e-9)
             ctx.logger.info(
-                "shard %d: chunk %d/%d, %d letters, %s completion tokens/s",
-                ctx.shard, k, len(todo), done, summary["completion_tokens_per_s"],
+                "shard %d: chunk %d/%d, %d letters, %.1f completion tokens/s",
+                ctx.shard, k, len(todo), done, rate,
             )  # fmt: skip
             ctx.tracker.log(
                 {
                     "extract/documents": done,
-                    "extract/completion_tokens_per_s": summary["completion_tokens_per_s"] or 0.0,
+                    "extract/completion_tokens_per_s": rate,
                     **{f"extract/status_{s}": n for s, n in summary["statuses"].items()},
                 }
             )
@@ -232,7 +234,10 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
         and ec.backend.kind != "hf",
         "ground": ec.ground,
         "engine_start_s": round(start_s, 3),
+        # after the engine start: prompts, engine calls, parsing, grounding, chunk writes
+        "work_s": round(time.perf_counter() - t0 - start_s, 3),
         "seconds": round(time.perf_counter() - t0, 3),
+        "engine_args": engine_args or None,
         "peak_rss_gb": _peak_rss_gb(),
         **{
             k: v
@@ -240,6 +245,8 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
             if k != "documents"
         },
     }
+    tokens, work = stats.get("completion_tokens") or 0, stats["work_s"]
+    stats["completion_tokens_per_s"] = round(tokens / work, 2) if tokens and work else None
     store.finish(n_chunks, len(docs), stats, ground=ec.ground)
     return {k: stats[k] for k in ("documents", "documents_extracted", "extractor") if k in stats} | {
         "statuses": stats.get("statuses", {}),
