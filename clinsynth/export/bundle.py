@@ -23,16 +23,22 @@ the synthetic cohort, so an exported Bundle ingests like the cohort's own FHIR):
   morphology), grading, TNM T/N/M each with its prefix, L/V/Pn, residual R, lymph nodes, UICC
   stage grouping, other staging systems, markers (ER/PR/HER2 profiles, else Laborbefund),
   ECOG, Verlauf.
-- procedures -> Procedure (MII Prozedur): OPS coding with version.
-- radiotherapy -> Procedure (onko Strahlentherapie) with total/fraction dose extensions.
+- diagnoses and tumours: recordedDate = the letter's discharge (else admission) date, else
+  data-absent-reason (`_recordedDate`): MII Diagnose requires it.
+- procedures -> Procedure (MII Prozedur): OPS coding with version; performed[x] (required):
+  the procedure's date, else the stay's period for a present or suspected one, else
+  data-absent-reason (`_performedDateTime`; not-applicable for a procedure not done).
+- radiotherapy -> Procedure (onko Strahlentherapie) with total/fraction dose extensions;
+  performedPeriod from its start/end, else data-absent-reason.
 - medications -> Medication (MII Medikation: ATC coding, else the name as text) +
   MedicationStatement (onko systemische-therapie-medikation for context therapy) with one
   Dosage: doseAndRate.doseQuantity (UCUM), timing.repeat.when from the 1-0-1-0 slots,
   timing.code.text for other frequencies, route (EDQM), asNeeded. Context allergy ->
   AllergyIntolerance (the MII core data set has no allergy profile: base R4, none claimed).
-- labs -> Observation (MII Laborbefund): LOINC, UCUM valueQuantity; valueString when the unit
-  is absent or not UCUM or the value is text; dataAbsentReason without a value;
-  interpretation from the flag.
+- labs -> Observation (MII Laborbefund): identifier (the profile's 1..1 OBI slice: a clinsynth
+  system, value `<doc>/labs/<index>`, a clinsynth assigner), LOINC, UCUM valueQuantity;
+  valueString when the unit is absent or not UCUM or the value is text; dataAbsentReason
+  without a value; interpretation from the flag.
 - vitals -> Observation (HL7 vital signs): LOINC, UCUM valueQuantity.
 - risk_factors: smoking -> Observation (LOINC 72166-2, SNOMED CT answer: negated = never,
   historical = former, present = current) with pack-years.
@@ -181,6 +187,22 @@ class Doc:
     def stay_period(self) -> dict[str, Any]:
         """effectivePeriod for something that happened during the stay, when the letter dates it."""
         return {"effectivePeriod": dict(self.period)} if self.period.get("start") else {}
+
+    def recorded(self) -> dict[str, Any]:
+        """recordedDate (1..1 in MII Diagnose): the letter's discharge, else admission date; a letter
+        without either says nothing of when the diagnosis was recorded: data-absent-reason."""
+        e = self.extraction.encounter
+        date = (e.discharge or e.admission) if e else None
+        return {"recordedDate": date} if date else {"_recordedDate": data_absent()}
+
+    def performed(self, date: str | None, *, during_stay: bool, absent: str = "unknown") -> dict[str, Any]:
+        """performed[x] (1..1 in MII Prozedur): the fact's own date; else, for what happened during the
+        stay, the stay's period (true, if coarse); else data-absent-reason `absent`."""
+        if date:
+            return {"performedDateTime": date}
+        if during_stay and self.period.get("start"):
+            return {"performedPeriod": dict(self.period)}
+        return {"_performedDateTime": data_absent(absent)}
 
     def effective(
         self, date: str | None, *, during_stay: bool = True, required: bool = True

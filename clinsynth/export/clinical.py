@@ -12,6 +12,7 @@ from clinsynth.export.bundle import (
     DATA_ABSENT_REASON_CS,
     ICD_MARK_CS,
     ICD_MARK_EXT,
+    IDENTIFIER_TYPE,
     Doc,
     coding,
     data_absent,
@@ -55,6 +56,12 @@ LAB_CATEGORY = [
         ]
     }
 ]
+#: the Laborbefund's required OBI identifier: a clinsynth system, assigned by clinsynth's export
+LAB_RESULT_SYSTEM = "https://clinsynth.invalid/sid/lab-result"
+LAB_ASSIGNER = {
+    "identifier": {"system": "https://clinsynth.invalid/sid/organization", "value": "clinsynth-export"},
+    "display": "clinsynth export",
+}
 VITAL_CATEGORY = [{"coding": [coding(fc.OBSERVATION_CATEGORY, fc.VITAL_CATEGORY_CODE, "Vital Signs")]}]
 
 
@@ -67,6 +74,18 @@ def condition_status(assertion: str, historical: str = "inactive") -> dict[str, 
         out["clinicalStatus"] = {"coding": [coding(fc.CONDITION_CLINICAL, clinical)]}
     out["verificationStatus"] = {"coding": [coding(fc.CONDITION_VERIFICATION, verification)]}
     return out
+
+
+def lab_identifier(doc: Doc, key: str) -> list[dict[str, Any]]:
+    """The MII Laborbefund's identifier slice (1..1, type OBI): deterministic, `<doc>/<key>`."""
+    return [
+        {
+            "type": {"coding": [coding(IDENTIFIER_TYPE, "OBI")]},
+            "system": LAB_RESULT_SYSTEM,
+            "value": f"{doc.doc}/{key}",
+            "assigner": LAB_ASSIGNER,
+        }
+    ]
 
 
 def icd_coding(doc: Doc, code: str, mark: str | None = None) -> dict[str, Any]:
@@ -88,7 +107,7 @@ def diagnosis_condition(doc: Doc, key: str, d: Diagnosis, profile: str) -> dict[
         subject=doc.patient,
         encounter=doc.encounter,
         onsetDateTime=d.date,
-        recordedDate=doc.period.get("end") or doc.period.get("start"),
+        **doc.recorded(),
     )
 
 
@@ -117,7 +136,11 @@ def procedures(doc: Doc) -> None:
                 code={"coding": [ops], "text": p.text},
                 subject=doc.patient,
                 encounter=doc.encounter,
-                performedDateTime=p.date,
+                **doc.performed(
+                    p.date,
+                    during_stay=p.assertion in ("present", "suspected"),
+                    absent="not-applicable" if p.assertion == "negated" else "unknown",
+                ),
             )
         )
 
@@ -143,6 +166,8 @@ def radiotherapy(doc: Doc) -> None:
                 ext.append({"url": fc.MII_RADIOTHERAPY_INTENTION, "valueCodeableConcept": {"coding": [cs]}})
             ext.append({"url": fc.EXT_INTENT, "valueCode": r.intent})
         period = {k: v for k, v in (("start", r.start), ("end", r.end)) if v}
+        # performed[x] is required (MII Prozedur): a course without dates says nothing of when
+        performed = {"performedPeriod": period} if period else doc.performed(None, during_stay=False)
         doc.add(
             resource(
                 doc,
@@ -154,7 +179,7 @@ def radiotherapy(doc: Doc) -> None:
                 code={"coding": [coding(*fc.EXTERNAL_BEAM_CODE)]},
                 subject=doc.patient,
                 encounter=doc.encounter,
-                performedPeriod=period or None,
+                **performed,
                 bodySite=[{"text": r.target}],
                 reasonReference=[doc.ref(tumour)] if tumour is not None else None,
             )
@@ -345,6 +370,7 @@ def measurements(doc: Doc) -> None:
                 "Observation",
                 f"Observation/{kind}/{i}",
                 "Observation.lab" if lab else "Observation.vital",
+                identifier=lab_identifier(doc, f"{kind}/{i}") if lab else None,
                 status=OBSERVATION_STATUS[x.assertion],
                 category=LAB_CATEGORY if lab else VITAL_CATEGORY,
                 code={

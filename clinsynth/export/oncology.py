@@ -19,6 +19,7 @@ from clinsynth.export.clinical import (
     OBSERVATION_STATUS,
     condition_status,
     icd_coding,
+    lab_identifier,
     quantity,
 )
 from clinsynth.fhir import conventions as fc
@@ -70,7 +71,7 @@ def _condition(doc: Doc, i: int, t: Tumor, claimed: set[int]) -> dict[str, Any] 
         bodySite=_body_site(doc, t),
         subject=doc.patient,
         encounter=doc.encounter,
-        recordedDate=doc.period.get("end") or doc.period.get("start"),
+        **doc.recorded(),
     )
     doc.conditions[("tumors", i)] = doc.add(cond)
     return cond
@@ -115,6 +116,7 @@ def _findings(doc: Doc, i: int, t: Tumor, cond: dict[str, Any]) -> None:
             "Observation",
             f"{base}/{key}",
             kind,
+            identifier=lab_identifier(doc, f"tumors/{i}/{key}") if kind == "Observation.lab" else None,
             extension=kw.pop("extension", None),
             status=OBSERVATION_STATUS[t.assertion],
             category=kw.pop("category", None),

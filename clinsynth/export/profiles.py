@@ -3,7 +3,8 @@
 fhir.resources checks FHIR's structure and datatypes (through `fhir.validation.FastValidator`,
 whose verdicts are the full models' own). It knows nothing of profiles, so these checks hold
 every resource to what the MII profile it claims requires of the elements clinsynth writes,
-as far as this project states them (the MII StructureDefinitions are not run here):
+as far as this project states them (the MII StructureDefinitions are not run here; the
+cardinalities below were read off the MII profiles and their test bundles, kds-testdata):
 
 - every resource: one known profile (AllergyIntolerance: none); every coding's system known
   (`conventions.is_known_system`), its code non-empty; every reference names an entry of the
@@ -14,18 +15,21 @@ as far as this project states them (the MII StructureDefinitions are not run her
 - Encounter (Fall): identifier (type VN); status (EncounterStatus); class (v3 ActCode); one
   Kontaktebene type; period.start or data-absent-reason, start <= end; diagnosis use
   (diagnosis-role), rank 1 only for the main diagnosis (CC).
-- Condition (Diagnose, onko): exactly one ICD-10-GM coding, with version, well formed (a
-  code the catalogue lacks: a warning); clinicalStatus (condition-clinical) absent exactly
+- Condition (Diagnose, onko): subject; exactly one ICD-10-GM coding, with version, well formed
+  (a code the catalogue lacks: a warning); Diagnose and onko primary tumour (a Diagnose too):
+  recordedDate (1..1) or its data-absent-reason; clinicalStatus (condition-clinical) absent exactly
   when refuted; verificationStatus (condition-ver-status); the †/*/! mark; onko: ICD-O-3
   topography form and laterality (seitenlokalisation) in bodySite.
-- Procedure (Prozedur): status (EventStatus); one OPS coding with version, well formed
+- Procedure (Prozedur, Strahlentherapie): subject; status (EventStatus); performed[x] (1..1) or
+  `_performedDateTime`'s data-absent-reason. Prozedur: one OPS coding with version, well formed
   (catalogue: warning). Strahlentherapie: an OPS or SNOMED CT code, doses in UCUM Gy.
 - Medication: a well-formed ATC coding or the name as text.
 - MedicationStatement: status; category (medication-statement-category); medication[x];
   effective[x] or data-absent-reason; dosage: a coded doseQuantity in UCUM, timing.when in
   EventTiming, route codings from EDQM.
 - Observation: status (ObservationStatus); value[x] and dataAbsentReason never both (obs-6).
-  Laborbefund: category laboratory + LOINC 26436-6; one LOINC code; valueQuantity with
+  Laborbefund: subject; the identifier slice (1..1): type OBI (v2-0203), system, value and
+  assigner; category laboratory + LOINC 26436-6; one LOINC code; valueQuantity with
   system UCUM and a UCUM code, or valueString / valueCodeableConcept, or dataAbsentReason;
   effective[x]; interpretation (v3). Vital signs: category vital-signs; one LOINC code; UCUM
   valueQuantity; effective[x]. Smoking: LOINC 72166-2 and a SNOMED CT smoking answer.
@@ -378,8 +382,20 @@ def _encounter(c: _Res) -> None:
             c.add("invariant", f"diagnosis[{i}].rank", "rank 1 marks the main diagnosis (use CC)")
 
 
+#: Condition profiles derived from MII Diagnose (recordedDate 1..1); fruehere-tumorerkrankung is not
+DIAGNOSE_CONDITIONS = {"Condition", "Condition.primary_tumor"}
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
 def _condition(c: _Res) -> None:
     r = c.res
+    c.need("subject", bool(r.get("subject")), "a subject")
+    if c.key in DIAGNOSE_CONDITIONS:
+        c.need(
+            "recordedDate",
+            bool(r.get("recordedDate")) or _absent(r.get("_recordedDate")),
+            "recordedDate (or its data-absent-reason)",
+        )
     code = c.one_code("code.coding", r.get("code"), fc.ICD10GM, "ICD-10-GM")
     if code is not None:
         icd = next(x for x in _codings(r["code"]) if x.get("system") == fc.ICD10GM)
@@ -415,7 +431,13 @@ def _condition(c: _Res) -> None:
 
 def _procedure(c: _Res) -> None:
     r = c.res
+    c.need("subject", bool(r.get("subject")), "a subject")
     c.in_set("status", r.get("status"), EVENT_STATUS, "EventStatus")
+    c.need(
+        "performed[x]",
+        any(k in r for k in ("performedDateTime", "performedPeriod")) or _absent(r.get("_performedDateTime")),
+        "performed[x] (or its data-absent-reason)",
+    )
     if c.key == "Procedure.radiotherapy":
         c.need(
             "code.coding",
@@ -482,6 +504,8 @@ def _observation(c: _Res) -> None:
     if key in ("Observation.lab", "Observation.vital"):
         lab = key == "Observation.lab"
         if lab:
+            _lab_identifier(c)
+            c.need("subject", bool(r.get("subject")), "a subject")
             c.need(
                 "category",
                 {(fc.OBSERVATION_CATEGORY, "laboratory"), (fc.LOINC, "26436-6")} <= cats,
@@ -514,6 +538,21 @@ def _observation(c: _Res) -> None:
         return
     if key.startswith("Observation.") and fc.PROFILE[key].startswith(fc.ONKO):
         _onko(c, key)
+
+
+def _lab_identifier(c: _Res) -> None:
+    """The Laborbefund's identifier slice analyseBefundCode (1..1): type OBI, system, value, assigner."""
+    obi = [i for i in c.res.get("identifier") or [] if "OBI" in _codes(i.get("type"), V2_0203)]
+    if c.need("identifier", len(obi) == 1, "exactly one identifier of type OBI (v2-0203)"):
+        ident = obi[0]
+        c.need("identifier.system", bool(ident.get("system")), "the OBI identifier's system")
+        c.need("identifier.value", bool(ident.get("value")), "the OBI identifier's value")
+        assigner = ident.get("assigner") or {}
+        c.need(
+            "identifier.assigner",
+            bool(assigner.get("reference") or (assigner.get("identifier") or {}).get("value")),
+            "the OBI identifier's assigner",
+        )
 
 
 def _value_codes(c: _Res, system: str) -> list[str]:

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from clinsynth.export.bundle import DATA_ABSENT, EARLIER_TUMOR_PROFILE, build_bundle, resource_id, split_name
+from clinsynth.export.bundle import (
+    DATA_ABSENT,
+    EARLIER_TUMOR_PROFILE,
+    IDENTIFIER_TYPE,
+    build_bundle,
+    resource_id,
+    split_name,
+)
 from clinsynth.export.config import ExportSection
 from clinsynth.export.profiles import BundleValidator
 from clinsynth.fhir import conventions as fc
@@ -250,6 +257,7 @@ def test_tumour_reuses_its_diagnosis_and_carries_tnm_per_axis(catalog, validator
         == (fc.STAGE_SYSTEMS["Gleason"])
     )
     assert codes(obs["ObservationLab"]["code"], fc.LOINC) == ["2039-6"]  # CEA as a lab value
+    assert obs["ObservationLab"]["identifier"][0]["value"] == "spec-1/tumors/0/markers/0"
     reasons = sorted((o.index, o.reason.split(":")[0].split(",")[0]) for o in built.omitted)
     assert reasons == [(0, "Karnofsky index"), (0, "marker 1 (Ki-67)"), (2, "no ICD-10-GM code")]
 
@@ -285,3 +293,43 @@ def test_patient_identity_is_deterministic_per_document(catalog):
 )
 def test_split_name(name, family, given):
     assert split_name(name)[:2] == (family, given)
+
+
+def test_required_dates_and_the_lab_identifier_without_dates_in_the_letter(catalog, validator):
+    """MII Diagnose needs recordedDate, MII Prozedur performed[x], the Laborbefund its OBI identifier
+    (1..1 each): a letter without dates gets data-absent-reason, one with a discharge date gets it."""
+    data = {
+        "diagnoses": [{"text": "Rektumkarzinom", "icd10gm": "C20", "role": "main"}],
+        "tumors": [{"entity": "Mammakarzinom", "icd10gm": "C50.4", "morphology": "8500/3"}],
+        "procedures": [
+            {"text": "Rektumresektion", "ops": "5-484.55"},
+            {"text": "Koloskopie", "ops": "1-650", "assertion": "negated"},
+            {"text": "Port", "ops": "5-399.5", "assertion": "historical"},
+        ],
+        "labs": [{"name": "Hb", "loinc": "718-7", "value": 10.2, "unit": "g/dL"}],
+    }
+    absent = {"extension": [{"url": DATA_ABSENT, "valueCode": "unknown"}]}
+    built = build(data, catalog, "doc-undated")
+    assert [i for i in validator.validate(built.bundle) if i.severity == "error"] == []
+    conds = by_type(built, "Condition")
+    assert {profile(c).rsplit("/", 1)[-1] for c in conds} == {"Diagnose", "mii-pr-onko-diagnose-primaertumor"}
+    assert all("recordedDate" not in c and c["_recordedDate"] == absent for c in conds)
+    procs = by_type(built, "Procedure")
+    assert [p["_performedDateTime"]["extension"][0]["valueCode"] for p in procs] == [
+        "unknown",
+        "not-applicable",  # not done: no time it was done
+        "unknown",
+    ]
+    [hb] = [o for o in by_type(built, "Observation") if profile(o).endswith("ObservationLab")]
+    [ident] = hb["identifier"]
+    assert ident["type"]["coding"] == [{"system": IDENTIFIER_TYPE, "code": "OBI"}]
+    assert ident["value"] == "doc-undated/labs/0" and ident["system"] and ident["assigner"]["identifier"]
+
+    dated = build({**data, "encounter": {"admission": "2025-03-17", "discharge": "2025-03-28"}}, catalog)
+    assert [i for i in validator.validate(dated.bundle) if i.severity == "error"] == []
+    assert {c["recordedDate"] for c in by_type(dated, "Condition")} == {"2025-03-28"}
+    present, negated, historical = by_type(dated, "Procedure")
+    assert present["performedPeriod"] == {"start": "2025-03-17", "end": "2025-03-28"}  # during the stay
+    assert "_performedDateTime" in negated and "_performedDateTime" in historical
+    only_discharge = build({**data, "encounter": {"discharge": "2025-03-28"}}, catalog)
+    assert {c["recordedDate"] for c in by_type(only_discharge, "Condition")} == {"2025-03-28"}

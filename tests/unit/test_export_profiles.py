@@ -89,6 +89,14 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return apply
 
 
+def _both(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def apply(res: dict[str, Any]) -> None:
+        for change in changes:
+            change(res)
+
+    return apply
+
+
 _DROP = object()
 CASES = [
     # (resource type, selector, change, expected kind, words in the message)
@@ -134,6 +142,36 @@ CASES = [
         "reference",
         "names no entry",
     ),
+    # the cardinalities of the MII profiles (kds-testdata): recordedDate, performed[x], the lab identifier
+    ("Condition", profile_ends("Diagnose"), _set("recordedDate", _DROP), "required", "recordedDate"),
+    ("Condition", profile_ends("primaertumor"), _set("recordedDate", _DROP), "required", "recordedDate"),
+    (  # an extension that is not data-absent-reason does not stand in for the date
+        "Condition",
+        profile_ends("Diagnose"),
+        _both(
+            _set("recordedDate", _DROP),
+            _set("_recordedDate", {"extension": [{"url": "http://example.org/why", "valueCode": "x"}]}),
+        ),
+        "required",
+        "recordedDate",
+    ),
+    ("Procedure", lambda r: True, _set("performedPeriod", _DROP), "required", "performed[x]"),
+    ("Observation", profile_ends("ObservationLab"), _set("identifier", _DROP), "required", "type OBI"),
+    (
+        "Observation",
+        profile_ends("ObservationLab"),
+        _set("identifier.0.type.coding.0.code", "FILL"),
+        "required",
+        "type OBI",
+    ),
+    (
+        "Observation",
+        profile_ends("ObservationLab"),
+        _set("identifier.0.assigner", _DROP),
+        "required",
+        "assigner",
+    ),
+    ("Observation", profile_ends("ObservationLab"), _set("identifier.0.value", _DROP), "required", "value"),
     ("Procedure", lambda r: True, _set("status", "done"), "value_set", "EventStatus"),
     ("Procedure", lambda r: True, _set("code.coding.0.code", "5484"), "code_system", "well-formed ops"),
     (
