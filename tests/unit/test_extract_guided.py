@@ -135,3 +135,26 @@ def test_a_strict_variant_requires_lists_for_grammar_tests(matcher: Any) -> None
     assert not matcher(strict, "{}")
     assert matcher(strict, '{"diagnoses":[{"text":"Mammakarzinom"}]}')
     ClinicalExtraction.model_validate_json('{"diagnoses":[{"text":"Mammakarzinom"}]}')
+
+
+def test_server_requests_carry_the_schema_in_vllms_current_field() -> None:
+    """vLLM 0.32's server reads `structured_outputs`; the removed `guided_json` it ignores silently."""
+    from clinsynth.llm.backends import Adapter, GenRequest, OpenAIBackend
+
+    schema = decoding_schema(3, 20)
+    cfg = {"base_url": "http://127.0.0.1:9/v1", "chat_template_kwargs": {"enable_thinking": False}}
+    req = GenRequest(
+        "d1",
+        [{"role": "user", "content": "Brief"}],
+        7,
+        64,
+        json_schema=schema,
+        lora=Adapter("clinsynth-adapter", "/x/adapter"),
+    )
+    sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": None, "repetition_penalty": None}
+    vllm_server = OpenAIBackend(cfg, {"name": "smollm2_135m"}, sampling)
+    body = vllm_server._body(req)
+    assert body["structured_outputs"] == {"json": schema} and "guided_json" not in body
+    assert body["model"] == "clinsynth-adapter" and body["chat_template_kwargs"] == {"enable_thinking": False}
+    plain = OpenAIBackend({**cfg, "vllm_extensions": False}, {"name": "m"}, sampling)._body(req)
+    assert plain["response_format"]["json_schema"]["schema"] == schema and "structured_outputs" not in plain
