@@ -4,7 +4,8 @@ patient, without quarantine.
 
 The sample stage's gold extractions stand in for the extract stage's output (written as prediction
 records through `artifacts.predictions`, two shards); the export stage function runs on them as the
-launcher would run it. Twelve synthetic patients, on the debug executor, in this process.
+launcher would run it. ICD-O-3 morphology/topography and TNM (per axis, with prefix) are compared
+too, as ingest reads them back. Twelve synthetic patients, on the debug executor, in this process.
 """
 
 from __future__ import annotations
@@ -160,6 +161,75 @@ def test_the_same_codes_come_back_per_document_and_per_patient(rt):
     assert all(compared[slot] > 0 for slot in SYSTEMS), compared  # none of the comparisons is vacuous
     assertions = {d["assertion"] for s in rt["specs"] for d in orjson.loads(s["gold"]).get("diagnoses", [])}
     assert {"present", "negated"} <= assertions
+
+
+TNM_AXES = ("t", "n", "m")
+SUFFIXES = {"l": "tnm_l", "v": "tnm_v", "pn": "tnm_pn", "r": "tnm_r"}
+
+
+def _gold_tumour_facts(gold: dict, omitted: set[int]) -> set[tuple]:
+    """What ingest can read back of the gold's exported tumours: ICD-O-3 topography (on the Condition,
+    a refuted one too), and for a tumour that is not negated its ICD-O-3 morphology, TNM T/N/M with
+    prefix, L/V/Pn/R and UICC stages."""
+    out: set[tuple] = set()
+    for i, t in enumerate(gold.get("tumors", [])):
+        if i in omitted:  # no ICD-10-GM code of its own or of its diagnosis: not exported (counted)
+            continue
+        if t.get("topography"):
+            out.add(("topography", t["topography"]))
+        if t.get("assertion", "present") == "negated":
+            continue
+        if t.get("morphology"):
+            out.add(("morphology", t["morphology"]))
+        tnm = t.get("tnm") or {}
+        for axis in TNM_AXES:
+            if tnm.get(axis):
+                out.add((f"tnm_{axis}", tnm[axis].get("prefix"), tnm[axis]["value"]))
+        out |= {(cat, tnm[key]) for key, cat in SUFFIXES.items() if tnm.get(key)}
+        stages = [s["value"] for s in t.get("stages", []) if s["system"] == "UICC"]
+        out |= {("uicc_stage", v) for v in [t.get("uicc_stage"), *stages] if v}
+    return out
+
+
+def _back_tumour_facts(record) -> set[tuple]:
+    out: set[tuple] = set()
+    for f in record.all_facts():
+        extra = record.extra(f)
+        if extra.get("topography"):
+            out.add(("topography", extra["topography"]))
+        cat = f["category"]
+        if cat == "histology":
+            out.add(("morphology", f["code"]))
+        elif cat in {f"tnm_{a}" for a in TNM_AXES}:
+            out.add((cat, extra.get("prefix"), f["code"]))
+        elif cat in SUFFIXES.values() or cat == "uicc_stage":
+            out.add((cat, f["code"]))
+    return out
+
+
+def test_icdo3_and_tnm_come_back_per_document(rt):
+    """ICD-O-3 morphology and topography, TNM per axis with its prefix, L/V/Pn/R and UICC stage: what
+    the gold's tumours state comes back from ingest, nothing more, and each finding names its tumour."""
+    back = {r.patient_id: r for r in iter_patients(rt["back"]["bundles"] / "records")}
+    omitted: dict[str, set[int]] = defaultdict(set)
+    for x in read_jsonl(rt["export"] / "issues.jsonl"):
+        for o in x["omitted"]:
+            if o["list"] == "tumors" and o["reason"].startswith("no ICD-10-GM code"):
+                omitted[x["doc"]].add(o["index"])
+    kinds: dict[str, int] = defaultdict(int)
+    for s in rt["specs"]:
+        record = back[resource_id(s["spec_id"], "Patient")]
+        want = _gold_tumour_facts(orjson.loads(s["gold"]), omitted[s["spec_id"]])
+        got = _back_tumour_facts(record)
+        assert got == want, (s["spec_id"], want ^ got)
+        for k in want:
+            kinds[k[0]] += 1
+        conditions = {f["resource_id"] for f in record.all_facts() if f["category"] == "diagnosis"}
+        for f in record.all_facts():
+            if f["category"] in ("histology", "uicc_stage", *SUFFIXES.values(), "tnm_t", "tnm_n", "tnm_m"):
+                assert record.extra(f).get("tumor") in conditions, (s["spec_id"], f["category"])
+    # none of the comparisons is vacuous: the cohort's letters state each kind somewhere
+    assert {"topography", "morphology", "tnm_t", "tnm_n", "tnm_m", "uicc_stage"} <= set(kinds), dict(kinds)
 
 
 def test_the_gold_codes_are_the_cohorts(rt):
