@@ -3,8 +3,9 @@ JSONL files of schema-v2 extractions the way the evaluate stage does.
 
 GOLD lines: {"doc": ..., "extraction": {...}}. PRED lines: prediction records (the extract stage's
 predictions/shard-*.jsonl) or the same {"doc", "extraction"} shape (status ok assumed). Writes
-metrics.json, report.md, errors.jsonl and plots/ to `out` (default ./score-<timestamp>/, created private:
-it holds extracted values), and prints the study categories. Settings default to conf/config.yaml's
+metrics.json, report.md, errors.jsonl and plots/ to `out` (default ./score-<timestamp>/; a folder this
+command creates is made private, as it holds extracted values; an existing one keeps its mode), and
+prints the study categories. Settings default to conf/config.yaml's
 `evaluate:` section and the shared `seed`: text_threshold=, bootstrap=, interval=, plots=, seed=.
 """
 
@@ -90,8 +91,10 @@ def main(args: Sequence[str], console: Console | None = None) -> int:
         return 2
     from clinsynth.terminology import load_catalog
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o700)
+    if created:  # private: it holds extracted values; a folder the user named keeps its mode
+        os.chmod(out, 0o700)
     extra = {"gold": str(opts["gold"]), "pred": str(opts["pred"]), "unknown_docs": unknown}
     metrics = evaluate(docs, out, settings, load_catalog(), extra=extra, plots=plots)
     print_table(metrics, console)

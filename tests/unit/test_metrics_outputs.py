@@ -222,3 +222,19 @@ def test_score_command_scores_a_schema_invalid_prediction_as_invalid(tmp_path: P
     m = json.loads((out / METRICS).read_text())["sources"]["all"]
     assert m["status"]["invalid"] == 1 and m["strict"]["icd10gm"]["fn"] == 1
     assert "pred.jsonl:1: status ok but the extraction does not fit schema v2" in m["problems"]["a"]
+
+
+def test_score_command_keeps_the_mode_of_an_existing_out_folder(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    shared = tmp_path / "out"  # _score writes to tmp_path/out
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    rc, out = _score(tmp_path, [{"doc": "a", "extraction": GOLD}], [{"doc": "a", "extraction": GOLD}])
+    assert rc == 0 and out == shared and (out / METRICS).is_file()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not made private: the user chose this folder
+    fresh = tmp_path / "new"
+    g, p = tmp_path / "gold.jsonl", tmp_path / "pred.jsonl"
+    assert cli(["score", f"gold={g}", f"pred={p}", f"out={fresh}", "bootstrap=20", "plots=false"]) == 0
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700  # created here: private
