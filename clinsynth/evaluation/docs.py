@@ -21,7 +21,14 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from clinsynth.artifacts.predictions import DEV_PREFIX, FILE_PREFIX, KEYS, PredictionError, check_record
+from clinsynth.artifacts.predictions import (
+    DEV_PREFIX,
+    FILE_PREFIX,
+    KEYS,
+    STATUSES,
+    PredictionError,
+    check_record,
+)
 from clinsynth.schema import ClinicalExtraction
 
 #: statuses of a document in scoring: the prediction statuses, plus "missing" (no prediction at all)
@@ -105,8 +112,14 @@ def gold_extraction(extraction: Any, where: str) -> dict[str, Any]:
 def pred_extraction(
     rec: Mapping[str, Any], where: str, problems: dict[str, str]
 ) -> tuple[dict[str, Any] | None, str]:
-    """(validated extraction or None, status) of one prediction record."""
-    status = str(rec.get("status", "ok"))
+    """(validated extraction or None, status) of one prediction record. A status outside the prediction
+    statuses (a plain line's "OK", "valid") is an error naming the line: it would be scored as usable."""
+    status = rec.get("status", "ok")
+    if status not in STATUSES:
+        raise EvaluationInputError(
+            f"{where}: status {status!r} is not one of {', '.join(STATUSES)}; fix the line "
+            "(or leave status out: ok is assumed)"
+        )
     extraction = rec.get("extraction")
     doc = str(rec["doc"])
     if status == "invalid" or extraction is None:

@@ -238,3 +238,12 @@ def test_score_command_keeps_the_mode_of_an_existing_out_folder(tmp_path: Path) 
     g, p = tmp_path / "gold.jsonl", tmp_path / "pred.jsonl"
     assert cli(["score", f"gold={g}", f"pred={p}", f"out={fresh}", "bootstrap=20", "plots=false"]) == 0
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700  # created here: private
+
+
+def test_score_command_refuses_an_unknown_status_naming_the_line(tmp_path: Path, capsys: Any) -> None:
+    pred = [{"doc": "a", "extraction": GOLD}, {"doc": "b", "extraction": GOLD, "status": "OK"}]
+    gold = [{"doc": "a", "extraction": GOLD}, {"doc": "b", "extraction": GOLD}]
+    rc, out = _score(tmp_path, gold, pred)
+    err = capsys.readouterr().err
+    assert rc == 2 and "pred.jsonl:2: status 'OK' is not one of ok, repaired, invalid, truncated" in err
+    assert not (out / METRICS).exists()
