@@ -5,9 +5,12 @@ Two ways in: `from_records` (the evaluate stage: prediction records plus gold an
 doc id) and `read_pair` (`python -m launch score gold=... pred=...`: two JSONL files). Every extraction
 is validated against schema v2 on the way in, so the scorer can trust types:
 - a gold extraction that does not validate is an error naming its file:line (or spec);
-- a predicted extraction that does not validate is scored as an invalid prediction (strict: empty;
-  pigeon_compat: skipped) and listed with the reason; status `ok` of such a line is corrected to
-  `invalid`, never trusted silently.
+- a predicted extraction that parses (any JSON object) but does not validate is repaired as the extract
+  stage repairs a model's answer (clinsynth.extraction.parse.repair: refused fields or facts dropped,
+  code forms mended) and scored with status `repaired` (`truncated` stays `truncated`), what was dropped
+  listed in `problems` — the study scores any prediction that parses, so pigeon_compat must not skip
+  it; only a prediction with nothing usable (null, not an object, not repairable) is `invalid`
+  (strict: empty; pigeon_compat: skipped).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class DocSet:
     pred: list[dict[str, Any] | None] = field(default_factory=list)  # None: empty (invalid or missing)
     status: list[str] = field(default_factory=list)
     letters: list[str | None] = field(default_factory=list)
-    #: doc -> why its prediction is invalid or missing (file:line and the first schema error)
+    #: doc -> why its prediction is invalid or missing, or what was repaired (file:line, schema errors)
     problems: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -128,10 +131,20 @@ def pred_extraction(
     try:
         return validated(extraction), status
     except ValidationError as exc:
-        problems[doc] = (
-            f"{where}: status {status} but the extraction does not fit schema v2 ({_first_error(exc)})"
-        )
+        first = _first_error(exc)
+    from clinsynth.extraction.parse import repair
+
+    bad = f"{where}: status {status} but the extraction does not fit schema v2 ({first})"
+    if not isinstance(extraction, dict):
+        problems[doc] = f"{bad}; not a JSON object: nothing to repair"
         return None, "invalid"
+    model, repairs, error = repair(extraction)
+    if model is None:
+        problems[doc] = f"{bad}; not repairable: {error}"
+        return None, "invalid"
+    problems[doc] = f"{bad}; repaired: " + "; ".join(repairs)
+    new_status = "truncated" if status == "truncated" else "repaired"
+    return model.model_dump(mode="json", exclude_none=True), new_status
 
 
 def source_of(doc: str, default: str) -> str:

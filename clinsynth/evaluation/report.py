@@ -170,7 +170,10 @@ def render_report(metrics: Mapping[str, Any], *, plots: bool = True) -> str:
         "",
         "Two modes (design §6). **strict** (the headline): normalised exact match, one-to-one per document "
         "and category, assertion part of the item, invalid predictions count as empty; micro P/R/F1 over "
-        "items and macro F1 over documents (documents with items in the category). **pigeon_compat**: the "
+        "items and macro F1 over documents (documents with items in the category). A prediction that parses "
+        "but breaks schema v2 is repaired (refused fields and facts dropped, listed in metrics.json's "
+        "problems) and scored in both modes, as the study scores any prediction that parses. "
+        "**pigeon_compat**: the "
         "study's rules (per-document sets, 4-character prefix match, recall can exceed 1, both empty = 1.0, "
         "unparseable predictions skipped, mean over documents) — to stand beside the study's table only.",
         "",

@@ -215,13 +215,56 @@ def test_score_command_names_the_bad_line(tmp_path: Path, capsys: Any) -> None:
     assert rc == 2 and "unknown key 'colour'" in capsys.readouterr().err
 
 
-def test_score_command_scores_a_schema_invalid_prediction_as_invalid(tmp_path: Path) -> None:
-    bad = {"doc": "a", "extraction": {"diagnoses": [{"text": "x", "icd10gm": "not a code"}]}}
-    rc, out = _score(tmp_path, [{"doc": "a", "extraction": GOLD}], [bad])
+# one malformed code among good facts: the study scores any prediction that parses, so both modes must too
+GOLD3 = {
+    "diagnoses": [{"text": "Lungenkarzinom", "icd10gm": "C34.1"}, {"text": "Hypertonie", "icd10gm": "I10"}],
+    "medications": [{"name": "Pantoprazol", "atc": "A02BC02"}],
+}
+PRED3 = {
+    "diagnoses": [{"text": "Lungenkarzinom", "icd10gm": "C341"}, {"text": "Hypertonie", "icd10gm": "I10"}],
+    "medications": [{"name": "Pantoprazol", "atc": "A02BC02"}],
+}
+
+
+def _assert_repaired_and_scored(m: dict[str, Any]) -> None:
+    assert m["status"]["repaired"] == 1 and m["status"]["invalid"] == 0
+    s, pg = m["strict"], m["pigeon_compat"]
+    assert s["atc"]["tp"] == 1 and s["atc"]["f1"] == 1.0  # the other facts count
+    assert s["icd10gm"]["tp"] == 1 and s["icd10gm"]["fn"] == 1  # I10 kept, the malformed code dropped
+    assert pg["_documents_scored"] == 1 and pg["_documents_skipped"] == 0  # not skipped
+    assert pg["atc"]["f1"] == 1.0
+    # pigeon ICD: pred {i10} vs gold {c34.1, i10}: P 1, R 1/2 -> F1 2/3
+    assert pg["icd10gm"]["f1"] == pytest.approx(2 / 3)
+
+
+def test_score_command_repairs_a_schema_invalid_prediction_and_scores_the_rest(tmp_path: Path) -> None:
+    rc, out = _score(tmp_path, [{"doc": "a", "extraction": GOLD3}], [{"doc": "a", "extraction": PRED3}])
+    assert rc == 0
+    m = json.loads((out / METRICS).read_text())["sources"]["all"]
+    _assert_repaired_and_scored(m)
+    problem = m["problems"]["a"]
+    assert "pred.jsonl:1: status ok but the extraction does not fit schema v2" in problem
+    assert "repaired: diagnoses[0].icd10gm removed" in problem
+
+
+def test_stage_documents_repair_a_schema_invalid_prediction(tmp_path: Path, catalog: Any) -> None:
+    from clinsynth.evaluation.report import evaluate as write_all
+    from clinsynth.stages.evaluate import build_docs
+
+    rec = {"doc": "spec-1", "source": "synthetic", "status": "ok", "extraction": PRED3}
+    docs = build_docs([rec], {"spec-1": validated(GOLD3)}, {}, where="extract")
+    assert docs.status == ["repaired"] and docs.pred[0] is not None
+    m = write_all(docs, tmp_path, ScoreSettings(resamples=20), catalog, plots=False)
+    _assert_repaired_and_scored(m["sources"]["synthetic"])
+
+
+def test_a_prediction_with_nothing_usable_is_invalid(tmp_path: Path) -> None:
+    rc, out = _score(tmp_path, [{"doc": "a", "extraction": GOLD}], [{"doc": "a", "extraction": [1, 2]}])
     assert rc == 0
     m = json.loads((out / METRICS).read_text())["sources"]["all"]
     assert m["status"]["invalid"] == 1 and m["strict"]["icd10gm"]["fn"] == 1
-    assert "pred.jsonl:1: status ok but the extraction does not fit schema v2" in m["problems"]["a"]
+    assert m["pigeon_compat"]["_documents_skipped"] == 1
+    assert "not a JSON object: nothing to repair" in m["problems"]["a"]
 
 
 def test_score_command_keeps_the_mode_of_an_existing_out_folder(tmp_path: Path) -> None:
