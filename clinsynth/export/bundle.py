@@ -37,8 +37,10 @@ the synthetic cohort, so an exported Bundle ingests like the cohort's own FHIR):
   AllergyIntolerance (the MII core data set has no allergy profile: base R4, none claimed).
 - labs -> Observation (MII Laborbefund): identifier (the profile's 1..1 OBI slice: a clinsynth
   system, value `<doc>/labs/<index>`, a clinsynth assigner), LOINC, UCUM valueQuantity;
-  valueString when the unit is absent or not UCUM or the value is text; dataAbsentReason
-  without a value; interpretation from the flag.
+  a value the profile's value[x] (Quantity, CodeableConcept, Range, Ratio) cannot hold (text,
+  or a unit absent or not UCUM): dataAbsentReason as-text with the value as written in note;
+  dataAbsentReason unknown without a value; interpretation from the flag; effectiveDateTime
+  (the profile allows no Period): the lab's date, else data-absent-reason.
 - vitals -> Observation (HL7 vital signs): LOINC, UCUM valueQuantity.
 - risk_factors: smoking -> Observation (LOINC 72166-2, SNOMED CT answer: negated = never,
   historical = former, present = current) with pack-years.
@@ -61,9 +63,9 @@ AllergyIntolerance: present confirmed, suspected unconfirmed, negated refuted; h
 clinicalStatus inactive. Tumour observations take their tumour's assertion; a negated
 tumour is a refuted Condition without observations.
 
-Effective times: a fact's own date; else, for what happened during the stay (labs, vitals,
-inpatient and therapy drugs, staging), the stay's period (true, if coarse); else
-data-absent-reason where the profile needs the element.
+Effective times: a fact's own date; else, for what happened during the stay (vitals,
+inpatient and therapy drugs, staging; not labs: see above), the stay's period (true, if
+coarse); else data-absent-reason where the profile needs the element.
 
 A fact that its profile cannot hold is not exported and is counted in the report with its
 reason (`Omission`): a diagnosis without ICD-10-GM code, a procedure without OPS, a lab,

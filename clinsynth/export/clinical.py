@@ -331,8 +331,17 @@ def quantity(value: float, unit: str | None) -> dict[str, Any] | None:
     return {"value": value, "unit": unit, "system": fc.UCUM, "code": code}
 
 
+def as_text(text: str) -> dict[str, Any]:
+    """A value the MII Laborbefund cannot hold (value[x] is Quantity, CodeableConcept, Range or Ratio
+    only; a CodeableConcept needs a coding): dataAbsentReason as-text, the value as written in note."""
+    return {
+        "dataAbsentReason": {"coding": [coding(DATA_ABSENT_REASON_CS, "as-text", "As Text")]},
+        "note": [{"text": text}],
+    }
+
+
 def lab_value(doc: Doc, x: Lab | Vital, res: dict[str, Any]) -> dict[str, Any]:
-    """valueQuantity (UCUM), else valueString (text, or a number without UCUM unit), else dataAbsentReason."""
+    """valueQuantity (UCUM); else (text, or a number without UCUM unit) `as_text`; else dataAbsentReason."""
     if x.value is not None:
         q = quantity(x.value, x.unit)
         if q is not None:
@@ -340,11 +349,13 @@ def lab_value(doc: Doc, x: Lab | Vital, res: dict[str, Any]) -> dict[str, Any]:
         text = f"{x.value:g}{' ' + x.unit if x.unit else ''}"
         why = f"unit {x.unit!r} is not UCUM" if x.unit else "no unit"
         doc.note(
-            "unit_not_ucum" if x.unit else "no_unit", res, f"{why}: value written as valueString {text!r}"
+            "unit_not_ucum" if x.unit else "no_unit",
+            res,
+            f"{why}: value kept as written in note {text!r} (dataAbsentReason as-text)",
         )
-        return {"valueString": text}
+        return as_text(text)
     if x.value_text:
-        return {"valueString": x.value_text}
+        return as_text(x.value_text)
     return {"dataAbsentReason": {"coding": [coding(DATA_ABSENT_REASON_CS, "unknown", "Unknown")]}}
 
 
@@ -379,7 +390,8 @@ def measurements(doc: Doc) -> None:
                 },
                 subject=doc.patient,
                 encounter=doc.encounter,
-                **doc.effective(x.date, during_stay=x.assertion != "historical"),
+                # the Laborbefund's effective[x] is a dateTime only: no stay period for a lab
+                **doc.effective(x.date, during_stay=not lab and x.assertion != "historical"),
             )
             res.update(lab_value(doc, x, res))
             flag = getattr(x, "flag", None)

@@ -17,6 +17,7 @@ from clinsynth.export.bundle import EARLIER_TUMOR_PROFILE, Doc, coding, display,
 from clinsynth.export.clinical import (
     LAB_CATEGORY,
     OBSERVATION_STATUS,
+    as_text,
     condition_status,
     icd_coding,
     lab_identifier,
@@ -124,8 +125,10 @@ def _findings(doc: Doc, i: int, t: Tumor, cond: dict[str, Any]) -> None:
             subject=doc.patient,
             encounter=doc.encounter,
             focus=[doc.ref(cond)],
-            **doc.effective(
-                t.date, during_stay=t.assertion != "historical", required=kind == "Observation.lab"
+            **doc.effective(  # a Laborbefund's effective[x] is a dateTime only: no stay period
+                t.date,
+                during_stay=t.assertion != "historical" and kind != "Observation.lab",
+                required=kind == "Observation.lab",
             ),
             **kw,
         )
@@ -291,7 +294,7 @@ def _marker(doc: Doc, i: int, j: int, mk: Any, obs: Obs) -> None:
         if text is None:
             doc.omit("tumors", i, f"marker {j} ({mk.name}): neither a result nor a value")
             return
-        res = obs("Observation.lab", key, code, None, category=LAB_CATEGORY, valueString=text)
+        res = obs("Observation.lab", key, code, None, category=LAB_CATEGORY, **as_text(text))
     if mk.value is not None and q is None:
         doc.note(
             "unit_not_ucum", res, f"marker value {mk.value:g} {mk.unit or '(no unit)'}: not a UCUM quantity"

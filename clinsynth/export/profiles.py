@@ -29,10 +29,11 @@ cardinalities below were read off the MII profiles and their test bundles, kds-t
   EventTiming, route codings from EDQM.
 - Observation: status (ObservationStatus); value[x] and dataAbsentReason never both (obs-6).
   Laborbefund: subject; the identifier slice (1..1): type OBI (v2-0203), system, value and
-  assigner; category laboratory + LOINC 26436-6; one LOINC code; valueQuantity with
-  system UCUM and a UCUM code, or valueString / valueCodeableConcept, or dataAbsentReason;
-  effective[x]; interpretation (v3). Vital signs: category vital-signs; one LOINC code; UCUM
-  valueQuantity; effective[x]. Smoking: LOINC 72166-2 and a SNOMED CT smoking answer.
+  assigner; category laboratory + LOINC 26436-6; one LOINC code; value[x] only Quantity
+  (system UCUM, a UCUM code), CodeableConcept, Range or Ratio, or dataAbsentReason;
+  effective[x] only dateTime (or its data-absent-reason); interpretation (v3). Vital signs:
+  category vital-signs; one LOINC code; UCUM valueQuantity; effective[x]. Smoking: LOINC
+  72166-2 and a SNOMED CT smoking answer.
   Onko: focus on a primary-tumour (or earlier tumour) Condition; the code the cohort writes;
   values: TNM T/N/M forms and prefix, L/V/Pn/R, grading, ICD-O-3 morphology, UICC stage,
   ECOG, Verlauf, staging system, marker result, node counts.
@@ -193,7 +194,7 @@ ONKO_CODE = {
 
 @dataclass(frozen=True)
 class Issue:
-    """One finding: `kind` names the rule family (fhir, profile, required, code_system, value_set,
+    """One finding: `kind` names the rule family (fhir, profile, required, type, code_system, value_set,
     reference, invariant, bundle; warnings: not_in_catalogue, unit_not_ucum, no_unit)."""
 
     kind: str
@@ -483,6 +484,8 @@ def _medication_statement(c: _Res) -> None:
             c.need(f"dosage[{i}].route", x.get("system") == fc.EDQM, "an EDQM route")
 
 
+#: MII Laborbefund: value[x] only Quantity or CodeableConcept or Range or Ratio
+LAB_VALUE_TYPES = {"valueQuantity", "valueCodeableConcept", "valueRange", "valueRatio"}
 _VALUES = (
     "valueQuantity",
     "valueString",
@@ -518,6 +521,22 @@ def _observation(c: _Res) -> None:
         loinc = c.one_code("code.coding", r.get("code"), fc.LOINC, "LOINC")
         if loinc is not None:
             c.code_form("code.coding.code", loinc, "loinc", c.catalog.loinc)
+        if lab:
+            for k in r:
+                if k.startswith("value") and k not in LAB_VALUE_TYPES:
+                    c.add(
+                        "type",
+                        k,
+                        "Observation.lab allows value[x] only as Quantity, CodeableConcept, Range or Ratio",
+                    )
+            if "effectivePeriod" in r:
+                c.add("type", "effectivePeriod", "Observation.lab allows effective[x] only as dateTime")
+            if "valueCodeableConcept" in r:
+                c.need(
+                    "valueCodeableConcept.coding",
+                    any(x.get("system") and x.get("code") for x in _codings(r["valueCodeableConcept"])),
+                    "a coded valueCodeableConcept (system and code)",
+                )
         if "valueQuantity" in r:
             c.ucum_quantity("valueQuantity", r["valueQuantity"])
         elif not lab or not (has_value or "dataAbsentReason" in r):

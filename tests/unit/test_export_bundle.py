@@ -181,9 +181,15 @@ def test_medication_procedure_and_lab_assertions(catalog, validator):
     assert [codes(o["code"], fc.LOINC)[0] for o in obs] == ["718-7", "6690-2", "2276-4"]
     hb, leuko, ferritin = obs
     assert hb["status"] == "final" and hb["interpretation"][0]["coding"][0]["code"] == "L"
-    assert hb["effectivePeriod"] == {"start": "2025-03-17", "end": "2025-03-28"}  # during the stay
-    assert leuko["valueString"] == "12 Mio/µl"  # not UCUM: text, and a warning
-    assert ferritin["status"] == "preliminary" and ferritin["valueString"] == "normal"
+    # the Laborbefund's effective[x] is a dateTime only: an undated lab is not given the stay's period
+    assert "effectivePeriod" not in hb and hb["_effectiveDateTime"]["extension"][0]["url"] == DATA_ABSENT
+    # value[x] holds no string: a value the profile cannot hold is kept as written in note (as-text)
+    as_text = [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "as-text"}]
+    for obs_, text in ((leuko, "12 Mio/µl"), (ferritin, "normal")):  # not UCUM (a warning); text
+        assert not any(k.startswith("value") for k in obs_), obs_
+        assert [{k: c[k] for k in ("system", "code")} for c in obs_["dataAbsentReason"]["coding"]] == as_text
+        assert obs_["note"] == [{"text": text}]
+    assert ferritin["status"] == "preliminary"
     assert [(o.kind, o.index) for o in built.omitted if o.kind == "labs"] == [("labs", 1)]
     assert {n.kind for n in built.notes} == {"unit_not_ucum"}
 

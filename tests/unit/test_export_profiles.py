@@ -192,9 +192,30 @@ CASES = [
     (
         "Observation",
         profile_ends("ObservationLab"),
-        _set("effectivePeriod", _DROP),
+        _set("_effectiveDateTime", _DROP),
         "required",
         "effective[x]",
+    ),
+    (  # the Laborbefund's value[x] is Quantity, CodeableConcept, Range or Ratio only
+        "Observation",
+        profile_ends("ObservationLab"),
+        _both(_set("valueQuantity", _DROP), _set("valueString", "10.2 g/dL")),
+        "type",
+        "value[x] only",
+    ),
+    (  # ... and its effective[x] a dateTime only
+        "Observation",
+        profile_ends("ObservationLab"),
+        _both(_set("_effectiveDateTime", _DROP), _set("effectivePeriod", {"start": "2025-03-17"})),
+        "type",
+        "effective[x] only",
+    ),
+    (
+        "Observation",
+        profile_ends("ObservationLab"),
+        _both(_set("valueQuantity", _DROP), _set("valueCodeableConcept", {"text": "normal"})),
+        "required",
+        "coded valueCodeableConcept",
     ),
     (
         "Observation",
