@@ -5,7 +5,11 @@ at commit 164c0451: `normalize_code`, `_codes_match_first4`, `precision_recall_f
 `_f3_f1`, `_category_f1`, `_ops_category_f1`, `evaluate_dataset`) and design §6:
 
 - per document, each field is a *set* of values (duplicates collapse; assertions are ignored);
-- codes are normalised: lower-case, `!+*` stripped, a trailing ".0"/".00" dropped; texts as written;
+- codes are normalised: lower-case, `!+*` stripped, a trailing ".0"/".00" dropped; texts as written.
+  Here OPS codes are normalised like ICD and ATC codes, while the study compares OPS codes raw: the
+  4-character prefix match hides this almost always (case and ".0" sit after the 4th character); it
+  shows only where normalising merges two raw values of one document ("5-470.0" and "5-470": one set
+  member here, two in the study, so P and R differ) or on a code shorter than 4 characters;
 - a predicted value is a true positive if it equals, or shares its first 4 characters with, any gold
   value (`c[:4]`: a shorter value must be equal);
 - that count is reused for recall: P = tp/|pred|, R = tp/|gold|, so recall can exceed 1
