@@ -185,6 +185,18 @@ def render_report(metrics: Mapping[str, Any], *, plots: bool = True) -> str:
         "a comparison on the same data.",
         "",
     ]
+    failed = (metrics.get("excluded") or {}).get("failed_verification")
+    if failed is not None:
+        out += ["## excluded: failed verification", ""]
+        if failed.get("include_failed"):
+            out += ["None: evaluate.include_failed=true scores every letter whatever its verdict.", ""]
+        else:
+            out += [
+                f"{failed['documents']} synthetic letter(s) failed verification and are not scored "
+                "(evaluate.include_failed=false): their gold does not match their text. Spec ids in "
+                "metrics.json (excluded.failed_verification).",
+                "",
+            ]
     for source, m in metrics["sources"].items():
         out += _source_section(source, m, plots)
     for source, m in metrics.get("not_scored", {}).items():

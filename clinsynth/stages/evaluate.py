@@ -1,7 +1,10 @@
 """`evaluate`: the extract stage's predictions against gold, both scoring modes (design §6).
 
 Gold: synthetic test letters -> the sample stage's spec gold (doc = spec_id; every test-split spec is
-expected, a test letter without a prediction is scored as an empty prediction and listed); development
+expected, a test letter without a prediction is scored as an empty prediction and listed). A synthetic
+letter that failed verification (the verify stage's verdict) is left out unless evaluate.include_failed:
+its gold does not match its text; such letters are counted in metrics.json and report.md ("excluded:
+failed verification"). Development
 letters ("grascco:<Name>") -> the hand-made gold of clinsynth.letters.devset; external letters have no
 gold: counted, not scored. Synthetic and development letters are reported separately. With
 extract.ground the predictions as extracted (ungrounded/) are scored too, into ungrounded/.
@@ -21,6 +24,7 @@ import orjson
 from clinsynth.artifacts.letters import letter_shards, read_letters
 from clinsynth.artifacts.predictions import DEV_PREFIX, read_predictions
 from clinsynth.artifacts.specs import check_specs, iter_specs
+from clinsynth.artifacts.verdicts import read_verdicts, verdicts_path
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.evaluation.config import EvaluateConfig
@@ -34,9 +38,14 @@ UNGROUNDED = "ungrounded"
 
 
 def _needs(plain: dict[str, Any]) -> tuple[str, ...]:
-    """The test letters' gold and text come from sample and generate, as for extract."""
+    """The test letters' gold and text come from sample and generate, as for extract; their verdicts
+    from verify (unless evaluate.include_failed: then every letter is scored)."""
     ex = plain.get("extract") or {}
-    return ("extract", "sample", "generate") if ex.get("test_letters", True) else ("extract",)
+    if not ex.get("test_letters", True):
+        return ("extract",)
+    if (plain.get("evaluate") or {}).get("include_failed", False):
+        return ("extract", "sample", "generate")
+    return ("extract", "sample", "generate", "verify")
 
 
 def _requires(cfg: EvaluateConfig) -> list[tuple[str, str]]:
@@ -57,16 +66,22 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     sample_dir = ctx.inputs.get("sample")
     gen_dir = ctx.inputs.get("generate")
     records = [_slim(r) for r in read_predictions(extract_dir)]
-    gold = _synthetic_gold(sample_dir, records)
+    predicted = {r["doc"] for r in records if r["source"] == "synthetic"}
+    failed = _failed_verification(ctx.inputs.get("verify"), sample_dir, predicted, ev.include_failed)
+    records = [r for r in records if r["doc"] not in failed]
+    gold = _synthetic_gold(sample_dir, records, failed)
     letters = _letters(gen_dir, {r["doc"] for r in records} | set(gold or ()))
     catalog = load_catalog()
 
+    excluded = {"failed_verification": _excluded(failed, ev.include_failed)}
     docs = build_docs(records, gold, letters, where=str(extract_dir))
-    metrics = evaluate(docs, ctx.stage_dir, settings, catalog, plots=ev.plots)
-    ungrounded = _ungrounded(extract_dir)
+    metrics = evaluate(docs, ctx.stage_dir, settings, catalog, plots=ev.plots, extra={"excluded": excluded})
+    ungrounded = [r for r in _ungrounded(extract_dir) if r["doc"] not in failed]
     if ungrounded:
         udocs = build_docs(ungrounded, gold, letters, where=f"{extract_dir}/{UNGROUNDED}")
-        umetrics = evaluate(udocs, ctx.stage_dir / UNGROUNDED, settings, catalog, plots=ev.plots)
+        umetrics = evaluate(
+            udocs, ctx.stage_dir / UNGROUNDED, settings, catalog, plots=ev.plots, extra={"excluded": excluded}
+        )
         _grounding_table(ctx.stage_dir, metrics, umetrics)
     summary = tracker_summary(metrics)
     ctx.tracker.summary(summary)
@@ -83,6 +98,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
         "documents": len(docs),
         "sources": {s: m["documents"] for s, m in metrics["sources"].items()},
         "not_scored": {s: m["documents"] for s, m in metrics["not_scored"].items()},
+        "excluded_failed_verification": len(failed),
         "ungrounded_scored": bool(ungrounded),
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -120,10 +136,50 @@ def _letters(gen_dir: Path | None, docs: set[str]) -> dict[str, str]:
     return out
 
 
+def _failed_verification(
+    verify_dir: Path | None, sample_dir: Path | None, predicted: set[str], include_failed: bool
+) -> set[str]:
+    """Test letters (and any other predicted spec) whose verification failed: left out of scoring.
+
+    Every test-split spec needs a verdict: a missing one means the verify and sample folders come from
+    different runs, which would let an unverified letter in silently."""
+    if include_failed or sample_dir is None:
+        return set()
+    if verify_dir is None:
+        raise EvaluationInputError(
+            "evaluate: no verify stage output to read verdicts from; add verify to the run "
+            "or set evaluate.include_failed=true to score every test letter"
+        )
+    verdicts = {v["spec_id"]: bool(v["ok"]) for v in read_verdicts(verify_dir)}
+    tests = [r["spec_id"] for r in iter_specs(sample_dir, ["spec_id", "split"]) if r["split"] == "test"]
+    lacking = [sid for sid in tests if sid not in verdicts]
+    if lacking:
+        raise EvaluationInputError(
+            f"{verdicts_path(verify_dir)}: no verdict for {len(lacking)} test letter(s) "
+            f"(first: {lacking[0]!r}); the verify and sample folders come from different runs: "
+            "delete the verify stage folder and relaunch"
+        )
+    lacking = sorted(predicted - verdicts.keys())
+    if lacking:
+        raise EvaluationInputError(
+            f"{verdicts_path(verify_dir)}: no verdict for predicted spec(s) {lacking[:5]}: the predictions "
+            "and the verify folder come from different runs: relaunch so extract reruns"
+        )
+    return {sid for sid in {*tests, *predicted} if not verdicts[sid]}
+
+
+def _excluded(failed: set[str], include_failed: bool) -> dict[str, Any]:
+    """metrics.json's account of the letters left out for failing verification (spec ids, no text)."""
+    if include_failed:
+        return {"documents": 0, "include_failed": True, "note": "evaluate.include_failed: all scored"}
+    return {"documents": len(failed), "include_failed": False, "docs": sorted(failed)}
+
+
 def _synthetic_gold(
-    sample_dir: Path | None, records: list[dict[str, Any]]
+    sample_dir: Path | None, records: list[dict[str, Any]], failed: set[str]
 ) -> dict[str, dict[str, Any]] | None:
-    """spec_id -> gold of every test-split spec and of every other spec that was predicted."""
+    """spec_id -> gold of every test-split spec and of every other spec that was predicted, less
+    those that failed verification."""
     if sample_dir is None:
         return None
     check_specs(sample_dir, stage="evaluate")
@@ -131,6 +187,8 @@ def _synthetic_gold(
     out: dict[str, dict[str, Any]] = {}
     for row in iter_specs(sample_dir, ["spec_id", "split", "gold"]):
         sid = row["spec_id"]
+        if sid in failed:
+            continue
         if row["split"] == "test" or sid in predicted:
             out[sid] = gold_extraction(orjson.loads(row["gold"]), f"{sample_dir} spec {sid}")
     return out
@@ -201,6 +259,9 @@ def tracker_summary(metrics: dict[str, Any]) -> dict[str, float]:
             if m["codes"].get(k) is not None:
                 out[f"{p}/{k}"] = m["codes"][k]
         out[f"{p}/negated_as_present"] = m["assertion_confusion"]["negated_as_present"]
+    failed = (metrics.get("excluded") or {}).get("failed_verification")
+    if failed is not None:
+        out["evaluate/synthetic/excluded_failed_verification"] = failed["documents"]
     return out
 
 

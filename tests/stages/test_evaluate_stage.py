@@ -1,6 +1,7 @@
 """The evaluate stage on real sample + generate outputs of a small smoke run, with predictions written
 through clinsynth.artifacts.predictions as the extract stage writes them (perturbed gold, one invalid,
-one missing, a development letter, an external letter, and ungrounded/ beside predictions/)."""
+one missing, a development letter, an external letter, and ungrounded/ beside predictions/), and the
+verify stage's verdicts with one predicted test letter failing (left out of scoring, counted)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,22 @@ class Recorder:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = tmp_path_factory.mktemp("runs")
     small = ["cluster=debug", "tracking=disabled", "cohort.patients=16", f"paths.runs={runs}"]
-    result = launch(["+experiment=smoke", "pipeline=[generate]", *small])
-    return {s: result.plan.stage(s).folder.path for s in ("sample", "generate")}
+    result = launch(["+experiment=smoke", "pipeline=[verify]", *small])
+    return {s: result.plan.stage(s).folder.path for s in ("sample", "generate", "verify")}
+
+
+def _verdicts_failing(verify_dir: Path, out: Path, tests: list[dict[str, Any]], failing: str) -> Path:
+    """A copy of the verify stage's verdicts where every test letter passed but `failing` (the smoke
+    run's own verdicts vary with the cohort; the test needs a known one)."""
+    test_ids = {r["spec_id"] for r in tests}
+    rows = [orjson.loads(x) for x in (verify_dir / "verification.jsonl").read_bytes().splitlines()]
+    assert failing in {v["spec_id"] for v in rows}
+    for v in rows:
+        if v["spec_id"] in test_ids:
+            v["ok"] = v["use_for_training"] = v["spec_id"] != failing
+            v["reasons"] = [] if v["ok"] else ["value mismatch: set by the test"]
+    (out / "verification.jsonl").write_bytes(b"".join(orjson.dumps(v) + b"\n" for v in rows))
+    return out
 
 
 def _perturb(gold: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +77,8 @@ def evaluated(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     rows = read_specs(upstream["sample"], ["spec_id", "split", "gold"]).to_pylist()
     tests = [r for r in rows if r["split"] == "test"]
     assert len(tests) >= 4, "the smoke cohort has too few test letters for this test"
+    failing = tests[-1]["spec_id"]  # predicted (perturbed); tests[0] missing, tests[1] invalid
+    verify = _verdicts_failing(upstream["verify"], tmp_path_factory.mktemp("verify"), tests, failing)
     extract = tmp_path_factory.mktemp("extract")
     records = []
     for i, r in enumerate(tests[1:]):  # tests[0]: no prediction at all (missing)
@@ -86,18 +103,22 @@ def evaluated(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         stage="evaluate",
         stage_id="test",
         stage_dir=out,
-        inputs={"extract": extract, **upstream},
+        inputs={"extract": extract, **upstream, "verify": verify},
         tracker=tracker,
     )
     cfg = stage_config("evaluate", ["evaluate.bootstrap=200"])
     result = run(cfg, ctx)
-    return {"out": out, "result": result, "tracker": tracker, "tests": tests, "upstream": upstream}
+    return {
+        "out": out, "result": result, "tracker": tracker, "tests": tests, "upstream": upstream,
+        "failing": failing,
+    }  # fmt: skip
 
 
 def test_sources_reported_separately_with_missing_and_invalid(evaluated: dict[str, Any]) -> None:
     m = json.loads((evaluated["out"] / "metrics.json").read_text())
     syn, dev = m["sources"]["synthetic"], m["sources"]["dev"]
-    assert syn["documents"] == len(evaluated["tests"])  # every test letter, predicted or not
+    # every test letter, predicted or not, but the one that failed verification
+    assert syn["documents"] == len(evaluated["tests"]) - 1
     assert syn["status"]["missing"] == 1 and syn["status"]["invalid"] == 1
     assert dev["documents"] == 1 and dev["strict"]["icd10gm"]["f1"] == 1.0  # Meyr predicted as its gold
     assert m["not_scored"]["external"]["documents"] == 1
@@ -133,5 +154,26 @@ def test_outputs_and_tracker_hold_no_letter_text(evaluated: dict[str, Any]) -> N
 
 def test_needs_follow_the_extract_inputs() -> None:
     spec = get_stage("evaluate")
-    assert spec.needs_for({"extract": {"test_letters": True}}) == ("extract", "sample", "generate")
+    full = ("extract", "sample", "generate", "verify")
+    assert spec.needs_for({"extract": {"test_letters": True}}) == full
+    assert spec.needs_for({"extract": {"test_letters": True}, "evaluate": {"include_failed": False}}) == full
+    both = {"extract": {"test_letters": True}, "evaluate": {"include_failed": True}}
+    assert spec.needs_for(both) == ("extract", "sample", "generate")  # no verdicts read
     assert spec.needs_for({"extract": {"test_letters": False}}) == ("extract",)
+
+
+def test_a_test_letter_that_failed_verification_is_left_out_and_counted(evaluated: dict[str, Any]) -> None:
+    out, failing = evaluated["out"], evaluated["failing"]
+    m = json.loads((out / "metrics.json").read_text())
+    excluded = m["excluded"]["failed_verification"]
+    assert excluded == {"documents": 1, "include_failed": False, "docs": [failing]}
+    assert failing not in m["sources"]["synthetic"]["problems"]
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert errors and failing not in {e["doc"] for e in errors}  # its perturbed prediction is not scored
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## excluded: failed verification" in report and "1 synthetic letter(s) failed" in report
+    (summary,) = evaluated["tracker"].summaries
+    assert summary["evaluate/synthetic/excluded_failed_verification"] == 1
+    assert evaluated["result"]["excluded_failed_verification"] == 1
+    u = json.loads((out / "ungrounded" / "metrics.json").read_text())
+    assert u["sources"]["synthetic"]["documents"] == len(evaluated["tests"]) - 1
