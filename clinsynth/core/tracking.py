@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,6 +23,8 @@ class Tracker(Protocol):
 
     def summary(self, values: Mapping[str, Any]) -> None: ...
 
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -35,6 +37,9 @@ class NullTracker:
         pass
 
     def summary(self, values: Mapping[str, Any]) -> None:
+        pass
+
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
@@ -86,6 +91,12 @@ class WandbTracker:
     def summary(self, values: Mapping[str, Any]) -> None:
         self._run.summary.update(dict(values))
 
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A wandb.Table under `name`; the caller decides what may go in (samples only with log_samples)."""
+        import wandb
+
+        self._run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
     def finish(self, exit_code: int = 0) -> None:
         self._run.finish(exit_code=exit_code)
 
@@ -118,6 +129,9 @@ class GuardedTracker:
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self._call("summary", lambda: self._inner.summary(values))
+
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self._call("table", lambda: self._inner.table(name, columns, rows))
 
     def finish(self, exit_code: int = 0) -> None:
         self._call("finish", lambda: self._inner.finish(exit_code=exit_code))
