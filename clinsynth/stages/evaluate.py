@@ -10,7 +10,8 @@ gold: counted, not scored. Synthetic and development letters are reported separa
 extract.ground the predictions as extracted (ungrounded/) are scored too, into ungrounded/.
 
 Writes metrics.json, report.md, errors.jsonl, plots/ (clinsynth.evaluation.report). The tracker gets
-numbers only (no letter text, no extracted values).
+a summary and a per-category metrics table, numbers only; the errors table (extracted values, never
+letter text) only with tracking.log_samples (clinsynth.evaluation.tables).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from clinsynth.evaluation.config import EvaluateConfig
 from clinsynth.evaluation.docs import DocSet, EvaluationInputError, gold_extraction, pred_extraction
 from clinsynth.evaluation.items import CATEGORIES
 from clinsynth.evaluation.pigeon import PIGEON_REPORT
-from clinsynth.evaluation.report import evaluate
+from clinsynth.evaluation.report import ERRORS, evaluate
 from clinsynth.evaluation.scorer import ScoreSettings
+from clinsynth.evaluation.tables import log_tables
 
 UNGROUNDED = "ungrounded"
 
@@ -85,6 +87,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
         _grounding_table(ctx.stage_dir, metrics, umetrics)
     summary = tracker_summary(metrics)
     ctx.tracker.summary(summary)
+    log_tables(ctx.tracker, metrics, ctx.stage_dir / ERRORS, ctx.logger)
     for source, m in metrics["sources"].items():
         icd = m["strict"].get("icd10gm", {})
         ctx.logger.info(

@@ -28,12 +28,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.summaries: list[dict[str, Any]] = []
+        self.tables: dict[str, list[list[Any]]] = {}
 
     def log(self, metrics: Any, step: int | None = None) -> None:
         pass
 
     def summary(self, values: Any) -> None:
         self.summaries.append(dict(values))
+
+    def table(self, name: str, columns: Any, rows: Any) -> None:
+        self.tables[name] = [list(r) for r in rows]
 
     def finish(self, exit_code: int = 0) -> None:
         pass
@@ -148,6 +152,9 @@ def test_outputs_and_tracker_hold_no_letter_text(evaluated: dict[str, Any]) -> N
     (summary,) = evaluated["tracker"].summaries
     assert summary and all(isinstance(v, (int, float)) for v in summary.values())
     assert "evaluate/dev/strict/icd10gm/f1" in summary
+    (table,) = evaluated["tracker"].tables.values()  # the metrics table; no errors table (log_samples off)
+    assert list(evaluated["tracker"].tables) == ["evaluate/metrics"] and table
+    assert all(v is None or isinstance(v, (int, float)) for row in table for v in row[3:])
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## synthetic" in report and "## dev" in report and "With and without grounding" in report
 
