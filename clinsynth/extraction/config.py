@@ -87,7 +87,7 @@ class ExtractSection(StageConfig):
         why="chat_template_kwargs enable_thinking (Qwen3); null: the template's default"
     )
     ground: bool = identity(
-        why="map missing / non-catalogue codes from their text (predictions/); "
+        why="map missing codes, and codes of no catalogue category, from their text (predictions/); "
         "the codes as extracted stay in ungrounded/"
     )
     ground_threshold: float = identity(ge=0, le=100, why="rapidfuzz score a text must reach")

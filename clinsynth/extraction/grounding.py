@@ -1,17 +1,21 @@
-"""Code grounding (`extract.ground=true`): codes the catalogue does not hold, or that are missing,
-are mapped from the fact's own text to the best catalogue code.
+"""Code grounding (`extract.ground=true`): codes that are missing, malformed or outside every
+catalogue category are mapped from the fact's own text to the best catalogue code.
 
-Models invent codes (`C50.49`), write them in a near form, or leave them out; the text beside
-them ("Mammakarzinom links", "Pantoprazol") usually names the concept. The text is searched with
-rapidfuzz over the catalogue's titles and synonyms (`CodeTable.search`); the best hit is taken
-when it scores at least `threshold` and is not ambiguous: several codes at the top score are
-accepted only when one of them is the parent of all the others (the parent is taken: grounding
-never adds specificity the text does not carry). A code the catalogue holds is never touched.
-Every attempt is recorded: what the code was, what it became (or why not), the text and score.
+Models invent codes (`X50.49`), write them in a near form, or leave them out; the text beside
+them ("Mammakarzinom links", "Pantoprazol") usually names the concept. The catalogue is a curated
+subset (~1.2k ICD-10-GM codes), so a well-formed code it lacks is often simply right (J44.19, a
+C50.41 the letter wrote): such a code is kept whenever its category (ICD 3 characters, OPS 4,
+ATC level 1, ICD-O-3 histology) is one the catalogue knows, and a LOINC code whenever its check
+digit holds. Only the rest is searched with rapidfuzz over titles and synonyms: the best hit is
+taken when it scores at least `threshold` and is not ambiguous; several codes at the top score
+give their common parent only where there was no code at all (a parent never replaces a code: it
+is less specific than what the model wrote). Every decision on a non-catalogue or missing code is
+recorded: what the code was, what it became (None: left as it was), the text, score and reason.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +32,8 @@ TARGETS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("labs", "loinc", ("name",), "loinc"),
     ("vitals", "loinc", ("name",), "loinc"),
 )
+#: the level (table.level) of the category a kept code must share with the catalogue; LOINC has none
+CATEGORY_LEVEL: dict[str, int] = {"icd10gm": 3, "icdo3_morphology": 4, "ops": 4, "atc": 1}
 #: scores within this distance of the best count as a tie
 TIE = 0.5
 
@@ -39,7 +45,7 @@ class Correction:
     before: str | None  # the predicted code (None: missing)
     after: str | None  # the catalogue code now there (None: left as it was)
     score: float | None
-    reason: str  # "mapped", "no match above threshold", "ambiguous: A, B"
+    reason: str  # "mapped", "parent of tied: A, B", "no match above 90 ...", "ambiguous: A, B", "kept: ..."
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,40 +66,99 @@ def best_code(table: Any, text: str, threshold: float) -> tuple[str | None, floa
     top = hits[0][1]
     if top < threshold:
         return None, top, f"no match above {threshold:g} (best {hits[0][0].code} at {top:.0f})"
-    tied = sorted({c.code for c, s in hits if s >= top - TIE}, key=len)
+    tied = sorted({c.code for c, s in hits if s >= top - TIE}, key=lambda c: (len(c), c))
     parent = tied[0]
-    if all(code.startswith(parent) for code in tied):
+    if len(tied) == 1:
         return parent, top, "mapped"
+    if all(code.startswith(parent) for code in tied):
+        return parent, top, "parent of tied: " + ", ".join(tied[:5])
     return None, top, "ambiguous: " + ", ".join(tied[:5])
 
 
-def _facts(data: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any], str]]:
+@functools.cache
+def _categories(table: Any, level: int) -> frozenset[str]:
+    """The table's categories at `level`, and every prefix of them (an OPS code may be shorter)."""
+    out: set[str] = set()
+    for code in table.codes():
+        try:
+            cat = table.level(code, level)
+        except ValueError:  # a catalogue code above the level (OPS 8-54): it is its own category
+            cat = code
+        out.update(cat[:i] for i in range(1, len(cat) + 1))
+    return frozenset(out)
+
+
+def _loinc_check_digit_holds(code: str) -> bool:
+    """LOINC's mod-10 check digit (Luhn over the digits before the hyphen)."""
+    body, _, check = code.partition("-")
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return (10 - total % 10) % 10 == int(check)
+
+
+def why_ground(table: Any, table_name: str, code: str | None) -> str | None:
+    """Why a code must be mapped from its text (None: keep it; a catalogue code or a plausible one)."""
+    if not code:
+        return "missing"
+    if table.lookup(code) is not None:
+        return None
+    norm = code.strip() if table_name == "ops" else code.strip().upper()
+    if not table.pattern.fullmatch(norm):
+        return "malformed"
+    level = CATEGORY_LEVEL.get(table_name)
+    if level is None:
+        return None if _loinc_check_digit_holds(norm) else "LOINC check digit does not hold"
+    try:
+        category = table.level(norm, level)
+    except ValueError:  # shorter than the category: judged as it stands
+        category = norm
+    return None if category in _categories(table, level) else f"category {category} unknown to the catalogue"
+
+
+def _facts(data: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any], str | None]]:
     for field, code_key, text_keys, table in TARGETS:
         for i, fact in enumerate(data.get(field) or ()):
             texts = [fact[k] for k in text_keys if isinstance(fact.get(k), str) and fact[k].strip()]
-            text = texts[0] if texts else None
-            if text is not None:
-                yield f"{field}[{i}].{code_key}", code_key, table, fact, text
+            yield f"{field}[{i}].{code_key}", code_key, table, fact, texts[0] if texts else None
 
 
 def ground(
     extraction: ClinicalExtraction, catalog: Any, *, threshold: float = 90.0
 ) -> tuple[ClinicalExtraction, list[Correction]]:
-    """The extraction with missing / non-catalogue codes mapped from their text, and the record of it."""
+    """The extraction with missing / implausible codes mapped from their text, and the record of it."""
     data = extraction.model_dump(mode="json")
     corrections: list[Correction] = []
     for path, code_key, table_name, fact, text in _facts(data):
         before = fact.get(code_key)
         table = getattr(catalog, table_name)
         if before and table.lookup(before) is not None:
+            continue  # a catalogue code: nothing to say
+        why = why_ground(table, table_name, before)
+        if why is None:
+            corrections.append(
+                Correction(
+                    path, text or "", before, None, None, "kept: not in the catalogue, but its category is"
+                )
+            )
+            continue
+        if text is None:
+            if before:
+                corrections.append(Correction(path, "", before, None, None, f"{why}; no text to search"))
             continue
         code, score, reason = best_code(table, text, threshold)
+        if code is not None and before and reason.startswith("parent of tied"):
+            # the parent is less specific than the code the model wrote: keep what it wrote
+            code, reason = None, f"{why}; {reason}: the parent {code} would be less specific, kept"
+        elif why != "missing":
+            reason = f"{why}; {reason}"
         if code is not None:
             fact[code_key] = code
         corrections.append(Correction(path, text, before, code, score, reason))
-    if not corrections:
-        return extraction, []
+    if not any(c.after is not None for c in corrections):
+        return extraction, corrections
     return ClinicalExtraction.model_validate(data), corrections
 
 
-__all__ = ["TARGETS", "Correction", "best_code", "ground"]
+__all__ = ["CATEGORY_LEVEL", "TARGETS", "Correction", "best_code", "ground", "why_ground"]

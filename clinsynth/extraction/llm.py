@@ -42,13 +42,14 @@ class RunStats:
     generate_s: float = 0.0
     corrections: int = 0
 
-    def add(self, rec: dict[str, Any], corrections: int) -> None:
+    def add(self, rec: dict[str, Any], corrections: Sequence[dict[str, Any]] = ()) -> None:
+        """Count one record; of its grounding decisions only those that changed a code."""
         self.documents += 1
         self.statuses[rec["status"]] = self.statuses.get(rec["status"], 0) + 1
         tokens = rec.get("tokens") or {}
         self.prompt_tokens += int(tokens.get("prompt") or 0)
         self.completion_tokens += int(tokens.get("completion") or 0)
-        self.corrections += corrections
+        self.corrections += sum(1 for c in corrections if c.get("after") is not None)
 
     def summary(self) -> dict[str, Any]:
         s = self.generate_s
@@ -60,7 +61,7 @@ class RunStats:
             "generate_s": round(s, 3),
             # inside the backend calls only; the stage adds the rate over all its work
             "backend_tokens_per_s": round(self.completion_tokens / s, 2) if s > 0 else None,
-            "grounding_corrections": self.corrections,
+            "grounding_corrections": self.corrections,  # codes grounding changed (kept ones not counted)
         }
 
 
@@ -160,7 +161,7 @@ class LLMRunner:
                 outcome = unreadable(d, self.extractor, self.catalog)
             else:
                 outcome = self._outcome(d, results[d.doc])
-            self.stats.add(outcome["prediction"], len(outcome["corrections"]))
+            self.stats.add(outcome["prediction"], outcome["corrections"])
             out.append(outcome)
         return out
 
@@ -223,7 +224,7 @@ class RulesRunner:
                     d, "rules", parsed, raw, tokens=None, seconds=seconds,
                     catalog=self.catalog, threshold=self.threshold,
                 )  # fmt: skip
-            self.stats.add(outcome["prediction"], len(outcome["corrections"]))
+            self.stats.add(outcome["prediction"], outcome["corrections"])
             out.append(outcome)
         return out
 

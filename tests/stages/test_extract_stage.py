@@ -207,6 +207,13 @@ def test_a_relaunch_redoes_only_the_missing_chunks(tmp_path: Path, monkeypatch: 
     assert read_stats(stage_dir)[0]["documents_resumed"] == 2
 
 
+#: X50.49: no catalogue category (mapped from its text); J44.19: not in the catalogue, category J44 is (kept)
+GROUND_ANSWER = (
+    '{"diagnoses":[{"text":"Mammakarzinom links","icd10gm":"X50.49"},{"text":"COPD","icd10gm":"J44.19"},'
+    '{"text":"Pantoprazol"}]}'
+)
+
+
 def test_grounding_keeps_the_codes_as_extracted_beside_the_grounded_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,23 +221,30 @@ def test_grounding_keeps_the_codes_as_extracted_beside_the_grounded_ones(
     cfg = oneshot_cfg("extract.dev_letters=false", "extract.ground=true")
     stage_dir = tmp_path / "extract"
     _run(
-        cfg, make_ctx(stage_dir, {"sample": sample, "generate": gen}, tmp_path), Scripted(ANSWER), monkeypatch
+        cfg,
+        make_ctx(stage_dir, {"sample": sample, "generate": gen}, tmp_path),
+        Scripted(GROUND_ANSWER),
+        monkeypatch,
     )
     grounded = {p["doc"]: p for p in read_predictions(stage_dir)}
     raw = {p["doc"]: p for p in read_ungrounded(stage_dir)}
     corrections = {c["doc"]: c["corrections"] for c in read_corrections(stage_dir)}
     assert sorted(grounded) == sorted(raw) == sorted(corrections) == sorted(TEST_IDS)
-    assert grounded["spec-0"]["extraction"]["diagnoses"][0]["icd10gm"] == "C50"  # the text's level, not C50.4
-    assert raw["spec-0"]["extraction"]["diagnoses"][0]["icd10gm"] == "C50.49"
+    codes = [d.get("icd10gm") for d in grounded["spec-0"]["extraction"]["diagnoses"]]
+    assert codes == ["C50", "J44.19", None]  # C50: the text's level; J44.19 kept
+    assert raw["spec-0"]["extraction"]["diagnoses"][0]["icd10gm"] == "X50.49"
     fixes = {c["path"]: c for c in corrections["spec-0"]}
-    assert (
-        fixes["diagnoses[0].icd10gm"]["before"] == "C50.49"
-        and fixes["diagnoses[0].icd10gm"]["after"] == "C50"
+    assert (fixes["diagnoses[0].icd10gm"]["before"], fixes["diagnoses[0].icd10gm"]["after"]) == (
+        "X50.49",
+        "C50",
     )
-    assert (
-        fixes["diagnoses[1].icd10gm"]["after"] is None
-    )  # "Pantoprazol" is no diagnosis: left without a code
-    assert read_stats(stage_dir)[0]["grounding_corrections"] == 2 * len(TEST_IDS)
+    assert fixes["diagnoses[1].icd10gm"]["after"] is None and fixes["diagnoses[1].icd10gm"][
+        "reason"
+    ].startswith("kept")
+    # "Pantoprazol" is no diagnosis: left without a code, said
+    assert fixes["diagnoses[2].icd10gm"]["after"] is None
+    # only the changed code counts
+    assert read_stats(stage_dir)[0]["grounding_corrections"] == len(TEST_IDS)
 
 
 def test_the_rules_baseline_needs_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,15 @@
-"""Code grounding: a missing or non-catalogue code is mapped from its text when one catalogue concept
-(or one parent of several) clearly wins; codes the catalogue holds are never touched; every attempt is
-recorded."""
+"""Code grounding: a missing, malformed or category-less code is mapped from its text when one catalogue
+concept (or, for a missing code, one parent of several) clearly wins; catalogue codes and well-formed
+codes of a known category are never touched; every decision is recorded; only changes are counted."""
 
 from __future__ import annotations
 
 import pytest
 
-from clinsynth.extraction.grounding import best_code, ground
+from clinsynth.extraction.documents import Doc
+from clinsynth.extraction.grounding import best_code, ground, why_ground
+from clinsynth.extraction.llm import RunStats, finish_outcome
+from clinsynth.extraction.parse import Parsed
 from clinsynth.schema import ClinicalExtraction
 from clinsynth.terminology import load_catalog
 
@@ -20,36 +23,85 @@ def test_missing_and_invented_codes_are_mapped_from_their_text(cat) -> None:
     ex = ClinicalExtraction.model_validate(
         {
             "diagnoses": [
-                {"text": "Mammakarzinom links", "icd10gm": "C50.49"},  # not in the catalogue
+                {"text": "Mammakarzinom links", "icd10gm": "X50.49"},  # a category the catalogue lacks
                 {"text": "Rektumkarzinom", "icd10gm": "C18.7"},  # in the catalogue: kept, even if odd
                 {"text": "Arterielle Hypertonie"},
             ],
             "tumors": [{"entity": "Adenokarzinom", "histology": "Adenokarzinom"}],
             "procedures": [{"text": "Sigmaresektion"}],
-            "medications": [{"name": "Pantoprazol", "atc": "A02BC99"}],
+            "medications": [{"name": "Pantoprazol", "atc": "Q02BC99"}],  # no ATC group Q
             "labs": [{"name": "Hämoglobin"}],
         }
     )
     out, corrections = ground(ex, cat, threshold=90)
     assert [d.icd10gm for d in out.diagnoses] == ["C50", "C18.7", "I10"]  # C50: the text's level, not C50.4
     assert out.tumors[0].morphology == "8140/3"
-    assert out.procedures[0].ops == "5-455.7"  # the parent of the tied 5-455.7x
+    assert out.procedures[0].ops == "5-455.7"  # a missing code: the parent of the tied 5-455.7x
     assert out.medications[0].atc == "A02BC02" and out.labs[0].loinc == "718-7"
     by_path = {c.path: c for c in corrections}
     assert "diagnoses[1].icd10gm" not in by_path
-    assert (by_path["diagnoses[0].icd10gm"].before, by_path["diagnoses[0].icd10gm"].after) == (
-        "C50.49",
-        "C50",
-    )
-    assert by_path["medications[0].atc"].as_dict() == {
-        "path": "medications[0].atc",
-        "text": "Pantoprazol",
-        "before": "A02BC99",
-        "after": "A02BC02",
-        "score": 100.0,
-        "reason": "mapped",
+    assert by_path["diagnoses[0].icd10gm"].as_dict() == {
+        "path": "diagnoses[0].icd10gm",
+        "text": "Mammakarzinom links",
+        "before": "X50.49",
+        "after": "C50",
+        "score": 97.5,
+        "reason": "category X50 unknown to the catalogue; mapped",
     }
-    assert ex.diagnoses[0].icd10gm == "C50.49"  # the input is not changed
+    assert (by_path["medications[0].atc"].before, by_path["medications[0].atc"].after) == (
+        "Q02BC99",
+        "A02BC02",
+    )
+    assert by_path["procedures[0].ops"].reason.startswith("parent of tied: 5-455.7")
+    assert ex.diagnoses[0].icd10gm == "X50.49"  # the input is not changed
+
+
+def test_well_formed_codes_of_a_known_category_are_kept_and_said(cat) -> None:
+    """The catalogue is a subset: J44.19, C50.41, 5-484.57, A02BC99 and 2093-3 are not in it, but each
+    is well formed with a category (or check digit) it knows; grounding once turned them into parents."""
+    assert "J44.19" not in cat.icd10gm and "C50.41" not in cat.icd10gm
+    ex = ClinicalExtraction.model_validate(
+        {
+            "diagnoses": [{"text": "COPD", "icd10gm": "J44.19"}],
+            "tumors": [
+                {"entity": "Mammakarzinom", "icd10gm": "C50.41", "histology": "x", "morphology": "8140/6"}
+            ],
+            "procedures": [{"text": "Rektumresektion", "ops": "5-484.57"}],
+            "medications": [{"name": "Pantoprazol", "atc": "A02BC99"}],
+            "labs": [{"name": "Cholesterin", "loinc": "2093-3"}, {"name": "Hämoglobin", "loinc": "2093-4"}],
+        }
+    )
+    out, corrections = ground(ex, cat, threshold=90)
+    assert out.diagnoses[0].icd10gm == "J44.19" and out.tumors[0].icd10gm == "C50.41"
+    assert out.tumors[0].morphology == "8140/6" and out.procedures[0].ops == "5-484.57"
+    assert out.medications[0].atc == "A02BC99"
+    assert out.labs[0].loinc == "2093-3"
+    assert out.labs[1].loinc == "718-7"  # 2093-4: the check digit is wrong (2093-3)
+    by_path = {c.path: c for c in corrections}
+    kept = [p for p, c in by_path.items() if c.after is None]
+    assert sorted(kept) == sorted(
+        [
+            "diagnoses[0].icd10gm",
+            "tumors[0].icd10gm",
+            "tumors[0].morphology",
+            "procedures[0].ops",
+            "medications[0].atc",
+            "labs[0].loinc",
+        ]
+    )
+    assert all(by_path[p].reason.startswith("kept: ") and by_path[p].before for p in kept)
+    assert by_path["labs[1].loinc"].reason.startswith("LOINC check digit does not hold; ")
+    assert why_ground(cat.ops, "ops", "5-48") is None and why_ground(cat.ops, "ops", "9-99") is not None
+
+
+def test_a_code_is_never_replaced_by_a_parent_picked_from_ties(cat) -> None:
+    code, _, reason = best_code(cat.ops, "Sigmaresektion", 90)
+    assert code == "5-455.7" and reason.startswith("parent of tied: ")
+    ex = ClinicalExtraction.model_validate({"procedures": [{"text": "Sigmaresektion", "ops": "9-999.9"}]})
+    out, (c,) = ground(ex, cat, threshold=90)
+    assert out.procedures[0].ops == "9-999.9" and c.after is None and c.before == "9-999.9"
+    assert c.reason.startswith("category 9-999 unknown to the catalogue; parent of tied: ")
+    assert c.reason.endswith("the parent 5-455.7 would be less specific, kept")
 
 
 def test_weak_and_ambiguous_matches_are_left_alone_and_said(cat) -> None:
@@ -58,8 +110,21 @@ def test_weak_and_ambiguous_matches_are_left_alone_and_said(cat) -> None:
     code, score, reason = best_code(cat.icd10gm, "Kopfschmerz", 90)
     assert code is None and score is not None and score < 90 and reason.startswith("no match above 90")
     ex = ClinicalExtraction.model_validate({"diagnoses": [{"text": "Kopfschmerz", "icd10gm": "R51.9"}]})
+    assert why_ground(cat.icd10gm, "icd10gm", "R51.9") == "category R51 unknown to the catalogue"
     out, corrections = ground(ex, cat, threshold=90)
     assert out.diagnoses[0].icd10gm == "R51.9" and corrections[0].after is None
+
+
+def test_only_corrections_that_changed_a_code_are_counted(cat) -> None:
+    ex = ClinicalExtraction.model_validate(
+        {"diagnoses": [{"text": "COPD", "icd10gm": "J44.19"}, {"text": "Arterielle Hypertonie"}]}
+    )
+    doc = Doc("d1", "external", "letter")
+    outcome = finish_outcome(doc, "rules", Parsed("ok", ex), "{}", tokens=None, seconds=0.0, catalog=cat)
+    assert [c["after"] for c in outcome["corrections"]] == [None, "I10"]  # J44.19 kept, recorded
+    stats = RunStats()
+    stats.add(outcome["prediction"], outcome["corrections"])
+    assert stats.summary()["grounding_corrections"] == 1
 
 
 def test_nothing_to_ground_returns_the_same_extraction(cat) -> None:
