@@ -11,6 +11,11 @@ taken when it scores at least `threshold` and is not ambiguous; several codes at
 give their common parent only where there was no code at all (a parent never replaces a code: it
 is less specific than what the model wrote). Every decision on a non-catalogue or missing code is
 recorded: what the code was, what it became (None: left as it was), the text, score and reason.
+
+Search cost: letters repeat the same names (Pantoprazol in every other letter), so each table's
+names are normalised once and a search is cached by (table, normalised text); the score is the
+catalogue's own (`CodeTable.search`: mean of WRatio and token_set_ratio), computed in rapidfuzz's C
+loops, the expensive WRatio only for names whose cheap token_set bound can still reach the top.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from rapidfuzz import fuzz, process, utils
 
 from clinsynth.schema import ClinicalExtraction
 
@@ -36,6 +44,8 @@ TARGETS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
 CATEGORY_LEVEL: dict[str, int] = {"icd10gm": 3, "icdo3_morphology": 4, "ops": 4, "atc": 1}
 #: scores within this distance of the best count as a tie
 TIE = 0.5
+#: searches kept per table before the cache starts afresh (a bound on memory, not on speed)
+CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -58,9 +68,76 @@ class Correction:
         }
 
 
+class SearchIndex:
+    """One table's titles and synonyms, normalised once, and its searches cached by normalised text."""
+
+    def __init__(self, table: Any) -> None:
+        self.concepts = list(table)
+        names: list[str] = []
+        owner: list[int] = []
+        for i, concept in enumerate(self.concepts):
+            for name in (concept.display, *concept.extra.get("synonyms", ())):
+                names.append(utils.default_process(name))
+                owner.append(i)
+        self.names = names
+        self.owner = owner
+        self.cache: dict[str, list[tuple[Any, float]]] = {}
+        self.computed = 0  # searches not answered from the cache
+
+    def search(self, text: str) -> list[tuple[Any, float]]:
+        """Concepts by score (0-100) as `CodeTable.search` ranks them: the best, every concept within
+        TIE of it, and whatever else was scored on the way (not all of the rest)."""
+        query = utils.default_process(text)
+        hits = self.cache.get(query)
+        if hits is None:
+            if len(self.cache) >= CACHE_SIZE:
+                self.cache.clear()
+            hits = self.cache[query] = self._rank(query)
+            self.computed += 1
+        return hits
+
+    def _rank(self, query: str) -> list[tuple[Any, float]]:
+        if not self.names:
+            return []
+        token_set = process.cdist(
+            [query], self.names, scorer=fuzz.token_set_ratio, processor=None, dtype=np.float64, workers=1
+        )[0]
+        bound = 50.0 + 0.5 * token_set  # the score with WRatio at its maximum, 100
+        order = np.argsort(-bound, kind="stable")
+        best: dict[int, float] = {}
+        done, step = 0, 32
+        while done < len(order):
+            batch = order[done : done + step]
+            wratio = process.cdist(
+                [query], [self.names[i] for i in batch], scorer=fuzz.WRatio, processor=None,
+                dtype=np.float64, workers=1,
+            )[0]  # fmt: skip
+            for i, score in zip(
+                batch.tolist(), (0.5 * wratio + 0.5 * token_set[batch]).tolist(), strict=True
+            ):
+                owner = self.owner[i]
+                if score > best.get(owner, -1.0):
+                    best[owner] = score
+            done, step = done + len(batch), step * 4
+            # stop when no name left can come within TIE of the best: the top and its ties are final
+            if done < len(order) and bound[order[done]] < max(best.values()) - TIE:
+                break
+        ranked = sorted(
+            ((self.concepts[o], s) for o, s in best.items()),
+            key=lambda cs: (-cs[1], len(cs[0].display), cs[0].code),
+        )
+        return ranked
+
+
+@functools.cache
+def search_index(table: Any) -> SearchIndex:
+    """The table's index, built once per process (the catalogue itself is loaded once)."""
+    return SearchIndex(table)
+
+
 def best_code(table: Any, text: str, threshold: float) -> tuple[str | None, float | None, str]:
     """(code, score, reason) of the catalogue concept the text names, or (None, score, why not)."""
-    hits = table.search(text, limit=8)
+    hits = search_index(table).search(text)
     if not hits:
         return None, None, "no match"
     top = hits[0][1]
@@ -161,4 +238,13 @@ def ground(
     return ClinicalExtraction.model_validate(data), corrections
 
 
-__all__ = ["CATEGORY_LEVEL", "TARGETS", "Correction", "best_code", "ground", "why_ground"]
+__all__ = [
+    "CATEGORY_LEVEL",
+    "TARGETS",
+    "Correction",
+    "SearchIndex",
+    "best_code",
+    "ground",
+    "search_index",
+    "why_ground",
+]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from clinsynth.extraction.documents import Doc
-from clinsynth.extraction.grounding import best_code, ground, why_ground
+from clinsynth.extraction.grounding import TIE, best_code, ground, search_index, why_ground
 from clinsynth.extraction.llm import RunStats, finish_outcome
 from clinsynth.extraction.parse import Parsed
 from clinsynth.schema import ClinicalExtraction
@@ -131,3 +131,39 @@ def test_nothing_to_ground_returns_the_same_extraction(cat) -> None:
     ex = ClinicalExtraction.model_validate({"diagnoses": [{"text": "Prostatakarzinom", "icd10gm": "C61"}]})
     out, corrections = ground(ex, cat)
     assert out is ex and corrections == []
+
+
+TEXTS = {
+    "icd10gm": ["Mammakarzinom links", "COPD", "Kopfschmerz", "Arterielle Hypertonie", "Rektumkarzinom",
+                "Lebermetastasen", "Diabetes mellitus Typ 2", "Bösartige Neubildung", "xyz"],
+    "ops": ["Sigmaresektion", "Portimplantation", "Chemotherapie", "Bestrahlung"],
+    "atc": ["Pantoprazol", "Oxaliplatin", "Ondansetron", "Metformin", "Ramipril"],
+    "loinc": ["Leukozyten", "Hämoglobin", "CEA", "Kreatinin"],
+    "icdo3_morphology": ["Adenokarzinom", "Plattenepithelkarzinom", "Diffuses malignes"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("table_name", sorted(TEXTS))
+def test_the_index_ranks_the_top_as_the_catalogue_search_does(cat, table_name: str) -> None:
+    """Pre-normalised names scored in rapidfuzz's C loops give the catalogue search's own scores for the
+    best concept and its ties (the old 8-hit list could cut a tie group short: compared within it)."""
+    table = getattr(cat, table_name)
+    for text in TEXTS[table_name]:
+        old = table.search(text, limit=8)
+        new = search_index(table).search(text)
+        top = old[0][1]
+        assert new[0][1] == top, text
+        old_tied = {c.code for c, s in old if s >= top - TIE}
+        new_tied = {c.code for c, s in new if s >= top - TIE}
+        assert old_tied <= new_tied and (len(old_tied) == len(new_tied) or len(old) == 8), text
+
+
+def test_a_repeated_text_is_searched_once(cat) -> None:
+    index = search_index(cat.atc)
+    index.cache.clear()
+    before = index.computed
+    first = best_code(cat.atc, "Pantoprazol", 90)
+    # the same text after normalisation (case, punctuation, blanks): answered from the cache
+    assert best_code(cat.atc, "  PANTOPRAZOL. ", 90) == first == best_code(cat.atc, "pantoprazol", 90)
+    assert index.computed == before + 1 and first[0] == "A02BC02"
+    assert search_index(cat.atc) is index  # one index per table
