@@ -84,7 +84,8 @@ class ExtractSection(StageConfig):
     max_tokens: int | None = identity(ge=1, why="per letter; a longer answer is cut and marked truncated")
     guided: GuidedConfig | None = identity()
     enable_thinking: bool | None = identity(
-        why="chat_template_kwargs enable_thinking (Qwen3); null: the template's default"
+        why="oneshot: chat_template_kwargs enable_thinking (Qwen3); null: the template's default; "
+        "finetuned: dropped (prompted exactly as trained)"
     )
     ground: bool = identity(
         why="map missing codes, and codes of no catalogue category, from their text (predictions/); "
@@ -101,8 +102,12 @@ class ExtractSection(StageConfig):
     @model_validator(mode="before")
     @classmethod
     def _drop_unused(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (data.get("extractor") or {}).get("kind") == "rules":
+        kind = (data.get("extractor") or {}).get("kind") if isinstance(data, dict) else None
+        if kind == "rules":
             data = {**data, **dict.fromkeys(LLM_KEYS)}
+        elif kind == "finetuned":
+            # prompted as trained (chat_template_kwargs found from the training tokenizer): not a choice
+            data = {**data, "enable_thinking": None}
         return data
 
     @model_validator(mode="after")

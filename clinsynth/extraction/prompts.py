@@ -1,7 +1,11 @@
 """Prompts of the LLM extractors.
 
 - `finetuned`: exactly the training prompt (clinsynth.training.chat.prompt_messages with the
-  dataset's `schema_in_prompt`): a fine-tuned model sees at inference what it saw in training.
+  dataset's `schema_in_prompt`), rendered with the chat-template switches under which the generation
+  prompt is, token for token, what training put before every answer (`trained_template_kwargs`:
+  Qwen3's template writes an empty think block before a trained answer, which only
+  enable_thinking=false writes into the generation prompt): a fine-tuned model sees at inference
+  what it saw in training, whatever extract.enable_thinking says.
 - `oneshot`: general instruct models, as in the study: the same rules, the schema, and ONE worked
   example (a letter and its answer in the canonical compact form) as a user/assistant exchange
   before the letter. The example letter and its gold were written for this module: a fictitious
@@ -17,7 +21,14 @@ import orjson
 
 from clinsynth.schema import ClinicalExtraction, json_schema
 from clinsynth.training.answer import canonical_answer
-from clinsynth.training.chat import SYSTEM, compact_schema, prompt_messages
+from clinsynth.training.chat import (
+    SYSTEM,
+    TemplateError,
+    compact_schema,
+    example_messages,
+    prompt_messages,
+    tokenize_example,
+)
 
 #: bump when the one-shot wording or example changes (it enters the extract stage's version)
 ONESHOT_VERSION = 1
@@ -166,11 +177,39 @@ def finetuned_messages(letter_text: str, *, schema_in_prompt: str) -> list[dict[
     return prompt_messages(letter_text, schema_in_prompt=schema_in_prompt)
 
 
+#: chat-template switches tried, in order, for the generation prompt a fine-tuned model was trained on
+#: (training renders with none; a template may still write text before the answer, e.g. Qwen3's think block)
+TEMPLATE_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"enable_thinking": False}, {"enable_thinking": True})
+
+
+def trained_template_kwargs(tokenizer: Any, *, schema_in_prompt: str) -> dict[str, Any]:
+    """The chat_template_kwargs under which the generation prompt's tokens are exactly the prompt tokens
+    of a training example (clinsynth.training.chat.tokenize_example), found on a probe letter."""
+    conversation = example_messages("Brief.", "{}", schema_in_prompt=schema_in_prompt)
+    example = tokenize_example(tokenizer, conversation)
+    trained = example.input_ids[: example.n_prompt]
+    for kwargs in TEMPLATE_CANDIDATES:
+        text = tokenizer.apply_chat_template(
+            conversation[:-1], tokenize=False, add_generation_prompt=True, **kwargs
+        )
+        # as the backends tokenize a rendered chat: the template holds any BOS itself
+        if tokenizer(str(text), add_special_tokens=False)["input_ids"] == trained:
+            return dict(kwargs)
+    before = tokenizer.decode(trained[-8:])
+    raise TemplateError(
+        f"chat template of {getattr(tokenizer, 'name_or_path', '?')}: no generation prompt (tried "
+        f"{list(TEMPLATE_CANDIDATES)}) is the prompt the model was trained on (ending {before!r}); "
+        "set train.model.chat_template to a template whose generation prompt ends where the answer starts"
+    )
+
+
 __all__ = [
     "EXAMPLE_GOLD",
     "EXAMPLE_LETTER",
     "ONESHOT_VERSION",
+    "TEMPLATE_CANDIDATES",
     "example_answer",
     "finetuned_messages",
     "oneshot_messages",
+    "trained_template_kwargs",
 ]

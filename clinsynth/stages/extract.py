@@ -23,7 +23,12 @@ from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.extraction.config import ExtractConfig, ExtractSection, FinetunedExtractor, OneshotExtractor
 from clinsynth.extraction.documents import documents, fingerprint
-from clinsynth.extraction.prompts import ONESHOT_VERSION, finetuned_messages, oneshot_messages
+from clinsynth.extraction.prompts import (
+    ONESHOT_VERSION,
+    finetuned_messages,
+    oneshot_messages,
+    trained_template_kwargs,
+)
 from clinsynth.extraction.store import ChunkStore
 from clinsynth.training.chat import PROMPT_VERSION
 
@@ -107,6 +112,38 @@ def _finetuned(ex: FinetunedExtractor, ctx: StageContext) -> tuple[str, Path | N
     )
 
 
+def _trained_tokenizer(weights_dir: Path, model_cfg: dict[str, Any], ctx: StageContext) -> Any:
+    """The tokenizer training saved beside the adapter / merged model (else the base model's), with
+    model.chat_template applied as the backends apply it."""
+    from clinsynth.llm.weights import chat_template, load_tokenizer
+
+    if not (weights_dir / "tokenizer_config.json").is_file():
+        assert ctx.cache_dir is not None
+        return load_tokenizer(model_cfg, ctx.cache_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
+    tpl = chat_template(model_cfg)
+    if tpl:
+        tokenizer.chat_template = tpl
+    return tokenizer
+
+
+def _template_kwargs(
+    ec: ExtractSection, ctx: StageContext, model_cfg: dict[str, Any], trained: tuple[str, Path] | None
+) -> dict[str, Any]:
+    """chat_template_kwargs: finetuned, those that reproduce the training prompt (extract.enable_thinking
+    is not used: the config drops it); oneshot, extract.enable_thinking where set."""
+    if trained is not None:
+        schema_in_prompt, weights_dir = trained
+        kwargs = trained_template_kwargs(
+            _trained_tokenizer(weights_dir, model_cfg, ctx), schema_in_prompt=schema_in_prompt
+        )
+        ctx.logger.info("fine-tuned model prompted as trained: chat_template_kwargs %s", kwargs or "{}")
+        return kwargs
+    return {} if ec.enable_thinking is None else {"enable_thinking": ec.enable_thinking}
+
+
 def _runner(cfg: ExtractConfig, ctx: StageContext, catalog: Any) -> tuple[Any, Any]:
     """(runner, backend or None) for the configured extractor; the engine starts here."""
     from clinsynth.extraction.guided import decoding_schema
@@ -124,9 +161,13 @@ def _runner(cfg: ExtractConfig, ctx: StageContext, catalog: Any) -> tuple[Any, A
     model_cfg = model.model_dump()
     backend_cfg = ec.backend.model_dump()
     adapter = None
+    trained: tuple[str, Path] | None = None
     if isinstance(ex, FinetunedExtractor):
         schema_in_prompt, adapter_dir, merged = _finetuned(ex, ctx)
         messages = functools.partial(finetuned_messages, schema_in_prompt=schema_in_prompt)
+        weights_dir = adapter_dir or merged
+        assert weights_dir is not None  # _finetuned found one
+        trained = (schema_in_prompt, weights_dir)
         if merged is not None:
             model_cfg = {**model_cfg, "kind": "pretrained", "path": str(merged)}
         if adapter_dir is not None:
@@ -138,8 +179,9 @@ def _runner(cfg: ExtractConfig, ctx: StageContext, catalog: Any) -> tuple[Any, A
     else:
         assert isinstance(ex, OneshotExtractor)
         messages = functools.partial(oneshot_messages, schema_in_prompt=ex.schema_in_prompt)
-    if ec.enable_thinking is not None:
-        backend_cfg["chat_template_kwargs"] = {"enable_thinking": ec.enable_thinking}
+    template_kwargs = _template_kwargs(ec, ctx, model.model_dump(), trained)
+    if template_kwargs:
+        backend_cfg["chat_template_kwargs"] = template_kwargs
     backend = _make_backend(backend_cfg, model_cfg, ec.sampling.model_dump(), ctx)
     schema = decoding_schema(ec.guided.max_items, ec.guided.max_string) if ec.guided.enabled else None
     runner = LLMRunner(
