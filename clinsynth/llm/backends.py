@@ -210,12 +210,16 @@ def vllm_engine_kwargs(
         kwargs["max_lora_rank"] = int(backend_cfg.get("max_lora_rank") or 16)
         kwargs["max_loras"] = int(backend_cfg.get("max_loras") or 1)
     guided = backend_cfg.get("structured_outputs_backend")
-    if guided or backend_cfg.get("disable_any_whitespace"):
+    reasoning = backend_cfg.get("reasoning_parser")
+    if guided or backend_cfg.get("disable_any_whitespace") or reasoning:
         # guided decoding's backend and whitespace are chosen per engine, not per request
         kwargs["structured_outputs_config"] = {
             "backend": guided or "auto",
             "disable_any_whitespace": bool(backend_cfg.get("disable_any_whitespace")),
         }
+        if reasoning:
+            # a reasoning model (GPT-OSS, thinking Qwen3): the grammar holds the answer after its reasoning
+            kwargs["structured_outputs_config"]["reasoning_parser"] = str(reasoning)
     return kwargs
 
 
