@@ -71,7 +71,7 @@ class GuidedConfig(StageConfig):
 
 
 #: keys only the LLM extractors read: nulled for rules so that they stay out of its stage id
-LLM_KEYS = ("backend", "model", "sampling", "max_tokens", "guided", "enable_thinking")
+LLM_KEYS = ("backend", "model", "sampling", "max_tokens", "guided", "enable_thinking", "reasoning_parser")
 
 
 class ExtractSection(StageConfig):
@@ -84,8 +84,15 @@ class ExtractSection(StageConfig):
     max_tokens: int | None = identity(ge=1, why="per letter; a longer answer is cut and marked truncated")
     guided: GuidedConfig | None = identity()
     enable_thinking: bool | None = identity(
-        why="oneshot: chat_template_kwargs enable_thinking (Qwen3); null: the template's default; "
-        "finetuned: dropped (prompted exactly as trained)"
+        None,
+        why="oneshot: chat_template_kwargs enable_thinking (the qwen3_* presets set false); null: the "
+        "template's default; finetuned: dropped (prompted exactly as trained)",
+    )
+    reasoning_parser: str | None = identity(
+        None,
+        why="vLLM reasoning parser (structured_outputs_config.reasoning_parser): guided decoding holds "
+        "the answer after the model's reasoning instead of forcing '{' as its first token (gpt_oss_*: "
+        "openai_gptoss; qwen3_8b/32b: qwen3); null: none",
     )
     ground: bool = identity(
         why="map missing codes, and codes of no catalogue category, from their text (predictions/); "

@@ -182,6 +182,11 @@ def _runner(cfg: ExtractConfig, ctx: StageContext, catalog: Any) -> tuple[Any, A
     template_kwargs = _template_kwargs(ec, ctx, model.model_dump(), trained)
     if template_kwargs:
         backend_cfg["chat_template_kwargs"] = template_kwargs
+    if ec.reasoning_parser:
+        if ec.backend.kind == "vllm":
+            backend_cfg["reasoning_parser"] = ec.reasoning_parser
+        else:  # a server's own --reasoning-parser decides (vLLM picks openai_gptoss for GPT-OSS itself)
+            ctx.logger.info("extract.reasoning_parser=%s: used by the vllm backend only", ec.reasoning_parser)
     backend = _make_backend(backend_cfg, model_cfg, ec.sampling.model_dump(), ctx)
     schema = decoding_schema(ec.guided.max_items, ec.guided.max_string) if ec.guided.enabled else None
     runner = LLMRunner(

@@ -3,7 +3,9 @@ every shipped preset validates; the stage needs what the extractor reads."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,12 +14,6 @@ from clinsynth.stages import extract
 from launchers.plan import PlanError, stage_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.mark.parametrize("model", sorted(p.stem for p in (REPO / "conf/extract/model").glob("*.yaml")))
-def test_every_one_shot_preset_validates(model: str) -> None:
-    cfg = stage_config("extract", ["extract/extractor=oneshot", f"extract/model={model}"])
-    assert cfg.extract.llm_model is not None and cfg.extract.llm_model.name == model.replace("_packaged", "")
 
 
 def test_the_fine_tuned_extractor_runs_the_train_model() -> None:
@@ -77,3 +73,66 @@ def test_lora_rank_is_rounded_up_to_what_vllm_takes(tmp_path: Path) -> None:
     assert extract.lora_rank(tmp_path) == 16
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     assert extract.lora_rank(tmp_path) == 8
+
+
+#: preset -> (chat_template_kwargs, vLLM reasoning parser) the stage gives the engine
+REASONING = {
+    "qwen3_8b": ({"enable_thinking": False}, "qwen3"),
+    "qwen3_32b": ({"enable_thinking": False}, "qwen3"),
+    "qwen3_235b": ({"enable_thinking": False}, None),
+    "gpt_oss_20b": (None, "openai_gptoss"),
+    "gpt_oss_120b": (None, "openai_gptoss"),
+}
+
+
+def _engine(cfg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict, dict]:
+    """(backend config the stage builds, vllm.LLM arguments from it) on a GPU node, no engine started."""
+    from clinsynth.core.context import StageContext
+    from clinsynth.llm import backends
+
+    seen: dict = {}
+    monkeypatch.setattr(
+        extract, "_make_backend", lambda b, m, *a: seen.update(backend=b, model=m) or object()
+    )
+    monkeypatch.setattr(backends, "_vllm_on_cpu", lambda: False)
+    ctx = StageContext(stage="extract", stage_id="t", stage_dir=tmp_path, inputs={}, cache_dir=tmp_path)
+    extract._runner(cfg, ctx, None)
+    path = seen["model"].get("path") or "built-here"
+    return seen["backend"], backends.vllm_engine_kwargs(path, seen["backend"], seen["model"])
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (REPO / "conf/extract/model").glob("*.yaml")))
+def test_every_one_shot_preset_validates_and_reasoning_models_think_before_the_grammar(
+    model: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Guided decoding forces '{' as the first token: a Qwen3 preset asks for no thinking, and GPT-OSS
+    (harmony analysis channel first) and a thinking Qwen3 get vLLM's reasoning parser, so the grammar
+    holds the answer after the reasoning (enable_in_reasoning stays off)."""
+    cfg = stage_config(
+        "extract", ["extract/extractor=oneshot", "extract/backend=vllm", f"extract/model={model}"]
+    )
+    assert cfg.extract.llm_model is not None and cfg.extract.llm_model.name == model.replace("_packaged", "")
+    kwargs, parser = REASONING.get(model, (None, None))
+    backend_cfg, engine = _engine(cfg, monkeypatch, tmp_path)
+    assert backend_cfg.get("chat_template_kwargs") == kwargs
+    so = engine["structured_outputs_config"]
+    assert so.get("reasoning_parser") == parser and not so.get("enable_in_reasoning")
+    assert so["backend"] == "guidance" and so["disable_any_whitespace"] is True
+    if model == "qwen3_8b":  # thinking asked for: it thinks, and the grammar waits for </think>
+        on = stage_config(
+            "extract", ["extract/extractor=oneshot", f"extract/model={model}", "extract.enable_thinking=true"]
+        )
+        backend_cfg, engine = _engine(on, monkeypatch, tmp_path)
+        assert backend_cfg["chat_template_kwargs"] == {"enable_thinking": True}
+        assert engine["structured_outputs_config"]["reasoning_parser"] == "qwen3"
+
+
+def test_the_reasoning_parsers_named_are_vllms() -> None:
+    """Names vLLM 0.32 registers (read from its registry module: importing vLLM takes ~15 s)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("vllm is not installed")
+    registry = (Path(next(iter(spec.submodule_search_locations))) / "reasoning" / "__init__.py").read_text()
+    for _, parser in REASONING.values():
+        if parser:
+            assert f'"{parser}"' in registry, parser
