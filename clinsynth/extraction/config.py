@@ -70,6 +70,12 @@ class GuidedConfig(StageConfig):
     max_string: int = identity(ge=1, why="maxLength of every free-text string in the decoding schema")
 
 
+#: chunk = this x the backend's batch by default: vLLM's batch drains at the end of every engine call (the
+#: last long answers decode nearly alone), so one call holds several batches' worth of letters
+CHUNK_PER_BATCH = 4
+#: the rules baseline's chunk (no engine: only the atomic write's size)
+RULES_CHUNK = 1024
+
 #: keys only the LLM extractors read: nulled for rules so that they stay out of its stage id
 LLM_KEYS = ("backend", "model", "sampling", "max_tokens", "guided", "enable_thinking", "reasoning_parser")
 
@@ -104,7 +110,11 @@ class ExtractSection(StageConfig):
     letters: str | None = identity(
         why="a folder of external *.txt letters (searched recursively); names, sizes, mtimes enter the id"
     )
-    chunk: int = operational(ge=1, why="letters per atomic write; each letter has its own seed")
+    chunk: int | None = operational(
+        ge=1,
+        why="letters per engine call and atomic write (each letter has its own seed); null: CHUNK_PER_BATCH "
+        "x the backend's batch (vllm max_num_seqs, openai concurrency, hf batch_size), rules RULES_CHUNK",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -145,6 +155,20 @@ class ExtractSection(StageConfig):
         return self
 
     @property
+    def chunk_size(self) -> int:
+        """extract.chunk, or CHUNK_PER_BATCH x the backend's batch width when null."""
+        if self.chunk is not None:
+            return self.chunk
+        b = self.backend
+        width = (
+            b.max_num_seqs if isinstance(b, ExtractVllmBackend)
+            else b.concurrency if isinstance(b, ExtractOpenAIBackend)
+            else b.batch_size if isinstance(b, HfBackend)
+            else None
+        )  # fmt: skip
+        return RULES_CHUNK if width is None else CHUNK_PER_BATCH * width
+
+    @property
     def llm_model(self) -> Model | None:
         """The model the LLM extractor runs (the base model for finetuned)."""
         ex = self.extractor
@@ -157,6 +181,8 @@ class ExtractConfig(StageConfig):
 
 
 __all__ = [
+    "CHUNK_PER_BATCH",
+    "RULES_CHUNK",
     "ExtractBackend",
     "ExtractConfig",
     "ExtractOpenAIBackend",

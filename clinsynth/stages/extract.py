@@ -226,7 +226,7 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
             "extract: no letters to read (no test-split letters, no development letters here, "
             f"extract.letters={ec.letters!r}): sample more patients, or point extract.letters at a folder"
         )
-    chunk = ec.chunk
+    chunk = ec.chunk_size
     store = ChunkStore(ctx.stage_dir, ctx.shard, chunk)
     n_chunks = (len(docs) + chunk - 1) // chunk
     todo = store.missing(n_chunks)
@@ -282,6 +282,7 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
         and ec.backend is not None
         and ec.backend.kind != "hf",
         "ground": ec.ground,
+        "chunk": chunk,
         "engine_start_s": round(start_s, 3),
         # from the engine start to the last chunk written: prompts, engine calls, parsing, grounding, writes
         "work_s": round(work_end - t0 - start_s, 3),

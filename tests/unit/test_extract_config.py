@@ -136,3 +136,21 @@ def test_the_reasoning_parsers_named_are_vllms() -> None:
     for _, parser in REASONING.values():
         if parser:
             assert f'"{parser}"' in registry, parser
+
+
+def test_a_chunk_holds_several_engine_batches_by_default() -> None:
+    """vLLM's batch drains at the end of each engine call: a chunk of exactly max_num_seqs letters ran
+    part of every call on a thinning batch. Null derives 4x the backend's batch; it stays operational."""
+    default = stage_config("extract", ["extract/extractor=finetuned", "extract/backend=vllm"])
+    backend = default.extract.backend
+    assert backend is not None and backend.kind == "vllm"
+    assert default.extract.chunk is None and default.extract.chunk_size == 4 * backend.max_num_seqs == 1024
+    wide = stage_config("extract", ["extract/extractor=finetuned", "extract.backend.max_num_seqs=64"])
+    assert wide.extract.chunk_size == 256
+    assert (
+        stage_config("extract", ["extract/extractor=finetuned", "extract/backend=hf"]).extract.chunk_size
+        == 32
+    )
+    assert stage_config("extract", ["extract/extractor=rules"]).extract.chunk_size == 1024
+    set_ = stage_config("extract", ["extract/extractor=finetuned", "extract.chunk=7"])
+    assert set_.extract.chunk_size == 7 and identity_view(set_) == identity_view(default)
