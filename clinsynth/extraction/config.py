@@ -108,7 +108,7 @@ class ExtractSection(StageConfig):
     test_letters: bool = identity(why="the synthetic test split (needs sample + generate)")
     dev_letters: bool = identity(why="the six GraSCCo development letters, where the corpus copy is present")
     letters: str | None = identity(
-        why="a folder of external *.txt letters (searched recursively); names, sizes, mtimes enter the id"
+        why="a folder of external *.txt letters (searched recursively); names, sizes, contents enter the id"
     )
     chunk: int | None = operational(
         ge=1,

@@ -61,7 +61,7 @@ def _requires(cfg: ExtractConfig) -> list[tuple[str, str]]:
 
 
 def _inputs(cfg: ExtractConfig) -> Any:
-    """External letters and the dev letters present here: names, sizes and mtimes enter the stage id."""
+    """External letters and the dev letters present here: names, sizes and contents enter the stage id."""
     return fingerprint(cfg.extract.letters, cfg.extract.dev_letters)
 
 
