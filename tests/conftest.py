@@ -17,6 +17,10 @@ def _offline_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     wandb_dir = tmp_path_factory.getbasetemp() / "wandb-home"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    # an in-process trainer (accelerate/DeepSpeed) may leave the torch.distributed variables behind; a
+    # later cluster=debug job in the same worker would then refuse to export its own (submitit)
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(wandb_dir / var.lower()))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 COMMON = [
     "+experiment=smoke",
+    "pipeline=[train]",
     "tracking=disabled",
     "cohort.patients=6",
     "train/model=tiny",
