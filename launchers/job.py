@@ -151,7 +151,10 @@ def _export_distributed(world_size: int, job_id: str) -> None:
         env = submitit.helpers.TorchDistributedEnvironment()
         if "MASTER_PORT" not in os.environ:  # the same on every rank and every attempt of the job
             env.master_port = random.Random(f"master-port:{job_id}").randint(*MASTER_PORTS)
-        env.export(set_cuda_visible_devices=False)
+        else:
+            env.master_port = int(os.environ["MASTER_PORT"])
+        # overwrite: a vLLM engine built earlier in this process (cluster=debug) sets LOCAL_WORLD_SIZE
+        env.export(set_cuda_visible_devices=False, overwrite=True)
 
 
 class StageTask(submitit.helpers.Checkpointable):
