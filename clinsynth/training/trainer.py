@@ -37,14 +37,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clinsynth.core.atomic import write_json
 from clinsynth.core.context import StageContext
 from clinsynth.training.config import TrainConfig, TrainSection
-
-if TYPE_CHECKING:
-    pass
 
 #: assumed CPU peak per core (fp32 FLOP/s) for the MFU estimate; see the module docstring
 CPU_PEAK_FLOPS_PER_CORE = 100e9
