@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from launchers.compare import CompareError, base_label, variant_overrides, variants
+from launchers.compare import report as compare_report
 from launchers.status import print_status
 from launchers.summary import console_for
 
@@ -76,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FailedJobError,
         SlurmUnavailable,
         ImportError,
+        CompareError,
     )
 
     if multirun:
@@ -93,6 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain = result.plan.plain
             if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
                 ok &= wait_for(result, console, out=out)
+            named = [(base_label(plain), result.plan.run_dir)]
+            for variant in variants(plain):
+                # `compare:` (launchers/compare.py): the same launch with the variant's overrides
+                console.rule(f"compare: {variant.name} ({' '.join(variant.overrides)})")
+                other = launch(variant_overrides(point, variant), console=out, err=console)
+                if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
+                    ok &= wait_for(other, console, out=out)
+                named.append((variant.name, other.plan.run_dir))
+            if len(named) > 1 and not plain.get("dry_run"):
+                compare_report(out, result.plan.run_dir, named)
         except (LaunchStopped, WaitStopped) as exc:
             # one line: what was stopped (or what keeps running on Slurm) and how to go on
             console.print(str(exc), style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -16,9 +16,10 @@ from clinsynth.core.secrets import Scrubber
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-#: Top-level keys that say where and how a run executes, never what it computes.
+#: Top-level keys that say where and how a run executes, never what it computes (`compare` launches
+#: other runs beside this one: launchers/compare.py).
 OPERATIONAL_KEYS = frozenset(
-    {"cluster", "resources", "tracking", "paths", "wait", "dry_run", "stage_modules", "hydra"}
+    {"cluster", "resources", "tracking", "paths", "wait", "dry_run", "stage_modules", "compare", "hydra"}
 )
 
 # whole words at the end of a key: hf_token, password, api_key — not max_tokens

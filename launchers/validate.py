@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clinsynth.core.config import ConfigError, explain
 from clinsynth.core.registry import StageSpec
+from launchers.compare import CompareError, variants
 from launchers.config import OPERATIONAL_KEYS
 
 #: top-level keys the launcher owns: the operational ones, plus what to run
@@ -91,6 +92,7 @@ class Launcher(_Strict):
     wait: bool
     dry_run: bool
     stage_modules: list[str]
+    compare: dict[str, list[str]] | None
     cluster: LocalCluster | DebugCluster | SlurmCluster = Field(discriminator="executor")
     tracking: Tracking
 
@@ -110,6 +112,11 @@ def validate_launcher(plain: dict[str, Any]) -> list[str]:
         Launcher.model_validate({k: plain.get(k) for k in LAUNCHER_KEYS - {"resources"}})
     except ValidationError as exc:
         errors.append(str(explain(exc, Launcher, "")))
+    else:
+        try:
+            variants(plain)
+        except CompareError as exc:
+            errors.append(str(exc))
     resources = plain.get("resources") or {}
     for stage in sorted(resources):
         # a stage's resources are resources.default overlaid with resources.<stage>
