@@ -19,6 +19,7 @@ usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and s
        python -m launch --cfg [overrides ...]                  print the composed config
        python -m launch status RUN_FOLDER                      stage and shard state
        python -m launch score gold=GOLD.jsonl pred=PRED.jsonl  score extractions (launchers/score.py)
+       python -m launch summary FOLDER... [out=DIR]            runs side by side: summary.csv, .png
 
 Operational keys: cluster=local|debug|slurm, resources/<stage>=..., resources.<stage>.KEY=...,
 tracking=offline|wandb|disabled, wait=true, dry_run=true. See README.md and conf/.
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from launchers.score import main as score
 
         return score(args[1:])
+    if args and args[0] == "summary":
+        from launchers.results import main as summary
+
+        return summary(args[1:])
     if args and args[0] == "--cfg":
         from omegaconf import OmegaConf
 
@@ -56,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(OmegaConf.to_yaml(OmegaConf.create(redact(to_plain(compose_config(args[1:]))))))
         return 0
+    from launchers.wandb_sweep import SweepRun
+
+    sweep = SweepRun.take_from_env()  # under `wandb agent`: no stage task may log into the sweep's run
     multirun = bool(args) and args[0] in ("-m", "--multirun")
     if multirun:
         args = args[1:]
@@ -88,12 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = [args]
     out = console_for()
     ok = True
+    run_dirs: list[Path] = []
     for point in points:
         if multirun:
             console.rule(" ".join(point))
         try:
             result = launch(point, console=out, err=console)
             plain = result.plan.plain
+            run_dirs.append(result.plan.run_dir)
             if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
                 ok &= wait_for(result, console, out=out)
             named = [(base_label(plain), result.plan.run_dir)]
@@ -123,4 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             console.print(f"error: {why}", style="red", markup=False, highlight=False, soft_wrap=True)
             return 1
+    if sweep is not None:  # the sweep's run gets the point's metrics (launchers/wandb_sweep.py)
+        ok = sweep.report(run_dirs, console) and ok
     return 0 if ok else 1
