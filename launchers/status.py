@@ -22,6 +22,7 @@ from rich.table import Table
 
 from clinsynth.core.atomic import read_json, write_json
 from clinsynth.core.context import latest_checkpoint, unit_checkpoint_dir
+from clinsynth.core.progress import format_duration, progress_line, read_progress
 from launchers import slurm_state
 from launchers.folders import StageFolder
 from launchers.states import StageState
@@ -53,6 +54,8 @@ class UnitStatus:
     #: how the unit's last attempt ended, when it failed, stopped or died ("killed by signal 9
     #: (SIGKILL)", "out of memory (Slurm: OUT_OF_MEMORY)", "stopped by SIGTERM ...")
     reason: str | None = None
+    #: a running unit's last progress record (clinsynth/core/progress.py) written by this attempt
+    progress: dict[str, Any] | None = None
 
 
 @dataclass
@@ -183,6 +186,28 @@ def died(
     return False, None
 
 
+def live_progress(stage_dir: Path, unit: int, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The running unit's progress record when its current attempt wrote it (an earlier attempt's
+    file is not this attempt's progress)."""
+    prog = read_progress(stage_dir, unit)
+    if prog is None:
+        return None
+    started = rec.get("start")
+    if isinstance(started, (int, float)) and float(prog.get("updated_at") or 0) < started:
+        return None
+    return prog
+
+
+def progress_text(prog: dict[str, Any], now: float | None = None) -> str:
+    """`37/43 letters (86%), 2.1 letters/s, ~3 s left, updated 4 s ago`."""
+    age = max(0.0, (now if now is not None else time.time()) - float(prog.get("updated_at") or 0))
+    line = progress_line(
+        None, int(prog["done"]), prog.get("total"), str(prog.get("unit") or "items"), prog.get("rate"),
+        prog.get("eta_s"),
+    )  # fmt: skip
+    return f"{line}, updated {format_duration(age)} ago"
+
+
 def _checkpoint_of(folder: StageFolder, unit: int, array: bool) -> tuple[float, Path] | None:
     """Array shards keep one checkpoint each; all ranks of a single or multi-rank job share one."""
     return latest_checkpoint(unit_checkpoint_dir(folder.path, unit if array else None))
@@ -237,6 +262,7 @@ def stage_status(folder: StageFolder, live: dict[str, tuple[str, str]] | None = 
             checkpoint=_checkpoint_of(folder, unit, array),
             slurm=job,
             reason=reason,
+            progress=live_progress(folder.path, unit, rec) if state == S.RUNNING else None,
         )
     by_state: dict[StageState, list[int]] = {}
     for u in units.values():
@@ -392,7 +418,7 @@ def print_status(
     rows = [(s, u) for s in statuses for u in s.units.values() if _interesting(u)]
     if rows:
         units = Table(title="units")
-        for col in ("stage", "unit", "state", "attempts", "host / job", "last checkpoint", "why"):
+        for col in ("stage", "unit", "state", "progress", "attempts", "host / job", "last checkpoint", "why"):
             units.add_column(col, no_wrap=col in ("stage", "unit", "state"), overflow="fold")
         for s, u in rows[:max_units]:
             where = " / ".join(x for x in (u.host, u.job_id) if x) or "-"
@@ -400,7 +426,8 @@ def print_status(
                 tid, state, reason = u.slurm
                 where += f" [{tid} {state}" + (f" {reason}" if reason not in ("", "None") else "") + "]"
             ckpt = f"{_when(u.checkpoint[0])} {_short(u.checkpoint[1], s.path)}" if u.checkpoint else "-"
-            units.add_row(s.stage, str(u.unit), u.state, _attempts(u), where, ckpt, u.reason or "-")
+            prog = progress_text(u.progress) if u.progress else "-"
+            units.add_row(s.stage, str(u.unit), u.state, prog, _attempts(u), where, ckpt, u.reason or "-")
         console.print(units)
         if len(rows) > max_units:
             console.print(f"... and {len(rows) - max_units} more units", markup=False)

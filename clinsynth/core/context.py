@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from clinsynth.core.atomic import atomic_path, read_json, write_json
+from clinsynth.core.progress import ProgressReporter, progress_path
 from clinsynth.core.tracking import NullTracker, Tracker
 
 T = TypeVar("T")
@@ -148,10 +149,22 @@ class StageContext:
     tracker: Tracker = field(default_factory=NullTracker)
     #: set by the launcher's signal handler; read it through `stop_requested` / `should_stop()`
     stop_signal: StopSignal = field(default_factory=StopSignal, repr=False)
+    _progress: ProgressReporter | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def progress(self, done: int, total: int | None, unit: str = "items") -> None:
+        """`done` of `total` `unit`s so far (total None: unknown): a log line every ~10 s and
+        `<stage_dir>/progress/<shard>.json` for `launch status` (clinsynth/core/progress.py).
+        Cheap enough to call per item; rank 0 reports, other ranks' calls do nothing."""
+        if not self.is_main:
+            return
+        if self._progress is None:
+            path = progress_path(self.stage_dir, self.shard)
+            self._progress = ProgressReporter(self.stage, path, self.logger, attempt=self.attempt)
+        self._progress.update(done, total, unit)
 
     def items(self, seq: Sequence[T]) -> Sequence[T]:
         """This shard's share of `seq`: items shard, shard+N, shard+2N, ..."""
