@@ -33,8 +33,6 @@ from clinsynth.training.config import DatasetConfig
 
 #: letters tokenised per batch (one encode each; the first of a batch is also held to the strict prefix rule)
 BATCH = 256
-#: a progress line every this many letters
-PROGRESS_EVERY = 2000
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -126,6 +124,7 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
                     "one split per patient", f"{patient_split[pid]!r} and {split!r}",
                 )  # fmt: skip
             done += 1
+            ctx.progress(done, total, "letters")
             if split not in stats:
                 other_splits[split] += 1
             elif not use[sid] and not ds.include_failed:
@@ -144,9 +143,6 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
                 pending.append({"id": sid, "patient_id": pid, "split": split, "messages": msgs})
                 if len(pending) >= BATCH:
                     flush()
-            if done % PROGRESS_EVERY == 0:
-                rate = done / (time.perf_counter() - t0)
-                ctx.logger.info("dataset: %d/%d letters (%.0f letters/s)", done, total, rate)
         flush()
 
     seconds = time.perf_counter() - t0

@@ -26,7 +26,7 @@ def run(cfg: ExportConfig, ctx: StageContext) -> dict[str, Any]:
         records,
         ctx.stage_dir,
         cfg.export,
-        progress=lambda n: ctx.logger.info("export: %d records", n),
+        progress=lambda n: ctx.progress(n, None, "records"),
     )
     ctx.logger.info(
         "export: %d records, %d exported, %d rejected, skipped %s; %d resources, %d errors %s, "

@@ -245,12 +245,15 @@ def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
     engine_args = dict(getattr(backend, "engine_args", None) or {})
     done = 0
     work_end = t0 + start_s
+    resumed = len(docs) - sum(len(docs[c * chunk : (c + 1) * chunk]) for c in todo)
+    ctx.progress(resumed, len(docs), "letters")
     try:
         for k, c in enumerate(todo, 1):
             assert runner is not None
             outcomes = runner.run(docs[c * chunk : (c + 1) * chunk])
             store.write(c, outcomes)
             done += len(outcomes)
+            ctx.progress(resumed + done, len(docs), "letters")
             summary = runner.stats.summary()
             rate = summary["completion_tokens"] / max(time.perf_counter() - t0 - start_s, 1e-9)
             ctx.logger.info(

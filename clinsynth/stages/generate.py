@@ -133,6 +133,8 @@ def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     letters = tokens_in = tokens_out = 0
+    resumed = len(mine) - sum(len(mine[c * chunk : (c + 1) * chunk]) for c in todo)
+    ctx.progress(resumed, len(mine), "letters")
     try:
         for k, c in enumerate(todo, 1):
             rows = mine[c * chunk : (c + 1) * chunk]
@@ -141,6 +143,7 @@ def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
             records = writer.write(recipes)
             out.write_chunk(c, records)
             letters += len(records)
+            ctx.progress(resumed + letters, len(mine), "letters")
             tokens_in += sum(r["tokens_in"] or 0 for r in records)
             tokens_out += sum(r["tokens_out"] or 0 for r in records)
             elapsed = time.perf_counter() - t0

@@ -110,7 +110,7 @@ def run(cfg: IngestConfig, ctx: StageContext) -> dict[str, Any]:
         workers=workers,
         chunk=opts.chunk,
         buckets=opts.buckets,
-        progress=lambda n: ctx.logger.info("%d resources", n),
+        progress=lambda n: ctx.progress(n, None, "resources"),
     )
     ctx.logger.info(
         "read %d, ok %d, quarantined %d %s, ignored %d; %.0f resources/s",

@@ -94,6 +94,7 @@ def run(cfg: VerifyConfig, ctx: StageContext) -> dict[str, Any]:
                 row.pop("facts")  # per-fact verdicts and spans stay in the file, not in memory
                 row.pop("spans")
                 verdicts.append(row)
+                ctx.progress(len(verdicts), total, "letters")
                 by_mode.setdefault(letter.get("mode") or "?", []).append(row)
         missing = [sid for sid in index if sid not in seen]
         duplicated = sorted(sid for sid, n in seen.items() if n > 1)
