@@ -331,9 +331,17 @@ def quantity(value: float, unit: str | None) -> dict[str, Any] | None:
     return {"value": value, "unit": unit, "system": fc.UCUM, "code": code}
 
 
+def number_text(value: float) -> str:
+    """A number as written into a text value: every digit kept (245000, 5.2, 1e-05), so ingest reads
+    the same number back."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
 def as_text(text: str) -> dict[str, Any]:
     """A value the MII Laborbefund cannot hold (value[x] is Quantity, CodeableConcept, Range or Ratio
-    only; a CodeableConcept needs a coding): dataAbsentReason as-text, the value as written in note."""
+    only; a CodeableConcept needs a coding): dataAbsentReason as-text, the value as written in note.
+    Ingest reads it back (`ingest.extract._note_value`): "<number> <unit word>" as the number and its
+    unit, any other text as the text value."""
     return {
         "dataAbsentReason": {"coding": [coding(DATA_ABSENT_REASON_CS, "as-text", "As Text")]},
         "note": [{"text": text}],
@@ -346,7 +354,7 @@ def lab_value(doc: Doc, x: Lab | Vital, res: dict[str, Any]) -> dict[str, Any]:
         q = quantity(x.value, x.unit)
         if q is not None:
             return {"valueQuantity": q}
-        text = f"{x.value:g}{' ' + x.unit if x.unit else ''}"
+        text = f"{number_text(x.value)}{' ' + x.unit if x.unit else ''}"
         why = f"unit {x.unit!r} is not UCUM" if x.unit else "no unit"
         doc.note(
             "unit_not_ucum" if x.unit else "no_unit",

@@ -6,6 +6,23 @@ otherwise the tumour's own. Every observation points to it (`focus`), so two tum
 letter stay apart, and carries the staging kind (initial/current) as the cohort writes it
 (`conventions.EXT_STAGING_KIND`). The TNM prefix goes into the MII cp-praefix extension as the
 cohort writes it (c, p, yp, r, a, u: the y/r/a symbols folded into the prefix code).
+
+What newer onko versions require of the tumour's Condition (read off the profiles' FSH sources in
+medizininformatik-initiative/kerndatensatzmodul-onkologie after 2026.0.3; the 2026.0.3 test data in
+mii-testdata/kds-testdata writes condition-assertedDate on the primary tumour and 394593009 on the
+earlier one, not yet 55342001):
+- primaertumor: `extension[Feststellungsdatum]` 1..1, the HL7 condition-assertedDate extension
+  (oBDS 5.6 "Diagnosedatum"; 2026.0.3 maps it to recordedDate and has the slice 0..1, from MII
+  Diagnose), and `category[onkologie]` 1..1 = SNOMED CT 55342001 "Neoplastic disease".
+- fruehere-tumorerkrankung: `category[oncology]` 1..1 = SNOMED CT 394593009 "Medical oncology" and
+  `category[onkologie]` 1..1 = 55342001 (one CodeableConcept each, so that each matches one slice);
+  assertedDate 0..1.
+The Feststellungsdatum is the first-diagnosis date of the letter's diagnosis that the tumour shares
+its Condition with (`Diagnosis.date`, "ED 03/2024"): the schema's only diagnosis date. A tumour's own
+`date` is its staging date, not the diagnosis date, and is never used for it. Without a diagnosis
+date the extension is left out and the profile checks count the primary tumour as a warning
+`no_diagnosis_date`: no date is made up. A data-absent-reason cannot stand in: the HL7 extension
+allows no nested extension, and fhir.resources' R4B Extension has no `_valueDateTime` to carry one.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ from clinsynth.export.clinical import (
     condition_status,
     icd_coding,
     lab_identifier,
+    number_text,
     quantity,
 )
 from clinsynth.fhir import conventions as fc
@@ -28,6 +46,11 @@ from clinsynth.schema import Tumor
 
 LATERALITY = {"L": "Links", "R": "Rechts", "B": "Beidseitig", "M": "Mittellinie", "U": "Unbekannt"}
 PRAEFIX_EXT = f"{fc.ONKO}/mii-ex-onko-tnm-cp-praefix"
+#: the MII Diagnose slice Feststellungsdatum (1..1 in the newer onko primaertumor)
+FESTSTELLUNGSDATUM_EXT = "http://hl7.org/fhir/StructureDefinition/condition-assertedDate"
+#: category[onkologie] (primaertumor, fruehere-tumorerkrankung) and category[oncology] (fruehere only)
+ONKO_CATEGORY = (fc.SNOMED, "55342001", "Neoplastic disease")
+ONCOLOGY_CATEGORY = (fc.SNOMED, "394593009", "Medical oncology (qualifier value)")
 
 Obs = Callable[..., dict[str, Any]]
 
@@ -45,6 +68,22 @@ def _profile(assertion: str) -> str:
     return EARLIER_TUMOR_PROFILE if assertion == "historical" else fc.PROFILE["Condition.primary_tumor"]
 
 
+def onko_condition_fields(profile: str, diagnosed: str | None) -> dict[str, Any]:
+    """Feststellungsdatum and category of a tumour Condition (see the module docstring)."""
+    earlier = profile == EARLIER_TUMOR_PROFILE
+    cats = [ONCOLOGY_CATEGORY, ONKO_CATEGORY] if earlier else [ONKO_CATEGORY]
+    out: dict[str, Any] = {"category": [{"coding": [coding(*c)]} for c in cats]}
+    if diagnosed:
+        out["extension"] = [{"url": FESTSTELLUNGSDATUM_EXT, "valueDateTime": diagnosed}]
+    return out
+
+
+def _mark_onko(cond: dict[str, Any], profile: str, diagnosed: str | None) -> None:
+    """Re-profile a diagnosis's Condition as its tumour's."""
+    cond["meta"] = {"profile": [profile]}
+    cond.update(onko_condition_fields(profile, diagnosed))
+
+
 def _condition(doc: Doc, i: int, t: Tumor, claimed: set[int]) -> dict[str, Any] | None:
     """The tumour's Condition: its diagnosis's (re-profiled) or its own; None without an ICD-10-GM code."""
     for j, d in enumerate(doc.extraction.diagnoses):
@@ -54,7 +93,7 @@ def _condition(doc: Doc, i: int, t: Tumor, claimed: set[int]) -> dict[str, Any] 
         same = d.icd10gm == t.icd10gm if t.icd10gm else d.text.casefold() == t.entity.casefold()
         if same:
             claimed.add(j)
-            cond["meta"] = {"profile": [_profile(d.assertion)]}
+            _mark_onko(cond, _profile(d.assertion), d.date)
             if d.assertion == "historical":
                 cond.update(condition_status("historical", "remission"))
             if site := _body_site(doc, t):
@@ -62,12 +101,16 @@ def _condition(doc: Doc, i: int, t: Tumor, claimed: set[int]) -> dict[str, Any] 
             return cond
     if not t.icd10gm:
         return None
+    profile = _profile(t.assertion)
+    fields = onko_condition_fields(profile, None)  # no diagnosis of its own: no diagnosis date
     cond = resource(
         doc,
         "Condition",
         f"Condition/tumors/{i}",
-        _profile(t.assertion),
+        profile,
+        extension=fields.get("extension"),
         **condition_status(t.assertion, "remission"),
+        category=fields["category"],
         code={"coding": [icd_coding(doc, t.icd10gm)], "text": t.entity},
         bodySite=_body_site(doc, t),
         subject=doc.patient,
@@ -289,7 +332,7 @@ def _marker(doc: Doc, i: int, j: int, mk: Any, obs: Obs) -> None:
         res = obs("Observation.lab", key, code, None, category=LAB_CATEGORY, valueQuantity=q)
     else:
         text = mk.text or (
-            f"{mk.value:g}{' ' + mk.unit if mk.unit else ''}" if mk.value is not None else None
+            f"{number_text(mk.value)}{' ' + mk.unit if mk.unit else ''}" if mk.value is not None else None
         )
         if text is None:
             doc.omit("tumors", i, f"marker {j} ({mk.name}): neither a result nor a value")

@@ -19,7 +19,11 @@ cardinalities below were read off the MII profiles and their test bundles, kds-t
   (a code the catalogue lacks: a warning); Diagnose and onko primary tumour (a Diagnose too):
   recordedDate (1..1) or its data-absent-reason; clinicalStatus (condition-clinical) absent exactly
   when refuted; verificationStatus (condition-ver-status); the †/*/! mark; onko: ICD-O-3
-  topography form and laterality (seitenlokalisation) in bodySite.
+  topography form and laterality (seitenlokalisation) in bodySite. Newer onko versions (after
+  2026.0.3; see `oncology.py`): category SNOMED CT 55342001 (an earlier tumour: 394593009 and
+  55342001, one CodeableConcept each); at most one Feststellungsdatum (condition-assertedDate),
+  with a valueDateTime; a primaertumor without one: warning no_diagnosis_date (the letter gave
+  no diagnosis date; 1..1 in the newer profile, 0..1 in 2026.0.3).
 - Procedure (Prozedur, Strahlentherapie): subject; status (EventStatus); performed[x] (1..1) or
   `_performedDateTime`'s data-absent-reason. Prozedur: one OPS coding with version, well formed
   (catalogue: warning). Strahlentherapie: an OPS or SNOMED CT code, doses in UCUM Gy.
@@ -53,6 +57,7 @@ from typing import Any, Literal, get_args
 
 from clinsynth import schema as S
 from clinsynth.export.bundle import DATA_ABSENT, EARLIER_TUMOR_PROFILE, GENDER_AMTLICH_EXT, ICD_MARK_EXT
+from clinsynth.export.oncology import FESTSTELLUNGSDATUM_EXT, ONCOLOGY_CATEGORY, ONKO_CATEGORY
 from clinsynth.export.ucum import is_ucum
 from clinsynth.fhir import conventions as fc
 from clinsynth.fhir.validation import FastValidator
@@ -195,7 +200,7 @@ ONKO_CODE = {
 @dataclass(frozen=True)
 class Issue:
     """One finding: `kind` names the rule family (fhir, profile, required, type, code_system, value_set,
-    reference, invariant, bundle; warnings: not_in_catalogue, unit_not_ucum, no_unit)."""
+    reference, invariant, bundle; warnings: not_in_catalogue, unit_not_ucum, no_unit, no_diagnosis_date)."""
 
     kind: str
     severity: Severity
@@ -423,11 +428,45 @@ def _condition(c: _Res) -> None:
             "clinicalStatus must be absent exactly when the condition is refuted",
         )
     if c.key in TUMOR_CONDITIONS:
+        _tumor_condition(c)
         for site in r.get("bodySite") or []:
             for topo in _codes(site, fc.ICDO3):
                 c.code_form("bodySite", topo, "topography", c.catalog.icdo3_topography)
             for lat in _codes(site, fc.LATERALITY):
                 c.in_set("bodySite", lat, LATERALITY, "mii-cs-onko-seitenlokalisation")
+
+
+def _tumor_condition(c: _Res) -> None:
+    """Feststellungsdatum and the oncology categories of the newer onko Condition profiles."""
+    r = c.res
+    primary = c.key == "Condition.primary_tumor"
+    dates = [e for e in r.get("extension") or [] if e.get("url") == FESTSTELLUNGSDATUM_EXT]
+    if len(dates) > 1:
+        c.add("invariant", "extension", "at most one Feststellungsdatum (condition-assertedDate)")
+    elif primary and not dates:
+        c.add(
+            "no_diagnosis_date",
+            "extension",
+            "no Feststellungsdatum (condition-assertedDate): the letter gives no diagnosis date "
+            "(required by onko primaertumor after 2026.0.3)",
+            "warning",
+        )
+    for e in dates:
+        c.need(
+            "extension.valueDateTime", bool(e.get("valueDateTime")), "the Feststellungsdatum as valueDateTime"
+        )
+    wanted = [ONKO_CATEGORY] if primary else [ONCOLOGY_CATEGORY, ONKO_CATEGORY]
+    for system, code, display in wanted:
+        c.need(
+            "category",
+            any(code in _codes(cc, system) for cc in r.get("category") or []),
+            f"category {code} {display!r} ({system})",
+        )
+    for i, cc in enumerate(r.get("category") or []):
+        if len({code for system, code, _ in wanted if code in _codes(cc, system)}) > 1:
+            c.add(
+                "invariant", f"category[{i}]", "one CodeableConcept per category slice (oncology, onkologie)"
+            )
 
 
 def _procedure(c: _Res) -> None:

@@ -622,6 +622,9 @@ _ONKO_PROFILES = tuple(f"{fc.ONKO}/mii-pr-onko-{suffix}" for suffix in fc.ONKO_C
         ),
         "bodySite.coding.system": (*fc.ICDO3_SYSTEMS, fc.SNOMED),
         "extension.url": (fc.EXT_STAGING_KIND, f"{fc.ONKO}/other"),
+        "dataAbsentReason.coding.code": ("as-text",),
+        # an as-text value: a number + unit word or text (pinned: a plan never copies it blindly)
+        "note.text": ("5.2 Mio/µl", "negativ", "-3e-05"),
     },
 )
 def _observation(res: dict[str, Any]) -> Extracted:
@@ -686,6 +689,8 @@ def _observation(res: dict[str, Any]) -> Extracted:
                 value_num, unit = q.get("value"), q.get("code") or q.get("unit")
     if res.get("valueString") is not None:
         value_str = res["valueString"]
+    elif value_num is None and value_str is None and _as_text(res):
+        value_num, unit, value_str = _note_value(res)
     for rr in res.get("referenceRange") or []:
         lo, hi = (rr.get("low") or {}).get("value"), (rr.get("high") or {}).get("value")
         extra["ref_low"], extra["ref_high"] = lo, hi
@@ -761,6 +766,29 @@ def _observation(res: dict[str, Any]) -> Extracted:
     if date:
         ex.dates.append(("effective", date))
     return ex
+
+
+#: a note that is a number and at most one unit word: what the export writes for a value whose unit
+#: is not UCUM ("5.2 Mio/µl"; `clinsynth.export.clinical.number_text`)
+_NUMBER_UNIT = re.compile(r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?: (\S+))?")
+
+
+def _as_text(res: dict[str, Any]) -> bool:
+    """dataAbsentReason as-text: the value is given as text (MII Laborbefund: in `note`)."""
+    return any(c.get("code") == "as-text" for c in (res.get("dataAbsentReason") or {}).get("coding") or [])
+
+
+def _note_value(res: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
+    """(value_num, unit, value_str) of an as-text Observation's notes: a number with at most one unit
+    word becomes the number and its unit, any other text is the text value (notes joined by lines)."""
+    texts = [n["text"] for n in res.get("note") or [] if isinstance(n.get("text"), str) and n["text"].strip()]
+    if not texts:
+        return None, None, None
+    text = "\n".join(texts)
+    m = _NUMBER_UNIT.fullmatch(text.strip())
+    if m:
+        return float(m.group(1)), m.group(2), None
+    return None, None, text
 
 
 #: resource types ingest turns into records; the rest are counted as ignored

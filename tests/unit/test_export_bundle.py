@@ -268,6 +268,47 @@ def test_tumour_reuses_its_diagnosis_and_carries_tnm_per_axis(catalog, validator
     assert reasons == [(0, "Karnofsky index"), (0, "marker 1 (Ki-67)"), (2, "no ICD-10-GM code")]
 
 
+def test_tumour_conditions_carry_the_diagnosis_date_and_the_oncology_categories(catalog, validator):
+    """Feststellungsdatum = the shared diagnosis's first-diagnosis date (never the staging date);
+    category[onkologie] on every tumour Condition, category[oncology] too on an earlier one."""
+    from clinsynth.export.oncology import FESTSTELLUNGSDATUM_EXT
+
+    data = {
+        "diagnoses": [
+            {"text": "Rektumkarzinom", "icd10gm": "C20", "role": "main", "date": "2024-03"},
+            {"text": "Z.n. Mammakarzinom", "icd10gm": "C50.4", "assertion": "historical", "date": "2015"},
+            {"text": "Asthma", "icd10gm": "J45.9"},
+        ],
+        "tumors": [
+            {"entity": "Rektumkarzinom", "icd10gm": "C20", "date": "2025-03-20", "staging": "current"},
+            {"entity": "Mammakarzinom", "icd10gm": "C50.4", "assertion": "historical"},
+            {"entity": "Prostatakarzinom", "icd10gm": "C61", "date": "2025-01-10", "staging": "initial"},
+        ],
+    }
+    built = build(data, catalog)
+    issues = validator.validate(built.bundle)
+    assert [i for i in issues if i.severity == "error"] == []
+    conds = {codes(r["code"], fc.ICD10GM)[0]: r for r in by_type(built, "Condition")}
+    snomed = {k: [codes(cc, fc.SNOMED) for cc in r.get("category", [])] for k, r in conds.items()}
+    assert snomed == {
+        "C20": [["55342001"]],
+        "C50.4": [["394593009"], ["55342001"]],
+        "C61": [["55342001"]],
+        "J45.9": [],
+    }
+    dates = {
+        k: [(e["url"], e.get("valueDateTime")) for e in r.get("extension", [])] for k, r in conds.items()
+    }
+    assert dates["C20"] == [(FESTSTELLUNGSDATUM_EXT, "2024-03")]
+    assert dates["C50.4"] == [(FESTSTELLUNGSDATUM_EXT, "2015")]
+    assert dates["C61"] == [] and dates["J45.9"] == []  # no diagnosis date: none is made up
+    warned = [i.resource for i in issues if i.kind == "no_diagnosis_date"]
+    assert warned == [f"Condition/{conds['C61']['id']}"]
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(built.bundle)
+
+
 def test_patient_identity_is_deterministic_per_document(catalog):
     data = {"patient": {"sex": "diverse", "name": "Frau Dr. Anna Maria Müller"}}
     a, b, c = build(data, catalog, "doc-a"), build(data, catalog, "doc-a"), build(data, catalog, "doc-b")

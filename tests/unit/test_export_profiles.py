@@ -11,6 +11,7 @@ import pytest
 
 from clinsynth.export.bundle import build_bundle
 from clinsynth.export.config import ExportSection
+from clinsynth.export.oncology import FESTSTELLUNGSDATUM_EXT
 from clinsynth.export.profiles import BundleValidator, Issue
 from clinsynth.export.ucum import is_ucum, ucum_code
 from clinsynth.fhir import conventions as fc
@@ -22,7 +23,7 @@ DATA = {
     "encounter": {"admission": "2025-03-17", "discharge": "2025-03-28", "type": "inpatient"},
     "patient": {"sex": "female", "birth_date": "1950-02-01", "name": "Anna Muster"},
     "diagnoses": [
-        {"text": "Rektumkarzinom", "icd10gm": "C20", "role": "main"},
+        {"text": "Rektumkarzinom", "icd10gm": "C20", "role": "main", "date": "2025-02"},
         {"text": "Lebermetastasen", "icd10gm": "C78.7", "assertion": "negated"},
     ],
     "tumors": [
@@ -154,6 +155,29 @@ CASES = [
         ),
         "required",
         "recordedDate",
+    ),
+    # the newer onko primaertumor: Feststellungsdatum (a date, at most one), category[onkologie] 1..1
+    (
+        "Condition",
+        profile_ends("primaertumor"),
+        _set("extension.0", {"url": FESTSTELLUNGSDATUM_EXT, "valueString": "Frühjahr 2025"}),
+        "required",
+        "Feststellungsdatum as valueDateTime",
+    ),
+    (
+        "Condition",
+        profile_ends("primaertumor"),
+        _set("extension", [{"url": FESTSTELLUNGSDATUM_EXT, "valueDateTime": d} for d in ("2025-02", "2024")]),
+        "invariant",
+        "at most one Feststellungsdatum",
+    ),
+    ("Condition", profile_ends("primaertumor"), _set("category", _DROP), "required", "category 55342001"),
+    (
+        "Condition",
+        profile_ends("primaertumor"),
+        _set("category.0.coding.0.code", "394593009"),
+        "required",
+        "category 55342001",
     ),
     ("Procedure", lambda r: True, _set("performedPeriod", _DROP), "required", "performed[x]"),
     ("Observation", profile_ends("ObservationLab"), _set("identifier", _DROP), "required", "type OBI"),
@@ -295,6 +319,17 @@ def test_one_broken_element_is_reported_with_its_rule(env, rt, select, change, k
     assert {i.kind for i in found} == {kind}, found
     assert all(i.resource == f"{rt}/{res['id']}" for i in found)
     assert any(words in i.message for i in found), found
+
+
+def test_a_primary_tumour_without_diagnosis_date_is_a_warning_not_an_error(env):
+    """The letter gave no diagnosis date: nothing is made up; the record is exported and counted."""
+    validator, valid = env
+    bundle = copy.deepcopy(valid)
+    res = first(bundle, "Condition", profile_ends("primaertumor"))
+    del res["extension"]
+    assert errors(validator, bundle) == []
+    warned = [i for i in validator.validate(bundle) if i.kind == "no_diagnosis_date"]
+    assert [(i.severity, i.resource) for i in warned] == [("warning", f"Condition/{res['id']}")]
 
 
 def test_fhir_resources_rejects_what_is_not_fhir(env):
