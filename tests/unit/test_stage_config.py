@@ -269,16 +269,19 @@ def _conf_commands() -> list[tuple[str, str, str | None]]:
 
 
 def _readme_commands() -> list[tuple[str, str, str | None]]:
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    """Every `python -m launch` line of the bash blocks in README.md and docs/*.md."""
     cmds = []
-    for block in blocks:
-        joined = block.replace("\\\n", " ")
-        for line in joined.splitlines():
-            line = line.split("  #")[0].strip()
-            if "python -m launch" in line and not re.search(r"launch (status|--cfg|-h)", line):
-                cmds.append(("README.md", line[line.index("python -m launch") :] if "=" not in line.split()[0]
-                             else line, None))
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+        where = str(path.relative_to(REPO))
+        for block in blocks:
+            joined = block.replace("\\\n", " ")
+            for line in joined.splitlines():
+                line = line.split("  #")[0].strip()
+                subcommand = re.search(r"launch (status|summary|score|--cfg|-h)", line)
+                if "python -m launch" in line and not subcommand:
+                    cmds.append((where, line[line.index("python -m launch") :] if "=" not in line.split()[0]
+                                 else line, None))
     return cmds
 
 
