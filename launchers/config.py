@@ -19,7 +19,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 #: Top-level keys that say where and how a run executes, never what it computes (`compare` launches
 #: other runs beside this one: launchers/compare.py).
 OPERATIONAL_KEYS = frozenset(
-    {"cluster", "resources", "tracking", "paths", "wait", "dry_run", "stage_modules", "compare", "hydra"}
+    {"cluster", "resources", "tracking", "paths", "wait", "dry_run", "stage_modules", "compare", "estimate",
+     "hydra"}
 )
 
 # whole words at the end of a key: hf_token, password, api_key — not max_tokens

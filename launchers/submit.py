@@ -805,6 +805,11 @@ def _dry_run(
         head = f"--- config for {d.stage} (what its task receives; secrets redacted) ---"
         console.out(head, highlight=False)
         console.out(yaml.safe_dump(redact(st.config), sort_keys=False).rstrip(), highlight=False)
+    from launchers.estimate import estimate_plan, format_estimate
+
+    estimate = estimate_plan(plan)  # estimate=<name>: GPU-hours per stage and what they assume
+    for line in format_estimate(estimate) if estimate else []:
+        console.out(line, highlight=False)
     for warning in plan.warnings:
         console.out(f"warning: {warning}", highlight=False)
     console.out("dry run: nothing was written or submitted", highlight=False)

@@ -18,6 +18,7 @@ from clinsynth.core.config import ConfigError, explain
 from clinsynth.core.registry import StageSpec
 from launchers.compare import CompareError, variants
 from launchers.config import OPERATIONAL_KEYS
+from launchers.estimate import Estimate
 
 #: top-level keys the launcher owns: the operational ones, plus what to run
 LAUNCHER_KEYS = (OPERATIONAL_KEYS - {"hydra"}) | {"name", "pipeline"}
@@ -95,6 +96,7 @@ class Launcher(_Strict):
     compare: dict[str, list[str]] | None
     cluster: LocalCluster | DebugCluster | SlurmCluster = Field(discriminator="executor")
     tracking: Tracking
+    estimate: dict[str, Any] | None = None  # conf/estimate/<name>.yaml: estimate.Estimate
 
 
 def _unknown_top_level(plain: dict[str, Any], owned: set[str]) -> list[str]:
@@ -117,6 +119,11 @@ def validate_launcher(plain: dict[str, Any]) -> list[str]:
             variants(plain)
         except CompareError as exc:
             errors.append(str(exc))
+    if plain.get("estimate") is not None:  # what a dry run's GPU-hour estimate assumes
+        try:
+            Estimate.model_validate(plain["estimate"])
+        except ValidationError as exc:
+            errors.append(str(explain(exc, Estimate, "", prefix="estimate.")))
     resources = plain.get("resources") or {}
     for stage in sorted(resources):
         # a stage's resources are resources.default overlaid with resources.<stage>
