@@ -1,5 +1,6 @@
 """A user's own FHIR end to end: the public MII test bundles through ingest -> sample -> generate ->
-verify, exactly as README's `python -m launch +experiment=smoke source=bundles source.path=...`.
+verify, exactly as README's `python -m launch +experiment=own_fhir source.path=...` (smoke's pipeline
+from a user's export).
 
 The bundles are real-world shaped (SNOMED CT procedures, WHO ICD-10, OMIM, partial dates): every
 patient either gets specs or is listed with its reason, no code lands in another system's slot,
@@ -42,8 +43,8 @@ SLOT_SYSTEMS = {
 def _launch(runs: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """The README command (source.path relative to the repository, as a user types it)."""
     source = os.path.relpath(MII, REPO)
-    cmd = [sys.executable, "-m", "launch", "+experiment=smoke",
-        "pipeline=[verify]", "source=bundles", f"source.path={source}",
+    cmd = [sys.executable, "-m", "launch", "+experiment=own_fhir",
+        "pipeline=[verify]", f"source.path={source}",
            "cluster=local", "tracking=disabled", f"paths.runs={runs}", *extra]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
 
