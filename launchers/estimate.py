@@ -12,13 +12,16 @@ is checked against its `resources.<stage>.time_min`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from clinsynth.letters.devset import DEV_LETTERS
+
+if TYPE_CHECKING:
+    from launchers.plan import Plan, PlannedStage
 
 
 class _Strict(BaseModel):
@@ -253,7 +256,7 @@ class _Unknown(Exception):
     """The estimate of a stage needs something neither the config nor the assumptions say."""
 
 
-def _resources(st: Any) -> tuple[int, int, int, float]:
+def _resources(st: PlannedStage) -> tuple[int, int, int, float]:
     """(tasks, tasks at once, GPUs per task, time limit in hours) of a planned stage."""
     r = st.resources
     tasks = st.shards
@@ -262,8 +265,13 @@ def _resources(st: Any) -> tuple[int, int, int, float]:
     return tasks, parallel, gpus, float(r.get("time_min", 60)) / 60
 
 
-def _cpu(st: Any, work: str, cpu_hours: float, cores_per_task: int) -> StageEstimate:
+def _cpu(w: _Work, st: PlannedStage, work: str, cpu_hours: float, cores_per_task: int) -> StageEstimate:
     tasks, parallel, gpus, limit = _resources(st)
+    if gpus:
+        w.warnings.append(
+            f"{st.name}: runs on CPUs here ({work}) but each task holds {gpus} GPU(s) "
+            f"(resources.{st.name}.gpus_per_node): pick a CPU resources preset"
+        )
     per_task = cpu_hours / tasks / max(1, cores_per_task)
     return StageEstimate(st.name, work, tasks, parallel, gpus, None, cpu_hours, per_task, limit)
 
@@ -277,7 +285,7 @@ def _engine(w: _Work, model: str) -> Engine:
     return engine
 
 
-def _check_gpus(w: _Work, st: Any, backend: dict[str, Any]) -> None:
+def _check_gpus(w: _Work, st: PlannedStage, backend: dict[str, Any]) -> None:
     """The engine's tensor parallelism fills the GPUs its task holds, and there are GPUs at all."""
     gpus = _resources(st)[2]
     tp = int(backend.get("tensor_parallel_size", 1) or 1)
@@ -290,7 +298,7 @@ def _check_gpus(w: _Work, st: Any, backend: dict[str, Any]) -> None:
         )
 
 
-def _gpu(st: Any, work: str, engine: Engine, tokens_in: float, tokens_out: float) -> StageEstimate:
+def _gpu(st: PlannedStage, work: str, engine: Engine, tokens_in: float, tokens_out: float) -> StageEstimate:
     tasks, parallel, gpus, limit = _resources(st)
     seconds = tokens_in / engine.prefill_tokens_per_s.value + tokens_out / engine.decode_tokens_per_s.value
     load_h = engine.load_min.value / 60
@@ -302,30 +310,30 @@ def _gpu(st: Any, work: str, engine: Engine, tokens_in: float, tokens_out: float
 # ---- one function per stage kind: (work, hours) from the counts above
 
 
-def _cohort(w: _Work, st: Any) -> StageEstimate:
+def _cohort(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.patients()
     rate = w.use("cpu.cohort_patients_per_s", w.est.cpu.cohort_patients_per_s)
-    return _cpu(st, f"{n:,.0f} patients", n / rate / 3600, 1)
+    return _cpu(w, st, f"{n:,.0f} patients", n / rate / 3600, 1)
 
 
-def _ingest(w: _Work, st: Any) -> StageEstimate:
+def _ingest(w: _Work, st: PlannedStage) -> StageEstimate:
     res = w.patients() * w.use("cpu.resources_per_patient", w.est.cpu.resources_per_patient)
     rate = w.use("cpu.ingest_resources_per_s", w.est.cpu.ingest_resources_per_s)
     cores = int(st.resources.get("cpus_per_task", 1))  # validation runs on every CPU of the task
-    return _cpu(st, f"{res:,.0f} FHIR resources", res / rate / 3600, cores)
+    return _cpu(w, st, f"{res:,.0f} FHIR resources", res / rate / 3600, cores)
 
 
-def _sample(w: _Work, st: Any) -> StageEstimate:
+def _sample(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.letters()
     rate = w.use("cpu.sample_specs_per_s", w.est.cpu.sample_specs_per_s)
-    return _cpu(st, f"{n:,.0f} letter recipes", n / rate / 3600, 1)
+    return _cpu(w, st, f"{n:,.0f} letter recipes", n / rate / 3600, 1)
 
 
-def _generate(w: _Work, st: Any) -> StageEstimate:
+def _generate(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.letters()
     if not w.llm_letters():
         rate = w.use("cpu.template_letters_per_s", w.est.cpu.template_letters_per_s)
-        return _cpu(st, f"{n:,.0f} template letters", n / rate / 3600, 1)
+        return _cpu(w, st, f"{n:,.0f} template letters", n / rate / 3600, 1)
     calls = n * w.calls_per_letter()
     prompt = w.use("generate_prompt_chars", w.est.generate_prompt_chars)
     cap = float(w.get("generate.letters.max_tokens") or 0) or math.inf
@@ -348,23 +356,23 @@ def _generate(w: _Work, st: Any) -> StageEstimate:
     return est
 
 
-def _verify(w: _Work, st: Any) -> StageEstimate:
+def _verify(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.letters()
     rate = w.use("cpu.verify_letters_per_s", w.est.cpu.verify_letters_per_s)
     cores = int(st.resources.get("cpus_per_task", 1))  # one worker pool over every CPU of the task
-    return _cpu(st, f"{n:,.0f} letters", n / rate / 3600, cores)
+    return _cpu(w, st, f"{n:,.0f} letters", n / rate / 3600, cores)
 
 
-def _dataset(w: _Work, st: Any) -> StageEstimate:
+def _dataset(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.letters() * w.pass_rate()
     if w.get("dataset.include_failed", False):
         n = w.letters()
     w.example_tokens()
     rate = w.use("cpu.dataset_letters_per_s", w.est.cpu.dataset_letters_per_s)
-    return _cpu(st, f"{n:,.0f} verified letters -> chat examples", n / rate / 3600, 1)
+    return _cpu(w, st, f"{n:,.0f} verified letters -> chat examples", n / rate / 3600, 1)
 
 
-def _train(w: _Work, st: Any) -> StageEstimate:
+def _train(w: _Work, st: PlannedStage) -> StageEstimate:
     tasks, parallel, gpus, limit = _resources(st)
     examples = w.letters() * w.split("train") * (1.0 if w.get("dataset.include_failed") else w.pass_rate())
     epochs = float(w.get("train.epochs", 1) or 1)
@@ -401,12 +409,12 @@ def _train(w: _Work, st: Any) -> StageEstimate:
     )  # fmt: skip
 
 
-def _extract(w: _Work, st: Any) -> StageEstimate:
+def _extract(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.test_letters()
     kind = str(w.get("extract.extractor.kind"))
     if kind == "rules":
         rate = w.use("cpu.rules_letters_per_s", w.est.cpu.rules_letters_per_s)
-        return _cpu(st, f"{n:,.0f} letters (rules)", n / rate / 3600, 1)
+        return _cpu(w, st, f"{n:,.0f} letters (rules)", n / rate / 3600, 1)
     from clinsynth.extraction.prompts import finetuned_messages, oneshot_messages
 
     if kind == "finetuned":
@@ -433,20 +441,20 @@ def _extract(w: _Work, st: Any) -> StageEstimate:
     return _gpu(st, work, engine, tokens_in, n * answer)
 
 
-def _evaluate(w: _Work, st: Any) -> StageEstimate:
+def _evaluate(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.test_letters()
     rate = w.use("cpu.evaluate_docs_per_s", w.est.cpu.evaluate_docs_per_s)
-    return _cpu(st, f"{n:,.0f} documents scored", n / rate / 3600, 1)
+    return _cpu(w, st, f"{n:,.0f} documents scored", n / rate / 3600, 1)
 
 
-def _export(w: _Work, st: Any) -> StageEstimate:
+def _export(w: _Work, st: PlannedStage) -> StageEstimate:
     n = w.test_letters()
     rate = w.use("cpu.export_records_per_s", w.est.cpu.export_records_per_s)
-    return _cpu(st, f"{n:,.0f} predictions -> FHIR Bundles", n / rate / 3600, 1)
+    return _cpu(w, st, f"{n:,.0f} predictions -> FHIR Bundles", n / rate / 3600, 1)
 
 
 #: stage name -> its estimate; a stage without one is listed as such
-ESTIMATORS: dict[str, Callable[[_Work, Any], StageEstimate]] = {
+ESTIMATORS: dict[str, Callable[[_Work, PlannedStage], StageEstimate]] = {
     "cohort": _cohort,
     "ingest": _ingest,
     "sample": _sample,
@@ -478,8 +486,24 @@ class PlanEstimate:
         return sum(s.cpu_hours or 0.0 for s in self.stages)
 
 
-def estimate_plan(plan: Any) -> PlanEstimate | None:
-    """The estimate of every planned stage, or None when the config selects no `estimate`."""
+def _left(s: StageEstimate, units: int, n_units: int, array: bool) -> StageEstimate:
+    """Only what a launch submits: the missing tasks of an array (a multi-rank job reruns whole)."""
+    if not array or units >= n_units or n_units <= 0:
+        return s
+    share = units / n_units
+    s.tasks = units
+    s.parallel = min(s.parallel, units)
+    s.gpu_hours = None if s.gpu_hours is None else s.gpu_hours * share
+    s.cpu_hours = None if s.cpu_hours is None else s.cpu_hours * share
+    s.work += f" ({units} of {n_units} tasks left)"
+    return s
+
+
+def estimate_plan(plan: Plan, todo: Mapping[str, tuple[int, int]] | None = None) -> PlanEstimate | None:
+    """The estimate of the planned stages, or None when the config selects no `estimate`.
+
+    `todo`: stage -> (units to submit, units in all), the launch's decisions; a stage with none to
+    submit (done, reused, running) is not counted. None: every planned stage, whole."""
     raw = plan.plain.get("estimate")
     if not raw:
         return None
@@ -488,14 +512,18 @@ def estimate_plan(plan: Any) -> PlanEstimate | None:
     stages: list[StageEstimate] = []
     missing: dict[str, str] = {}
     for st in plan.stages:
+        units, n_units = (todo or {}).get(st.name, (1, 1))
+        if units == 0:
+            missing[st.name] = "not counted: nothing to submit (done, reused or running)"
+            continue
         fn = ESTIMATORS.get(st.name)
         if fn is None:
-            missing[st.name] = "no estimate for this stage"
+            missing[st.name] = "not estimated: no estimate for this stage"
             continue
         try:
-            s = fn(w, st)
+            s = _left(fn(w, st), units, n_units, st.shards > 1)
         except _Unknown as exc:
-            missing[st.name] = str(exc)
+            missing[st.name] = f"not estimated: {exc}"
             continue
         if s.task_hours is not None and s.task_hours > s.limit_hours:
             w.warnings.append(
@@ -537,7 +565,7 @@ def format_estimate(e: PlanEstimate) -> list[str]:
             "  ".join(c.ljust(wd) if i < 2 else c.rjust(wd) for i, (c, wd) in enumerate(cells)).rstrip()
         )
     for stage, why in e.missing.items():
-        out.append(f"{stage}: not estimated: {why}")
+        out.append(f"{stage}: {why}")
     out.append(
         "GPU-h: every GPU a task holds, model load included; wall h: one stage after another, "
         "tasks beyond array_parallelism wait"

@@ -807,7 +807,8 @@ def _dry_run(
         console.out(yaml.safe_dump(redact(st.config), sort_keys=False).rstrip(), highlight=False)
     from launchers.estimate import estimate_plan, format_estimate
 
-    estimate = estimate_plan(plan)  # estimate=<name>: GPU-hours per stage and what they assume
+    # estimate=<name>: GPU-hours of what this launch would submit, and what they assume
+    estimate = estimate_plan(plan, {d.stage: (len(d.units), d.n_units) for d in decisions})
     for line in format_estimate(estimate) if estimate else []:
         console.out(line, highlight=False)
     for warning in plan.warnings:
