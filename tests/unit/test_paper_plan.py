@@ -209,14 +209,9 @@ def test_only_what_a_launch_submits_is_counted():
 
 
 def test_a_model_without_assumed_throughput_is_named_not_guessed():
-    plan = build_plan(
-        to_plain(compose_config([*PAPER, "extract/extractor=oneshot", "extract/model=gpt_oss_20b"])),
-        _base(),
-        check_packages=False,
-    )
-    est = estimate_plan(plan)
-    assert est is not None and "extract" not in [s.stage for s in est.stages]
-    assert "add estimate.engines.gpt_oss_20b" in est.missing["extract"]
+    est = estimate_plan(_plan(generate__model__name="mystery_70b"))
+    assert est is not None and "generate" not in [s.stage for s in est.stages]
+    assert "add estimate.engines.mystery_70b" in est.missing["generate"]
 
 
 def test_a_bad_assumption_stops_the_plan_naming_the_key():
@@ -231,13 +226,9 @@ def test_a_bad_assumption_stops_the_plan_naming_the_key():
 
 
 def test_a_users_fhir_needs_the_patient_count():
-    plan = build_plan(
-        to_plain(compose_config([*PAPER, "source=ndjson", "source.path=/nonexistent/export"])),
-        _base(),
-        check_packages=False,
-    )
+    plan = _plan(source={"kind": "ndjson", "path": "/nonexistent/export"})
     est = estimate_plan(plan)
-    assert est is not None and "cohort" not in est.missing
+    assert est is not None and "cohort" not in [s.name for s in plan.stages]
     assert "set estimate.patients.value=N" in est.missing["ingest"]
     plain = copy.deepcopy(plan.plain)
     plain["estimate"]["patients"] = {"value": 1000, "why": "our export"}
