@@ -7,7 +7,9 @@ on the MII test bundles through verification.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 MII = REPO.parent / "shared" / "external" / "mii-testdata"
 
 
+@functools.cache
+def _base() -> dict[str, Any]:
+    return to_plain(compose_config([]))
+
+
 def _plan(*overrides: str):
     plain = to_plain(compose_config(["+experiment=own_fhir", *overrides]))
-    return build_plan(plain, to_plain(compose_config([])), check_packages=False)
+    return build_plan(plain, _base(), check_packages=False)
 
 
 def test_own_fhir_plans_the_smoke_pipeline_from_the_export_not_the_cohort(tmp_path):
@@ -29,7 +36,7 @@ def test_own_fhir_plans_the_smoke_pipeline_from_the_export_not_the_cohort(tmp_pa
     names = [s.name for s in plan.stages]
     assert "cohort" not in names and names[0] == "ingest"
     assert names == [
-        n for n in (s.name for s in build_plan(smoke, smoke, check_packages=False).stages) if n != "cohort"
+        n for n in (s.name for s in build_plan(smoke, _base(), check_packages=False).stages) if n != "cohort"
     ]
     assert plan.stage("ingest").config["source"] == {"kind": "bundles", "path": str(tmp_path)}
     assert plan.plain["name"] == "own_fhir" and plan.run_dir.parent.name == "own_fhir"
