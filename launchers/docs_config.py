@@ -531,7 +531,48 @@ def _launcher(ref: Reference) -> list[str]:
             r.role = "identity"
     ref.role = ""
     lines += [*_table(rows), ""]
-    return lines
+    return lines + _presets(ref)
+
+
+#: the resources keys shown per preset (the rest are in the table above)
+PRESET_KEYS = (
+    "nodes",
+    "tasks_per_node",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "time_min",
+    "shards",
+    "partition",
+    "exclusive",
+)
+
+
+def _presets(ref: Reference) -> list[str]:
+    """Every `resources/<stage>=<preset>` with its shape (conf/resources/_base.yaml overlaid)."""
+    base = _Base(ref.conf).data
+    head = " | ".join(k.replace("_", " ") for k in PRESET_KEYS)
+    lines = [
+        "### Resources presets",
+        "",
+        "Each `conf/resources/<stage>/<preset>.yaml`, overlaid on `_base.yaml`; the default preset of each",
+        "stage in bold. Select one with `resources/<stage>=<preset>`, change one key with",
+        "`resources.<stage>.<key>=…`.",
+        "",
+        f"| preset | {head} | what it is |",
+        "|---|" + "---:|" * len(PRESET_KEYS) + "---|",
+    ]
+    for group, opts in ref.groups.items():
+        if not group.startswith("resources/"):
+            continue
+        for o in opts:
+            values = {**base, **o.data}
+            name = f"`{group}={o.name}`"
+            if ref.choices.get(group) == o.name:
+                name = f"**{name}**"
+            cells = " | ".join(cell(_value(values.get(k))) for k in PRESET_KEYS)
+            lines.append(f"| {name} | {cells} | {cell(o.about)} |")
+    return [*lines, ""]
 
 
 class _Base:
@@ -540,7 +581,9 @@ class _Base:
     def __init__(self, conf: Path) -> None:
         path = conf / "resources" / "_base.yaml"
         text = path.read_text(encoding="utf-8")
-        self.data = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+        assert isinstance(data, dict)
+        self.data: dict[str, Any] = {str(k): v for k, v in data.items()}
         self.comments = _comments(text, "resources.<stage>")
 
     def at(self, dotted: str) -> Any:
