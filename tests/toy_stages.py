@@ -60,9 +60,11 @@ def toy_rows(cfg: ToyRowsConfig, ctx: StageContext) -> dict[str, Any]:
         if opts.leak_fail:
             raise ValueError(f"server said: bad token {leaked}")
     rows = []
-    for item in ctx.items(range(opts.n_items)):
+    mine = ctx.items(range(opts.n_items))
+    for item in mine:
         time.sleep(opts.sleep_s)
         rows.append({"item": item, "value": item * item})
+        ctx.progress(len(rows), len(mine), "items")
     n = write_jsonl(ctx.shard_path("rows", ".jsonl"), rows)
     return {"rows": n, **({"note": f"used {leaked}"} if leaked else {})}
 
@@ -79,6 +81,7 @@ def toy_sum(cfg: ToySumConfig, ctx: StageContext) -> dict[str, Any]:
         key=lambda r: r["item"],
     )
     mine = rows[ctx.rank :: ctx.world_size]
+    ctx.progress(len(mine), len(mine), "rows")  # every rank calls; rank 0 reports for the job
     local = [float(sum(r["value"] for r in mine)), float(len(mine))]
     if ctx.world_size > 1:
         import torch

@@ -449,11 +449,13 @@ def _control_callback(
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
             self.t_window = time.perf_counter()
+            ctx.progress(int(state.global_step), int(state.max_steps), "steps")  # rank 0 reports
             return control
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
             step = int(state.global_step)
             self.trainer.flush_seen(step)
+            ctx.progress(step, int(state.max_steps), "steps")
             stop = ctx.should_stop()  # every rank, every step: the same answer everywhere
             if stop and step < state.max_steps:
                 self.stopped_at = step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from clinsynth.core.atomic import read_json
 from launchers.status import run_status
 from launchers.submit import LaunchError, launch
 from tests.helpers import toy_outputs, toy_overrides
@@ -28,6 +29,15 @@ def test_local_and_debug_give_the_same_outputs(tmp_path):
     rec_d = debug.plan.stage("toy_sum").folder.task_records()
     assert sorted(rec_l) == [0, 1] and {r["world_size"] for r in rec_l.values()} == {2}
     assert sorted(rec_d) == [0] and rec_d[0]["world_size"] == 1
+    # progress: one file per array shard, one for the 2-rank job (rank 0's), and a line in the log
+    rows_dir, sum_dir = (local.plan.stage(s).folder.path for s in ("toy_rows", "toy_sum"))
+    progress = {p.name: read_json(p) for p in sorted((rows_dir / "progress").iterdir())}
+    assert list(progress) == [f"{u:05d}.json" for u in range(4)]
+    assert {(p["done"], p["total"], p["unit"]) for p in progress.values()} == {(10, 10, "items")}
+    assert [p.name for p in (sum_dir / "progress").iterdir()] == ["00000.json"]
+    assert read_json(sum_dir / "progress" / "00000.json")["done"] == 20
+    logs = "".join(p.read_text(errors="replace") for p in rows_dir.joinpath("logs").rglob("*") if p.is_file())
+    assert logs.count("toy_rows: 10/10 items (100%)") == 4
 
 
 def test_relaunch_submits_nothing(tmp_path):

@@ -188,6 +188,13 @@ def trained(setup: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     return stage_dir
 
 
+def test_training_reports_its_steps_as_progress(trained: Path) -> None:
+    from clinsynth.core.progress import read_progress
+
+    prog = read_progress(trained, 0)  # launch status shows it while the job runs
+    assert prog is not None and (prog["done"], prog["total"], prog["unit"]) == (30, 30, "steps")
+
+
 def test_lora_loss_falls_and_the_report_says_how_it_ran(trained: Path) -> None:
     from clinsynth.training.trainer import read_metrics
 
