@@ -19,6 +19,7 @@ usage: python -m launch [+experiment=NAME] [KEY=VALUE ...]   compose, plan and s
        python -m launch --cfg [overrides ...]                  print the composed config
        python -m launch status RUN_FOLDER                      stage and shard state
        python -m launch score gold=GOLD.jsonl pred=PRED.jsonl  score extractions (launchers/score.py)
+       python -m launch rerun=RUN_FOLDER [cluster=...]         rerun into fresh folders, compare sha256s
        python -m launch summary FOLDER... [out=DIR]            runs side by side: summary.csv, .png
 
 Operational keys: cluster=local|debug|slurm, resources/<stage>=..., resources.<stage>.KEY=...,
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from launchers.score import main as score
 
         return score(args[1:])
+    if args and args[0].startswith("rerun="):
+        from launchers.rerun import cli as rerun
+
+        return rerun(args)
     if args and args[0] == "summary":
         from launchers.results import main as summary
 
