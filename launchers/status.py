@@ -208,6 +208,22 @@ def progress_text(prog: dict[str, Any], now: float | None = None) -> str:
     return f"{line}, updated {format_duration(age)} ago"
 
 
+def stage_progress(st: StageStatus) -> str:
+    """One line for a stage's running units: a single unit's progress, or the sum over its
+    running tasks (rates add up; the slowest task's time left): `370/430 letters ... (4 tasks)`."""
+    progs = [u.progress for u in st.units.values() if u.progress]
+    if not progs:
+        return ""
+    unit = str(progs[0].get("unit") or "items")
+    progs = [p for p in progs if p.get("unit", "items") == unit]
+    totals = [p.get("total") for p in progs]
+    total = sum(int(t) for t in totals if t is not None) if None not in totals else None
+    rate = sum(float(p.get("rate") or 0) for p in progs) or None
+    etas = [float(p["eta_s"]) for p in progs if p.get("eta_s") is not None]
+    line = progress_line(None, sum(int(p["done"]) for p in progs), total, unit, rate, max(etas, default=None))
+    return line + (f" ({len(progs)} tasks)" if len(progs) > 1 else "")
+
+
 def _checkpoint_of(folder: StageFolder, unit: int, array: bool) -> tuple[float, Path] | None:
     """Array shards keep one checkpoint each; all ranks of a single or multi-rank job share one."""
     return latest_checkpoint(unit_checkpoint_dir(folder.path, unit if array else None))

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from launchers import slurm_state
 from launchers.folders import StageFolder
 from launchers.states import StageState
-from launchers.status import print_status, stage_status
+from launchers.status import print_status, stage_progress, stage_status
 from launchers.submit import STOP_SIGNALS, LaunchResult, slurm_keep_running
 from launchers.summary import console_for, print_summary
 
@@ -103,9 +103,10 @@ def _wait(result: LaunchResult, console: Console, poll_s: float, out: Console | 
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),  # the running units' progress (ctx.progress)
         console=console,
     ) as progress:
-        bars = {name: progress.add_task(name, total=n) for name, _, n in stages}
+        bars = {name: progress.add_task(name, total=n, detail="") for name, _, n in stages}
         idle_polls = 0
         while True:
             states = {}
@@ -113,7 +114,7 @@ def _wait(result: LaunchResult, console: Console, poll_s: float, out: Console | 
             for name, folder, _ in stages:
                 st = stage_status(folder, slurm_live)
                 states[name] = st.state
-                progress.update(bars[name], completed=len(st.complete))
+                progress.update(bars[name], completed=len(st.complete), detail=stage_progress(st))
             if all(s == StageState.DONE for s in states.values()):
                 return True
             failed = [n for n, s in states.items() if s in (StageState.FAILED, StageState.DIED)]

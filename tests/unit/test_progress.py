@@ -174,3 +174,21 @@ def test_status_does_not_show_an_earlier_attempts_progress_as_live(tmp_path):
     (st,) = run_status(run_dir)
     assert st.units[1].state == "running" and st.units[1].progress is None
     assert "20/43" not in _status_text(run_dir)
+
+
+def test_the_wait_display_sums_a_stages_running_tasks(tmp_path):
+    from launchers.status import StageStatus, UnitStatus, stage_progress
+
+    def unit(u: int, prog: dict | None) -> UnitStatus:
+        return UnitStatus(unit=u, state="running" if prog else "done", progress=prog)  # type: ignore[arg-type]
+
+    st = StageStatus("generate", "abc", tmp_path, "running", 3)
+    assert stage_progress(st) == ""
+    st.units = {
+        0: unit(0, None),
+        1: unit(1, {"done": 30, "total": 40, "unit": "letters", "rate": 1.0, "eta_s": 10.0}),
+        2: unit(2, {"done": 10, "total": 40, "unit": "letters", "rate": 0.5, "eta_s": 60.0}),
+    }
+    assert stage_progress(st) == "40/80 letters (50%), 1.5 letters/s, ~1 min left (2 tasks)"
+    del st.units[2]
+    assert stage_progress(st) == "30/40 letters (75%), 1.0 letters/s, ~10 s left"
