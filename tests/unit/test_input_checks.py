@@ -77,11 +77,11 @@ def _fails(fn, *names: str) -> str:
 
 
 def _written(folder: Path) -> list[str]:
-    return (
-        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        if folder.exists()
-        else []
-    )
+    """Outputs a stage wrote (its progress/ file is bookkeeping, as logs/ and tasks/ are)."""
+    if not folder.exists():
+        return []
+    files = (p for p in folder.rglob("*") if p.is_file() and p.parent.name != "progress")
+    return sorted(str(p.relative_to(folder)) for p in files)
 
 
 # ---- sample <- ingest
