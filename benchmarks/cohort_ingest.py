@@ -133,7 +133,7 @@ def main() -> None:
         rejected_fast = fast_rejections(sample)
 
     ingest_rate = n_res / rec_i["seconds"]
-    cpu = report.get("cpu_seconds")
+    cpu = (rec_i.get("timing") or {}).get("cpu_seconds")  # timings live in the task record (ctx.timing)
     per_core = n_res / cpu if cpu else float("nan")
     rows = [
         ("cohort (generate)", cohort_wall, n_res / cohort_wall, rss_c),

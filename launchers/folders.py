@@ -1,6 +1,7 @@
 """Stage and run folders: the only state there is (datatrove-style markers).
 
-runs/stages/<stage>/<stage_id>/   config.yaml meta.json jobs.jsonl logs/ tasks/ completions/ DONE
+runs/stages/<stage>/<stage_id>/   config.yaml meta.json jobs.jsonl logs/ tasks/ completions/ manifest.json
+                                  DONE
 runs/<experiment>/<run_id>/       config.yaml overrides.yaml stages/<stage> -> ../../../stages/...
 
 A unit is an array shard or, for multi-rank stages, a rank. A unit is complete when
@@ -115,11 +116,15 @@ class StageFolder:
             p.unlink(missing_ok=True)
 
     def try_mark_done(self, n_units: int) -> bool:
-        """Write DONE if every unit is complete; safe to call from every task at once."""
+        """Write manifest.json (sha256 of every artifact, launchers/manifest.py), then DONE, if every
+        unit is complete; safe to call from every task at once (the same manifest, written atomically)."""
         if self.is_done():
             return True
         if self.missing_units(n_units):
             return False
+        from launchers.manifest import write_manifest
+
+        write_manifest(self.path)
         touch_marker(self.done_marker, f"{n_units} units\n")
         return True
 

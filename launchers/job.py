@@ -448,6 +448,8 @@ def _run(spec: TaskSpec, scrubber: Scrubber | None = None) -> dict[str, Any]:
             tracker.finish(exit_code=1)
             raise
     attempt.update(status="done", end=time.time(), seconds=round(time.time() - t0, 3), **_peak_rss())
+    if ctx.timings:  # the stage's own timings (ctx.timing): records, never outputs
+        attempt["timing"] = ctx.timings
     save_record()
     tracker.summary({"seconds": attempt["seconds"]})
     tracker.finish()
@@ -571,6 +573,7 @@ def finalize_meta(folder: StageFolder) -> None:
         },
         start=min(starts) if starts else None,
         end=max(ends) if ends else None,
+        timing={str(u): r["timing"] for u, r in sorted(records.items()) if r.get("timing")},
         units=len(records),
         attempts=sum(len(r.get("attempts", [])) for r in records.values()),
     )

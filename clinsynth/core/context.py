@@ -150,10 +150,21 @@ class StageContext:
     #: set by the launcher's signal handler; read it through `stop_requested` / `should_stop()`
     stop_signal: StopSignal = field(default_factory=StopSignal, repr=False)
     _progress: ProgressReporter | None = field(default=None, init=False, repr=False, compare=False)
+    _timing: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def timing(self, **values: Any) -> None:
+        """How long and how fast (seconds, letters/s, phase times): kept in the task record
+        (tasks/NNNNN.json, the attempt's `timing`) and meta.json, never in an output file, so that
+        a rerun's outputs compare byte for byte (launchers/manifest.py)."""
+        self._timing.update(values)
+
+    @property
+    def timings(self) -> dict[str, Any]:
+        return dict(self._timing)
 
     def progress(self, done: int, total: int | None, unit: str = "items") -> None:
         """`done` of `total` `unit`s so far (total None: unknown): a log line every ~10 s and

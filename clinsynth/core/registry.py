@@ -55,6 +55,12 @@ class StageSpec:
     #: config -> a fingerprint of the data outside the runs folder the stage reads (a file
     #: source's names, sizes and mtimes), computed at plan time and part of the stage id
     fingerprint: Callable[[Any], Any] | None = None
+    #: config -> the seeds and settings that keep a rerun from giving byte-identical outputs (LLM
+    #: sampling, training), or None: the outputs are a function of inputs and config (launchers/manifest.py)
+    nondeterminism: Callable[[Any], dict[str, Any] | None] | None = None
+    #: paths in the stage folder ("stats/" for a folder) that record timing (letters/s, tokens/s):
+    #: hashed into the manifest but not compared by `rerun`
+    timing_records: tuple[str, ...] = ()
     doc: str = field(default="", compare=False)
 
     @property
@@ -92,6 +98,8 @@ def stage(
     identity_resources: bool = False,
     requires: Requires | None = None,
     fingerprint: Callable[[Any], Any] | None = None,
+    nondeterminism: Callable[[Any], dict[str, Any] | None] | None = None,
+    timing_records: Iterable[str] = (),
 ) -> Callable[[StageFn], StageFn]:
     """Register `fn` as stage `name`. Re-registering the same function is a no-op."""
 
@@ -106,6 +114,8 @@ def stage(
             version=version,
             identity_resources=identity_resources,
             fingerprint=fingerprint,
+            nondeterminism=nondeterminism,
+            timing_records=tuple(timing_records),
             requires=requires,
             doc=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )

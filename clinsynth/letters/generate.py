@@ -15,7 +15,6 @@ recipe's noise; their `sections` are the bodies before it).
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -109,13 +108,11 @@ class LetterWriter:
         return out
 
     def _template(self, r: Recipe) -> dict[str, Any]:
-        t0 = time.perf_counter()
         out = render(r, noise=self.noise)
         rec = self._record(r, out.text, out.sections, [], letter_seed(self.seed, r.spec_id))
         # additive fields: strings written without gold, fact strings the noise changed
         rec["untagged"] = out.untagged
         rec["noise"] = [list(p) for p in out.noise]
-        rec["latency_s"] = round(time.perf_counter() - t0, 6)
         return rec
 
     def _record(
@@ -142,7 +139,9 @@ class LetterWriter:
             # the template backend has no tokenizer: token counts are unknown, not zero
             "tokens_in": sum(p.tokens_in for p in parts) if parts else None,
             "tokens_out": sum(p.tokens_out for p in parts) if parts else None,
-            "latency_s": round(sum(p.latency_s for p in parts), 4) if parts else 0.0,
+            # no engine call, no latency (the task's render time is in its stats): template letters
+            # stay byte-identical on a rerun
+            "latency_s": round(sum(p.latency_s for p in parts), 4) if parts else None,
             "finish_reason": _worst(finish.values()) if parts else "stop",
             "finish_reasons": finish,
             "errors": {p.key.rsplit("/", 1)[1]: p.error for p in parts if p.error},

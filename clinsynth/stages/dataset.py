@@ -166,9 +166,10 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
         "schema_in_prompt": ds.schema_in_prompt,
         "prompt_version": PROMPT_VERSION,
         "tokenizer": _tokenizer_name(ds.model.model_dump(), tokenizer),
-        "seconds": round(seconds, 3),
-        "letters_per_s": round(done / seconds, 1) if seconds else None,
     }
+    # timings go to the task record, not stats.json: a rerun's stats are byte-identical
+    timing = {"seconds": round(seconds, 3), "letters_per_s": round(done / seconds, 1) if seconds else None}
+    ctx.timing(**timing)
     write_json(stats_path(ctx.stage_dir), report)
     _plot(ctx.stage_dir / LENGTHS_PNG, {s: st.lengths for s, st in stats.items()}, ds.max_tokens)
     ctx.tracker.log({f"dataset/{s}_examples": st.examples for s, st in stats.items()})
@@ -178,9 +179,9 @@ def run(cfg: DatasetConfig, ctx: StageContext) -> dict[str, Any]:
         ", ".join(f"{s} {st.examples}" for s, st in stats.items()),
         report["excluded_failed"],
         report["dropped_too_long"],
-        report["letters_per_s"] or 0,
+        timing["letters_per_s"] or 0,
     )
-    return {k: report[k] for k in ("examples", "excluded_failed", "dropped_too_long", "letters_per_s")}
+    return {**{k: report[k] for k in ("examples", "excluded_failed", "dropped_too_long")}, **timing}
 
 
 class _SplitStats:

@@ -71,7 +71,13 @@ class DoctorConfig(StageConfig):
 
 
 # its report describes the nodes it ran on: other resources are another check (identity_resources)
-@stage("doctor", config=DoctorConfig, version=1, identity_resources=True)
+@stage(
+    "doctor",
+    config=DoctorConfig,
+    version=1,
+    identity_resources=True,
+    nondeterminism=lambda cfg: {"why": "reports the hosts, devices and disks it ran on"},
+)
 def run(cfg: DoctorConfig, ctx: StageContext) -> dict[str, Any]:
     """Report each rank's environment and check that the ranks can communicate."""
     opts = cfg.doctor

@@ -15,7 +15,7 @@ from clinsynth.artifacts.predictions import read_predictions
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
 from clinsynth.export.config import ExportConfig
-from clinsynth.export.run import export_records
+from clinsynth.export.run import TIMING_KEYS, export_records
 
 
 @stage("export", needs=("extract",), config=ExportConfig, version=1)
@@ -42,6 +42,7 @@ def run(cfg: ExportConfig, ctx: StageContext) -> dict[str, Any]:
         report["facts_omitted"],
         report["records_per_s"] or 0,
     )
+    ctx.timing(**{k: report[k] for k in TIMING_KEYS})
     keys = ("records", "exported", "rejected", "resources_written", "errors", "warnings", "facts_omitted")
     ctx.tracker.log({f"export/{k}": report[k] for k in keys})
     return {k: report[k] for k in (*keys, "records_per_s")}

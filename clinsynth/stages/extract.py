@@ -201,6 +201,22 @@ def _peak_rss_gb() -> float:
     return round(kb / (2**30 if sys.platform == "darwin" else 2**20), 3)
 
 
+def _nondeterminism(cfg: ExtractConfig) -> dict[str, Any] | None:
+    """The rules extractor is a function of the letters; an LLM's answers are not bitwise reproducible
+    (batched kernels, even greedy), so a rerun may differ."""
+    ec = cfg.extract
+    if ec.extractor.kind == "rules":
+        return None
+    model = ec.llm_model
+    return {
+        "why": f"{ec.extractor.kind} extraction by an LLM",
+        "seed": cfg.seed,
+        "backend": ec.backend.model_dump(mode="json") if ec.backend is not None else None,
+        "model": model.model_dump(mode="json") if model is not None else None,
+        "sampling": ec.sampling.model_dump(mode="json") if ec.sampling is not None else None,
+    }
+
+
 @stage(
     "extract",
     needs=_needs,
@@ -209,6 +225,8 @@ def _peak_rss_gb() -> float:
     version=EXTRACT_VERSION,
     requires=_requires,
     fingerprint=_inputs,
+    nondeterminism=_nondeterminism,
+    timing_records=("stats/",),  # each task's documents/s, tokens/s, engine start, memory
 )
 def run(cfg: ExtractConfig, ctx: StageContext) -> dict[str, Any]:
     """Predictions for documents shard::shards; resumable at chunk granularity."""

@@ -96,7 +96,32 @@ def _backend(cfg: GenerateSection, ctx: StageContext) -> Any:
     )
 
 
-@stage("generate", needs=("sample",), config=GenerateConfig, array=True, version=1, requires=_requires)
+def _nondeterminism(cfg: GenerateConfig) -> dict[str, Any] | None:
+    """Template letters are a function of the recipes; LLM sections are sampled (per-letter seeds, but
+    batched kernels are not bitwise reproducible across batch layouts and hardware)."""
+    g = cfg.generate
+    if g.letters.mode == "template":
+        return None
+    return {
+        "why": "LLM sampling",
+        "seed": cfg.seed,
+        "letter_seeds": "letter_seed(seed, spec_id), recorded per letter",
+        "backend": g.backend.model_dump(mode="json"),
+        "model": g.model.model_dump(mode="json") if g.model is not None else None,
+        "sampling": g.sampling.model_dump(mode="json"),
+    }
+
+
+@stage(
+    "generate",
+    needs=("sample",),
+    config=GenerateConfig,
+    array=True,
+    version=1,
+    requires=_requires,
+    nondeterminism=_nondeterminism,
+    timing_records=("stats/",),  # each task's letters/s and tokens/s (launchers/manifest.py)
+)
 def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
     """Letters for specs shard::shards; resumable at chunk granularity."""
     gc = cfg.generate

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from clinsynth.core.config import StageConfig, identity, operational, secret_env
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
-from clinsynth.ingest.pipeline import Options, ingest
+from clinsynth.ingest.pipeline import TIMING_KEYS, Options, ingest
 from clinsynth.ingest.sources import fingerprint, open_source
 
 
@@ -121,5 +121,6 @@ def run(cfg: IngestConfig, ctx: StageContext) -> dict[str, Any]:
         report["resources_ignored"],
         report["resources_per_s"] or 0,
     )
+    ctx.timing(**{k: report[k] for k in TIMING_KEYS if k in report})
     ctx.tracker.log({f"ingest/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
     return {k: v for k, v in report.items() if not isinstance(v, dict)}

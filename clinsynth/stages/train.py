@@ -28,7 +28,28 @@ def _requires(cfg: TrainConfig) -> list[tuple[str, str]]:
     return needs
 
 
-@stage("train", needs=("dataset",), config=TrainConfig, version=1, requires=_requires)
+def _nondeterminism(cfg: TrainConfig) -> dict[str, Any]:
+    """Seeded, but float reductions (threads, ranks, DeepSpeed buckets) are not bitwise reproducible,
+    and train_report.json / metrics.jsonl carry throughput."""
+    t = cfg.train
+    return {
+        "why": "training: float reductions across threads and ranks",
+        "seed": cfg.seed,
+        "method": t.method,
+        "precision": t.precision,
+        "deepspeed": t.deepspeed.name,
+        "model": t.model.model_dump(mode="json"),
+    }
+
+
+@stage(
+    "train",
+    needs=("dataset",),
+    config=TrainConfig,
+    version=1,
+    requires=_requires,
+    nondeterminism=_nondeterminism,
+)
 def run(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     """adapter/ (+ merged/), train_report.json, metrics.jsonl."""
     from clinsynth.training.trainer import run_training
