@@ -147,7 +147,7 @@ def main() -> None:
     print(f"{'':46s} {'seconds':>9s} {'resources/s':>12s} {'peak RSS MB':>12s}")
     for name, sec, r, rss in rows:
         print(f"{name:46s} {sec:9.1f} {r:12,.0f} {rss:12.0f}")
-    print(f"ingest phases (s): {report.get('phase_seconds')}")
+    print(f"ingest phases (s): {(rec_i.get('timing') or {}).get('phase_seconds')}")
     print(f"ingest throughput / baseline: {ingest_rate / rate:.1f}x (target >= {TARGET_RATIO:.0f}x)")
     print(
         f"per core used: ingest {per_core:,.0f} resources/CPU-s on {cpu or float('nan'):.1f} CPU-s "
