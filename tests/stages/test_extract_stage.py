@@ -264,6 +264,9 @@ def test_the_rules_baseline_needs_no_model(tmp_path: Path, monkeypatch: pytest.M
     assert "C50.4" in codes  # the code written in the letter
     stats = read_stats(stage_dir)[0]
     assert stats["backend"] is None and stats["model"] is None and stats["completion_tokens"] == 0
+    progress = json.loads((stage_dir / "progress" / "00000.json").read_text())  # what launch status shows
+    n = len(TEST_IDS)
+    assert (progress["done"], progress["total"], progress["unit"]) == (n, n, "letters")
 
 
 def test_the_stage_id_follows_the_external_letters(tmp_path: Path, dev_corpus: Path) -> None:
