@@ -278,7 +278,7 @@ def _readme_commands() -> list[tuple[str, str, str | None]]:
             joined = block.replace("\\\n", " ")
             for line in joined.splitlines():
                 line = line.split("  #")[0].strip()
-                subcommand = re.search(r"launch (status|summary|score|--cfg|-h)", line)
+                subcommand = re.search(r"launch (status|summary|score|rerun=|--cfg|-h)", line)
                 if "python -m launch" in line and not subcommand:
                     cmds.append((where, line[line.index("python -m launch") :] if "=" not in line.split()[0]
                                  else line, None))
