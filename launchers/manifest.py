@@ -81,7 +81,10 @@ def _stage_info(stage_dir: Path) -> tuple[str | None, tuple[str, ...], dict[str,
         return name, (), None, False
     nondet = None
     if spec.nondeterminism is not None and saved is not None:
-        nondet = spec.nondeterminism(spec.parse_config(saved.get("config") or {}))
+        try:
+            nondet = spec.nondeterminism(spec.parse_config(saved.get("config") or {}))
+        except Exception as exc:  # never keeps DONE from being written: the manifest says it does not know
+            nondet = {"why": f"unknown: the saved config no longer parses ({type(exc).__name__}: {exc})"}
     return name, spec.timing_records, nondet, True
 
 
