@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from clinsynth.artifacts.predictions import prediction
+from clinsynth.extraction.config import GroundMethod
 from clinsynth.extraction.documents import Doc
 from clinsynth.extraction.grounding import ground
 from clinsynth.extraction.parse import Parsed, parse_output
@@ -79,7 +80,8 @@ def finish_outcome(
     tokens: dict[str, int] | None,
     seconds: float,
     catalog: Any = None,
-    threshold: float = 90.0,
+    threshold: float | None = None,
+    method: GroundMethod = "rapidfuzz",
 ) -> dict[str, Any]:
     """The chunk line of one document: prediction (grounded when a catalogue is given), the record
     as extracted, and the corrections."""
@@ -93,7 +95,7 @@ def finish_outcome(
             "ungrounded": before if catalog is not None else None,
             "corrections": [],
         }
-    grounded, corrections = ground(parsed.extraction, catalog, threshold=threshold)
+    grounded, corrections = ground(parsed.extraction, catalog, threshold=threshold, method=method)
     after = {**before, "extraction": grounded.model_dump(mode="json")}
     return {"prediction": after, "ungrounded": before, "corrections": [c.as_dict() for c in corrections]}
 
@@ -118,7 +120,8 @@ class LLMRunner:
         json_schema: dict[str, Any] | None,
         adapter: Adapter | None = None,
         catalog: Any = None,
-        threshold: float = 90.0,
+        threshold: float | None = None,
+        method: GroundMethod = "rapidfuzz",
         logger: logging.Logger = log,
     ) -> None:
         self.backend = backend
@@ -131,6 +134,7 @@ class LLMRunner:
         self.adapter = adapter
         self.catalog = catalog
         self.threshold = threshold
+        self.method: GroundMethod = method
         self.logger = logger
         self.stats = RunStats()
 
@@ -174,14 +178,21 @@ class LLMRunner:
             parsed = parse_output(res.text, finish_reason=res.finish_reason)
         return finish_outcome(
             d, self.extractor, parsed, res.text, tokens=tokens, seconds=res.latency_s,
-            catalog=self.catalog, threshold=self.threshold,
+            catalog=self.catalog, threshold=self.threshold, method=self.method,
         )  # fmt: skip
 
 
 class RulesRunner:
     """The dictionary/pattern baseline (clinsynth.extraction.rules), imported when first used."""
 
-    def __init__(self, *, catalog: Any = None, threshold: float = 90.0, logger: logging.Logger = log) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Any = None,
+        threshold: float | None = None,
+        method: GroundMethod = "rapidfuzz",
+        logger: logging.Logger = log,
+    ) -> None:
         from clinsynth.terminology import load_catalog
 
         try:
@@ -194,6 +205,7 @@ class RulesRunner:
         self._rules = RulesExtractor(catalog=load_catalog())
         self.catalog = catalog
         self.threshold = threshold
+        self.method: GroundMethod = method
         self.logger = logger
         self.stats = RunStats()
 
@@ -222,7 +234,7 @@ class RulesRunner:
                 self.stats.generate_s += seconds
                 outcome = finish_outcome(
                     d, "rules", parsed, raw, tokens=None, seconds=seconds,
-                    catalog=self.catalog, threshold=self.threshold,
+                    catalog=self.catalog, threshold=self.threshold, method=self.method,
                 )  # fmt: skip
             self.stats.add(outcome["prediction"], outcome["corrections"])
             out.append(outcome)

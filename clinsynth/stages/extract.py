@@ -153,7 +153,9 @@ def _runner(cfg: ExtractConfig, ctx: StageContext, catalog: Any) -> tuple[Any, A
     ec: ExtractSection = cfg.extract
     ex = ec.extractor
     if ex.kind == "rules":
-        return RulesRunner(catalog=catalog, threshold=ec.ground_threshold, logger=ctx.logger), None
+        return RulesRunner(
+            catalog=catalog, threshold=ec.ground_threshold, method=ec.ground_method, logger=ctx.logger
+        ), None
     assert ec.backend is not None and ec.sampling is not None and ec.guided is not None  # checked by config
     assert ec.max_tokens is not None
     model = ec.llm_model
@@ -191,7 +193,8 @@ def _runner(cfg: ExtractConfig, ctx: StageContext, catalog: Any) -> tuple[Any, A
     schema = decoding_schema(ec.guided.max_items, ec.guided.max_string) if ec.guided.enabled else None
     runner = LLMRunner(
         backend, ex.kind, messages, max_tokens=ec.max_tokens, seed=cfg.seed, json_schema=schema,
-        adapter=adapter, catalog=catalog, threshold=ec.ground_threshold, logger=ctx.logger,
+        adapter=adapter, catalog=catalog, threshold=ec.ground_threshold, method=ec.ground_method,
+        logger=ctx.logger,
     )  # fmt: skip
     return runner, backend
 

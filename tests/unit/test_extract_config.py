@@ -48,6 +48,17 @@ def test_what_rules_ignore_stays_out_of_their_stage_id() -> None:
     assert identity_view(d) == identity_view(a)
 
 
+def test_the_grounding_method_is_typed_and_part_of_the_stage_id() -> None:
+    a = stage_config("extract", ["extract/extractor=rules", "extract.ground=true"])
+    assert a.extract.ground_method == "rapidfuzz" and a.extract.ground_threshold is None  # the default
+    b = stage_config(
+        "extract", ["extract/extractor=rules", "extract.ground=true", "extract.ground_method=tfidf"]
+    )
+    assert b.extract.ground_method == "tfidf" and identity_view(b) != identity_view(a)
+    with pytest.raises(PlanError, match="ground_method"):
+        stage_config("extract", ["extract/extractor=rules", "extract.ground_method=embedding"])
+
+
 def test_needs_and_requires_follow_the_extractor() -> None:
     assert extract._needs({"extract": {"extractor": {"kind": "oneshot"}, "test_letters": True}}) == (
         "sample",

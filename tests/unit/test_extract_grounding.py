@@ -7,7 +7,15 @@ from __future__ import annotations
 import pytest
 
 from clinsynth.extraction.documents import Doc
-from clinsynth.extraction.grounding import TIE, best_code, ground, search_index, why_ground
+from clinsynth.extraction.grounding import (
+    DEFAULT_THRESHOLD,
+    TIE,
+    TfidfIndex,
+    best_code,
+    ground,
+    search_index,
+    why_ground,
+)
 from clinsynth.extraction.llm import RunStats, finish_outcome
 from clinsynth.extraction.parse import Parsed
 from clinsynth.schema import ClinicalExtraction
@@ -167,3 +175,43 @@ def test_a_repeated_text_is_searched_once(cat) -> None:
     assert best_code(cat.atc, "  PANTOPRAZOL. ", 90) == first == best_code(cat.atc, "pantoprazol", 90)
     assert index.computed == before + 1 and first[0] == "A02BC02"
     assert search_index(cat.atc) is index  # one index per table
+
+
+def test_tfidf_maps_what_rapidfuzz_cannot_and_keeps_the_same_rules(cat) -> None:
+    """extract.ground_method=tfidf: character n-grams meet an abbreviation or a shuffled title that
+    rapidfuzz's token scores miss or tie; threshold, ties and the keep rules are grounding's own."""
+    # a shuffled child title: rapidfuzz ties it with its parent (token sets), tfidf finds the child
+    title = cat.icd10gm.lookup("C17.0").display
+    shuffled = " ".join(reversed(title.split()))
+    assert best_code(cat.icd10gm, shuffled, 90)[0] != "C17.0"
+    assert best_code(cat.icd10gm, shuffled, DEFAULT_THRESHOLD["tfidf"], "tfidf")[:1] == ("C17.0",)
+    ex = ClinicalExtraction.model_validate(
+        {
+            "diagnoses": [
+                {"text": "art. Hypertonie"},  # abbreviated
+                {"text": "COPD", "icd10gm": "J44.19"},  # a well-formed code of a known category: kept
+                {"text": "Kopfschmerz"},  # nothing in the catalogue: below the threshold, left alone
+            ],
+            "medications": [{"name": "Pantoprazol", "atc": "Q02BC99"}],
+        }
+    )
+    out, corrections = ground(ex, cat, method="tfidf")  # threshold None: the method's default
+    assert [d.icd10gm for d in out.diagnoses] == ["I10", "J44.19", None]
+    assert out.medications[0].atc == "A02BC02"
+    by_path = {c.path: c for c in corrections}
+    assert by_path["diagnoses[2].icd10gm"].reason.startswith(f"no match above {DEFAULT_THRESHOLD['tfidf']:g}")
+    assert by_path["diagnoses[1].icd10gm"].reason.startswith("kept")
+    assert search_index(cat.atc, "tfidf") is search_index(cat.atc, "tfidf")  # built once
+    assert isinstance(search_index(cat.atc, "tfidf"), TfidfIndex)
+
+
+def test_tfidf_scores_are_cosines_on_a_0_to_100_scale(cat) -> None:
+    index = search_index(cat.atc, "tfidf")
+    hits = index.search("Pantoprazol")
+    assert hits[0][0].code == "A02BC02" and hits[0][1] == pytest.approx(100.0)  # the name itself
+    assert all(0 < s <= 100 for _, s in hits) and [s for _, s in hits] == sorted(
+        (s for _, s in hits), reverse=True
+    )
+    assert index.search("§§ §") == []  # no n-gram of any name: no evidence at all
+    with pytest.raises(ValueError, match="unknown grounding method"):
+        search_index(cat.atc, "embedding")  # type: ignore[arg-type]
