@@ -19,7 +19,9 @@ the synthetic cohort, so an exported Bundle ingests like the cohort's own FHIR):
   extension, the text as written, onset = first-diagnosis date.
 - tumors -> Condition (onko primaertumor; fruehere-tumorerkrankung when historical): the
   diagnosis with the tumour's ICD-10-GM code (or entity text) when there is one, else its own;
-  ICD-O-3 topography and laterality. Observations point to it (focus): histology (ICD-O-3
+  ICD-O-3 topography and laterality; category SNOMED CT 55342001 (earlier: also 394593009) and
+  Feststellungsdatum = the diagnosis's first-diagnosis date, when the letter gives one (`oncology.py`).
+  Observations point to it (focus): histology (ICD-O-3
   morphology), grading, TNM T/N/M each with its prefix, L/V/Pn, residual R, lymph nodes, UICC
   stage grouping, other staging systems, markers (ER/PR/HER2 profiles, else Laborbefund),
   ECOG, Verlauf.
