@@ -182,7 +182,7 @@ def _records(path: Path) -> list[Any]:
             continue
         buf, pos = buf + data[pos : pos + n], pos + n
         if kind in (1, 4):  # full or last fragment
-            rec = pb.Record()
+            rec = pb.Record()  # type: ignore[attr-defined]  # generated protobuf module, no stubs
             rec.ParseFromString(buf)
             out.append(rec)
             buf = b""

@@ -17,7 +17,7 @@ from launchers.plan import build_plan
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SPECS = sorted(SWEEPS.glob("*.yaml"))
 #: what each spec must optimise: a metric `python -m launch summary` tables (launchers/results.py)
-EXPECTED = {
+EXPECTED: dict[str, tuple[str, list[Any], str, str]] = {
     "lora_rank.yaml": ("train.lora.r", [8, 16, 32, 64], "evaluate/synthetic/strict_f1", "maximize"),
     "temperature.yaml": ("generate.sampling.temperature", [0.3, 0.7, 1.0], "verify/pass_rate", "maximize"),
 }
