@@ -210,6 +210,7 @@ _ABSENT = object()
 def summarize(runs: Sequence[Path]) -> Summary:
     rows = [read_run(r) for r in runs]
     keys = differing_keys([r.config for r in rows])
+    rows.sort(key=lambda r: [_sortable(r.config.get(k, _ABSENT)) for k in keys])  # by the swept values
     metrics: list[str] = []
     for r in rows:
         metrics += [k for k, v in r.metrics.items() if v is not None and k not in metrics]
@@ -224,6 +225,13 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
     for c in configs:
         seen.update(dict.fromkeys(c))
     return [k for k in seen if len({_key(c.get(k, _ABSENT)) for c in configs}) > 1]
+
+
+def _sortable(value: Any) -> tuple[int, float, str]:
+    """Numbers by value, then everything else by its JSON text; absent last."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (2, 0.0, "") if value is _ABSENT else (1, 0.0, _key(value))
 
 
 def _key(value: Any) -> str:

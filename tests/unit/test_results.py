@@ -94,7 +94,7 @@ def runs(tmp_path: Path, metrics_json: Path) -> tuple[Path, Path, Path]:
     )  # fmt: skip
     ev4 = _stage(root, "evaluate", "m4", {"metrics.json": metrics_json.read_text()})
     ev8 = _stage(root, "evaluate", "m8", {}, done=False)
-    a = _run(root, "aaaa", 4, {"verify": verify, "train": trains[4], "extract": extract, "evaluate": ev4})
+    a = _run(root, "zzzz", 4, {"verify": verify, "train": trains[4], "extract": extract, "evaluate": ev4})
     b = _run(root, "bbbb", 8, {"verify": verify, "train": trains[8], "evaluate": ev8}, cluster="slurm")
     return root, a, b
 
@@ -103,11 +103,11 @@ def test_summary_tables_the_swept_key_and_headline_metrics(
     runs: tuple[Path, Path, Path], metrics_json: Path
 ) -> None:
     root, a, b = runs
-    assert find_runs([root]) == [a.resolve(), b.resolve()]  # stages/ is not searched for runs
+    assert find_runs([root]) == [b.resolve(), a.resolve()]  # stages/ is not searched for runs
     assert find_runs([a]) == [a.resolve()]
     s = summarize(find_runs([root]))
     assert s.keys == ["train.lora.r"]  # cluster differs too, but it is operational
-    ra, rb = s.rows
+    ra, rb = s.rows  # sorted by the swept key, not by run id
     assert (ra.metrics["train/final_loss"], ra.metrics["train/min_loss"], ra.metrics["train/steps"]) == (
         1.7,
         1.5,
@@ -139,7 +139,7 @@ def test_summary_command_prints_and_writes_csv_and_png(
     root, a, _ = runs
     assert cli(["summary", str(root / "smoke")]) == 0
     out = capsys.readouterr().out
-    assert "smoke/aaaa" in out and "smoke/bbbb" in out and "train.lora.r" in out and MISSING in out
+    assert "smoke/zzzz" in out and "smoke/bbbb" in out and "train.lora.r" in out and MISSING in out
     assert f"wrote {root / 'smoke' / 'summary.csv'}" in out  # default: the runs' common parent
     with open(root / "smoke" / "summary.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -237,7 +237,7 @@ def test_sweep_run_gets_the_points_metrics_and_tasks_never_see_the_sweep(
     run, summary = offline_sweep_run(wandb_dir, "pointa")
     assert (run.run_id, run.sweep_id) == ("pointa", "sweep01")
     config = {u.key: u.value_json for u in run.config.update}
-    assert config["train.lora.r"] == "4" and config["clinsynth/run_id"] == '"aaaa"'
+    assert config["train.lora.r"] == "4" and config["clinsynth/run_id"] == '"zzzz"'
     expected = summarize([a]).rows[0].metrics
     assert summary["evaluate/synthetic/strict_f1"] == pytest.approx(expected["evaluate/synthetic/strict_f1"])
     assert summary["train/final_loss"] == 1.7 and summary["clinsynth/stages_done"] == 4
