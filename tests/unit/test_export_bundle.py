@@ -304,6 +304,12 @@ def test_tumour_conditions_carry_the_diagnosis_date_and_the_oncology_categories(
     assert dates["C61"] == [] and dates["J45.9"] == []  # no diagnosis date: none is made up
     warned = [i.resource for i in issues if i.kind == "no_diagnosis_date"]
     assert warned == [f"Condition/{conds['C61']['id']}"]
+    # one CodeableConcept holding both codes would match both category slices: refused
+    both = conds["C50.4"]["category"]
+    conds["C50.4"]["category"] = [{"coding": [c for cc in both for c in cc["coding"]]}]
+    found = [(i.kind, i.path) for i in validator.validate(built.bundle) if i.severity == "error"]
+    assert found == [("invariant", "category[0]")]
+    conds["C50.4"]["category"] = both
     from fhir.resources.R4B.bundle import Bundle
 
     Bundle.model_validate(built.bundle)
