@@ -112,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if plain.get("wait") and not plain.get("dry_run") and plain["cluster"]["executor"] == "slurm":
                 ok &= wait_for(result, console, out=out)
             named = [(base_label(plain), result.plan.run_dir)]
-            for variant in variants(plain):
+            # comparisons are of scores: a launch that stops before evaluate (pipeline=[verify]) has none
+            scored = any(s.name == "evaluate" for s in result.plan.stages)
+            for variant in variants(plain) if scored else []:
                 # `compare:` (launchers/compare.py): the same launch with the variant's overrides
                 console.rule(f"compare: {variant.name} ({' '.join(variant.overrides)})")
                 other = launch(variant_overrides(point, variant), console=out, err=console)

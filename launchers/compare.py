@@ -8,7 +8,8 @@ key (launchers/config.py OPERATIONAL_KEYS): adding a comparison never changes th
 
 The table reads each run's evaluate/metrics.json only: strict micro F1 and pigeon_compat F1 per category,
 per letter set (synthetic test, development), per extractor. It is printed and written beside the base
-run's config as comparison.md / comparison.json (numbers only: no letter text).
+run's config as comparison.md / comparison.json (numbers only: no letter text). A launch whose pipeline
+stops before evaluate (`pipeline=[verify]`) launches no variants: there would be nothing to compare.
 """
 
 from __future__ import annotations
