@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel
 
 from clinsynth.core.config import nested_models, role_of
-from clinsynth.core.registry import StageSpec, registered
+from clinsynth.core.registry import BUILTIN_STAGE_MODULES, StageSpec, registered
 from launchers.config import compose_config, conf_dir
 from launchers.validate import Launcher, Resources
 
@@ -477,7 +477,8 @@ def render(conf: Path | None = None) -> str:
     conf = conf or conf_dir()
     ref = Reference(conf)
     out = [HEADER]
-    specs = [s for s in registered().values() if s.config is not None]
+    # the built-in stages only: plugin or test stages registered in this process are not clinsynth's
+    specs = [s for s in registered().values() if s.config is not None and s.module in BUILTIN_STAGE_MODULES]
     out += ["## Stages", ""]
     out += [f"- [`{s.name}`](#{s.name}): {_paragraph(s.fn.__doc__)}" for s in specs]
     out.append("")

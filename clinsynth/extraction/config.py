@@ -49,7 +49,7 @@ class FinetunedExtractor(StageConfig):
     model: Model = identity(why="the base model the adapter was trained on (train.model)")
     weights: Literal["auto", "adapter", "merged"] = identity(
         why="adapter: base + LoRA (vLLM LoRARequest, peft); merged: the train stage's merged/ folder; "
-        "auto: the adapter when there is one (full fine-tuning writes merged/ only)"
+        "auto: merged/ when the train stage wrote it (train.merge, full fine-tuning), else the adapter"
     )
 
 

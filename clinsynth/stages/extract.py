@@ -100,7 +100,9 @@ def _finetuned(ex: FinetunedExtractor, ctx: StageContext) -> tuple[str, Path | N
     adapter, merged = train_dir / "adapter", train_dir / "merged"
     has_adapter = (adapter / "adapter_config.json").is_file()
     has_merged = (merged / "config.json").is_file()
-    want = ex.weights if ex.weights != "auto" else ("adapter" if has_adapter else "merged")
+    # auto: merged weights when training wrote them (train.merge), the same model without vLLM's LoRA path
+    # (on CPU its punica kernels took ~3/4 of the engine's time); else the adapter
+    want = ex.weights if ex.weights != "auto" else ("merged" if has_merged else "adapter")
     if want == "adapter" and not has_adapter:
         raise RuntimeError(f"extract: no LoRA adapter in {adapter} (full fine-tuning? use weights=merged)")
     if want == "merged" and not has_merged:
