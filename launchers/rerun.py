@@ -2,7 +2,8 @@
 
 The run's saved overrides (RUN_FOLDER/overrides.yaml) are composed again, with the operational overrides
 given here (cluster=..., resources/...=..., tracking=...), into a fresh runs root
-`<runs>/reruns/<run_id>-<UTC stamp>/`: no stage folder, and no cache, is reused. Before it runs, the
+`<runs>/reruns/<run_id>-<UTC stamp>/`: no stage folder is reused (the model cache, `<runs>/cache`, is
+shared: converted packaged weights and tokenizers, inputs rather than results). Before it runs, the
 composed config is checked against the saved RUN_FOLDER/config.yaml, and the git commit (+ dirty flag),
 Python and package versions of now against those in each original stage's meta.json: every difference is
 a warning. After it ran, each stage's manifest (launchers/manifest.py) is compared with the original
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from clinsynth.core.atomic import read_json, write_json
 from launchers.config import OPERATIONAL_KEYS, REDACTED, compose_config, redact, semantic, to_plain
+from launchers.folders import make_private_dir
 from launchers.manifest import StageDiff, compare_manifests, read_manifest
 from launchers.provenance import environment
 
@@ -98,6 +100,17 @@ def plan_rerun(run_dir: Path, extra: Sequence[str], now: float | None = None) ->
         overrides.append("wait=true")  # Slurm too: the comparison needs the finished stages
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     return Plan(run_dir, fresh, overrides, saved)
+
+
+def share_cache(plan: Plan) -> Path | None:
+    """`<fresh root>/cache` -> the original runs root's cache: it holds inputs derived from packaged
+    weights (converted models, tokenizers), never a stage's output, and rebuilding them takes minutes."""
+    cache = plan.run_dir.parent.parent / "cache"
+    if not cache.is_dir():
+        return None
+    make_private_dir(plan.fresh_root)
+    (plan.fresh_root / "cache").symlink_to(cache.resolve(), target_is_directory=True)
+    return cache
 
 
 def config_differences(saved: dict[str, Any], plain: dict[str, Any]) -> list[str]:
@@ -242,8 +255,10 @@ def main(args: Sequence[str], out: Console, err: Console) -> int:
     warnings += provenance_warnings(old, environment())
     for w in warnings:
         err.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    shared = share_cache(plan)
     err.print(
-        f"rerun of {plan.run_dir} into fresh stage folders under {plan.fresh_root} (no stage is reused)",
+        f"rerun of {plan.run_dir} into fresh stage folders under {plan.fresh_root} (no stage is reused"
+        + (f"; models built from packaged weights come from the shared cache {shared})" if shared else ")"),
         markup=False,
         highlight=False,
         soft_wrap=True,
