@@ -97,6 +97,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
             icd.get("f1"),
             m["status"]["schema_valid_rate"],
         )
+    ctx.timing(seconds=round(time.perf_counter() - t0, 3))
     return {
         "documents": len(docs),
         "sources": {s: m["documents"] for s, m in metrics["sources"].items()},
