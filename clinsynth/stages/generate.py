@@ -9,6 +9,7 @@ into `letters/shard-0000i.jsonl` and the task's throughput goes to `stats/shard-
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import model_validator
@@ -18,7 +19,7 @@ from clinsynth.artifacts.specs import check_shard_recipes, check_specs, shard_re
 from clinsynth.core.config import StageConfig, identity, operational
 from clinsynth.core.context import StageContext
 from clinsynth.core.registry import stage
-from clinsynth.letters.generate import LetterWriter
+from clinsynth.letters.generate import LetterWriter, compile_templates
 from clinsynth.llm.config import Backend, Model, SamplingConfig
 from clinsynth.sampling.recipe import Recipe
 
@@ -143,13 +144,21 @@ def run(cfg: GenerateConfig, ctx: StageContext) -> dict[str, Any]:
         ctx.logger.info(
             "resuming shard %d: %d of %d chunk(s) already written", ctx.shard, n_chunks - len(todo), n_chunks
         )
-    backend = _backend(gc, ctx) if todo and mode != "template" else None
+    prompts = gc.prompts.model_dump()
+    backend = None
+    if todo and mode != "template":
+        # parse the templates while the engine starts (this thread then mostly waits on the engine's
+        # process), not in the first chunk with the engine idle; a broken template fails here
+        with ThreadPoolExecutor(1) as pool:
+            compiled = pool.submit(compile_templates, prompts)
+            backend = _backend(gc, ctx)
+            compiled.result()
     writer = (
         LetterWriter(
             mode,
             seed=cfg.seed,
             backend=backend,
-            prompts=gc.prompts.model_dump(),
+            prompts=prompts,
             narrative_sections=tuple(lc.narrative_sections),
             max_tokens=lc.max_tokens or 0,
         )
