@@ -479,6 +479,8 @@ def render(conf: Path | None = None) -> str:
     out = [HEADER]
     # the built-in stages only: plugin or test stages registered in this process are not clinsynth's
     specs = [s for s in registered().values() if s.config is not None and s.module in BUILTIN_STAGE_MODULES]
+    # pipeline order, not import order: a test that imported evaluate first must not reorder the file
+    specs.sort(key=lambda s: BUILTIN_STAGE_MODULES.index(s.module))
     out += ["## Stages", ""]
     out += [f"- [`{s.name}`](#{s.name}): {_paragraph(s.fn.__doc__)}" for s in specs]
     out.append("")

@@ -73,3 +73,12 @@ def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
     assert "stale" in capsys.readouterr().err
     stale.write_text(_generated(), encoding="utf-8")
     assert docs_config.main(["--check"]) == 0
+
+
+def test_stages_are_listed_in_pipeline_order_whatever_was_imported_first():
+    # the registry fills in import order, which differs per pytest worker; the file must not
+    listed = re.findall(r"^## `([a-z_]+)`$", _generated(), re.M)
+    by_module = {s.name: s.module for s in registered().values()}
+    modules = [by_module[name] for name in listed if name in by_module]
+    assert modules == sorted(modules, key=BUILTIN_STAGE_MODULES.index)
+    assert len(modules) == len(BUILTIN_STAGE_MODULES)
