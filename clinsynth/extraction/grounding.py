@@ -91,7 +91,32 @@ class Correction:
         }
 
 
-class SearchIndex:
+class _CachedSearch:
+    """Searches cached by normalised text: letters repeat the same names many times."""
+
+    cache: dict[str, list[tuple[Any, float]]]
+    computed: int  # searches not answered from the cache
+
+    def _normalise(self, text: str) -> str:
+        raise NotImplementedError
+
+    def _rank(self, query: str) -> list[tuple[Any, float]]:
+        raise NotImplementedError
+
+    def search(self, text: str) -> list[tuple[Any, float]]:
+        """Concepts by score (0-100): the best, every concept within TIE of it, and the next few
+        scored on the way (not all of the rest)."""
+        query = self._normalise(text)
+        hits = self.cache.get(query)
+        if hits is None:
+            if len(self.cache) >= CACHE_SIZE:
+                self.cache.clear()
+            hits = self.cache[query] = self._rank(query)
+            self.computed += 1
+        return hits
+
+
+class SearchIndex(_CachedSearch):
     """One table's titles and synonyms, normalised once, and its searches cached by normalised text."""
 
     def __init__(self, table: Any) -> None:
@@ -107,17 +132,8 @@ class SearchIndex:
         self.cache: dict[str, list[tuple[Any, float]]] = {}
         self.computed = 0  # searches not answered from the cache
 
-    def search(self, text: str) -> list[tuple[Any, float]]:
-        """Concepts by score (0-100) as `CodeTable.search` ranks them: the best, every concept within
-        TIE of it, and whatever else was scored on the way (not all of the rest)."""
-        query = utils.default_process(text)
-        hits = self.cache.get(query)
-        if hits is None:
-            if len(self.cache) >= CACHE_SIZE:
-                self.cache.clear()
-            hits = self.cache[query] = self._rank(query)
-            self.computed += 1
-        return hits
+    def _normalise(self, text: str) -> str:
+        return utils.default_process(text)  # as `CodeTable.search` ranks them
 
     def _rank(self, query: str) -> list[tuple[Any, float]]:
         if not self.names:
@@ -166,7 +182,7 @@ def char_ngrams(text: str, lo: int = 2, hi: int = 4) -> Counter[str]:
     return out
 
 
-class TfidfIndex:
+class TfidfIndex(_CachedSearch):
     """One table's titles and synonyms as TF-IDF vectors of character 2-4-grams (sublinear tf, smoothed
     idf, unit length); a text scores 100 x its cosine with the nearest name of each concept. Searched
     through an inverted index (n-gram -> names and weights) in numpy; searches cached like SearchIndex's."""
@@ -195,16 +211,8 @@ class TfidfIndex:
         self.cache: dict[str, list[tuple[Any, float]]] = {}
         self.computed = 0
 
-    def search(self, text: str) -> list[tuple[Any, float]]:
-        """Concepts by score (0-100): the best, every concept within TIE of it, and the next few."""
-        query = _SPACE.sub(" ", text.casefold().strip())
-        hits = self.cache.get(query)
-        if hits is None:
-            if len(self.cache) >= CACHE_SIZE:
-                self.cache.clear()
-            hits = self.cache[query] = self._rank(query)
-            self.computed += 1
-        return hits
+    def _normalise(self, text: str) -> str:
+        return _SPACE.sub(" ", text.casefold().strip())
 
     def _rank(self, query: str) -> list[tuple[Any, float]]:
         # n-grams no name has carry no evidence either way (sklearn's transform drops them too)
