@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the tests' vLLM engines serve tiny models and a few prompts: 1 GiB of KV cache each, not the 3 GiB
+# the CPU default reserves for SmolLM2 letters (clinsynth.llm.backends.CPU_KV_CACHE_GIB); jobs inherit it
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ SAMPLING_DEFAULTS: dict[str, Any] = {
     "repetition_penalty": None,  # null: off (1.0)
     "max_tokens": None,          # callers' default when building requests; each request carries its own
 }
-CPU_KV_CACHE_GIB = 1.0  # vLLM on CPU otherwise reserves gpu_memory_utilization x RAM (90%) for its KV cache
+CPU_KV_CACHE_GIB = 3.0  # ~65k SmolLM2 tokens: ~25 one-shot letters at once; vLLM on CPU otherwise takes 90% of RAM
 #: vLLM's default token budget per step; without chunked prefill it must hold the longest prompt
 CPU_MIN_BATCHED_TOKENS = 2048
 

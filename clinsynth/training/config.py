@@ -35,6 +35,9 @@ class LoraSection(StageConfig):
     dropout: float = identity(ge=0, lt=1)
     #: "all-linear" or module names (q_proj, k_proj, ...); never lm_head with a fused CE loss
     target_modules: str | list[str] = identity()
+    #: adapters in the last N decoder layers only (None: every layer): backpropagation then stops below
+    #: them, so a step costs the forward pass plus N layers' backward (CPU smoke runs)
+    last_layers: int | None = identity(ge=1)
 
     @model_validator(mode="after")
     def _no_lm_head(self) -> LoraSection:

@@ -28,6 +28,7 @@ Peak: bf16 dense of the GPU model (table below) or, on CPU, an assumed 100 GFLOP
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -42,6 +43,8 @@ from typing import Any
 from clinsynth.core.atomic import write_json
 from clinsynth.core.context import StageContext
 from clinsynth.training.config import TrainConfig, TrainSection
+
+log = logging.getLogger(__name__)
 
 #: assumed CPU peak per core (fp32 FLOP/s) for the MFU estimate; see the module docstring
 CPU_PEAK_FLOPS_PER_CORE = 100e9
@@ -306,13 +309,35 @@ def build_model(train: TrainSection, geom: Geometry, cache_dir: Path, local_rank
         r=train.lora.r,
         lora_alpha=train.lora.alpha,
         lora_dropout=train.lora.dropout,
-        target_modules=train.lora.target_modules,
+        target_modules=_target_modules(model, train.lora.target_modules, train.lora.last_layers),
+        layers_to_transform=_last_layers(model, train.lora.last_layers),
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
     if train.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still get a grad path
     return model
+
+
+def _target_modules(model: Any, targets: str | list[str], last_layers: int | None) -> str | list[str]:
+    """peft refuses layers_to_transform with "all-linear": name the decoder layers' linear modules."""
+    if last_layers is None or targets != "all-linear":
+        return targets
+    import torch
+
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+         if isinstance(mod, torch.nn.Linear) and ".layers." in name}
+    )
+
+
+def _last_layers(model: Any, n: int | None) -> list[int] | None:
+    if n is None:
+        return None
+    total = int(model.config.get_text_config().num_hidden_layers)
+    if n >= total:  # a smaller model than the config was written for (tests' tiny model): every layer
+        log.info("train.lora.last_layers=%d >= the %d decoder layers: adapters in all of them", n, total)
+    return list(range(max(0, total - n), total))
 
 
 # ---- checkpoints
