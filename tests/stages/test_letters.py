@@ -25,6 +25,10 @@ from launchers.submit import launch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+#: the default sampler, 2 stays per patient (smoke itself draws compact letters, one per patient)
+SAMPLER = ["sample/sampler=default", "sample.sampler.stays_per_patient=2"]
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
@@ -35,6 +39,7 @@ def smoke(tmp_path_factory):
             "cluster=debug",
             "tracking=disabled",
             "cohort.patients=60",
+            *SAMPLER,
             f"paths.runs={runs}",
         ]
     )
@@ -71,10 +76,10 @@ def test_recipes_are_seeded_per_stay_and_split_by_patient(smoke):
     assert {s for v in by_patient.values() for s in v} <= {"train", "val", "test"}
     assert all(
         len([1 for _, r, _, _ in specs if r.patient_id == p]) <= 2 for p in by_patient
-    )  # smoke: 2 stays
+    )  # 2 stays (SAMPLER)
     # drawing again, patients in reverse order, gives byte-identical recipes
     records = list(iter_patients(_dir(smoke, "ingest") / "records"))
-    cfg = stage_config("sample", ["+experiment=smoke"]).sample.sampler
+    cfg = stage_config("sample", ["+experiment=smoke", *SAMPLER]).sample.sampler
     assert cfg.stays_per_patient == 2
     again = {r.spec_id: r.to_json() for rec in reversed(records) for r in Sampler(cfg, seed=0).recipes(rec)}
     assert again == {sid: r.to_json() for sid, r, _, _ in specs}
