@@ -11,6 +11,7 @@ from rich.console import Console
 from launchers.compare import (
     COMPARISON_JSON,
     COMPARISON_MD,
+    GAP_WHY,
     OVERALL,
     CompareError,
     Variant,
@@ -109,6 +110,10 @@ def test_table_pools_the_study_categories_and_marks_missing_runs(tmp_path):
     md = (a / COMPARISON_MD).read_text()
     assert "| ICD-10-GM code | 0.800 | 0.000 | 0.500 |" in md  # finetuned syn, oneshot syn, oneshot dev
     assert orjson.loads((a / COMPARISON_JSON).read_bytes())["rules"]["evaluated"] is False
+    # the gap: only oneshot was scored on both letter sets (synthetic 0.000, dev 2*1/(2+1+1) = 0.5)
+    gap = ("oneshot: strict micro F1 0.000 on the synthetic test letters, 0.500 on the development "
+           "letters (+0.500)")
+    assert gap in text and f"- {gap}" in md and GAP_WHY in md and "finetuned: strict" not in md
 
 
 def test_variant_dataclass_keeps_order():
