@@ -6,6 +6,10 @@ from pathlib import Path
 
 from clinsynth.core.atomic import read_json, read_jsonl
 
+#: smoke draws compact letters, one per patient (conf/experiment/smoke.yaml); tests that need the default
+#: sampler's longer letters and 2 stays per patient (more letters from a small cohort) pin these
+DEFAULT_LETTERS = ["sample/sampler=default", "sample.sampler.stays_per_patient=2"]
+
 
 def toy_overrides(
     runs: Path,

@@ -144,7 +144,7 @@ def test_smoke_on_slurm_arrays_match_local(tmp_path):
     report = read_json(result.plan.stage("ingest").folder.path / "ingest_report.json")
     assert report["resources_quarantined"] == 0 and report["rows"]["patients"] == 40
     specs = [read_specs(r.plan.stage("sample").folder.path).to_pylist() for r in (result, local)]
-    assert specs[0] == specs[1] and len(specs[0]) > 40
+    assert specs[0] == specs[1] and len(specs[0]) >= 30
     letters = [_letters(r.plan.stage("generate").folder.path) for r in (result, local)]
     assert letters[0] == letters[1] and sorted(letters[0]) == sorted(s["spec_id"] for s in specs[0])
     tasks = result.plan.stage("generate").folder.task_records()

@@ -20,6 +20,7 @@ from clinsynth.training.answer import canonical_answer, expand_answer
 from clinsynth.training.chat import PROMPT_VERSION
 from launchers.plan import stage_config
 from launchers.submit import launch
+from tests.helpers import DEFAULT_LETTERS
 
 SPLITS = ("train", "val", "test")
 #: tiny's byte-level BPE (1k vocabulary) makes these letters with the compact schema ~3.9k-7k tokens: a
@@ -31,6 +32,7 @@ OVERRIDES = [
     "cluster=debug",
     "tracking=disabled",
     "cohort.patients=30",
+    *DEFAULT_LETTERS,  # long letters: some examples exceed MAX_TOKENS
     "train/model=tiny",
     "dataset.schema_in_prompt=compact",  # pinned: the smoke experiment leaves the schema out
     f"dataset.max_tokens={MAX_TOKENS}",

@@ -21,6 +21,7 @@ from clinsynth.letters.devset import load_gold
 from clinsynth.stages.evaluate import run
 from launchers.plan import stage_config
 from launchers.submit import launch
+from tests.helpers import DEFAULT_LETTERS
 
 
 class Recorder:
@@ -46,7 +47,8 @@ class Recorder:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = tmp_path_factory.mktemp("runs")
-    small = ["cluster=debug", "tracking=disabled", "cohort.patients=16", f"paths.runs={runs}"]
+    small = ["cluster=debug", "tracking=disabled", "cohort.patients=16", *DEFAULT_LETTERS,
+             f"paths.runs={runs}"]  # fmt: skip
     result = launch(["+experiment=smoke", "pipeline=[verify]", *small])
     return {s: result.plan.stage(s).folder.path for s in ("sample", "generate", "verify")}
 

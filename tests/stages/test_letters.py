@@ -21,12 +21,12 @@ from clinsynth.sampling.recipe import Recipe
 from clinsynth.sampling.sampler import Sampler, SamplerConfig
 from launchers.plan import stage_config
 from launchers.submit import launch
+from tests.helpers import DEFAULT_LETTERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-#: the default sampler, 2 stays per patient (smoke itself draws compact letters, one per patient)
-SAMPLER = ["sample/sampler=default", "sample.sampler.stays_per_patient=2"]
+SAMPLER = DEFAULT_LETTERS
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,10 @@ from clinsynth.stages import sample as sample_stage
 from clinsynth.stages import verify as verify_stage
 from launchers.plan import stage_config
 from launchers.submit import launch
+from tests.helpers import DEFAULT_LETTERS
 
 OVERRIDES = ["+experiment=smoke",
-    "pipeline=[verify]", "cluster=debug", "tracking=disabled", "cohort.patients=24"]
+    "pipeline=[verify]", "cluster=debug", "tracking=disabled", "cohort.patients=24", *DEFAULT_LETTERS]
 
 
 @pytest.fixture(scope="module")
