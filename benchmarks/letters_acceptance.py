@@ -89,6 +89,7 @@ def main() -> None:
                 "cluster=debug",
                 "tracking=disabled",
                 f"cohort.patients={patients}",
+                "sample/sampler=default",  # the letters measured against the development set's style
                 f"sample.sampler.stays_per_patient={STAYS_PER_PATIENT}",
                 f"paths.runs={runs}",
                 *([f"seed={args.seed}"] if args.seed is not None else []),
