@@ -355,3 +355,23 @@ def test_hf_greedy_equals_vllm_greedy(
         (r.text, r.tokens_in, r.tokens_out, r.finish_reason) for r in vl
     ]
     assert hf[0].text != hf[1].text
+
+
+def test_small_cpu_tasks_give_vllm_every_core_unless_the_user_chose(monkeypatch):
+    from clinsynth.llm import backends
+
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(backends.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    backends.use_every_cpu_for_vllm()
+    assert backends.os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    monkeypatch.setattr(backends.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    backends.use_every_cpu_for_vllm()  # a big node: vLLM's own reserve of one core is cheap
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in backends.os.environ
+
+    monkeypatch.setattr(backends.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    backends.use_every_cpu_for_vllm()  # the user's binding wins
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in backends.os.environ
