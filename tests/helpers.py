@@ -10,6 +10,19 @@ from clinsynth.core.atomic import read_json, read_jsonl
 #: sampler's longer letters and 2 stays per patient (more letters from a small cohort) pin these
 DEFAULT_LETTERS = ["sample/sampler=default", "sample.sampler.stays_per_patient=2"]
 
+#: the train stage of a 6-patient smoke run on the random tiny model (the Slurm train and sweep tests)
+TINY_TRAIN = [
+    "+experiment=smoke",
+    "pipeline=[train]",
+    "tracking=disabled",
+    "cohort.patients=6",
+    "train/model=tiny",
+    "train.model.tiny.max_position_embeddings=8192",  # template letters run ~2-4k tiny-BPE tokens
+    "train.max_seq_len=8192",
+    "dataset.schema_in_prompt=none",
+    "train.gradient_checkpointing=false",
+]
+
 
 def toy_overrides(
     runs: Path,

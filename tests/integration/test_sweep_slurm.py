@@ -21,6 +21,7 @@ import yaml
 
 from launchers.cli import main as cli
 from launchers.results import main as summary
+from tests.helpers import TINY_TRAIN
 from tests.unit.test_results import offline_sweep_run, sweep_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -28,18 +29,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 REPO = Path(__file__).resolve().parents[2]
 UPSTREAM = ("cohort", "ingest", "sample", "generate", "verify", "dataset")
 TINY = [
-    "+experiment=smoke",
+    *TINY_TRAIN,
     "compare=null",  # smoke's one-shot/rules variants: not part of a rank sweep
-    "pipeline=[train]",
-    "tracking=disabled",
-    "cohort.patients=6",
-    "train/model=tiny",
-    "train.model.tiny.max_position_embeddings=8192",  # template letters run ~2-4k tiny-BPE tokens
-    "train.max_seq_len=8192",
-    "dataset.schema_in_prompt=none",
     "train.max_steps=2",
     "train.save_steps=2",
-    "train.gradient_checkpointing=false",
     "cluster=slurm",
     "wait=true",
 ]

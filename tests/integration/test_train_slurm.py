@@ -24,25 +24,18 @@ from clinsynth.core.atomic import read_json
 from launchers.folders import StageFolder
 from launchers.submit import LaunchResult, launch
 from launchers.waiting import wait_for
+from tests.helpers import TINY_TRAIN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 COMMON = [
-    "+experiment=smoke",
-    "pipeline=[train]",
-    "tracking=disabled",
-    "cohort.patients=6",
-    "train/model=tiny",
-    "train.model.tiny.max_position_embeddings=8192",  # template letters run ~2-4k tiny-BPE tokens
-    "train.max_seq_len=8192",
-    "dataset.schema_in_prompt=none",
+    *TINY_TRAIN,
     "train/deepspeed=zero2",
     "train.max_steps=8",  # the USR2 comes after step 2: 6 steps of margin before the end
     "train.effective_batch=2",
     "train.per_device_batch=1",
     "train.lr=1.0e-2",
     "train.save_steps=3",
-    "train.gradient_checkpointing=false",
     "resources/train=cpu_2node",
 ]
 
