@@ -36,7 +36,7 @@ class LoraSection(StageConfig):
     #: "all-linear" or module names (q_proj, k_proj, ...); never lm_head with a fused CE loss
     target_modules: str | list[str] = identity()
     #: adapters in the last N decoder layers only (None: every layer): backpropagation then stops below
-    #: them, so a step costs the forward pass plus N layers' backward (CPU smoke runs)
+    #: them, so a step costs the forward pass plus N layers' backward; fewer adapters learn slower
     last_layers: int | None = identity(ge=1)
 
     @model_validator(mode="after")
