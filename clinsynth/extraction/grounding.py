@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,17 +92,17 @@ class Correction:
         }
 
 
-class _CachedSearch:
+class _CachedSearch(ABC):
     """Searches cached by normalised text: letters repeat the same names many times."""
 
     cache: dict[str, list[tuple[Any, float]]]
     computed: int  # searches not answered from the cache
 
-    def _normalise(self, text: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _normalise(self, text: str) -> str: ...
 
-    def _rank(self, query: str) -> list[tuple[Any, float]]:
-        raise NotImplementedError
+    @abstractmethod
+    def _rank(self, query: str) -> list[tuple[Any, float]]: ...
 
     def search(self, text: str) -> list[tuple[Any, float]]:
         """Concepts by score (0-100): the best, every concept within TIE of it, and the next few
