@@ -93,7 +93,7 @@ def _metrics(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _overall(strict: Mapping[str, Any]) -> float | None:
+def overall_f1(strict: Mapping[str, Any]) -> float | None:
     """Micro F1 pooled over the study's categories (tp = gold - fn; predicted = tp + fp)."""
     tp = fp = fn = 0
     seen = False
@@ -124,7 +124,7 @@ def collect(runs: Sequence[tuple[str, Path]]) -> dict[str, Any]:
                 "documents": s.get("documents"),
                 "schema_valid_rate": (s.get("status") or {}).get("schema_valid_rate"),
                 "strict": {k: (strict.get(k) or {}).get("f1") for k, _ in CATEGORIES} | {
-                    OVERALL: _overall(strict)
+                    OVERALL: overall_f1(strict)
                 },
                 "pigeon_compat": {k: (pigeon.get(k) or {}).get("f1") for k, _ in CATEGORIES},
             }
@@ -244,6 +244,7 @@ __all__ = [
     "base_label",
     "collect",
     "gap_lines",
+    "overall_f1",
     "report",
     "variant_overrides",
     "variants",

@@ -203,6 +203,49 @@ def _train(folder: Path) -> KeyResult:
     return KeyResult(line, (*outputs, "train_report.json", "metrics.jsonl"))
 
 
+@summarizer("extract")
+def _extract(folder: Path) -> KeyResult:
+    stats = [read_json(p) for p in sorted((folder / "stats").glob("shard-*.json"))]
+    statuses: dict[str, int] = {}
+    for s in stats:
+        for k, v in (s.get("statuses") or {}).items():
+            statuses[k] = statuses.get(k, 0) + int(v)
+    names = sorted({f"{s.get('extractor')} {s.get('model') or ''}".strip() for s in stats})
+    line = f"{sum(statuses.values())} letters, {', '.join(names)}"
+    if statuses:
+        line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + ")"
+    tokens = sum(int(s.get("completion_tokens") or 0) for s in stats)
+    seconds = sum(float(s.get("generate_s") or 0) for s in stats)
+    if tokens and seconds:
+        line += f", {tokens / seconds:.0f} completion tokens/s"
+    return KeyResult(line, ("predictions/", "stats/"))
+
+
+@summarizer("evaluate")
+def _evaluate(folder: Path) -> KeyResult:
+    from launchers.compare import SOURCES, overall_f1
+
+    sources = read_json(folder / "metrics.json").get("sources") or {}
+    parts = []
+    for key, title in SOURCES:
+        s = sources.get(key) or {}
+        f1 = overall_f1(s.get("strict") or {})
+        if f1 is not None:
+            parts.append(f"{title} (n={s.get('documents')}) {f1:.3f}")
+    line = "strict micro F1 over the study's 7 categories: " + ("; ".join(parts) or "nothing scored")
+    return KeyResult(line, ("report.md", "metrics.json", "errors.jsonl", "plots/"))
+
+
+@summarizer("export")
+def _export(folder: Path) -> KeyResult:
+    r = read_json(folder / "validation_report.json")
+    line = (
+        f"{r['exported']} of {r['records']} predictions as Bundles, {r['resources_written']} resources, "
+        f"{r['errors']} validation errors, {r['rejected']} rejected"
+    )
+    return KeyResult(line, ("bundles/", "fhir_out/", "validation_report.json", "issues.jsonl"))
+
+
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     import orjson
 

@@ -58,6 +58,34 @@ def test_builtin_stage_summaries_read_their_reports(tmp_path):
     assert key_result("verify", verify).line == "5 of 6 letters pass (83.3%); failing: omitted 1"
 
 
+def test_extract_evaluate_and_export_say_what_came_out_and_where_the_report_is(tmp_path):
+    extract = tmp_path / "extract"
+    for shard, statuses in ((0, {"ok": 3, "truncated": 1}), (1, {"ok": 2})):
+        write_json(
+            extract / "stats" / f"shard-{shard:05d}.json",
+            {"extractor": "finetuned", "model": "smollm2_135m", "statuses": statuses,
+             "completion_tokens": 300, "generate_s": 3.0},
+        )  # fmt: skip
+    res = key_result("extract", extract)
+    assert res.line == "6 letters, finetuned smollm2_135m (ok 5, truncated 1), 100 completion tokens/s"
+
+    evaluate = tmp_path / "evaluate"
+    icd = {"f1": 0.5, "gold": 4, "fn": 2, "fp": 2}  # tp 2: micro F1 = 4 / 8
+    scored = {"synthetic": {"documents": 3, "strict": {"icd10gm": icd}}}
+    write_json(evaluate / "metrics.json", {"sources": scored})
+    res = key_result("evaluate", evaluate)
+    assert res.line == "strict micro F1 over the study's 7 categories: synthetic test (n=3) 0.500"
+    assert res.outputs[0] == "report.md"
+
+    export = tmp_path / "export"
+    write_json(
+        export / "validation_report.json",
+        {"exported": 4, "records": 5, "resources_written": 40, "errors": 2, "rejected": 1},
+    )
+    res = key_result("export", export)
+    assert res.line == "4 of 5 predictions as Bundles, 40 resources, 2 validation errors, 1 rejected"
+
+
 def test_later_stages_register_their_own_line_and_a_broken_report_never_fails(tmp_path):
     @summarizer("toy_dataset")
     def _toy(folder: Path) -> KeyResult:
