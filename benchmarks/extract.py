@@ -147,6 +147,10 @@ def run_bare(
     ec = cfg.extract
     _, docs = documents(sample_dir=None, gen_dir=None, dev_letters=False, letters=str(folder))
     schema = decoding_schema(ec.guided.max_items, ec.guided.max_string)
+    from clinsynth.llm.backends import _vllm_on_cpu, use_every_cpu_for_vllm
+
+    if _vllm_on_cpu():
+        use_every_cpu_for_vllm()  # the stage's engine got the same thread environment with its arguments
     t0 = time.perf_counter()
     with PeakRss() as mem:
         llm = vllm.LLM(**stats["engine_args"])
